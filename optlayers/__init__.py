@@ -1,0 +1,20 @@
+"""optlayers: differentiable convex-optimization layers for PyTorch.
+
+Public API (see README.md and DESIGN.md §2):
+
+- ``solve_qp``, ``QPLayer``, ``QPSolution`` — batched dense QPs with an implicit KKT backward.
+- ``Status``, ``SolverError``, ``OnFailure`` — per-problem status and the failure policy.
+- ``testing`` — ``random_qp`` and ``check_grad`` for your own tests.
+"""
+
+from optlayers._src.status import OnFailure, SolverError, Status
+from optlayers import testing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OnFailure",
+    "SolverError",
+    "Status",
+    "testing",
+]

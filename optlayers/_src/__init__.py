@@ -1,0 +1,1 @@
+"""Private implementation of optlayers. Public modules re-export from here."""

@@ -1,0 +1,1 @@
+"""Testing toolkit (public as :mod:`optlayers.testing`)."""

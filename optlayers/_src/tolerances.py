@@ -1,0 +1,59 @@
+"""Named numerical tolerances, one place for the whole package.
+
+float64 is the reference precision. float32 uses looser values that follow from its machine
+epsilon (~1.2e-7): interior-point residuals cannot be driven much below ~1e-6 relative there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerances:
+    # Interior point: relative stopping tolerance on primal/dual residuals and the duality gap.
+    ipm_tol: float
+    # Certificates of infeasibility (primal) / unboundedness (dual), relative.
+    infeasibility_tol: float
+    # Input checks: relative asymmetry of Q allowed, and relative negative curvature allowed.
+    symmetry_tol: float
+    psd_tol: float
+    # Static regularization of the KKT systems, relative to the data scale. Iterative
+    # refinement removes its effect on the solution of nonsingular systems.
+    kkt_reg: float
+    # Polishing acceptance: relative residual / feasibility / dual-sign tolerance.
+    polish_tol: float
+    # Generic small number guarding divisions.
+    tiny: float
+
+
+_TOLERANCES = {
+    torch.float64: Tolerances(
+        ipm_tol=1e-9,
+        infeasibility_tol=1e-8,
+        symmetry_tol=1e-10,
+        psd_tol=1e-10,
+        kkt_reg=1e-11,
+        polish_tol=1e-9,
+        tiny=1e-300,
+    ),
+    torch.float32: Tolerances(
+        ipm_tol=1e-5,
+        infeasibility_tol=1e-4,
+        symmetry_tol=1e-5,
+        psd_tol=1e-5,
+        kkt_reg=1e-7,
+        polish_tol=5e-5,
+        tiny=1e-30,
+    ),
+}
+
+
+def tolerances_for(dtype: torch.dtype) -> Tolerances:
+    """The default tolerances for ``dtype`` (float32 or float64)."""
+    try:
+        return _TOLERANCES[dtype]
+    except KeyError:
+        raise ValueError(f"optlayers works in float32 or float64; got {dtype}") from None
