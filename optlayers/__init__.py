@@ -8,11 +8,17 @@ Public API (see README.md and DESIGN.md §2):
 """
 
 from optlayers._src.status import OnFailure, SolverError, Status
+from optlayers.qp import Backend, QPLayer, QPOptions, QPSolution, solve_qp
 from optlayers import testing
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backend",
+    "QPLayer",
+    "QPOptions",
+    "QPSolution",
+    "solve_qp",
     "OnFailure",
     "SolverError",
     "Status",

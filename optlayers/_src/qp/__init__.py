@@ -1,0 +1,1 @@
+"""Dense batched QP layers: validation, backends, the shared KKT adjoint and the public API."""

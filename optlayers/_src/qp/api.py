@@ -1,0 +1,176 @@
+"""Public entry points of the dense QP layer: :func:`solve_qp`, :class:`QPLayer`, :class:`QPSolution`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch.autograd import forward_ad
+
+from optlayers._src.qp import backends, kkt
+from optlayers._src.qp.backends import RawSolution
+from optlayers._src.qp.backward import QPSolutionMap
+from optlayers._src.qp.linalg import mv
+from optlayers._src.qp.options import Backend, QPOptions
+from optlayers._src.qp.problem import QPData, canonicalize
+from optlayers._src.status import OnFailure, Status, apply_failure_policy
+
+
+@dataclasses.dataclass
+class QPSolution:
+    """Solution of a batch of QPs (``*`` is the broadcast batch shape of the inputs).
+
+    Attributes:
+        x: (*, n) primal solution.
+        lam: (*, m) multipliers of ``Gx ≤ h`` (≥ 0).
+        nu: (*, p) multipliers of ``Ax = b``.
+        status: (*,) int8 :class:`~optlayers.Status` codes (0 = solved).
+        iterations: (*,) int32 interior-point iterations per problem.
+        backend: name of the backend that solved the batch.
+
+    ``x``, ``lam`` and ``nu`` are all differentiable. Failed problems hold NaN (only with
+    ``on_failure="nan"``; the default raises).
+    """
+
+    x: torch.Tensor
+    lam: torch.Tensor
+    nu: torch.Tensor
+    status: torch.Tensor
+    iterations: torch.Tensor
+    backend: str
+
+    @property
+    def ok(self) -> torch.Tensor:
+        """(*,) bool: which problems solved."""
+        return self.status == Status.SOLVED
+
+
+def _has_tangent(t: torch.Tensor) -> bool:
+    return forward_ad.unpack_dual(t).tangent is not None
+
+
+def _needs_derivative(data: QPData) -> bool:
+    ts = data.tensors()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+        return True
+    return any(_has_tangent(t) for t in ts)
+
+
+def _attach(data: QPData, raw: RawSolution) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Route the solution through :class:`QPSolutionMap` so autograd sees the KKT derivative."""
+    ok = (raw.status == Status.SOLVED).unsqueeze(-1)
+    # Failed problems carry zeros into the map (finite, so their zero upstream gradients stay
+    # zero in shared-input sums); the failure policy NaN-fills them afterwards.
+    x = torch.where(ok, raw.x, torch.zeros_like(raw.x))
+    lam = torch.where(ok, raw.lam, torch.zeros_like(raw.lam))
+    nu = torch.where(ok, raw.nu, torch.zeros_like(raw.nu))
+    fac = raw.factor
+    plain = data.detach()
+    if fac is None or not bool(ok.all()):
+        slack = plain.h - mv(plain.G, x)
+        fac = kkt.factor(plain, kkt.classify_active(lam, slack))
+    return QPSolutionMap.apply(*data.tensors(), x, lam, nu, fac.lu, fac.pivots, fac.mask, fac.delta)
+
+
+def solve_qp(
+    Q: torch.Tensor | None,
+    q: torch.Tensor,
+    G: torch.Tensor | None = None,
+    h: torch.Tensor | None = None,
+    A: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    *,
+    backend: Backend | str = "auto",
+    return_solution: bool = False,
+    on_failure: OnFailure | str = "raise",
+    check_inputs: bool = True,
+    tol: float | None = None,
+    max_iter: int = 50,
+    polish: bool = True,
+) -> torch.Tensor | QPSolution:
+    """Solve a batch of convex QPs, differentiably::
+
+        minimize_x  ½ xᵀ Q x + qᵀ x    subject to   A x = b,   G x ≤ h
+
+    Args:
+        Q: (*, n, n) symmetric positive semidefinite, or ``None`` for ``Q = 0`` (an LP).
+        q: (*, n).
+        G, h: (*, m, n) and (*, m) inequality constraints, or both ``None``.
+        A, b: (*, p, n) and (*, p) equality constraints, or both ``None``.
+            Leading batch dimensions ``*`` broadcast; data without them is shared by the
+            whole batch and never copied per problem (its gradient is the sum over the batch).
+        backend: ``"auto"``, ``"torch"`` or another registered dense backend.
+        return_solution: return a :class:`QPSolution` (x, duals, status, iterations) instead of x.
+        on_failure: ``"raise"`` raises :class:`~optlayers.SolverError` naming the failed batch
+            indices; ``"nan"`` fills their outputs with NaN (read ``status`` to tell which).
+        check_inputs: validate finiteness, symmetry and positive semidefiniteness of ``Q``
+            (costs one Cholesky per distinct ``Q``; shapes, dtypes and devices are always checked).
+        tol: relative tolerance of the interior point (default 1e-9 float64, 1e-5 float32).
+        max_iter: interior-point iteration cap.
+        polish: finish with an exact active-set solve (recommended; gives ~1e-14 in float64).
+
+    Returns:
+        ``x`` of shape (*, n), or a :class:`QPSolution` if ``return_solution``.
+
+    Gradients with respect to every input come from one solve with the active-set KKT matrix at
+    the solution (reverse mode and forward mode); see ``optlayers/_src/qp/backward.py``.
+    """
+    options = QPOptions(tol=tol, max_iter=max_iter, polish=polish)
+    policy = OnFailure.resolve(on_failure)
+    data = canonicalize(Q, q, G, h, A, b, check_values=check_inputs)
+    be = backends.select(backend, data)
+    with torch.no_grad():
+        raw = be.solve(data.detach(), options)
+    if _needs_derivative(data):
+        x, lam, nu = _attach(data, raw)
+    else:
+        x, lam, nu = raw.x, raw.lam, raw.nu
+    shape = data.batch_shape
+    x, lam, nu = (t.reshape(tuple(shape) + t.shape[-1:]) for t in (x, lam, nu))
+    status = raw.status.reshape(shape)
+    x, lam, nu = apply_failure_policy(status, (x, lam, nu), policy, what="QP")
+    if not return_solution:
+        return x
+    return QPSolution(
+        x=x, lam=lam, nu=nu, status=status, iterations=raw.iterations.reshape(shape), backend=be.name.value
+    )
+
+
+class QPLayer(torch.nn.Module):
+    """A batched QP as a layer: ``layer(Q, q, G, h, A, b) -> x`` (see :func:`solve_qp`).
+
+    The options are fixed at construction; the call takes only problem data.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | str = "auto",
+        *,
+        return_solution: bool = False,
+        on_failure: OnFailure | str = "raise",
+        check_inputs: bool = True,
+        tol: float | None = None,
+        max_iter: int = 50,
+        polish: bool = True,
+    ):
+        super().__init__()
+        self.backend = Backend.resolve(backend)
+        self.options = QPOptions(tol=tol, max_iter=max_iter, polish=polish)
+        self.on_failure = OnFailure.resolve(on_failure)
+        self.check_inputs = check_inputs
+        self.return_solution = return_solution
+
+    def forward(self, Q, q, G=None, h=None, A=None, b=None):
+        return solve_qp(
+            Q, q, G, h, A, b,
+            backend=self.backend,
+            return_solution=self.return_solution,
+            on_failure=self.on_failure,
+            check_inputs=self.check_inputs,
+            tol=self.options.tol,
+            max_iter=self.options.max_iter,
+            polish=self.options.polish,
+        )
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend.value!r}, on_failure={self.on_failure.value!r}, {self.options}"

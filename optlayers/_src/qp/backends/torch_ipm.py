@@ -1,0 +1,322 @@
+"""Pure-PyTorch batched primal-dual interior-point method (Mehrotra predictor-corrector).
+
+Same code on CPU and CUDA, float32 and float64. For each problem of the batch we solve
+
+    minimize ½xᵀQx + qᵀx   s.t.   Ax = b,   Gx + s = h,   s ≥ 0
+
+with multipliers ν (equalities) and z ≥ 0 (inequalities). The perturbed KKT conditions
+
+    r_d = Qx + q + Gᵀz + Aᵀν = 0,   r_p = Gx + s − h = 0,   r_e = Ax − b = 0,   s∘z = σμ1
+
+are followed by Newton steps. Eliminating ds and dz (W = diag(z/s)) leaves the reduced system
+
+    (Q + GᵀWG) dx + Aᵀdν = r₁ := −r_d − Gᵀ(W r_p − r_c/s),      A dx = −r_e,
+
+solved by a Cholesky factor L of K = Q + GᵀWG (+δI) and, for the equalities, a Cholesky factor
+of the Schur complement S = A K⁻¹ Aᵀ (+δI). Then dz = W(G dx + r_p) − r_c/s, ds = −r_p − G dx.
+Mehrotra's predictor (r_c = s∘z) gives σ = (μ_aff/μ)³; the corrector uses
+r_c = s∘z + ds_aff∘dz_aff − σμ1 with the same factors (Nocedal & Wright, Alg. 16.4 / §14.2).
+
+Rows of G and A are scaled to unit norm for the iteration (this changes only the multipliers,
+which are scaled back). Problems that converge, or are certified infeasible, leave the working
+batch, so finished problems stop costing work. At the end, an active-set *polish* (see
+``kkt.py``) solves the KKT system of the identified active set exactly; its LU factor is handed
+to the backward pass.
+
+Infeasibility certificates (checked on the iterates, which diverge along them):
+  primal: z ≥ 0, ν with ‖Gᵀz + Aᵀν‖_∞ ≤ ε·t where t = −(hᵀz + bᵀν) > 0 — by weak duality no
+          feasible point of norm ‖x‖₁ < 1/ε exists;
+  dual:   x with ‖Qx‖_∞, ‖Ax‖_∞, max(Gx)₊ ≤ ε·t where t = −qᵀx > 0 — a descent ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from optlayers._src.qp import kkt
+from optlayers._src.qp.backends import RawSolution
+from optlayers._src.qp.linalg import inf_norm, mtv, mv, weighted_gram
+from optlayers._src.qp.options import Backend, QPOptions
+from optlayers._src.qp.problem import QPData
+from optlayers._src.status import Status
+from optlayers._src.tolerances import tolerances_for
+
+# Fraction of the distance to the boundary taken by a step (keeps s, z strictly positive).
+STEP_TO_BOUNDARY = 0.99
+# Factor by which the Cholesky regularization grows when a factorization fails.
+REG_GROWTH = 1e4
+
+
+class TorchIPMBackend:
+    name = Backend.TORCH
+
+    def availability(self) -> tuple[bool, str]:
+        return True, ""
+
+    def supports(self, data: QPData) -> bool:
+        return True
+
+    def solve(self, data: QPData, options: QPOptions) -> RawSolution:
+        return interior_point(data, options)
+
+
+def _row_norms(M: torch.Tensor) -> torch.Tensor:
+    """Row norms of a shared (r, c) or batched (B, r, c) matrix; zero rows get norm 1."""
+    norms = torch.linalg.vector_norm(M, dim=-1)
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def _scaled(data: QPData) -> tuple[QPData, torch.Tensor, torch.Tensor]:
+    """Data with unit-norm rows of G and A, and the row norms (to unscale the multipliers)."""
+    gn, an = _row_norms(data.G), _row_norms(data.A)
+    sdata = dataclasses.replace(
+        data, G=data.G / gn.unsqueeze(-1), h=data.h / gn, A=data.A / an.unsqueeze(-1), b=data.b / an
+    )
+    return sdata, gn, an
+
+
+def _cholesky(K: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cholesky of K + δI (δ: (B,)), growing δ once for the problems where it fails.
+
+    Returns (L, ok) with ok: (B,) bool, False where even the larger shift failed.
+    """
+    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+    L, info = torch.linalg.cholesky_ex(K + delta[:, None, None] * eye)
+    failed = info > 0
+    if bool(failed.any()):
+        L2, info2 = torch.linalg.cholesky_ex(K + (REG_GROWTH * delta)[:, None, None] * eye)
+        L = torch.where(failed[:, None, None], L2, L)
+        return L, ~(failed & (info2 > 0))
+    return L, torch.ones_like(failed)
+
+
+def _chol_solve(L: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    return torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
+
+
+def _max_step(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+    """Largest α ∈ (0, ∞] with v + α dv ≥ 0, per problem (v > 0)."""
+    ratio = torch.where(dv < 0, -v / dv, torch.full_like(v, float("inf")))
+    return ratio.amin(-1)
+
+
+class _Newton:
+    """Factorization of the reduced Newton system at the current iterate, reused by both steps."""
+
+    def __init__(self, d: QPData, s: torch.Tensor, z: torch.Tensor, delta: torch.Tensor):
+        self.d = d
+        self.s = s
+        self.w = z / s
+        K = d.Q + weighted_gram(d.G, self.w)  # (B, n, n): W is per problem
+        self.L, ok = _cholesky(K, delta)
+        self.ok = ok
+        if d.p:
+            At = d.A.mT.expand(s.shape[0], -1, -1) if d.A.dim() == 2 else d.A.mT
+            self.Y = torch.cholesky_solve(At, self.L)  # K⁻¹ Aᵀ, (B, n, p)
+            S = d.A @ self.Y
+            self.Ls, ok_s = _cholesky(S, delta)
+            self.ok = self.ok & ok_s
+
+    def step(self, rd, rp, re, rc):
+        d, w, s = self.d, self.w, self.s
+        r1 = -rd - mtv(d.G, w * rp - rc / s)
+        dx = _chol_solve(self.L, r1)
+        if d.p:
+            dy = _chol_solve(self.Ls, mv(d.A, dx) + re)
+            dx = dx - (self.Y @ dy.unsqueeze(-1)).squeeze(-1)
+        else:
+            dy = rd.new_zeros(rd.shape[0], 0)
+        Gdx = mv(d.G, dx)
+        dz = w * (Gdx + rp) - rc / s
+        ds = -rp - Gdx
+        return dx, ds, dz, dy
+
+
+def _initial_point(d: QPData, delta: torch.Tensor):
+    """x, ν from the Newton system with W = I; s = h − Gx, z = −s, both shifted to be ≥ 1."""
+    B = delta.shape[0]
+    ones = d.h.new_ones(B, d.m)
+    K = d.Q + weighted_gram(d.G, ones)
+    L, _ = _cholesky(K, delta)
+    r1 = -d.q + mtv(d.G, d.h.expand(B, -1) if d.h.dim() == 1 else d.h)
+    if r1.dim() == 1:
+        r1 = r1.expand(B, -1)
+    x = _chol_solve(L, r1)
+    if d.p:
+        At = d.A.mT.expand(B, -1, -1) if d.A.dim() == 2 else d.A.mT
+        Y = torch.cholesky_solve(At, L)
+        Ls, _ = _cholesky(d.A @ Y, delta)
+        y = _chol_solve(Ls, mv(d.A, x) - d.b)
+        x = x - (Y @ y.unsqueeze(-1)).squeeze(-1)
+    else:
+        y = x.new_zeros(B, 0)
+    s = d.h - mv(d.G, x)
+    z = -s
+    s = s + (1.0 - s.amin(-1, keepdim=True)).clamp_min(0.0)
+    z = z + (1.0 - z.amin(-1, keepdim=True)).clamp_min(0.0)
+    return x, s, z, y
+
+
+def _expand_vec(v: torch.Tensor, B: int) -> torch.Tensor:
+    return v.expand(B, -1) if v.dim() == 1 else v
+
+
+def interior_point(data: QPData, options: QPOptions) -> RawSolution:
+    """Solve every problem of ``data`` (detached, canonical). See the module docstring."""
+    B, n, m, p = data.B, data.n, data.m, data.p
+    dtype, device = data.dtype, data.device
+    tol = options.tol_for(dtype)
+    tols = tolerances_for(dtype)
+
+    if m == 0:
+        return _equality_only(data)
+
+    sdata, gnorm, anorm = _scaled(data)
+    delta_full = tols.kkt_reg * kkt._data_scale(sdata)
+
+    x_out = data.q.new_zeros(B, n)
+    z_out = data.q.new_zeros(B, m)
+    y_out = data.q.new_zeros(B, p)
+    status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=device)
+    iters = torch.zeros(B, dtype=torch.int32, device=device)
+
+    idx = torch.arange(B, device=device)
+    d = sdata
+    delta = delta_full
+    x, s, z, y = _initial_point(d, delta)
+    q_w, h_w, b_w = _expand_vec(d.q, B), _expand_vec(d.h, B), _expand_vec(d.b, B)
+    qn, hn, bn = inf_norm(q_w), inf_norm(h_w), inf_norm(b_w)
+
+    for it in range(options.max_iter + 1):
+        Qx, Gx, Ax = mv(d.Q, x), mv(d.G, x), mv(d.A, x)
+        Gtz, Aty = mtv(d.G, z), mtv(d.A, y)
+        rd = Qx + d.q + Gtz + Aty
+        rp = Gx + s - d.h
+        re = Ax - d.b
+        sz = (s * z).sum(-1)
+        mu = sz / m
+
+        xQx = (x * Qx).sum(-1)
+        qx = (x * q_w).sum(-1)
+        pres = torch.maximum(
+            inf_norm(rp) / (1 + torch.maximum(hn, inf_norm(Gx))),
+            inf_norm(re) / (1 + torch.maximum(bn, inf_norm(Ax))),
+        )
+        dres = inf_norm(rd) / (1 + torch.maximum(torch.maximum(qn, inf_norm(Qx)), torch.maximum(inf_norm(Gtz), inf_norm(Aty))))
+        gap = sz / (1 + (0.5 * xQx + qx).abs())
+        converged = (pres <= tol) & (dres <= tol) & (gap <= tol)
+
+        # Certificates (see module docstring).
+        t_p = -((h_w * z).sum(-1) + (b_w * y).sum(-1))
+        primal_inf = (t_p > 0) & (inf_norm(Gtz + Aty) <= tols.infeasibility_tol * t_p) & ~converged
+        t_d = -qx
+        ray = torch.maximum(torch.maximum(inf_norm(Qx), inf_norm(Ax)), Gx.amax(-1).clamp_min(0))
+        dual_inf = (t_d > 0) & (ray <= tols.infeasibility_tol * t_d) & ~converged & ~primal_inf
+        finite = torch.isfinite(x).all(-1) & torch.isfinite(z).all(-1) & torch.isfinite(s).all(-1) & torch.isfinite(y).all(-1)
+        broken = ~finite
+
+        code = torch.full_like(status[idx], int(Status.MAX_ITER))
+        code = torch.where(converged, int(Status.SOLVED), code)
+        code = torch.where(primal_inf, int(Status.PRIMAL_INFEASIBLE), code)
+        code = torch.where(dual_inf, int(Status.DUAL_INFEASIBLE), code)
+        code = torch.where(broken, int(Status.NUMERICAL_ERROR), code).to(torch.int8)
+        done = converged | primal_inf | dual_inf | broken
+        if it == options.max_iter:
+            done = torch.ones_like(done)
+        if bool(done.any()):
+            gi = idx[done]
+            x_out[gi], z_out[gi], y_out[gi] = x[done], z[done], y[done]
+            status[gi] = code[done]
+            iters[gi] = it
+            keep = ~done
+            if not bool(keep.any()):
+                break
+            # Compact the working batch: finished problems cost nothing from here on.
+            kept = torch.nonzero(keep).squeeze(-1)
+            idx = idx[kept]
+            x, s, z, y = x[kept], s[kept], z[kept], y[kept]
+            d = d.take(kept)
+            delta = delta[kept]
+            q_w, h_w, b_w = q_w[kept], h_w[kept], b_w[kept]
+            qn, hn, bn = qn[kept], hn[kept], bn[kept]
+            rd, rp, re, mu = rd[kept], rp[kept], re[kept], mu[kept]
+
+        newton = _Newton(d, s, z, delta)
+        # Predictor (affine scaling) step.
+        dx_a, ds_a, dz_a, dy_a = newton.step(rd, rp, re, s * z)
+        alpha_a = torch.minimum(_max_step(s, ds_a), _max_step(z, dz_a)).clamp_max(1.0)
+        mu_aff = ((s + alpha_a[:, None] * ds_a) * (z + alpha_a[:, None] * dz_a)).sum(-1) / m
+        sigma = (mu_aff / mu).clamp(0.0, 1.0) ** 3
+        # Corrector step.
+        rc = s * z + ds_a * dz_a - (sigma * mu)[:, None]
+        dx, ds, dz, dy = newton.step(rd, rp, re, rc)
+        alpha = (STEP_TO_BOUNDARY * torch.minimum(_max_step(s, ds), _max_step(z, dz))).clamp_max(1.0)
+        # A failed factorization poisons the iterate so the problem is reported, not hidden.
+        alpha = torch.where(newton.ok, alpha, torch.full_like(alpha, float("nan")))
+        a = alpha[:, None]
+        x, s, z, y = x + a * dx, s + a * ds, z + a * dz, y + a * dy
+
+    lam = z_out / gnorm
+    nu = y_out / anorm
+    sol = RawSolution(x=x_out, lam=lam, nu=nu, status=status, iterations=iters)
+    if options.polish:
+        sol = polish(data, sol)
+    return sol
+
+
+def polish(data: QPData, sol: RawSolution) -> RawSolution:
+    """Active-set polish: solve the KKT system of the identified active set exactly.
+
+    Accepted per problem only if the polished point is primal feasible and its active
+    multipliers are non-negative (within ``polish_tol``): it then satisfies every KKT condition,
+    so it is optimal and the status becomes SOLVED (this can rescue MAX_ITER problems).
+    The LU factor is returned with the solution for the backward pass.
+    """
+    tols = tolerances_for(data.dtype)
+    B, n, m = data.B, data.n, data.m
+    slack = _expand_vec(data.h, B) - mv(data.G, sol.x)
+    mask = kkt.classify_active(sol.lam, slack)
+    fac = kkt.factor(data, mask)
+    rhs = torch.cat([-_expand_vec(data.q, B), mask * _expand_vec(data.h, B), _expand_vec(data.b, B)], -1)
+    u = kkt.solve(data, fac, rhs)
+    xp, lp, yp = u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
+
+    scale_h = 1 + inf_norm(_expand_vec(data.h, B))
+    viol = (mv(data.G, xp) - _expand_vec(data.h, B)).clamp_min(0)
+    feasible = inf_norm(viol) <= tols.polish_tol * scale_h
+    dual_ok = (lp.amin(-1) if m else lp.new_zeros(B)) >= -tols.polish_tol * (1 + inf_norm(lp))
+    resid = inf_norm(kkt.matvec(data, mask, u) - rhs) <= tols.polish_tol * (1 + inf_norm(rhs))
+    finite = torch.isfinite(u).all(-1)
+    candidate = (sol.status == Status.SOLVED) | (sol.status == Status.MAX_ITER)
+    accept = candidate & feasible & dual_ok & resid & finite
+
+    a = accept[:, None]
+    x = torch.where(a, xp, sol.x)
+    lam = torch.where(a, lp.clamp_min(0), sol.lam)
+    nu = torch.where(a, yp, sol.nu)
+    status = torch.where(accept, torch.full_like(sol.status, int(Status.SOLVED)), sol.status)
+    return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=sol.iterations, factor=fac)
+
+
+def _equality_only(data: QPData) -> RawSolution:
+    """No inequalities: one KKT solve ``[Q Aᵀ; A 0](x, ν) = (−q, b)``; no iterations."""
+    tols = tolerances_for(data.dtype)
+    B, n = data.B, data.n
+    mask = data.q.new_zeros(B, 0)
+    fac = kkt.factor(data, mask)
+    rhs = torch.cat([-_expand_vec(data.q, B), _expand_vec(data.b, B)], -1)
+    u = kkt.solve(data, fac, rhs)
+    x, nu = u[:, :n], u[:, n:]
+    stat_res = inf_norm(mv(data.Q, x) + _expand_vec(data.q, B) + mtv(data.A, nu))
+    prim_res = inf_norm(mv(data.A, x) - _expand_vec(data.b, B))
+    ok_d = stat_res <= tols.polish_tol * (1 + inf_norm(_expand_vec(data.q, B)))
+    ok_p = prim_res <= tols.polish_tol * (1 + inf_norm(_expand_vec(data.b, B)))
+    finite = torch.isfinite(u).all(-1)
+    status = torch.full((B,), int(Status.SOLVED), dtype=torch.int8, device=data.device)
+    status = torch.where(ok_d, status, int(Status.DUAL_INFEASIBLE)).to(torch.int8)
+    status = torch.where(ok_p, status, int(Status.PRIMAL_INFEASIBLE)).to(torch.int8)
+    status = torch.where(finite, status, int(Status.NUMERICAL_ERROR)).to(torch.int8)
+    iters = torch.zeros(B, dtype=torch.int32, device=data.device)
+    return RawSolution(x=x, lam=x.new_zeros(B, 0), nu=nu, status=status, iterations=iters, factor=fac)

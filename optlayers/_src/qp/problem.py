@@ -1,0 +1,218 @@
+"""Validation and canonicalization of batched QP data — the one place every backend relies on.
+
+The problem, for each index of the batch::
+
+    minimize_x   ½ xᵀ Q x + qᵀ x
+    subject to   A x = b          (p rows, may be absent)
+                 G x ≤ h          (m rows, may be absent)
+
+Input shapes (``*`` are leading batch dimensions, broadcast like any torch op):
+
+    Q: (*, n, n)   q: (*, n)   G: (*, m, n)   h: (*, m)   A: (*, p, n)   b: (*, p)
+
+Canonical form (:class:`QPData`): the broadcast batch shape is flattened to one dimension ``B``.
+A tensor whose batch dimensions are absent (or all ones) stays **shared**: it keeps its core
+shape, e.g. ``G`` of shape ``(m, n)``, and is never copied per problem; backends broadcast it.
+A tensor that carries the full batch shape is reshaped to ``(B, *core)`` (a view when possible).
+A tensor that is only partially broadcast (e.g. batch ``(3, 1)`` against ``(3, 5)``) is expanded
+and copied — the rare case. Canonicalization uses differentiable torch ops, so autograd sums
+gradients of broadcast inputs over the batch on its own. Absent constraint blocks become
+zero-row tensors, so backends need no special cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from optlayers._src.tolerances import tolerances_for
+
+_CORE_DIMS = {"Q": 2, "q": 1, "G": 2, "h": 1, "A": 2, "b": 1}
+_FIELDS = ("Q", "q", "G", "h", "A", "b")
+
+
+@dataclasses.dataclass(frozen=True)
+class QPData:
+    """Canonical batched QP data. Each field is batched ``(B, *core)`` or shared ``(*core)``."""
+
+    Q: torch.Tensor
+    q: torch.Tensor
+    G: torch.Tensor
+    h: torch.Tensor
+    A: torch.Tensor
+    b: torch.Tensor
+    batch_shape: torch.Size
+    present: tuple[bool, bool]  # (inequalities given, equalities given)
+
+    @property
+    def B(self) -> int:
+        return math.prod(self.batch_shape)
+
+    @property
+    def n(self) -> int:
+        return self.q.shape[-1]
+
+    @property
+    def m(self) -> int:
+        return self.h.shape[-1]
+
+    @property
+    def p(self) -> int:
+        return self.b.shape[-1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.q.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    def is_batched(self, name: str) -> bool:
+        return getattr(self, name).dim() > _CORE_DIMS[name]
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f) for f in _FIELDS)
+
+    def take(self, idx: torch.Tensor) -> "QPData":
+        """The sub-batch ``idx`` (1-D index tensor); shared fields are kept as they are."""
+        fields = {f: (getattr(self, f)[idx] if self.is_batched(f) else getattr(self, f)) for f in _FIELDS}
+        return dataclasses.replace(self, batch_shape=torch.Size([idx.numel()]), **fields)
+
+    def detach(self) -> "QPData":
+        return dataclasses.replace(self, **{f: getattr(self, f).detach() for f in _FIELDS})
+
+
+def _check_tensor(name: str, t, ref: torch.Tensor | None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"{name} must be float32 or float64; got {t.dtype}. Convert it with {name}.double() or {name}.float()."
+        )
+    if ref is not None:
+        if t.dtype != ref.dtype:
+            raise ValueError(
+                f"{name} has dtype {t.dtype} but q has {ref.dtype}; all QP data must share one dtype "
+                f"(convert with .to({ref.dtype}))."
+            )
+        if t.device != ref.device:
+            raise ValueError(
+                f"{name} is on device {t.device} but q is on {ref.device}; all QP data must be on one device."
+            )
+
+
+def _batch_of(name: str, t: torch.Tensor) -> torch.Size:
+    core = _CORE_DIMS[name]
+    if t.dim() < core:
+        want = {1: "(*, n)", 2: "(*, rows, n)"}[core]
+        raise ValueError(f"{name} must have at least {core} dimension(s) {want}; got shape {tuple(t.shape)}")
+    return t.shape[: t.dim() - core]
+
+
+def canonicalize(
+    Q: torch.Tensor | None,
+    q: torch.Tensor,
+    G: torch.Tensor | None = None,
+    h: torch.Tensor | None = None,
+    A: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    *,
+    check_values: bool = True,
+) -> QPData:
+    """Validate QP data and bring it to canonical form (see the module docstring).
+
+    ``Q=None`` means ``Q = 0`` (a linear program). ``G``/``h`` and ``A``/``b`` must be given in
+    pairs or not at all.
+
+    Raises:
+        TypeError / ValueError naming the offending argument: wrong types, dtypes, devices or
+        shapes; non-finite entries; a ``Q`` that is not symmetric or not positive semidefinite
+        (the last three only when ``check_values``).
+    """
+    _check_tensor("q", q, None)
+    _batch_of("q", q)
+    n = q.shape[-1]
+    if n == 0:
+        raise ValueError("q must have at least one entry (n ≥ 1 variables); got shape " f"{tuple(q.shape)}")
+    for name, t in (("Q", Q), ("G", G), ("h", h), ("A", A), ("b", b)):
+        if t is not None:
+            _check_tensor(name, t, q)
+    for mat, vec in (("G", "h"), ("A", "b")):
+        given = {mat: locals()[mat] is not None, vec: locals()[vec] is not None}
+        if given[mat] != given[vec]:
+            missing = mat if not given[mat] else vec
+            raise ValueError(f"{mat} and {vec} must be given together; {missing} is missing")
+
+    present = (G is not None, A is not None)
+    if Q is None:
+        Q = q.new_zeros(n, n)
+    if G is None:
+        G, h = q.new_zeros(0, n), q.new_zeros(0)
+    if A is None:
+        A, b = q.new_zeros(0, n), q.new_zeros(0)
+    raw = {"Q": Q, "q": q, "G": G, "h": h, "A": A, "b": b}
+
+    # Core shapes.
+    batches = {name: _batch_of(name, t) for name, t in raw.items()}
+    if Q.shape[-2:] != (n, n):
+        raise ValueError(f"Q must have shape (*, n, n) = (*, {n}, {n}) to match q; got {tuple(Q.shape)}")
+    m, p = G.shape[-2], A.shape[-2]
+    if G.shape[-1] != n:
+        raise ValueError(f"G must have shape (*, m, n) with n = {n} columns (from q); got {tuple(G.shape)}")
+    if h.shape[-1] != m:
+        raise ValueError(f"h must have shape (*, m) with m = {m} (rows of G); got {tuple(h.shape)}")
+    if A.shape[-1] != n:
+        raise ValueError(f"A must have shape (*, p, n) with n = {n} columns (from q); got {tuple(A.shape)}")
+    if b.shape[-1] != p:
+        raise ValueError(f"b must have shape (*, p) with p = {p} (rows of A); got {tuple(b.shape)}")
+
+    try:
+        batch_shape = torch.broadcast_shapes(*batches.values())
+    except RuntimeError:
+        listing = ", ".join(f"{k}: {tuple(v)}" for k, v in batches.items() if len(v))
+        raise ValueError(f"the batch dimensions of the QP data do not broadcast together ({listing})") from None
+
+    if check_values:
+        _check_values(raw)
+
+    B = math.prod(batch_shape)
+    canon = {}
+    for name, t in raw.items():
+        core = t.shape[t.dim() - _CORE_DIMS[name]:]
+        tb = batches[name]
+        if tb == batch_shape and len(tb):
+            canon[name] = t.reshape((B,) + tuple(core))
+        elif math.prod(tb) == 1:
+            canon[name] = t.reshape(core)  # shared: one copy for the whole batch
+        else:
+            canon[name] = t.expand(tuple(batch_shape) + tuple(core)).reshape((B,) + tuple(core))
+    return QPData(batch_shape=torch.Size(batch_shape), present=present, **canon)
+
+
+def _check_values(raw: dict[str, torch.Tensor]) -> None:
+    """Finite entries everywhere; Q symmetric positive semidefinite (within tolerance)."""
+    for name, t in raw.items():
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
+    Q = raw["Q"].detach()
+    tol = tolerances_for(Q.dtype)
+    scale = Q.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    asym = ((Q - Q.mT).abs() / scale).amax()
+    if float(asym) > tol.symmetry_tol:
+        raise ValueError(
+            f"Q must be symmetric; max |Q - Qᵀ| relative to max |Q| is {float(asym):.2e} "
+            f"(tolerance {tol.symmetry_tol:.0e}). Pass 0.5 * (Q + Q.mT)."
+        )
+    n = Q.shape[-1]
+    eye = torch.eye(n, dtype=Q.dtype, device=Q.device)
+    # Cholesky of Q + δI succeeds iff λ_min(Q) > -δ (up to rounding): a cheap PSD test.
+    _, info = torch.linalg.cholesky_ex(Q + tol.psd_tol * scale * eye)
+    if bool((info > 0).any()):
+        lam_min = float(torch.linalg.eigvalsh(Q).amin())
+        raise ValueError(
+            f"Q must be positive semidefinite; its smallest eigenvalue is {lam_min:.3e}. "
+            "The QP is not convex — check the sign of Q or add a multiple of the identity."
+        )
