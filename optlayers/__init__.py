@@ -10,6 +10,8 @@ Public API (see README.md and DESIGN.md §2):
 from optlayers._src.status import OnFailure, SolverError, Status
 from optlayers.qp import Backend, QPLayer, QPOptions, QPSolution, solve_qp
 from optlayers import testing
+from optlayers import implicit, linear_solve, optimality, projection
+from optlayers.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
 
 __version__ = "0.1.0"
 
@@ -23,4 +25,12 @@ __all__ = [
     "SolverError",
     "Status",
     "testing",
+    "custom_fixed_point",
+    "custom_root",
+    "root_jvp",
+    "root_vjp",
+    "implicit",
+    "linear_solve",
+    "optimality",
+    "projection",
 ]

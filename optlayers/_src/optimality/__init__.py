@@ -1,0 +1,1 @@
+"""Optimality conditions for implicit differentiation (public as :mod:`optlayers.optimality`)."""

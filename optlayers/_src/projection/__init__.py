@@ -1,0 +1,1 @@
+"""Euclidean projections and proximal operators (public as :mod:`optlayers.projection`)."""
