@@ -241,16 +241,21 @@ def _check_signatures(optimality_fun, solver) -> None:
             )
     if any(p.kind in var for p in params_f + params_s):
         return  # *args / **kwargs: only the call-time check applies
-    names_f = [p.name for p in params_f[1:]]
-    names_s = [p.name for p in params_s[1:]]
-    if names_f != names_s:
+    kw = inspect.Parameter.KEYWORD_ONLY
+    pos_f = [p.name for p in params_f[1:] if p.kind != kw]
+    pos_s = [p.name for p in params_s[1:] if p.kind != kw]
+    kw_f = sorted(p.name for p in params_f if p.kind == kw)
+    kw_s = sorted(p.name for p in params_s if p.kind == kw)
+    # Positional arguments are matched by position (names may differ: builders in
+    # ol.optimality use generic names); keyword-only ones by name.
+    if len(pos_f) != len(pos_s) or kw_f != kw_s:
         raise TypeError(
             "custom_root: the signatures of optimality_fun and the solver do not match. "
             "They must take the same arguments after the first (the solution x for "
-            "optimality_fun, the initial guess for the solver), with the same names, since "
-            f"each call solver(init, *args, **kwargs) is checked with optimality_fun(x, *args, "
-            f"**kwargs). Got optimality_fun{sig_f} (arguments {names_f}) and solver{sig_s} "
-            f"(arguments {names_s})."
+            "optimality_fun, the initial guess for the solver), since each call "
+            "solver(init, *args, **kwargs) is differentiated through optimality_fun(x, *args, "
+            f"**kwargs). Got optimality_fun{sig_f} (arguments {pos_f}, keyword-only {kw_f}) and "
+            f"solver{sig_s} (arguments {pos_s}, keyword-only {kw_s})."
         )
 
 
@@ -335,8 +340,10 @@ def custom_root(
         A decorator ``solver -> wrapped_solver`` with the same call signature.
 
     Raises:
-        TypeError: at decoration if ``F`` and the solver do not take the same arguments after
-            the first, and at call time if ``F`` cannot be called with the solver's arguments.
+        TypeError: at decoration if ``F`` and the solver do not take the same number of
+            positional arguments after the first (or different keyword-only ones), and at call
+            time if ``F`` cannot be called with the solver's arguments (e.g. a keyword argument
+            that ``F`` does not have).
         ValueError: in backward/forward mode if ``F`` does not return the solution's structure
             or returns non-finite values at the solution.
 
