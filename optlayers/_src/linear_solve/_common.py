@@ -27,6 +27,9 @@ DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 # A direct (dense) solve is accepted when its relative residual is below this multiple of the
 # dtype's epsilon times the condition-free bound n; above it the matrix is numerically singular.
 DENSE_RESIDUAL_FACTOR = 1e3
+# A direct solve warns when cond(A) > DENSE_MAX_COND_EPS / eps (4.5e13 in float64, 8e4 in
+# float32): the solution then has fewer than ~2 correct digits.
+DENSE_MAX_COND_EPS = 1e-2
 # Default iteration budget: MAXITER_PER_UNKNOWN * n matrix-vector products (scipy's default for
 # CG is 10 n), and never fewer than MIN_MAXITER.
 MAXITER_PER_UNKNOWN = 10

@@ -110,33 +110,33 @@ def normal_cg(
     return_info: bool = False,
     rmatvec: Callable[[Any], Any] | None = None,
 ) -> Any:
-    """Solve ``(AᵀA + ridge·I) x = Aᵀ b`` by CG on the normal equations (CGNR).
+    """Solve ``(A + ridge·I) x = b`` by CG on the normal equations ``MᵀM x = Mᵀb``, ``M = A + ridge·I`` (CGNR).
 
     Works for any nonsingular square ``A`` (and gives the least-squares solution otherwise),
     at the price of squaring the condition number. ``Aᵀ`` is obtained by reverse-mode autodiff
     of ``matvec`` (which is linear, so its VJP at zero is the transpose) unless ``rmatvec``
     is given. Same arguments as :func:`cg`; ``b``, ``init`` and ``x`` live in the same space
     (``A`` square). The stopping test is on the normal-equation residual
-    ``||Aᵀ(b - A x) - ridge·x|| <= max(tol ||Aᵀ b||, atol)``, which is what is reported.
+    ``||Mᵀ(b - M x)|| <= max(tol ||Mᵀ b||, atol)``, which is what is reported. ``ridge`` has
+    the same meaning as for every other solver (it shifts ``A``, not ``AᵀA``). ``rmatvec``:
+    optional ``u ↦ Aᵀu`` (without the ridge).
     """
     fl, mv, b2, x, tol, atol, maxiter = prepare(
-        matvec, b, init, tol, atol, maxiter, batch_dims, None, on_failure
+        matvec, b, init, tol, atol, maxiter, batch_dims, ridge, on_failure
     )
     if rmatvec is not None:
-        rmv = fl.flat_matvec(rmatvec, name="rmatvec")
+        rmv_user = fl.flat_matvec(rmatvec, name="rmatvec")
+
+        def rmv(u: torch.Tensor) -> torch.Tensor:
+            return rmv_user(u) + ridge * u if ridge else rmv_user(u)
     else:
         def rmv(u: torch.Tensor) -> torch.Tensor:
-            # A is linear: vjp of v ↦ A v at any point is u ↦ Aᵀ u. Evaluate at zeros.
+            # A (+ ridge I) is linear: its vjp at any point is u ↦ Aᵀ u. Evaluate at zeros.
             _, vjp_fn = torch.func.vjp(mv, torch.zeros_like(u))
             return vjp_fn(u)[0]
 
-    ridge_v = float(ridge) if ridge else 0.0
-    if ridge is not None and not ridge_v >= 0:
-        raise ValueError(f"ridge must be >= 0; got {ridge!r}")
-
     def normal_mv(v):
-        out = rmv(mv(v))
-        return out + ridge_v * v if ridge_v else out
+        return rmv(mv(v))
 
     rhs = rmv(b2)
     return _cg_flat("normal_cg", fl, normal_mv, rhs, x, tol, atol, maxiter, on_failure, return_info)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
 
 from optlayers._src.linear_solve._common import (
+    DENSE_MAX_COND_EPS,
     DENSE_RESIDUAL_FACTOR,
+    LinearSolveWarning,
     Flattener,
     LinearSolveError,
     LinearSolveInfo,
@@ -56,9 +59,10 @@ def dense(
     Cost ``O(B n^3)`` time and ``O(B n^2)`` memory: for small systems (n up to a few
     thousand), or as the reference in tests. ``init`` and ``maxiter`` are accepted for a
     uniform signature and ignored. ``tol``/``atol`` are not used to stop (there is no
-    iteration) but the solution is checked: a relative residual above
-    ``1e3 · n · eps`` (numerically singular matrix) is reported per ``on_failure``, and a
-    singular matrix (zero pivot) always raises :class:`LinearSolveError`.
+    iteration) but the solution is checked: a condition number above ``1e-2/eps`` (4.5e13 in
+    float64) or a relative residual ``||b − Ax|| / (||A||_F ||x|| + ||b||)`` above
+    ``1e3 · n · eps`` is reported per ``on_failure``, and an exactly singular matrix (zero
+    pivot) always raises :class:`LinearSolveError`. (The condition number costs an SVD.)
 
     ``vectorize=False`` builds the matrix with a Python loop instead of ``torch.func.vmap``
     (for matvecs that vmap cannot trace, e.g. with data-dependent Python control flow).
@@ -88,6 +92,19 @@ def dense(
             f"problem(s) {bad[:10]}. Add a ridge (ridge=1e-8 ...) or remove the degeneracy.",
             LinearSolveInfo(info == 0, torch.full_like(b_norm, float("inf")), b_norm, fl.n, fl.batch_shape, "dense"),
         )
+    with torch.no_grad():
+        cond = torch.linalg.cond(A.detach())
+        ill = cond > DENSE_MAX_COND_EPS / torch.finfo(b2.dtype).eps
+    if bool(ill.any()):
+        bad = torch.nonzero(ill).flatten().tolist()
+        msg = (
+            f"linear_solve.dense: the matrix is numerically singular for batch problem(s) "
+            f"{bad[:10]} (condition number {float(cond.max()):.2e}); the solution is unreliable. "
+            "Add a ridge or remove the degeneracy."
+        )
+        if on_failure == "raise":
+            raise LinearSolveError(msg, LinearSolveInfo(~ill, torch.full_like(b_norm, float("nan")), b_norm, fl.n, fl.batch_shape, "dense"))
+        warnings.warn(msg, LinearSolveWarning, stacklevel=2)
     residual = rownorm(b2 - (A @ x[:, :, None])[:, :, 0])
     eps = torch.finfo(b2.dtype).eps
     with torch.no_grad():
