@@ -231,7 +231,9 @@ def _ms(s: float) -> str:
 
 
 def _ratio(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    if v is None:
+        return "n/a"
+    return f"{v:.2g}" if v < 0.1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
 
 def _grads_label(wrt: list[str]) -> str:
