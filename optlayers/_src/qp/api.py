@@ -64,12 +64,17 @@ def _attach(data: QPData, raw: RawSolution) -> tuple[torch.Tensor, torch.Tensor,
     x = torch.where(ok, raw.x, torch.zeros_like(raw.x))
     lam = torch.where(ok, raw.lam, torch.zeros_like(raw.lam))
     nu = torch.where(ok, raw.nu, torch.zeros_like(raw.nu))
-    fac = raw.factor
     plain = data.detach()
-    if fac is None or not bool(ok.all()):
-        slack = plain.h - mv(plain.G, x)
-        fac = kkt.factor(plain, kkt.classify_active(lam, slack))
-    return QPSolutionMap.apply(*data.tensors(), x, lam, nu, fac.lu, fac.pivots, fac.mask, fac.delta)
+    mask = kkt.classify_active(lam, plain.h - mv(plain.G, x))
+    if raw.kkt_solver == "native":
+        empty = x.new_empty(0)
+        factors = (mask, empty, empty.to(torch.int32), empty)
+    else:
+        fac = raw.factor
+        if fac is None or not bool(ok.all()):
+            fac = kkt.factor(plain, mask)
+        factors = (fac.mask, fac.lu, fac.pivots, fac.delta)
+    return QPSolutionMap.apply(*data.tensors(), x, lam, nu, *factors, raw.kkt_solver)
 
 
 def solve_qp(

@@ -24,9 +24,13 @@ the regularized, minimum-norm-like choice).
 
 The solution itself is computed outside autograd by any backend; :class:`QPSolutionMap`
 attaches it to the graph with the backend's KKT factor (or one computed here) as a plain input.
+:func:`kkt_vjp` / :func:`kkt_jvp` hold the formulas once; they take the K-solve as a function,
+so the torch LU factor and the native C++ solve (csrc/) feed the same code.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -36,80 +40,105 @@ from optlayers._src.qp.linalg import mtv, mv, outer, reduce_to
 from optlayers._src.qp.problem import QPData
 
 
-def _data_of(Q, q, G, h, A, b, B: int) -> QPData:
+KKTSolve = Callable[[torch.Tensor], torch.Tensor]
+
+
+def kkt_vjp(data: QPData, x, lam, nu, mask, gx, glam, gnu, solve: KKTSolve, needs=(True,) * 6):
+    """Gradients (∇Q, ∇q, ∇G, ∇h, ∇A, ∇b) from upstream (g_x, g_λ, g_ν); see module docstring.
+
+    ``solve(rhs)`` solves K u = rhs for rhs, u of shape (B, n+m+p). Shared inputs get the
+    batch sum. Entries of ``needs`` that are False give None.
+    """
+    n, m = data.n, data.m
+    u = solve(torch.cat([gx, mask * glam, gnu], -1))
+    ux, ul, un = u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
+    grads = [None] * 6
+    if needs[0]:
+        grads[0] = reduce_to(-0.5 * (outer(ux, x) + outer(x, ux)), data.Q)
+    if needs[1]:
+        grads[1] = reduce_to(-ux, data.q)
+    if needs[2]:
+        grads[2] = reduce_to(-(outer(mask * lam, ux) + outer(ul, x)), data.G)
+    if needs[3]:
+        grads[3] = reduce_to(ul, data.h)
+    if needs[4]:
+        grads[4] = reduce_to(-(outer(nu, ux) + outer(un, x)), data.A)
+    if needs[5]:
+        grads[5] = reduce_to(un, data.b)
+    return tuple(grads)
+
+
+def kkt_jvp(data: QPData, x, lam, nu, mask, tangents, solve: KKTSolve):
+    """(dx, dλ, dν) for tangents (dQ, dq, dG, dh, dA, db) (None = zero); see module docstring."""
+    dQ, dq, dG, dh, dA, db = tangents
+    lam_a = mask * lam
+    top = torch.zeros_like(x)
+    mid = torch.zeros_like(lam)
+    bot = torch.zeros_like(nu)
+    if dQ is not None:
+        top = top - mv(dQ, x)
+    if dq is not None:
+        top = top - dq
+    if dG is not None:
+        top = top - mtv(dG, lam_a)
+        mid = mid - mv(dG, x)
+    if dh is not None:
+        mid = mid + dh
+    if dA is not None:
+        top = top - mtv(dA, nu)
+        bot = bot - mv(dA, x)
+    if db is not None:
+        bot = bot + db
+    u = solve(torch.cat([top, mask * mid, bot], -1))
+    n, m = data.n, data.m
+    return u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
+
+
+def data_of(Q, q, G, h, A, b, B: int) -> QPData:
+    """Wrap canonical tensors (batched or shared) as :class:`QPData` with batch size B."""
     return QPData(Q=Q, q=q, G=G, h=h, A=A, b=b, batch_shape=torch.Size([B]), present=(True, True))
 
 
-def _factor_of(lu, pivots, mask, delta) -> kkt.ActiveKKTFactor:
-    return kkt.ActiveKKTFactor(lu=lu, pivots=pivots, mask=mask, delta=delta)
+def kkt_solver(kind: str, data: QPData, mask, lu, pivots, delta) -> KKTSolve:
+    """The K-solve for a backend's factor: ``"torch"`` (LU tensors) or ``"native"`` (csrc op)."""
+    if kind == "native":
+        from optlayers._src.native import ops
+
+        return lambda rhs: ops.kkt_solve(data, mask, rhs)
+    fac = kkt.ActiveKKTFactor(lu=lu, pivots=pivots, mask=mask, delta=delta)
+    return lambda rhs: kkt.solve(data, fac, rhs)
 
 
 class QPSolutionMap(torch.autograd.Function):
-    """``(Q, q, G, h, A, b; x*, λ*, ν*, factor) ↦ (x*, λ*, ν*)`` with the implicit derivative.
+    """``(Q, q, G, h, A, b; x*, λ*, ν*, K-factor) ↦ (x*, λ*, ν*)`` with the implicit derivative.
 
-    Inputs are canonical (:class:`QPData` layout: batched ``(B, …)`` or shared). The solution
-    tensors and the factor (``lu``, ``pivots``, ``mask``, ``delta``) are non-differentiable inputs.
+    Inputs are canonical (:class:`QPData` layout: batched ``(B, …)`` or shared). The solution,
+    the active mask and the factor tensors (``lu``, ``pivots``, ``delta``; empty for the native
+    solver, which refactors in C++) are non-differentiable inputs; ``kind`` names the K-solver.
     """
 
     @staticmethod
-    def forward(Q, q, G, h, A, b, x, lam, nu, lu, pivots, mask, delta):
+    def forward(Q, q, G, h, A, b, x, lam, nu, mask, lu, pivots, delta, kind):
         return x.clone(), lam.clone(), nu.clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        ctx.kind = inputs[-1]
+        ctx.save_for_backward(*inputs[:-1])
+        ctx.save_for_forward(*inputs[:-1])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gx, glam, gnu):
-        Q, q, G, h, A, b, x, lam, nu, lu, pivots, mask, delta = ctx.saved_tensors
-        B = x.shape[0]
-        data = _data_of(Q, q, G, h, A, b, B)
-        fac = _factor_of(lu, pivots, mask, delta)
-        n, m = data.n, data.m
-        u = kkt.solve(data, fac, torch.cat([gx, mask * glam, gnu], -1))
-        ux, ul, un = u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
-        need = ctx.needs_input_grad
-        grads = [None] * 13
-        if need[0]:
-            grads[0] = reduce_to(-0.5 * (outer(ux, x) + outer(x, ux)), Q)
-        if need[1]:
-            grads[1] = reduce_to(-ux, q)
-        if need[2]:
-            grads[2] = reduce_to(-(outer(mask * lam, ux) + outer(ul, x)), G)
-        if need[3]:
-            grads[3] = reduce_to(ul, h)
-        if need[4]:
-            grads[4] = reduce_to(-(outer(nu, ux) + outer(un, x)), A)
-        if need[5]:
-            grads[5] = reduce_to(un, b)
-        return tuple(grads)
+        Q, q, G, h, A, b, x, lam, nu, mask, lu, pivots, delta = ctx.saved_tensors
+        data = data_of(Q, q, G, h, A, b, x.shape[0])
+        solve = kkt_solver(ctx.kind, data, mask, lu, pivots, delta)
+        grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, solve, ctx.needs_input_grad[:6])
+        return grads + (None,) * 8
 
     @staticmethod
     def jvp(ctx, dQ, dq, dG, dh, dA, db, *_):
-        Q, q, G, h, A, b, x, lam, nu, lu, pivots, mask, delta = ctx.saved_tensors
-        B = x.shape[0]
-        data = _data_of(Q, q, G, h, A, b, B)
-        lam_a = mask * lam
-        top = x.new_zeros(x.shape)
-        mid = lam.new_zeros(lam.shape)
-        bot = nu.new_zeros(nu.shape)
-        if dQ is not None:
-            top = top - mv(dQ, x)
-        if dq is not None:
-            top = top - dq
-        if dG is not None:
-            top = top - mtv(dG, lam_a)
-            mid = mid - mv(dG, x)
-        if dh is not None:
-            mid = mid + dh
-        if dA is not None:
-            top = top - mtv(dA, nu)
-            bot = bot - mv(dA, x)
-        if db is not None:
-            bot = bot + db
-        rhs = torch.cat([top, mask * mid, bot], -1)
-        u = kkt.solve(data, _factor_of(lu, pivots, mask, delta), rhs)
-        n, m = data.n, data.m
-        return u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
+        Q, q, G, h, A, b, x, lam, nu, mask, lu, pivots, delta = ctx.saved_tensors
+        data = data_of(Q, q, G, h, A, b, x.shape[0])
+        solve = kkt_solver(ctx.kind, data, mask, lu, pivots, delta)
+        return kkt_jvp(data, x, lam, nu, mask, (dQ, dq, dG, dh, dA, db), solve)

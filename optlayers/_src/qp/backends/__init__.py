@@ -24,6 +24,8 @@ class RawSolution:
     status: (B,) int8 (:class:`Status` codes), iterations: (B,) int32,
     factor: the active-set KKT factorization when the backend computed one (reused by the
     backward), else ``None``.
+    kkt_solver: which K-solve the backward uses: ``"torch"`` (LU; ``factor`` reused when
+    present) or ``"native"`` (the C++ solve of csrc/, refactoring at the mask).
     """
 
     x: torch.Tensor
@@ -32,6 +34,7 @@ class RawSolution:
     status: torch.Tensor
     iterations: torch.Tensor
     factor: ActiveKKTFactor | None = None
+    kkt_solver: str = "torch"
 
 
 class QPBackend(Protocol):
@@ -78,9 +81,11 @@ def select(name: Backend | str, data: QPData) -> QPBackend:
 
 
 def _register_builtin() -> None:
+    from optlayers._src.native.backend import NativeBackend
     from optlayers._src.qp.backends.torch_ipm import TorchIPMBackend
 
     register(TorchIPMBackend())
+    register(NativeBackend())
 
 
 _register_builtin()

@@ -37,7 +37,7 @@ import torch
 
 from optlayers._src.qp import kkt
 from optlayers._src.qp.backends import RawSolution
-from optlayers._src.qp.linalg import inf_norm, mtv, mv, weighted_gram
+from optlayers._src.qp.linalg import WeightedGram, inf_norm, mtv, mv
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import QPData
 from optlayers._src.status import Status
@@ -80,20 +80,30 @@ def _scaled(data: QPData) -> tuple[QPData, torch.Tensor, torch.Tensor]:
 def _cholesky(K: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cholesky of K + δI (δ: (B,)), growing δ once for the problems where it fails.
 
-    Returns (L, ok) with ok: (B,) bool, False where even the larger shift failed.
+    ``K`` (a fresh (B, n, n) tensor) is shifted in place. Returns (L, ok) with ok: (B,) bool,
+    False where even the larger shift failed.
     """
-    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
-    L, info = torch.linalg.cholesky_ex(K + delta[:, None, None] * eye)
+    diag = K.diagonal(dim1=-2, dim2=-1)
+    diag += delta.unsqueeze(-1)
+    L, info = torch.linalg.cholesky_ex(K)
     failed = info > 0
     if bool(failed.any()):
-        L2, info2 = torch.linalg.cholesky_ex(K + (REG_GROWTH * delta)[:, None, None] * eye)
+        diag += ((REG_GROWTH - 1) * delta).unsqueeze(-1)
+        L2, info2 = torch.linalg.cholesky_ex(K)
         L = torch.where(failed[:, None, None], L2, L)
         return L, ~(failed & (info2 > 0))
     return L, torch.ones_like(failed)
 
 
+def _chol_solve_mat(L: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """(L Lᵀ)⁻¹ R for R of shape (B, n, k). Two triangular solves: on CPU they are ~2× faster
+    than ``torch.cholesky_solve`` for batches of small matrices."""
+    Y = torch.linalg.solve_triangular(L, R, upper=False)
+    return torch.linalg.solve_triangular(L.mT, Y, upper=True)
+
+
 def _chol_solve(L: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    return torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
+    return _chol_solve_mat(L, r.unsqueeze(-1)).squeeze(-1)
 
 
 def _max_step(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
@@ -105,16 +115,16 @@ def _max_step(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
 class _Newton:
     """Factorization of the reduced Newton system at the current iterate, reused by both steps."""
 
-    def __init__(self, d: QPData, s: torch.Tensor, z: torch.Tensor, delta: torch.Tensor):
+    def __init__(self, d: QPData, gram: WeightedGram, s: torch.Tensor, z: torch.Tensor, delta: torch.Tensor):
         self.d = d
         self.s = s
         self.w = z / s
-        K = d.Q + weighted_gram(d.G, self.w)  # (B, n, n): W is per problem
+        K = d.Q + gram(self.w)  # (B, n, n): W is per problem
         self.L, ok = _cholesky(K, delta)
         self.ok = ok
         if d.p:
             At = d.A.mT.expand(s.shape[0], -1, -1) if d.A.dim() == 2 else d.A.mT
-            self.Y = torch.cholesky_solve(At, self.L)  # K⁻¹ Aᵀ, (B, n, p)
+            self.Y = _chol_solve_mat(self.L, At)  # K⁻¹ Aᵀ, (B, n, p)
             S = d.A @ self.Y
             self.Ls, ok_s = _cholesky(S, delta)
             self.ok = self.ok & ok_s
@@ -134,11 +144,11 @@ class _Newton:
         return dx, ds, dz, dy
 
 
-def _initial_point(d: QPData, delta: torch.Tensor):
+def _initial_point(d: QPData, gram: WeightedGram, delta: torch.Tensor):
     """x, ν from the Newton system with W = I; s = h − Gx, z = −s, both shifted to be ≥ 1."""
     B = delta.shape[0]
     ones = d.h.new_ones(B, d.m)
-    K = d.Q + weighted_gram(d.G, ones)
+    K = d.Q + gram(ones)
     L, _ = _cholesky(K, delta)
     r1 = -d.q + mtv(d.G, d.h.expand(B, -1) if d.h.dim() == 1 else d.h)
     if r1.dim() == 1:
@@ -146,7 +156,7 @@ def _initial_point(d: QPData, delta: torch.Tensor):
     x = _chol_solve(L, r1)
     if d.p:
         At = d.A.mT.expand(B, -1, -1) if d.A.dim() == 2 else d.A.mT
-        Y = torch.cholesky_solve(At, L)
+        Y = _chol_solve_mat(L, At)
         Ls, _ = _cholesky(d.A @ Y, delta)
         y = _chol_solve(Ls, mv(d.A, x) - d.b)
         x = x - (Y @ y.unsqueeze(-1)).squeeze(-1)
@@ -185,7 +195,8 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
     idx = torch.arange(B, device=device)
     d = sdata
     delta = delta_full
-    x, s, z, y = _initial_point(d, delta)
+    gram = WeightedGram(d.G)
+    x, s, z, y = _initial_point(d, gram, delta)
     q_w, h_w, b_w = _expand_vec(d.q, B), _expand_vec(d.h, B), _expand_vec(d.b, B)
     qn, hn, bn = inf_norm(q_w), inf_norm(h_w), inf_norm(b_w)
 
@@ -197,35 +208,32 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         re = Ax - d.b
         sz = (s * z).sum(-1)
         mu = sz / m
-
-        xQx = (x * Qx).sum(-1)
         qx = (x * q_w).sum(-1)
+        gap = sz / (1 + (0.5 * (x * Qx).sum(-1) + qx).abs())
         pres = torch.maximum(
             inf_norm(rp) / (1 + torch.maximum(hn, inf_norm(Gx))),
             inf_norm(re) / (1 + torch.maximum(bn, inf_norm(Ax))),
         )
-        dres = inf_norm(rd) / (1 + torch.maximum(torch.maximum(qn, inf_norm(Qx)), torch.maximum(inf_norm(Gtz), inf_norm(Aty))))
-        gap = sz / (1 + (0.5 * xQx + qx).abs())
+        Gtz_Aty = Gtz + Aty
+        dres = inf_norm(rd) / (1 + torch.maximum(torch.maximum(qn, inf_norm(Qx)), inf_norm(Gtz_Aty)))
         converged = (pres <= tol) & (dres <= tol) & (gap <= tol)
-
         # Certificates (see module docstring).
         t_p = -((h_w * z).sum(-1) + (b_w * y).sum(-1))
-        primal_inf = (t_p > 0) & (inf_norm(Gtz + Aty) <= tols.infeasibility_tol * t_p) & ~converged
-        t_d = -qx
+        primal_inf = (t_p > 0) & (inf_norm(Gtz_Aty) <= tols.infeasibility_tol * t_p)
         ray = torch.maximum(torch.maximum(inf_norm(Qx), inf_norm(Ax)), Gx.amax(-1).clamp_min(0))
-        dual_inf = (t_d > 0) & (ray <= tols.infeasibility_tol * t_d) & ~converged & ~primal_inf
-        finite = torch.isfinite(x).all(-1) & torch.isfinite(z).all(-1) & torch.isfinite(s).all(-1) & torch.isfinite(y).all(-1)
-        broken = ~finite
-
-        code = torch.full_like(status[idx], int(Status.MAX_ITER))
-        code = torch.where(converged, int(Status.SOLVED), code)
-        code = torch.where(primal_inf, int(Status.PRIMAL_INFEASIBLE), code)
-        code = torch.where(dual_inf, int(Status.DUAL_INFEASIBLE), code)
-        code = torch.where(broken, int(Status.NUMERICAL_ERROR), code).to(torch.int8)
+        dual_inf = (qx < 0) & (ray <= tols.infeasibility_tol * -qx)
+        # NaN/Inf anywhere in the iterate makes this sum non-finite.
+        broken = ~torch.isfinite(sz + x.sum(-1) + y.sum(-1) + s.sum(-1))
         done = converged | primal_inf | dual_inf | broken
         if it == options.max_iter:
             done = torch.ones_like(done)
         if bool(done.any()):
+            # Precedence: breakdown > solved > primal infeasible > dual infeasible > max iter.
+            code = torch.full_like(done, int(Status.MAX_ITER), dtype=torch.int8)
+            code[dual_inf] = int(Status.DUAL_INFEASIBLE)
+            code[primal_inf] = int(Status.PRIMAL_INFEASIBLE)
+            code[converged] = int(Status.SOLVED)
+            code[broken] = int(Status.NUMERICAL_ERROR)
             gi = idx[done]
             x_out[gi], z_out[gi], y_out[gi] = x[done], z[done], y[done]
             status[gi] = code[done]
@@ -238,12 +246,13 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
             idx = idx[kept]
             x, s, z, y = x[kept], s[kept], z[kept], y[kept]
             d = d.take(kept)
+            gram = gram.take(kept)
             delta = delta[kept]
             q_w, h_w, b_w = q_w[kept], h_w[kept], b_w[kept]
             qn, hn, bn = qn[kept], hn[kept], bn[kept]
             rd, rp, re, mu = rd[kept], rp[kept], re[kept], mu[kept]
 
-        newton = _Newton(d, s, z, delta)
+        newton = _Newton(d, gram, s, z, delta)
         # Predictor (affine scaling) step.
         dx_a, ds_a, dz_a, dy_a = newton.step(rd, rp, re, s * z)
         alpha_a = torch.minimum(_max_step(s, ds_a), _max_step(z, dz_a)).clamp_max(1.0)

@@ -1,0 +1,847 @@
+// optlayers native QP kernel: the per-problem solver, header-only and torch-free.
+//
+// One problem:   minimize ½xᵀQx + qᵀx   s.t.   Ax = b (p rows),   Gx ≤ h (m rows)
+//
+// This file compiles as host C++ (the CPU op loops over the batch, one problem per thread) and
+// as CUDA device code (a warp or a block cooperates on one problem). The cooperation is
+// abstracted by a "thread group" `Grp` with
+//     rank(), size()        this thread's index in the group, the group's size
+//     sync()                barrier (no-op for a serial group)
+//     sum(v), max(v)        all-reduce over the group (every member gets the result)
+// and every loop is written `for (i = g.rank(); i < N; i += g.size())`, followed by g.sync()
+// before other members read what it wrote. With SerialGroup (size 1) this is plain serial code.
+//
+// The algorithm is the one of the pure-PyTorch backend (optlayers/_src/qp/backends/torch_ipm.py;
+// see its docstring for the maths): Mehrotra predictor-corrector on the reduced system
+// K = Q + G̃ᵀWG̃ (Cholesky) with a Schur complement for the equalities, unit-row scaling
+// G̃ = D_G G, Ã = D_A A applied on the fly (never copied), infeasibility certificates, then an
+// active-set polish (LU with partial pivoting of the compact active-set KKT matrix plus
+// iterative refinement). The same compact KKT solve serves the backward pass (kkt_solve).
+//
+// Memory: everything lives in a caller-provided workspace of workspace_size(n, m, p) scalars.
+// Matrices are row-major.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define OL_HD __host__ __device__
+#define OL_INLINE __forceinline__
+#else
+#define OL_HD
+#define OL_INLINE inline
+#endif
+
+// Vectorize floating-point sum reductions on the host without -ffast-math (OpenMP SIMD).
+#define OL_PRAGMA(x) _Pragma(#x)
+#if defined(_OPENMP) && !defined(__CUDA_ARCH__)
+#define OL_SIMD_SUM(var) OL_PRAGMA(omp simd reduction(+ : var))
+#else
+#define OL_SIMD_SUM(var)
+#endif
+
+namespace optlayers {
+
+// Status codes, identical to optlayers.Status.
+enum : int8_t {
+  kSolved = 0,
+  kPrimalInfeasible = 1,
+  kDualInfeasible = 2,
+  kMaxIter = 3,
+  kNumericalError = 4,
+};
+
+// Fraction of the distance to the boundary taken by a step; growth of the Cholesky shift on
+// failure; refinement steps of the KKT solves. Same values as the PyTorch backend.
+constexpr double kStepToBoundary = 0.99;
+constexpr double kRegGrowth = 1e4;
+constexpr int kRefinementSteps = 3;
+
+template <typename T>
+struct Settings {
+  T tol;          // relative tolerance on residuals and gap
+  T inf_tol;      // infeasibility certificate tolerance
+  T kkt_reg;      // relative static regularization
+  T polish_tol;   // polish acceptance tolerance
+  int max_iter;
+  bool polish;
+};
+
+// Pointers to one problem's data (shared data: the same pointers for every problem).
+template <typename T>
+struct Problem {
+  const T* Q;  // n×n
+  const T* q;  // n
+  const T* G;  // m×n
+  const T* h;  // m
+  const T* A;  // p×n
+  const T* b;  // p
+  int n, m, p;
+  // Optional: outer products g_r g_rᵀ of the rows of G (m × n², row-major), precomputed once
+  // when G is shared by the batch, so that Gᵀ diag(w) G is one contiguous GEMV (m·n²).
+  const T* G_outer = nullptr;
+};
+
+struct SerialGroup {
+  static constexpr bool kSerial = true;
+  OL_HD OL_INLINE int rank() const { return 0; }
+  OL_HD OL_INLINE int size() const { return 1; }
+  OL_HD OL_INLINE void sync() const {}
+  template <typename T>
+  OL_HD OL_INLINE T sum(T v) const { return v; }
+  template <typename T>
+  OL_HD OL_INLINE T max(T v) const { return v; }
+};
+
+template <typename T>
+OL_HD OL_INLINE T ol_max(T a, T b) { return a > b ? a : b; }
+template <typename T>
+OL_HD OL_INLINE T ol_min(T a, T b) { return a < b ? a : b; }
+template <typename T>
+OL_HD OL_INLINE T ol_abs(T a) { return a < T(0) ? -a : a; }
+template <typename T>
+OL_HD OL_INLINE T ol_inf() { return T(1) / T(0); }
+template <typename T>
+OL_HD OL_INLINE T ol_sqrt(T v) {
+#if defined(__CUDA_ARCH__)
+  return sqrt(v);
+#else
+  return std::sqrt(v);
+#endif
+}
+
+// Workspace (in scalars) for one problem; ints are stored in scalar slots.
+OL_HD inline int64_t workspace_size(int n, int m, int p) {
+  const int64_t N = int64_t(n) + m + p;  // largest compact KKT system
+  return int64_t(n) * n            // K / Cholesky factor
+         + int64_t(n) * p          // Y = K⁻¹Ãᵀ
+         + int64_t(p) * p          // Schur complement
+         + 4 * int64_t(n) + 4 * int64_t(m) + 4 * int64_t(p)  // x s z y, dx ds dz dy (affine)
+         + 4 * int64_t(n) + 4 * int64_t(m) + 4 * int64_t(p)  // combined step + residuals
+         + 6 * int64_t(m) + 4 * int64_t(n) + 2 * int64_t(p)  // w, scalings, temporaries
+         + N * N + 6 * N + 2 * int64_t(m)                     // polish / KKT: LU, pivots, r, du, rhs, u, act, slack
+         + 16;
+}
+
+// Contiguous dot product and axpy, run by one thread (vectorized on the host).
+template <typename T>
+OL_HD OL_INLINE T dot_serial(const T* a, const T* b, int k) {
+  T acc = 0;
+  OL_SIMD_SUM(acc)
+  for (int i = 0; i < k; ++i) acc += a[i] * b[i];
+  return acc;
+}
+template <typename T>
+OL_HD OL_INLINE void axpy_serial(T* y, T a, const T* x, int k) {
+  for (int i = 0; i < k; ++i) y[i] += a * x[i];
+}
+
+// ----------------------------------------------------------------------------------------------
+// Small dense kernels (group-cooperative).
+
+// In-place lower Cholesky of the n×n matrix K (row-major; upper part ignored). Returns false if
+// a pivot is not positive.
+template <typename T, typename Grp>
+OL_HD bool cholesky(const Grp& g, T* K, int n) {
+  for (int j = 0; j < n; ++j) {
+    T part = 0;
+    if constexpr (Grp::kSerial) {
+      part = dot_serial(K + j * n, K + j * n, j);
+    } else {
+      for (int k = g.rank(); k < j; k += g.size()) part += K[j * n + k] * K[j * n + k];
+    }
+    const T d = K[j * n + j] - g.sum(part);
+    if (!(d > T(0))) return false;
+    const T ljj = ol_sqrt(d);
+    g.sync();
+    for (int i = j + 1 + g.rank(); i < n; i += g.size())
+      K[i * n + j] = (K[i * n + j] - dot_serial(K + i * n, K + j * n, j)) / ljj;
+    if (g.rank() == 0) K[j * n + j] = ljj;
+    g.sync();
+  }
+  return true;
+}
+
+// Solve (L Lᵀ) x = r in place (r ← x). Serial in the triangular sweeps, parallel in updates.
+template <typename T, typename Grp>
+OL_HD void chol_solve(const Grp& g, const T* L, int n, T* r) {
+  if constexpr (Grp::kSerial) {
+    // Row-oriented forward sweep (contiguous dots), row-oriented backward axpys.
+    for (int i = 0; i < n; ++i) r[i] = (r[i] - dot_serial(L + i * n, r, i)) / L[i * n + i];
+    for (int i = n - 1; i >= 0; --i) {
+      r[i] /= L[i * n + i];
+      axpy_serial(r, -r[i], L + i * n, i);
+    }
+    return;
+  }
+  for (int i = 0; i < n; ++i) {  // forward: L y = r (column sweep)
+    if (g.rank() == 0) r[i] /= L[i * n + i];
+    g.sync();
+    const T yi = r[i];
+    for (int k = i + 1 + g.rank(); k < n; k += g.size()) r[k] -= L[k * n + i] * yi;
+    g.sync();
+  }
+  for (int i = n - 1; i >= 0; --i) {  // backward: Lᵀ x = y (row i of L is column i of Lᵀ)
+    if (g.rank() == 0) r[i] /= L[i * n + i];
+    g.sync();
+    const T xi = r[i];
+    for (int k = g.rank(); k < i; k += g.size()) r[k] -= L[i * n + k] * xi;
+    g.sync();
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Products with the row-scaled data G̃ = diag(gs) G, Ã = diag(as) A (scales may be null = 1).
+
+template <typename T, typename Grp>
+OL_HD void rows_times(const Grp& g, const T* M, const T* scale, int rows, int n, const T* x, T* out) {
+  for (int i = g.rank(); i < rows; i += g.size()) {
+    const T acc = dot_serial(M + int64_t(i) * n, x, n);
+    out[i] = scale ? scale[i] * acc : acc;
+  }
+  g.sync();
+}
+
+// out (+)= Mᵀ diag(scale) v  (n-vector); accumulate if `accumulate`.
+template <typename T, typename Grp>
+OL_HD void rows_transpose_times(const Grp& g, const T* M, const T* scale, int rows, int n, const T* v,
+                                T* out, bool accumulate) {
+  if constexpr (Grp::kSerial) {
+    if (!accumulate)
+      for (int j = 0; j < n; ++j) out[j] = 0;
+    for (int i = 0; i < rows; ++i) {
+      const T c = scale ? scale[i] * v[i] : v[i];
+      if (c != T(0)) axpy_serial(out, c, M + int64_t(i) * n, n);
+    }
+    return;
+  }
+  for (int j = g.rank(); j < n; j += g.size()) {
+    T acc = accumulate ? out[j] : T(0);
+    for (int i = 0; i < rows; ++i) acc += M[int64_t(i) * n + j] * (scale ? scale[i] * v[i] : v[i]);
+    out[j] = acc;
+  }
+  g.sync();
+}
+
+template <typename T, typename Grp>
+OL_HD T inf_norm(const Grp& g, const T* v, int k) {
+  T part = 0;
+  for (int i = g.rank(); i < k; i += g.size()) part = ol_max(part, ol_abs(v[i]));
+  return g.max(part);
+}
+
+template <typename T, typename Grp>
+OL_HD T dot(const Grp& g, const T* a, const T* b, int k) {
+  T part = 0;
+  for (int i = g.rank(); i < k; i += g.size()) part += a[i] * b[i];
+  return g.sum(part);
+}
+
+// Largest α with v + α dv ≥ 0 (∞ if dv ≥ 0).
+template <typename T, typename Grp>
+OL_HD T max_step(const Grp& g, const T* v, const T* dv, int k) {
+  T part = ol_inf<T>();
+  for (int i = g.rank(); i < k; i += g.size())
+    if (dv[i] < T(0)) part = ol_min(part, -v[i] / dv[i]);
+  return -g.max(-part);
+}
+
+// ----------------------------------------------------------------------------------------------
+// The compact active-set KKT system (shared by polish and the backward pass).
+//
+//   ⎡ Q + δI   G_𝒜ᵀ   Aᵀ ⎤
+//   ⎢ G_𝒜      −δI    0  ⎥      size N = n + k + p,  𝒜 = act[0..k)
+//   ⎣ A        0     −δI ⎦
+//
+// is LU-factored with partial pivoting; solutions are refined against the exact (δ = 0) matrix.
+template <typename T>
+struct KKTWork {
+  T* LU;    // N×N
+  T* piv;   // N (pivot rows, stored as scalars)
+  T* r;     // N residual
+  T* du;    // N correction
+};
+
+template <typename T, typename Grp>
+OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act, int k, T delta,
+                               KKTWork<T> w) {
+  const int n = d.n, p = d.p, N = n + k + p;
+  T* M = w.LU;
+  for (int idx = g.rank(); idx < N * N; idx += g.size()) {
+    const int i = idx / N, j = idx % N;
+    T v = 0;
+    if (i < n && j < n) {
+      v = d.Q[i * n + j] + (i == j ? delta : T(0));
+    } else if (i < n && j < n + k) {
+      v = d.G[int64_t(act[j - n]) * n + i];
+    } else if (i < n) {
+      v = d.A[int64_t(j - n - k) * n + i];
+    } else if (j < n && i < n + k) {
+      v = d.G[int64_t(act[i - n]) * n + j];
+    } else if (j < n) {
+      v = d.A[int64_t(i - n - k) * n + j];
+    } else if (i == j) {
+      v = -delta;
+    }
+    M[idx] = v;
+  }
+  g.sync();
+  // LU with partial pivoting (Doolittle, right-looking).
+  for (int c = 0; c < N; ++c) {
+    if (g.rank() == 0) {
+      int best = c;
+      T bv = ol_abs(M[c * N + c]);
+      for (int r = c + 1; r < N; ++r)
+        if (ol_abs(M[r * N + c]) > bv) { bv = ol_abs(M[r * N + c]); best = r; }
+      w.piv[c] = T(best);
+      if (best != c)
+        for (int j = 0; j < N; ++j) { T t = M[c * N + j]; M[c * N + j] = M[best * N + j]; M[best * N + j] = t; }
+    }
+    g.sync();
+    const T pivot = M[c * N + c];
+    const T inv = pivot != T(0) ? T(1) / pivot : T(0);
+    for (int r = c + 1 + g.rank(); r < N; r += g.size()) {
+      const T f = M[r * N + c] * inv;
+      M[r * N + c] = f;
+      if (f != T(0)) {
+        T* Mr = M + r * N;
+        const T* Mc = M + c * N;
+        for (int j = c + 1; j < N; ++j) Mr[j] -= f * Mc[j];
+      }
+    }
+    g.sync();
+  }
+}
+
+template <typename T, typename Grp>
+OL_HD void lu_solve(const Grp& g, const T* LU, const T* piv, int N, T* r) {
+  if (g.rank() == 0) {
+    for (int c = 0; c < N; ++c) {
+      const int pc = int(piv[c]);
+      if (pc != c) { T t = r[c]; r[c] = r[pc]; r[pc] = t; }
+    }
+  }
+  g.sync();
+  for (int c = 0; c < N; ++c) {  // unit lower
+    const T rc = r[c];
+    for (int i = c + 1 + g.rank(); i < N; i += g.size()) r[i] -= LU[i * N + c] * rc;
+    g.sync();
+  }
+  for (int c = N - 1; c >= 0; --c) {  // upper
+    if (g.rank() == 0) r[c] = LU[c * N + c] != T(0) ? r[c] / LU[c * N + c] : T(0);
+    g.sync();
+    const T xc = r[c];
+    for (int i = g.rank(); i < c; i += g.size()) r[i] -= LU[i * N + c] * xc;
+    g.sync();
+  }
+}
+
+// out = K u for the exact compact KKT matrix (δ = 0).
+template <typename T, typename Grp>
+OL_HD void kkt_matvec(const Grp& g, const Problem<T>& d, const int* act, int k, const T* u, T* out) {
+  const int n = d.n, p = d.p, N = n + k + p;
+  if constexpr (Grp::kSerial) {
+    for (int i = 0; i < n; ++i) out[i] = dot_serial(d.Q + i * n, u, n);
+    for (int a = 0; a < k; ++a) {
+      const T* Ga = d.G + int64_t(act[a]) * n;
+      axpy_serial(out, u[n + a], Ga, n);
+      out[n + a] = dot_serial(Ga, u, n);
+    }
+    for (int e = 0; e < p; ++e) {
+      const T* Ae = d.A + int64_t(e) * n;
+      axpy_serial(out, u[n + k + e], Ae, n);
+      out[n + k + e] = dot_serial(Ae, u, n);
+    }
+    return;
+  }
+  for (int i = g.rank(); i < N; i += g.size()) {
+    T acc = 0;
+    if (i < n) {
+      for (int j = 0; j < n; ++j) acc += d.Q[i * n + j] * u[j];
+      for (int a = 0; a < k; ++a) acc += d.G[int64_t(act[a]) * n + i] * u[n + a];
+      for (int e = 0; e < p; ++e) acc += d.A[int64_t(e) * n + i] * u[n + k + e];
+    } else if (i < n + k) {
+      const T* Gi = d.G + int64_t(act[i - n]) * n;
+      for (int j = 0; j < n; ++j) acc += Gi[j] * u[j];
+    } else {
+      const T* Ai = d.A + int64_t(i - n - k) * n;
+      for (int j = 0; j < n; ++j) acc += Ai[j] * u[j];
+    }
+    out[i] = acc;
+  }
+  g.sync();
+}
+
+// Solve K u = rhs (compact, size N) with the factor + kRefinementSteps of refinement. u ← solution.
+template <typename T, typename Grp>
+OL_HD void kkt_refined_solve(const Grp& g, const Problem<T>& d, const int* act, int k, KKTWork<T> w,
+                             const T* rhs, T* u) {
+  const int N = d.n + k + d.p;
+  for (int i = g.rank(); i < N; i += g.size()) u[i] = rhs[i];
+  g.sync();
+  lu_solve(g, w.LU, w.piv, N, u);
+  for (int it = 0; it < kRefinementSteps; ++it) {
+    kkt_matvec(g, d, act, k, u, w.r);
+    for (int i = g.rank(); i < N; i += g.size()) w.du[i] = rhs[i] - w.r[i];
+    g.sync();
+    lu_solve(g, w.LU, w.piv, N, w.du);
+    for (int i = g.rank(); i < N; i += g.size()) u[i] += w.du[i];
+    g.sync();
+  }
+}
+
+template <typename T>
+OL_HD T data_scale(const Problem<T>& d) {
+  T s = 1;
+  for (int i = 0; i < d.n * d.n; ++i) s = ol_max(s, ol_abs(d.Q[i]));
+  for (int i = 0; i < d.m * d.n; ++i) s = ol_max(s, ol_abs(d.G[i]));
+  for (int i = 0; i < d.p * d.n; ++i) s = ol_max(s, ol_abs(d.A[i]));
+  return s;
+}
+
+// Backward / JVP solve: K u = rhs for the full-size layout (n + m + p) and an active mask:
+// inactive rows are identities (u_λi = rhs_λi), active ones form the compact system.
+template <typename T, typename Grp>
+OL_HD void kkt_solve(const Grp& g, const Problem<T>& d, const T* mask, T kkt_reg, const T* rhs, T* u,
+                     T* work) {
+  const int n = d.n, m = d.m, p = d.p;
+  const int64_t N0 = int64_t(n) + m + p;
+  KKTWork<T> w{work, work + N0 * N0, work + N0 * N0 + N0, work + N0 * N0 + 2 * N0};
+  T* rc = work + N0 * N0 + 3 * N0;           // compact rhs (N0)
+  T* uc = rc + N0;                            // compact solution (N0)
+  int* act = reinterpret_cast<int*>(uc + N0);  // m ints (fits in m scalars)
+  int k = 0;
+  if (g.rank() == 0)
+    for (int i = 0; i < m; ++i)
+      if (mask[i] > T(0.5)) act[k++] = i;
+  g.sync();
+  k = 0;
+  for (int i = 0; i < m; ++i) k += mask[i] > T(0.5) ? 1 : 0;
+  const T delta = kkt_reg * data_scale(d);
+  kkt_assemble_factor(g, d, act, k, delta, w);
+  for (int i = g.rank(); i < n; i += g.size()) rc[i] = rhs[i];
+  for (int a = g.rank(); a < k; a += g.size()) rc[n + a] = rhs[n + act[a]];
+  for (int e = g.rank(); e < p; e += g.size()) rc[n + k + e] = rhs[n + m + e];
+  g.sync();
+  kkt_refined_solve(g, d, act, k, w, rc, uc);
+  for (int i = g.rank(); i < n; i += g.size()) u[i] = uc[i];
+  for (int i = g.rank(); i < m; i += g.size()) u[n + i] = mask[i] > T(0.5) ? T(0) : rhs[n + i];
+  for (int e = g.rank(); e < p; e += g.size()) u[n + m + e] = uc[n + k + e];
+  g.sync();
+  for (int a = g.rank(); a < k; a += g.size()) u[n + act[a]] = uc[n + a];
+  g.sync();
+}
+
+// ----------------------------------------------------------------------------------------------
+// The interior-point solver for one problem.
+
+template <typename T>
+struct IPMState {
+  T *K, *Y, *S;
+  T *x, *s, *z, *y;
+  T *dxa, *dsa, *dza, *dya;
+  T *dx, *ds, *dz, *dy;
+  T *rd, *rp, *re, *rc;
+  T *w, *gs, *as, *tn, *tn2, *tm, *tm2, *wt, *hs, *bs;
+  T* polish;  // rest: polish workspace
+};
+
+template <typename T>
+OL_HD IPMState<T> carve(T* work, int n, int m, int p) {
+  IPMState<T> st;
+  T* c = work;
+  auto take = [&](int64_t k) { T* r = c; c += k; return r; };
+  st.K = take(int64_t(n) * n); st.Y = take(int64_t(n) * p); st.S = take(int64_t(p) * p);
+  st.x = take(n); st.s = take(m); st.z = take(m); st.y = take(p);
+  st.dxa = take(n); st.dsa = take(m); st.dza = take(m); st.dya = take(p);
+  st.dx = take(n); st.ds = take(m); st.dz = take(m); st.dy = take(p);
+  st.rd = take(n); st.rp = take(m); st.re = take(p); st.rc = take(m);
+  st.w = take(m); st.gs = take(m); st.as = take(p); st.tn = take(n); st.tn2 = take(n);
+  st.tm = take(m); st.tm2 = take(m); st.wt = take(m); st.hs = take(m); st.bs = take(p);
+  st.polish = c;
+  return st;
+}
+
+// K ← Q + Σ_i wt_i g_i g_iᵀ + δI (lower triangle incl. diagonal), wt = w ∘ gs² (row scaling).
+template <typename T, typename Grp>
+OL_HD void form_K(const Grp& g, const Problem<T>& d, const T* wt, T delta, T* K) {
+  const int n = d.n, m = d.m;
+  if (d.G_outer != nullptr) {  // K = Q + δI + Σ_r wt_r (g_r g_rᵀ): full matrix, contiguous
+    const int nn = n * n;
+    for (int idx = g.rank(); idx < nn; idx += g.size()) K[idx] = d.Q[idx];
+    g.sync();
+    if constexpr (Grp::kSerial) {
+      for (int r = 0; r < m; ++r)
+        if (wt[r] != T(0)) axpy_serial(K, wt[r], d.G_outer + int64_t(r) * nn, nn);
+    } else {
+      for (int idx = g.rank(); idx < nn; idx += g.size()) {
+        T acc = K[idx];
+        for (int r = 0; r < m; ++r) acc += wt[r] * d.G_outer[int64_t(r) * nn + idx];
+        K[idx] = acc;
+      }
+    }
+    for (int i = g.rank(); i < n; i += g.size()) K[i * n + i] += delta;
+    g.sync();
+    return;
+  }
+  for (int i = g.rank(); i < n; i += g.size()) {
+    T* Ki = K + i * n;
+    for (int j = 0; j <= i; ++j) Ki[j] = d.Q[i * n + j];
+    Ki[i] += delta;
+    for (int r = 0; r < m; ++r) {
+      const T* Gr = d.G + int64_t(r) * n;
+      const T a = wt[r] * Gr[i];
+      if (a != T(0))
+        for (int j = 0; j <= i; ++j) Ki[j] += a * Gr[j];
+    }
+  }
+  g.sync();
+}
+
+// Factor K (growing the shift once on failure) and, with equalities, Y = K⁻¹Ãᵀ and the
+// Cholesky factor of S = ÃY + δI. Returns false on failure.
+template <typename T, typename Grp>
+OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, const T* wt, T delta) {
+  const int n = d.n, p = d.p;
+  form_K(g, d, wt, delta, st.K);
+  if (!cholesky(g, st.K, n)) {
+    form_K(g, d, wt, delta * T(kRegGrowth), st.K);
+    if (!cholesky(g, st.K, n)) return false;
+  }
+  if (p == 0) return true;
+  // Y columns: K⁻¹ ã_e. Stored transposed (p×n) for contiguous solves: Yt[e] = K⁻¹ ã_e.
+  for (int e = 0; e < p; ++e) {
+    T* Ye = st.Y + int64_t(e) * n;
+    for (int j = g.rank(); j < n; j += g.size()) Ye[j] = st.as[e] * d.A[int64_t(e) * n + j];
+    g.sync();
+    chol_solve(g, st.K, n, Ye);
+  }
+  for (int idx = g.rank(); idx < p * p; idx += g.size()) {
+    const int e = idx / p, f = idx % p;
+    st.S[idx] = st.as[e] * dot_serial(d.A + int64_t(e) * n, st.Y + int64_t(f) * n, n) + (e == f ? delta : T(0));
+  }
+  g.sync();
+  if (!cholesky(g, st.S, p)) {
+    for (int e = g.rank(); e < p; e += g.size()) {
+      // Rebuild with a larger shift (S was overwritten by the failed factorization).
+      for (int f = 0; f < p; ++f) {
+        const T* Ae = d.A + int64_t(e) * n;
+        const T* Yf = st.Y + int64_t(f) * n;
+        T acc = 0;
+        for (int j = 0; j < n; ++j) acc += Ae[j] * Yf[j];
+        st.S[e * p + f] = st.as[e] * acc + (e == f ? delta * T(kRegGrowth) : T(0));
+      }
+    }
+    g.sync();
+    if (!cholesky(g, st.S, p)) return false;
+  }
+  return true;
+}
+
+// Solve the reduced Newton system for residuals (rd, rp, re, rc): outputs dx, ds, dz, dy.
+template <typename T, typename Grp>
+OL_HD void newton_step(const Grp& g, const Problem<T>& d, IPMState<T>& st, const T* rd, const T* rp,
+                       const T* re, const T* rc, T* dx, T* ds, T* dz, T* dy) {
+  const int n = d.n, m = d.m, p = d.p;
+  // r₁ = −r_d − G̃ᵀ(W r_p − r_c/s)
+  for (int i = g.rank(); i < m; i += g.size()) st.tm[i] = st.w[i] * rp[i] - rc[i] / st.s[i];
+  g.sync();
+  for (int j = g.rank(); j < n; j += g.size()) dx[j] = -rd[j];
+  g.sync();
+  for (int i = g.rank(); i < m; i += g.size()) st.tm2[i] = -st.tm[i];
+  g.sync();
+  rows_transpose_times(g, d.G, st.gs, m, n, st.tm2, dx, true);
+  chol_solve(g, st.K, n, dx);
+  if (p) {
+    rows_times(g, d.A, st.as, p, n, dx, dy);
+    for (int e = g.rank(); e < p; e += g.size()) dy[e] += re[e];
+    g.sync();
+    chol_solve(g, st.S, p, dy);
+    for (int j = g.rank(); j < n; j += g.size()) {
+      T acc = 0;
+      for (int e = 0; e < p; ++e) acc += st.Y[int64_t(e) * n + j] * dy[e];
+      dx[j] -= acc;
+    }
+    g.sync();
+  }
+  rows_times(g, d.G, st.gs, m, n, dx, st.tm);  // G̃ dx
+  for (int i = g.rank(); i < m; i += g.size()) {
+    dz[i] = st.w[i] * (st.tm[i] + rp[i]) - rc[i] / st.s[i];
+    ds[i] = -rp[i] - st.tm[i];
+  }
+  g.sync();
+}
+
+// Polish (see optlayers/_src/qp/backends/torch_ipm.py::polish). Updates x, lam, nu, status.
+template <typename T, typename Grp>
+OL_HD void polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
+                  int8_t* status) {
+  const int n = d.n, m = d.m, p = d.p;
+  const int64_t N0 = int64_t(n) + m + p;
+  KKTWork<T> w{work, work + N0 * N0, work + N0 * N0 + N0, work + N0 * N0 + 2 * N0};
+  T* rhs = work + N0 * N0 + 3 * N0;
+  T* u = rhs + N0;
+  int* act = reinterpret_cast<int*>(u + N0);
+  T* slack = u + N0 + m;  // m scalars after the act ints
+  rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, x, slack);
+  int k = 0;
+  if (g.rank() == 0)
+    for (int i = 0; i < m; ++i)
+      if (lam[i] > d.h[i] - slack[i]) act[k++] = i;
+  g.sync();
+  k = 0;
+  for (int i = 0; i < m; ++i) k += (lam[i] > d.h[i] - slack[i]) ? 1 : 0;
+  const int N = n + k + p;
+  const T delta = set.kkt_reg * data_scale(d);
+  kkt_assemble_factor(g, d, act, k, delta, w);
+  for (int i = g.rank(); i < n; i += g.size()) rhs[i] = -d.q[i];
+  for (int a = g.rank(); a < k; a += g.size()) rhs[n + a] = d.h[act[a]];
+  for (int e = g.rank(); e < p; e += g.size()) rhs[n + k + e] = d.b[e];
+  g.sync();
+  kkt_refined_solve(g, d, act, k, w, rhs, u);
+  // Acceptance: primal feasibility, dual sign, residual, finiteness.
+  kkt_matvec(g, d, act, k, u, w.r);
+  T part_res = 0, part_rhs = 0;
+  bool part_finite = true;
+  for (int i = g.rank(); i < N; i += g.size()) {
+    part_res = ol_max(part_res, ol_abs(w.r[i] - rhs[i]));
+    part_rhs = ol_max(part_rhs, ol_abs(rhs[i]));
+    part_finite = part_finite && (u[i] == u[i]) && ol_abs(u[i]) < ol_inf<T>();
+  }
+  const T res = g.max(part_res), rhs_n = g.max(part_rhs);
+  const bool finite = g.max(part_finite ? T(0) : T(1)) == T(0);
+  rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, u, slack);  // G xp
+  T part_viol = 0, part_h = 0;
+  for (int i = g.rank(); i < m; i += g.size()) {
+    part_viol = ol_max(part_viol, slack[i] - d.h[i]);
+    part_h = ol_max(part_h, ol_abs(d.h[i]));
+  }
+  const T viol = g.max(part_viol), hn = g.max(part_h);
+  T part_lmin = 0, part_ln = 0;
+  for (int a = g.rank(); a < k; a += g.size()) {
+    part_lmin = ol_max(part_lmin, -u[n + a]);
+    part_ln = ol_max(part_ln, ol_abs(u[n + a]));
+  }
+  const T neg = g.max(part_lmin), ln = g.max(part_ln);
+  const bool candidate = (*status == kSolved) || (*status == kMaxIter);
+  const bool accept = candidate && finite && viol <= set.polish_tol * (1 + hn) &&
+                      neg <= set.polish_tol * (1 + ln) && res <= set.polish_tol * (1 + rhs_n);
+  g.sync();
+  if (!accept) return;
+  for (int i = g.rank(); i < n; i += g.size()) x[i] = u[i];
+  for (int i = g.rank(); i < m; i += g.size()) lam[i] = 0;
+  for (int e = g.rank(); e < p; e += g.size()) nu[e] = u[n + k + e];
+  g.sync();
+  for (int a = g.rank(); a < k; a += g.size()) lam[act[a]] = ol_max(u[n + a], T(0));
+  if (g.rank() == 0) *status = kSolved;
+  g.sync();
+}
+
+// Equality-only problems (m = 0): one KKT solve, status from the residuals.
+template <typename T, typename Grp>
+OL_HD void solve_equality_only(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x,
+                               T* nu, int8_t* status, int32_t* iters) {
+  const int n = d.n, p = d.p;
+  const int64_t N0 = int64_t(n) + p;
+  KKTWork<T> w{work, work + N0 * N0, work + N0 * N0 + N0, work + N0 * N0 + 2 * N0};
+  T* rhs = work + N0 * N0 + 3 * N0;
+  T* u = rhs + N0;
+  const T delta = set.kkt_reg * data_scale(d);
+  kkt_assemble_factor(g, d, static_cast<const int*>(nullptr), 0, delta, w);
+  for (int i = g.rank(); i < n; i += g.size()) rhs[i] = -d.q[i];
+  for (int e = g.rank(); e < p; e += g.size()) rhs[n + e] = d.b[e];
+  g.sync();
+  kkt_refined_solve(g, d, static_cast<const int*>(nullptr), 0, w, rhs, u);
+  // Stationarity and feasibility residuals.
+  T* r = w.r;
+  rows_transpose_times(g, d.A, static_cast<const T*>(nullptr), p, n, u + n, r, false);
+  T part_st = 0, part_q = 0;
+  bool part_finite = true;
+  for (int i = g.rank(); i < n; i += g.size()) {
+    T acc = r[i] + d.q[i];
+    for (int j = 0; j < n; ++j) acc += d.Q[i * n + j] * u[j];
+    part_st = ol_max(part_st, ol_abs(acc));
+    part_q = ol_max(part_q, ol_abs(d.q[i]));
+    part_finite = part_finite && (u[i] == u[i]) && ol_abs(u[i]) < ol_inf<T>();
+  }
+  rows_times(g, d.A, static_cast<const T*>(nullptr), p, n, u, w.du);
+  T part_pr = 0, part_b = 0;
+  for (int e = g.rank(); e < p; e += g.size()) {
+    part_pr = ol_max(part_pr, ol_abs(w.du[e] - d.b[e]));
+    part_b = ol_max(part_b, ol_abs(d.b[e]));
+    part_finite = part_finite && (u[n + e] == u[n + e]) && ol_abs(u[n + e]) < ol_inf<T>();
+  }
+  const T st = g.max(part_st), qn = g.max(part_q), pr = g.max(part_pr), bn = g.max(part_b);
+  const bool finite = g.max(part_finite ? T(0) : T(1)) == T(0);
+  for (int i = g.rank(); i < n; i += g.size()) x[i] = u[i];
+  for (int e = g.rank(); e < p; e += g.size()) nu[e] = u[n + e];
+  if (g.rank() == 0) {
+    int8_t code = kSolved;
+    if (!(st <= set.polish_tol * (1 + qn))) code = kDualInfeasible;
+    if (!(pr <= set.polish_tol * (1 + bn))) code = kPrimalInfeasible;
+    if (!finite) code = kNumericalError;
+    *status = code;
+    *iters = 0;
+  }
+  g.sync();
+}
+
+template <typename T, typename Grp>
+OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
+                    int8_t* status, int32_t* iters) {
+  const int n = d.n, m = d.m, p = d.p;
+  if (m == 0) {
+    solve_equality_only(g, d, set, work, x, nu, status, iters);
+    return;
+  }
+  IPMState<T> st = carve(work, n, m, p);
+  // Row scales (1/‖row‖, 1 for zero rows) and the regularization δ on the scaled data.
+  T scale = 1;
+  for (int i = 0; i < n * n; ++i) scale = ol_max(scale, ol_abs(d.Q[i]));
+  for (int i = g.rank(); i < m; i += g.size()) {
+    T acc = 0;
+    for (int j = 0; j < n; ++j) acc += d.G[int64_t(i) * n + j] * d.G[int64_t(i) * n + j];
+    st.gs[i] = acc > T(0) ? T(1) / ol_sqrt(acc) : T(1);
+  }
+  for (int e = g.rank(); e < p; e += g.size()) {
+    T acc = 0;
+    for (int j = 0; j < n; ++j) acc += d.A[int64_t(e) * n + j] * d.A[int64_t(e) * n + j];
+    st.as[e] = acc > T(0) ? T(1) / ol_sqrt(acc) : T(1);
+  }
+  g.sync();
+  T part = 0;
+  for (int i = g.rank(); i < m; i += g.size())
+    for (int j = 0; j < n; ++j) part = ol_max(part, ol_abs(d.G[int64_t(i) * n + j]) * st.gs[i]);
+  for (int e = g.rank(); e < p; e += g.size())
+    for (int j = 0; j < n; ++j) part = ol_max(part, ol_abs(d.A[int64_t(e) * n + j]) * st.as[e]);
+  scale = ol_max(scale, g.max(part));
+  const T delta = set.kkt_reg * scale;
+
+  // Scaled right-hand sides h̃, b̃.
+  T* hs = st.hs;
+  T* bs = st.bs;
+  for (int i = g.rank(); i < m; i += g.size()) hs[i] = d.h[i] * st.gs[i];
+  for (int e = g.rank(); e < p; e += g.size()) bs[e] = d.b[e] * st.as[e];
+  g.sync();
+
+  // Initial point: W = I.
+  for (int i = g.rank(); i < m; i += g.size()) st.wt[i] = st.gs[i] * st.gs[i];
+  g.sync();
+  bool ok = factor_reduced(g, d, st, st.wt, delta);
+  for (int j = g.rank(); j < n; j += g.size()) st.x[j] = -d.q[j];
+  g.sync();
+  rows_transpose_times(g, d.G, st.gs, m, n, hs, st.x, true);
+  chol_solve(g, st.K, n, st.x);
+  if (p) {
+    rows_times(g, d.A, st.as, p, n, st.x, st.y);
+    for (int e = g.rank(); e < p; e += g.size()) st.y[e] -= bs[e];
+    g.sync();
+    chol_solve(g, st.S, p, st.y);
+    for (int j = g.rank(); j < n; j += g.size()) {
+      T acc = 0;
+      for (int e = 0; e < p; ++e) acc += st.Y[int64_t(e) * n + j] * st.y[e];
+      st.x[j] -= acc;
+    }
+    g.sync();
+  }
+  rows_times(g, d.G, st.gs, m, n, st.x, st.tm);
+  T smin_p = ol_inf<T>();
+  for (int i = g.rank(); i < m; i += g.size()) {
+    st.s[i] = hs[i] - st.tm[i];
+    smin_p = ol_min(smin_p, st.s[i]);
+  }
+  const T smin = -g.max(-smin_p);
+  T zmin_p = ol_inf<T>();
+  for (int i = g.rank(); i < m; i += g.size()) zmin_p = ol_min(zmin_p, -st.s[i]);
+  const T zm = -g.max(-zmin_p);
+  const T shift_s = ol_max(T(1) - smin, T(0)), shift_z = ol_max(T(1) - zm, T(0));
+  for (int i = g.rank(); i < m; i += g.size()) {
+    const T s0 = st.s[i];
+    st.s[i] = s0 + shift_s;
+    st.z[i] = -s0 + shift_z;
+  }
+  g.sync();
+
+  const T qn = inf_norm(g, d.q, n), hn = inf_norm(g, hs, m), bn = inf_norm(g, bs, p);
+  int8_t code = kMaxIter;
+  int it = 0;
+  if (!ok) code = kNumericalError;
+  for (; ok && it <= set.max_iter; ++it) {
+    // Residuals.
+    T* Qx = st.tn;
+    for (int i = g.rank(); i < n; i += g.size()) Qx[i] = dot_serial(d.Q + i * n, st.x, n);
+    g.sync();
+    rows_times(g, d.G, st.gs, m, n, st.x, st.tm);     // G̃x
+    rows_times(g, d.A, st.as, p, n, st.x, st.re);     // Ãx
+    for (int j = g.rank(); j < n; j += g.size()) st.tn2[j] = 0;
+    g.sync();
+    rows_transpose_times(g, d.G, st.gs, m, n, st.z, st.tn2, true);
+    rows_transpose_times(g, d.A, st.as, p, n, st.y, st.tn2, true);  // G̃ᵀz + Ãᵀy
+    const T Gxn = inf_norm(g, st.tm, m), Axn = inf_norm(g, st.re, p), Qxn = inf_norm(g, Qx, n);
+    const T Gtzn = inf_norm(g, st.tn2, n);
+    T part_ray = 0;
+    for (int i = g.rank(); i < m; i += g.size()) part_ray = ol_max(part_ray, st.tm[i]);
+    const T Gx_pos = g.max(part_ray);
+    for (int j = g.rank(); j < n; j += g.size()) st.rd[j] = Qx[j] + d.q[j] + st.tn2[j];
+    for (int i = g.rank(); i < m; i += g.size()) st.rp[i] = st.tm[i] + st.s[i] - hs[i];
+    for (int e = g.rank(); e < p; e += g.size()) st.re[e] = st.re[e] - bs[e];
+    g.sync();
+    const T sz = dot(g, st.s, st.z, m);
+    const T mu = sz / T(m);
+    const T qx = dot(g, d.q, st.x, n);
+    const T xQx = dot(g, st.x, Qx, n);
+    const T gap = sz / (1 + ol_abs(T(0.5) * xQx + qx));
+    const T pres = ol_max(inf_norm(g, st.rp, m) / (1 + ol_max(hn, Gxn)), inf_norm(g, st.re, p) / (1 + ol_max(bn, Axn)));
+    const T dres = inf_norm(g, st.rd, n) / (1 + ol_max(ol_max(qn, Qxn), Gtzn));
+    const bool converged = pres <= set.tol && dres <= set.tol && gap <= set.tol;
+    const T t_p = -(dot(g, hs, st.z, m) + dot(g, bs, st.y, p));
+    const bool primal_inf = t_p > T(0) && Gtzn <= set.inf_tol * t_p;
+    const T ray = ol_max(ol_max(Qxn, Axn), ol_max(Gx_pos, T(0)));
+    const bool dual_inf = qx < T(0) && ray <= set.inf_tol * (-qx);
+    const T total = sz + dot(g, st.x, st.x, n) + dot(g, st.y, st.y, p) + dot(g, st.s, st.s, m);
+    const bool broken = !(ol_abs(total) < ol_inf<T>());
+    if (broken) { code = kNumericalError; break; }
+    if (converged) { code = kSolved; break; }
+    if (primal_inf) { code = kPrimalInfeasible; break; }
+    if (dual_inf) { code = kDualInfeasible; break; }
+    if (it == set.max_iter) { code = kMaxIter; break; }
+
+    // Factor the reduced system at W = Z S⁻¹.
+    for (int i = g.rank(); i < m; i += g.size()) {
+      st.w[i] = st.z[i] / st.s[i];
+      st.wt[i] = st.w[i] * st.gs[i] * st.gs[i];
+    }
+    g.sync();
+    if (!factor_reduced(g, d, st, st.wt, delta)) { code = kNumericalError; break; }
+    // Predictor.
+    for (int i = g.rank(); i < m; i += g.size()) st.rc[i] = st.s[i] * st.z[i];
+    g.sync();
+    newton_step(g, d, st, st.rd, st.rp, st.re, st.rc, st.dxa, st.dsa, st.dza, st.dya);
+    const T aa = ol_min(T(1), ol_min(max_step(g, st.s, st.dsa, m), max_step(g, st.z, st.dza, m)));
+    T part_mu = 0;
+    for (int i = g.rank(); i < m; i += g.size()) part_mu += (st.s[i] + aa * st.dsa[i]) * (st.z[i] + aa * st.dza[i]);
+    const T mu_aff = g.sum(part_mu) / T(m);
+    T ratio = mu_aff / mu;
+    ratio = ol_min(ol_max(ratio, T(0)), T(1));
+    const T sigma = ratio * ratio * ratio;
+    // Corrector.
+    for (int i = g.rank(); i < m; i += g.size()) st.rc[i] = st.s[i] * st.z[i] + st.dsa[i] * st.dza[i] - sigma * mu;
+    g.sync();
+    newton_step(g, d, st, st.rd, st.rp, st.re, st.rc, st.dx, st.ds, st.dz, st.dy);
+    const T alpha = ol_min(T(1), T(kStepToBoundary) * ol_min(max_step(g, st.s, st.ds, m), max_step(g, st.z, st.dz, m)));
+    for (int j = g.rank(); j < n; j += g.size()) st.x[j] += alpha * st.dx[j];
+    for (int i = g.rank(); i < m; i += g.size()) { st.s[i] += alpha * st.ds[i]; st.z[i] += alpha * st.dz[i]; }
+    for (int e = g.rank(); e < p; e += g.size()) st.y[e] += alpha * st.dy[e];
+    g.sync();
+  }
+  // Unscale the multipliers and write the result.
+  for (int j = g.rank(); j < n; j += g.size()) x[j] = st.x[j];
+  for (int i = g.rank(); i < m; i += g.size()) lam[i] = st.z[i] * st.gs[i];
+  for (int e = g.rank(); e < p; e += g.size()) nu[e] = st.y[e] * st.as[e];
+  if (g.rank() == 0) { *status = code; *iters = it; }
+  g.sync();
+  if (set.polish) polish(g, d, set, st.polish, x, lam, nu, status);
+}
+
+}  // namespace optlayers

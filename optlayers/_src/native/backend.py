@@ -1,0 +1,46 @@
+"""``backend="native"``: the csrc/ kernel behind the QP backend registry."""
+
+from __future__ import annotations
+
+from optlayers._src.qp.backends import RawSolution
+from optlayers._src.qp.options import Backend, QPOptions
+from optlayers._src.qp.problem import QPData
+
+# On CUDA, problems with n + m + p above this use the PyTorch backend under "auto": the native
+# CUDA kernel keeps each problem's KKT workspace ((n+m+p)² scalars) in global memory and one block
+# per problem; beyond this size the batched cuSOLVER path of the PyTorch backend is faster.
+CUDA_MAX_KKT_SIZE = 512
+
+
+class NativeBackend:
+    name = Backend.NATIVE
+
+    def availability(self) -> tuple[bool, str]:
+        from optlayers._src.native import ops
+
+        return ops.ensure_loaded()
+
+    def supports(self, data: QPData) -> bool:
+        if data.device.type == "cpu":
+            return True
+        if data.device.type == "cuda":
+            from optlayers._src.native import ops
+
+            return ops.cuda_available() and data.n + data.m + data.p <= CUDA_MAX_KKT_SIZE
+        return False
+
+    def solve(self, data: QPData, options: QPOptions) -> RawSolution:
+        from optlayers._src.native import ops
+
+        x, lam, nu, status, iters = ops.solve(data, options.tol_for(data.dtype), options.max_iter, options.polish)
+        return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters, kkt_solver="native")
+
+
+def native_status() -> tuple[bool, str]:
+    """Whether the native kernel is usable here and, if not, why (builds it on first call)."""
+    from optlayers._src.native import ops
+
+    return ops.ensure_loaded(warn=False)
+
+
+__all__ = ["NativeBackend", "native_status"]
