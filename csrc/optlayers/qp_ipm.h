@@ -52,11 +52,20 @@ enum : int8_t {
   kNumericalError = 4,
 };
 
-// Fraction of the distance to the boundary taken by a step; growth of the Cholesky shift on
-// failure; refinement steps of the KKT solves. Same values as the PyTorch backend.
-constexpr double kStepToBoundary = 0.99;
+// Growth of the Cholesky shift on failure; refinement steps of the KKT solves. Same values as
+// the PyTorch backend.
 constexpr double kRegGrowth = 1e4;
 constexpr int kRefinementSteps = 3;
+// Stall rule (as in the PyTorch backend): leave the loop as kMaxIter when the merit
+// max(pres, dres, gap) has not dropped below kStallDecrease × its best for kStallIters iterations.
+constexpr int kStallIters = 5;
+constexpr double kStallDecrease = 0.9;
+
+// Second-try Cholesky shift relative to the largest diagonal entry: √ε of the precision. Near the
+// end of an interior point K's condition number grows like 1/μ, so in float32 a shift relative to
+// the data scale alone cannot absorb the rounding of K itself.
+template <typename T>
+OL_HD OL_INLINE T relative_shift() { return sizeof(T) == 4 ? T(3.5e-4) : T(1.5e-8); }
 
 template <typename T>
 struct Settings {
@@ -64,6 +73,7 @@ struct Settings {
   T inf_tol;      // infeasibility certificate tolerance
   T kkt_reg;      // relative static regularization
   T polish_tol;   // polish acceptance tolerance
+  T step_to_boundary;  // fraction of the distance to the boundary taken by a step
   int max_iter;
   bool polish;
 };
@@ -506,7 +516,13 @@ OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, co
   const int n = d.n, p = d.p;
   form_K(g, d, wt, delta, st.K);
   if (!cholesky(g, st.K, n)) {
-    form_K(g, d, wt, delta * T(kRegGrowth), st.K);
+    form_K(g, d, wt, delta, st.K);
+    T part = 0;
+    for (int i = g.rank(); i < n; i += g.size()) part = ol_max(part, st.K[i * n + i]);
+    const T extra = ol_max(delta * T(kRegGrowth), relative_shift<T>() * g.max(part)) - delta;
+    g.sync();
+    for (int i = g.rank(); i < n; i += g.size()) st.K[i * n + i] += extra;
+    g.sync();
     if (!cholesky(g, st.K, n)) return false;
   }
   if (p == 0) return true;
@@ -523,16 +539,16 @@ OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, co
   }
   g.sync();
   if (!cholesky(g, st.S, p)) {
-    for (int e = g.rank(); e < p; e += g.size()) {
-      // Rebuild with a larger shift (S was overwritten by the failed factorization).
-      for (int f = 0; f < p; ++f) {
-        const T* Ae = d.A + int64_t(e) * n;
-        const T* Yf = st.Y + int64_t(f) * n;
-        T acc = 0;
-        for (int j = 0; j < n; ++j) acc += Ae[j] * Yf[j];
-        st.S[e * p + f] = st.as[e] * acc + (e == f ? delta * T(kRegGrowth) : T(0));
-      }
+    // Rebuild (the failed factorization overwrote S) with the larger shift of K's second try.
+    T part = 0;
+    for (int idx = g.rank(); idx < p * p; idx += g.size()) {
+      const int e = idx / p, f = idx % p;
+      st.S[idx] = st.as[e] * dot_serial(d.A + int64_t(e) * n, st.Y + int64_t(f) * n, n);
+      if (e == f) part = ol_max(part, st.S[idx]);
     }
+    const T shift = ol_max(delta * T(kRegGrowth), relative_shift<T>() * g.max(part));
+    g.sync();
+    for (int e = g.rank(); e < p; e += g.size()) st.S[e * p + e] += shift;
     g.sync();
     if (!cholesky(g, st.S, p)) return false;
   }
@@ -687,15 +703,17 @@ OL_HD void solve_equality_only(const Grp& g, const Problem<T>& d, const Settings
   g.sync();
 }
 
+// `K_override`: optional storage for the n×n reduced matrix (e.g. CUDA shared memory).
 template <typename T, typename Grp>
 OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
-                    int8_t* status, int32_t* iters) {
+                    int8_t* status, int32_t* iters, T* K_override = nullptr) {
   const int n = d.n, m = d.m, p = d.p;
   if (m == 0) {
     solve_equality_only(g, d, set, work, x, nu, status, iters);
     return;
   }
   IPMState<T> st = carve(work, n, m, p);
+  if (K_override != nullptr) st.K = K_override;
   // Row scales (1/‖row‖, 1 for zero rows) and the regularization δ on the scaled data.
   T scale = 1;
   for (int i = 0; i < n * n; ++i) scale = ol_max(scale, ol_abs(d.Q[i]));
@@ -766,6 +784,8 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   const T qn = inf_norm(g, d.q, n), hn = inf_norm(g, hs, m), bn = inf_norm(g, bs, p);
   int8_t code = kMaxIter;
   int it = 0;
+  T best = ol_inf<T>();
+  int stall = 0;
   if (!ok) code = kNumericalError;
   for (; ok && it <= set.max_iter; ++it) {
     // Residuals.
@@ -805,7 +825,9 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     if (converged) { code = kSolved; break; }
     if (primal_inf) { code = kPrimalInfeasible; break; }
     if (dual_inf) { code = kDualInfeasible; break; }
-    if (it == set.max_iter) { code = kMaxIter; break; }
+    const T merit = ol_max(ol_max(pres, dres), gap);
+    if (merit < T(kStallDecrease) * best) { best = merit; stall = 0; } else { ++stall; }
+    if (it == set.max_iter || stall >= kStallIters) { code = kMaxIter; break; }
 
     // Factor the reduced system at W = Z S⁻¹.
     for (int i = g.rank(); i < m; i += g.size()) {
@@ -829,7 +851,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     for (int i = g.rank(); i < m; i += g.size()) st.rc[i] = st.s[i] * st.z[i] + st.dsa[i] * st.dza[i] - sigma * mu;
     g.sync();
     newton_step(g, d, st, st.rd, st.rp, st.re, st.rc, st.dx, st.ds, st.dz, st.dy);
-    const T alpha = ol_min(T(1), T(kStepToBoundary) * ol_min(max_step(g, st.s, st.ds, m), max_step(g, st.z, st.dz, m)));
+    const T alpha = ol_min(T(1), set.step_to_boundary * ol_min(max_step(g, st.s, st.ds, m), max_step(g, st.z, st.dz, m)));
     for (int j = g.rank(); j < n; j += g.size()) st.x[j] += alpha * st.dx[j];
     for (int i = g.rank(); i < m; i += g.size()) { st.s[i] += alpha * st.ds[i]; st.z[i] += alpha * st.dz[i]; }
     for (int e = g.rank(); e < p; e += g.size()) st.y[e] += alpha * st.dy[e];

@@ -27,6 +27,10 @@ class Tolerances:
     polish_tol: float
     # Generic small number guarding divisions.
     tiny: float
+    # Interior point: fraction of the distance to the boundary taken by a step. Less aggressive
+    # in float32, where 0.99 lets complementary pairs collapse before the iterate is centred
+    # (measured: 4 of 512 random float32 problems stalled at 0.99, none at 0.95).
+    step_to_boundary: float
 
 
 _TOLERANCES = {
@@ -38,6 +42,7 @@ _TOLERANCES = {
         kkt_reg=1e-11,
         polish_tol=1e-9,
         tiny=1e-300,
+        step_to_boundary=0.99,
     ),
     torch.float32: Tolerances(
         ipm_tol=1e-5,
@@ -47,6 +52,7 @@ _TOLERANCES = {
         kkt_reg=1e-7,
         polish_tol=5e-5,
         tiny=1e-30,
+        step_to_boundary=0.95,
     ),
 }
 

@@ -45,7 +45,8 @@ def solve(data: QPData, tol: float, max_iter: int, polish: bool):
     """Run ``optlayers::qp_solve`` on canonical data: (x, lam, nu, status, iterations)."""
     tl = tolerances_for(data.dtype)
     return torch.ops.optlayers.qp_solve(
-        *data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, max_iter, polish
+        *data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, tl.step_to_boundary,
+        max_iter, polish,
     )
 
 
@@ -54,7 +55,7 @@ def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
     return torch.ops.optlayers.qp_kkt_solve(data.Q, data.G, data.A, mask, rhs, tolerances_for(data.dtype).kkt_reg)
 
 
-def _qp_solve_fake(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, max_iter, polish):
+def _qp_solve_fake(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, step_to_boundary, max_iter, polish):
     n, m, p = q.shape[-1], h.shape[-1], b.shape[-1]
     return (
         q.new_empty(batch, n),
@@ -84,7 +85,7 @@ def _backward(ctx, gx, glam, gnu, _gstatus, _giters):
     gnu = torch.zeros_like(nu) if gnu is None else gnu
     mask = kkt.classify_active(lam, (h - mv(G, x)))
     grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, lambda r: kkt_solve(data, mask, r), ctx.needs_input_grad[:6])
-    return grads + (None,) * 7
+    return grads + (None,) * 8
 
 
 def _register() -> None:

@@ -43,9 +43,14 @@ from optlayers._src.qp.problem import QPData
 from optlayers._src.status import Status
 from optlayers._src.tolerances import tolerances_for
 
-# Fraction of the distance to the boundary taken by a step (keeps s, z strictly positive).
-STEP_TO_BOUNDARY = 0.99
-# Factor by which the Cholesky regularization grows when a factorization fails.
+# A problem whose merit max(pres, dres, gap) has not dropped below STALL_DECREASE × its best value
+# for STALL_ITERS consecutive iterations leaves the loop as MAX_ITER (then polish may still
+# solve it). This matters in float32, where rounding floors the residuals near ~1e-5.
+STALL_ITERS = 5
+STALL_DECREASE = 0.9
+# Second-try Cholesky shift: the larger of REG_GROWTH·δ and √ε·max diag(K). Near the end of an
+# interior point cond(K) grows like 1/μ, so in float32 a shift relative to the data scale alone
+# cannot absorb the rounding of K itself. Same rule as csrc/optlayers/qp_ipm.h.
 REG_GROWTH = 1e4
 
 
@@ -88,7 +93,9 @@ def _cholesky(K: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch
     L, info = torch.linalg.cholesky_ex(K)
     failed = info > 0
     if bool(failed.any()):
-        diag += ((REG_GROWTH - 1) * delta).unsqueeze(-1)
+        rel = torch.finfo(K.dtype).eps ** 0.5
+        shift = torch.maximum(REG_GROWTH * delta, rel * diag.amax(-1)) - delta
+        diag += shift.unsqueeze(-1)
         L2, info2 = torch.linalg.cholesky_ex(K)
         L = torch.where(failed[:, None, None], L2, L)
         return L, ~(failed & (info2 > 0))
@@ -199,6 +206,8 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
     x, s, z, y = _initial_point(d, gram, delta)
     q_w, h_w, b_w = _expand_vec(d.q, B), _expand_vec(d.h, B), _expand_vec(d.b, B)
     qn, hn, bn = inf_norm(q_w), inf_norm(h_w), inf_norm(b_w)
+    best = torch.full((B,), float("inf"), dtype=dtype, device=device)
+    stall = torch.zeros(B, dtype=torch.int32, device=device)
 
     for it in range(options.max_iter + 1):
         Qx, Gx, Ax = mv(d.Q, x), mv(d.G, x), mv(d.A, x)
@@ -224,7 +233,11 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         dual_inf = (qx < 0) & (ray <= tols.infeasibility_tol * -qx)
         # NaN/Inf anywhere in the iterate makes this sum non-finite.
         broken = ~torch.isfinite(sz + x.sum(-1) + y.sum(-1) + s.sum(-1))
-        done = converged | primal_inf | dual_inf | broken
+        merit = torch.maximum(torch.maximum(pres, dres), gap)
+        improved = merit < STALL_DECREASE * best
+        best = torch.where(improved, merit, best)
+        stall = torch.where(improved, torch.zeros_like(stall), stall + 1)
+        done = converged | primal_inf | dual_inf | broken | (stall >= STALL_ITERS)
         if it == options.max_iter:
             done = torch.ones_like(done)
         if bool(done.any()):
@@ -250,6 +263,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
             delta = delta[kept]
             q_w, h_w, b_w = q_w[kept], h_w[kept], b_w[kept]
             qn, hn, bn = qn[kept], hn[kept], bn[kept]
+            best, stall = best[kept], stall[kept]
             rd, rp, re, mu = rd[kept], rp[kept], re[kept], mu[kept]
 
         newton = _Newton(d, gram, s, z, delta)
@@ -261,7 +275,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         # Corrector step.
         rc = s * z + ds_a * dz_a - (sigma * mu)[:, None]
         dx, ds, dz, dy = newton.step(rd, rp, re, rc)
-        alpha = (STEP_TO_BOUNDARY * torch.minimum(_max_step(s, ds), _max_step(z, dz))).clamp_max(1.0)
+        alpha = (tols.step_to_boundary * torch.minimum(_max_step(s, ds), _max_step(z, dz))).clamp_max(1.0)
         # A failed factorization poisons the iterate so the problem is reported, not hidden.
         alpha = torch.where(newton.ok, alpha, torch.full_like(alpha, float("nan")))
         a = alpha[:, None]

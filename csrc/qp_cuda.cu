@@ -1,0 +1,228 @@
+// CUDA kernels of the native QP ops — torch-free, so `nvcc -c` can check this file on any machine
+// with the CUDA toolkit (tests/native/test_native_build.py does), with or without a GPU.
+//
+// The per-problem solver is the same template as on the CPU (optlayers/qp_ipm.h); here a thread
+// group cooperates on each problem:
+//   - WarpGroup  (32 lanes, shuffles)          for n ≤ kWarpMaxN: each warp loops over problems;
+//   - BlockGroup (blockDim threads, __syncthreads, shared-memory reductions) for larger n, with
+//     the reduced KKT matrix K (n×n) in dynamic shared memory when it fits (kSharedKMaxBytes).
+// Workspaces live in global memory, one per resident group (grid-stride over problems), so memory
+// does not grow with the batch. Shared data (one Q/G/A for the batch) is read through stride 0.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "optlayers/qp_ipm.h"
+#include "optlayers/qp_cuda.h"
+
+namespace optlayers {
+
+struct WarpGroup {
+  static constexpr bool kSerial = false;
+  OL_HD OL_INLINE int rank() const {
+#if defined(__CUDA_ARCH__)
+    return threadIdx.x & 31;
+#else
+    return 0;
+#endif
+  }
+  OL_HD OL_INLINE int size() const { return 32; }
+  OL_HD OL_INLINE void sync() const {
+#if defined(__CUDA_ARCH__)
+    __syncwarp();
+#endif
+  }
+  template <typename T>
+  OL_HD OL_INLINE T sum(T v) const {
+#if defined(__CUDA_ARCH__)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+#endif
+    return v;
+  }
+  template <typename T>
+  OL_HD OL_INLINE T max(T v) const {
+#if defined(__CUDA_ARCH__)
+    for (int o = 16; o > 0; o >>= 1) {
+      const T w = __shfl_xor_sync(0xffffffffu, v, o);
+      v = w > v ? w : v;
+    }
+#endif
+    return v;
+  }
+};
+
+struct BlockGroup {
+  static constexpr bool kSerial = false;
+  double* scratch;  // 33 doubles of shared memory
+  OL_HD OL_INLINE int rank() const {
+#if defined(__CUDA_ARCH__)
+    return threadIdx.x;
+#else
+    return 0;
+#endif
+  }
+  OL_HD OL_INLINE int size() const {
+#if defined(__CUDA_ARCH__)
+    return blockDim.x;
+#else
+    return 1;
+#endif
+  }
+  OL_HD OL_INLINE void sync() const {
+#if defined(__CUDA_ARCH__)
+    __syncthreads();
+#endif
+  }
+  template <typename T, bool kMax>
+  OL_HD OL_INLINE T reduce(T v) const {
+#if defined(__CUDA_ARCH__)
+    for (int o = 16; o > 0; o >>= 1) {
+      const T w = __shfl_xor_sync(0xffffffffu, v, o);
+      v = kMax ? (w > v ? w : v) : v + w;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = double(v);
+    __syncthreads();
+    if (warp == 0) {
+      T r = lane < warps ? T(scratch[lane]) : (kMax ? -ol_inf<T>() : T(0));
+      for (int o = 16; o > 0; o >>= 1) {
+        const T w = __shfl_xor_sync(0xffffffffu, r, o);
+        r = kMax ? (w > r ? w : r) : r + w;
+      }
+      if (lane == 0) scratch[32] = double(r);
+    }
+    __syncthreads();
+    v = T(scratch[32]);
+#endif
+    return v;
+  }
+  template <typename T>
+  OL_HD OL_INLINE T sum(T v) const { return reduce<T, false>(v); }
+  template <typename T>
+  OL_HD OL_INLINE T max(T v) const { return reduce<T, true>(v); }
+};
+
+template <typename T>
+__device__ Problem<T> problem_at(const QPBatch<T>& a, int64_t i) {
+  return Problem<T>{a.Q + i * a.sQ, a.q + i * a.sq, a.G + i * a.sG, a.h + i * a.sh,
+                    a.A + i * a.sA, a.b + i * a.sb, a.n, a.m, a.p, nullptr};
+}
+
+template <typename T>
+__global__ void qp_solve_warp_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out, T* work, int64_t ws) {
+  const int64_t warps_per_block = blockDim.x / 32;
+  const int64_t gid = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / 32;
+  const int64_t groups = int64_t(gridDim.x) * warps_per_block;
+  WarpGroup g;
+  T* w = work + gid * ws;
+  for (int64_t i = gid; i < a.batch; i += groups) {
+    const Problem<T> d = problem_at(a, i);
+    solve_qp(g, d, set, w, out.x + i * a.n, out.lam + i * a.m, out.nu + i * a.p, out.status + i, out.iters + i);
+  }
+}
+
+template <typename T>
+__global__ void qp_solve_block_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out, T* work, int64_t ws,
+                                      bool k_in_shared) {
+  extern __shared__ double smem[];
+  BlockGroup g{smem};
+  T* kshared = k_in_shared ? reinterpret_cast<T*>(smem + 33) : nullptr;
+  T* w = work + int64_t(blockIdx.x) * ws;
+  for (int64_t i = blockIdx.x; i < a.batch; i += gridDim.x) {
+    const Problem<T> d = problem_at(a, i);
+    solve_qp(g, d, set, w, out.x + i * a.n, out.lam + i * a.m, out.nu + i * a.p, out.status + i, out.iters + i,
+             kshared);
+  }
+}
+
+template <typename T>
+__global__ void kkt_solve_warp_kernel(QPBatch<T> a, const T* mask, const T* rhs, T* u, T kkt_reg, T* work,
+                                      int64_t ws) {
+  const int64_t warps_per_block = blockDim.x / 32;
+  const int64_t gid = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / 32;
+  const int64_t groups = int64_t(gridDim.x) * warps_per_block;
+  const int64_t N = int64_t(a.n) + a.m + a.p;
+  WarpGroup g;
+  for (int64_t i = gid; i < a.batch; i += groups)
+    kkt_solve(g, problem_at(a, i), mask + i * a.m, kkt_reg, rhs + i * N, u + i * N, work + gid * ws);
+}
+
+template <typename T>
+__global__ void kkt_solve_block_kernel(QPBatch<T> a, const T* mask, const T* rhs, T* u, T kkt_reg, T* work,
+                                       int64_t ws) {
+  extern __shared__ double smem[];
+  BlockGroup g{smem};
+  const int64_t N = int64_t(a.n) + a.m + a.p;
+  for (int64_t i = blockIdx.x; i < a.batch; i += gridDim.x)
+    kkt_solve(g, problem_at(a, i), mask + i * a.m, kkt_reg, rhs + i * N, u + i * N, work + blockIdx.x * ws);
+}
+
+namespace {
+constexpr int kWarpsPerBlock = 4;
+constexpr int kBlockThreads = 128;
+}  // namespace
+
+LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, int scalar_bytes) {
+  LaunchPlan plan;
+  plan.use_warp = n <= kWarpMaxN;
+  plan.workspace_per_group = workspace_size(n, m, p);
+  if (plan.use_warp) {
+    const int64_t groups_wanted = batch;
+    const int64_t max_groups = int64_t(sm_count) * 32;  // 32 resident warps per SM is plenty here
+    const int64_t groups = groups_wanted < max_groups ? groups_wanted : max_groups;
+    plan.blocks = int((groups + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    plan.threads = kWarpsPerBlock * 32;
+    plan.groups = int64_t(plan.blocks) * kWarpsPerBlock;
+    plan.shared_bytes = 0;
+    plan.k_in_shared = false;
+  } else {
+    const int64_t max_groups = int64_t(sm_count) * 4;
+    plan.blocks = int(batch < max_groups ? batch : max_groups);
+    plan.threads = kBlockThreads;
+    plan.groups = plan.blocks;
+    const int64_t k_bytes = int64_t(n) * n * scalar_bytes;
+    plan.k_in_shared = k_bytes <= kSharedKMaxBytes;
+    plan.shared_bytes = 33 * sizeof(double) + (plan.k_in_shared ? k_bytes : 0);
+  }
+  if (plan.blocks < 1) plan.blocks = 1;
+  return plan;
+}
+
+template <typename T>
+cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,
+                            const LaunchPlan& plan, cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  if (plan.use_warp) {
+    qp_solve_warp_kernel<T><<<plan.blocks, plan.threads, 0, stream>>>(a, set, out, work, plan.workspace_per_group);
+  } else {
+    qp_solve_block_kernel<T><<<plan.blocks, plan.threads, plan.shared_bytes, stream>>>(
+        a, set, out, work, plan.workspace_per_group, plan.k_in_shared);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_kkt_solve(const QPBatch<T>& a, const T* mask, const T* rhs, T* u, T kkt_reg, T* work,
+                             const LaunchPlan& plan, cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  if (plan.use_warp) {
+    kkt_solve_warp_kernel<T><<<plan.blocks, plan.threads, 0, stream>>>(a, mask, rhs, u, kkt_reg, work,
+                                                                       plan.workspace_per_group);
+  } else {
+    kkt_solve_block_kernel<T><<<plan.blocks, plan.threads, 33 * sizeof(double), stream>>>(
+        a, mask, rhs, u, kkt_reg, work, plan.workspace_per_group);
+  }
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_qp_solve<float>(const QPBatch<float>&, const Settings<float>&, const QPOut<float>&,
+                                            float*, const LaunchPlan&, cudaStream_t);
+template cudaError_t launch_qp_solve<double>(const QPBatch<double>&, const Settings<double>&,
+                                             const QPOut<double>&, double*, const LaunchPlan&, cudaStream_t);
+template cudaError_t launch_kkt_solve<float>(const QPBatch<float>&, const float*, const float*, float*, float,
+                                             float*, const LaunchPlan&, cudaStream_t);
+template cudaError_t launch_kkt_solve<double>(const QPBatch<double>&, const double*, const double*, double*,
+                                              double, double*, const LaunchPlan&, cudaStream_t);
+
+}  // namespace optlayers

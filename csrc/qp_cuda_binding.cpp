@@ -1,0 +1,81 @@
+// CUDA implementations of the native QP ops (torch side): allocate outputs and per-group
+// workspaces, then call the torch-free launchers of qp_cuda.cu on the current stream.
+// Built only when torch sees a GPU and the CUDA toolkit (optlayers/_src/native/build.py).
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "optlayers/qp_cuda.h"
+
+namespace {
+
+int64_t stride_of(const at::Tensor& t, int64_t core_dims) {
+  return t.dim() > core_dims ? t.numel() / t.size(0) : 0;
+}
+
+template <typename T>
+optlayers::QPBatch<T> batch_of(const at::Tensor& Q, const at::Tensor& q, const at::Tensor& G, const at::Tensor& h,
+                               const at::Tensor& A, const at::Tensor& b, int64_t batch, int n, int m, int p) {
+  return optlayers::QPBatch<T>{Q.data_ptr<T>(), q.numel() ? q.data_ptr<T>() : nullptr, G.data_ptr<T>(),
+                               h.numel() ? h.data_ptr<T>() : nullptr, A.data_ptr<T>(),
+                               b.numel() ? b.data_ptr<T>() : nullptr, stride_of(Q, 2), stride_of(q, 1),
+                               stride_of(G, 2), stride_of(h, 1), stride_of(A, 2), stride_of(b, 1), batch, n, m, p};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cuda(
+    const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
+    const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
+    double kkt_reg, double polish_tol, double step_to_boundary, int64_t max_iter, bool polish) {
+  c10::cuda::CUDAGuard guard(q_.device());
+  auto Q = Q_.contiguous(), q = q_.contiguous(), G = G_.contiguous(), h = h_.contiguous();
+  auto A = A_.contiguous(), b = b_.contiguous();
+  const int n = q.size(-1), m = h.size(-1), p = b.size(-1);
+  auto opts = q.options();
+  auto x = at::empty({batch, n}, opts), lam = at::empty({batch, m}, opts), nu = at::empty({batch, p}, opts);
+  auto status = at::empty({batch}, opts.dtype(at::kChar));
+  auto iters = at::empty({batch}, opts.dtype(at::kInt));
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_solve_cuda", [&] {
+    using T = scalar_t;
+    const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T));
+    auto work = at::empty({plan.groups * plan.workspace_per_group}, opts);
+    const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter), polish};
+    const optlayers::QPOut<T> out{x.data_ptr<T>(), lam.data_ptr<T>(), nu.data_ptr<T>(), status.data_ptr<int8_t>(),
+                                  iters.data_ptr<int32_t>()};
+    const auto err = optlayers::launch_qp_solve<T>(batch_of<T>(Q, q, G, h, A, b, batch, n, m, p), set, out,
+                                                   work.data_ptr<T>(), plan, at::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(err == cudaSuccess, "optlayers qp_solve CUDA launch failed: ", cudaGetErrorString(err));
+  });
+  return {x, lam, nu, status, iters};
+}
+
+at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const at::Tensor& A_,
+                             const at::Tensor& mask_, const at::Tensor& rhs_, double kkt_reg) {
+  c10::cuda::CUDAGuard guard(rhs_.device());
+  auto Q = Q_.contiguous(), G = G_.contiguous(), A = A_.contiguous(), mask = mask_.contiguous();
+  auto rhs = rhs_.contiguous();
+  const int64_t batch = rhs.size(0);
+  const int n = Q.size(-1), m = G.size(-2), p = A.size(-2);
+  auto u = at::empty_like(rhs);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  AT_DISPATCH_FLOATING_TYPES(rhs.scalar_type(), "optlayers_qp_kkt_solve_cuda", [&] {
+    using T = scalar_t;
+    const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T));
+    auto work = at::empty({plan.groups * plan.workspace_per_group}, rhs.options());
+    auto empty = at::empty({0}, rhs.options());
+    const auto err = optlayers::launch_kkt_solve<T>(batch_of<T>(Q, empty, G, empty, A, empty, batch, n, m, p),
+                                                    mask.data_ptr<T>(), rhs.data_ptr<T>(), u.data_ptr<T>(),
+                                                    T(kkt_reg), work.data_ptr<T>(), plan,
+                                                    at::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(err == cudaSuccess, "optlayers qp_kkt_solve CUDA launch failed: ", cudaGetErrorString(err));
+  });
+  return u;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(optlayers, CUDA, m) {
+  m.impl("qp_solve", &qp_solve_cuda);
+  m.impl("qp_kkt_solve", &qp_kkt_solve_cuda);
+}

@@ -1,0 +1,322 @@
+"""Derivative of the solution map of a cone program, by implicit differentiation of its
+optimality conditions written as a residual map.
+
+Program (SCS form, ``cones.py``) and optimality conditions::
+
+    minimize ½ xᵀPx + cᵀx  s.t.  Ax + s = b, s ∈ K          Px + Aᵀy + c = 0,  Ax + s = b,
+                                                           s ∈ K,  y ∈ K*,  sᵀy = 0.
+
+Complementarity is encoded by one vector ``w = y − s``: by Moreau's decomposition
+``w = Π_{K*}(w) − Π_K(−w)``, any ``w`` defines a complementary pair ``y = Π_{K*}(w) ∈ K*``,
+``s = Π_{K*}(w) − w = Π_K(−w) ∈ K``, ``sᵀy = 0`` — and every solution arises that way. So
+``z = (x, w)`` solves the program iff it is a zero of the (normal-map) residual
+
+    R(z; P, A, b, c) = [ P x + Aᵀ Π_{K*}(w) + c        ]
+                       [ A x + Π_{K*}(w) − w − b        ],
+
+the Minty parametrization used for the homogeneous self-dual embedding by Busseti, Moursi &
+Boyd (2019) and Agrawal et al., *Differentiating through a cone program* (2019); we differentiate
+it at τ = 1 (a solved, feasible problem), which keeps the quadratic term exact. With
+``D = DΠ_{K*}(w)`` (symmetric, eigenvalues in [0, 1], ``cones.py``):
+
+    J = ∂R/∂z = [ P    AᵀD   ]         ∂R = [ dP x + dAᵀ y + dc ]
+                [ A    D − I ]              [ dA x − db         ]   (y = Π_{K*}(w) fixed).
+
+Implicit function theorem: ``dz = −J⁻¹ ∂R``; the outputs are ``x`` and ``y = Π_{K*}(w)``, so
+
+    forward (JVP):  J (dx, dw) = −∂R,            dy = D dw;
+    reverse (VJP):  Jᵀ (u₁, u₂) = (g_x, D g_y),  then
+                    ∇c = −u₁,   ∇b = u₂,   ∇A = −(y u₁ᵀ + u₂ xᵀ),   ∇P = −u₁ xᵀ
+    (the gradient of each *stored* entry of A and P: (i, j) ↦ −(y_i u₁_j + u₂_i x_j), −u₁_i x_j;
+    P is stored in full, both triangles, so this is the gradient of the symmetric map).
+
+J is nonsingular at a solution that is unique and strictly complementary with the usual
+regularity (the cone analogue of LICQ + second-order sufficiency); for the zero/nonnegative
+cones it reduces to the active-set KKT matrix of the QP layer. At degenerate points J is
+singular; we then return the minimum-norm least-squares solution of the system, a finite,
+documented choice (never NaN). ``D`` at points where Π is not differentiable is the element of
+the generalized Jacobian chosen in ``cones.py``.
+
+Two ways to solve the system:
+- dense: J is materialized (B, N, N), N = n + m, LU-factorized once per backward (batched),
+  with a per-problem least-squares fallback when LU fails or its residual is poor;
+- iterative: matrix-free products with J or Jᵀ (sparse A and P, structured D), solved by
+  ``ol.linear_solve.gmres`` on the whole batch, then scipy LSMR per problem for any problem
+  GMRES did not bring to tolerance (singular systems).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import torch
+
+from optlayers._src.conic import options as _opt
+from optlayers._src.conic.canon import ConeProgram
+from optlayers._src.conic.cones import ConeDims, DualConeJacobian
+from optlayers._src.conic.options import BackwardMode
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramIndex:
+    """Index tensors of a :class:`ConeProgram` on one device (built once per layer and device)."""
+
+    n: int
+    m: int
+    dims: ConeDims
+    A_rows: torch.Tensor
+    A_cols: torch.Tensor
+    P_rows: torch.Tensor | None
+    P_cols: torch.Tensor | None
+
+    @classmethod
+    def of(cls, prog: ConeProgram, device: torch.device) -> "ProgramIndex":
+        def t(a):
+            return None if a is None else torch.as_tensor(a, dtype=torch.long, device=device)
+
+        return cls(n=prog.n, m=prog.m, dims=prog.dims, A_rows=t(prog.A_rows), A_cols=t(prog.A_cols),
+                   P_rows=t(prog.P_rows), P_cols=t(prog.P_cols))
+
+
+def _spmv(vals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, v: torch.Tensor, out_dim: int) -> torch.Tensor:
+    """Batched sparse mat-vec: out[b, rows[k]] += vals[b, k] * v[b, cols[k]]; vals may be (1, nnz)."""
+    out = v.new_zeros(v.shape[0], out_dim)
+    return out.index_add_(1, rows, vals * v[:, cols])
+
+
+class DerivativeSystem:
+    """The Jacobian J of the residual map at a batch of solutions, and solves with J or Jᵀ.
+
+    Inputs (float64): ``A`` (B or 1, nnz_A) and ``P`` (B or 1, nnz_P) or ``None``; ``x`` (B, n),
+    ``y`` (B, m), ``s`` (B, m); ``ok`` (B,) bool — problems that did not solve get J = I and a
+    zero right-hand side, hence zero derivatives.
+    """
+
+    def __init__(self, idx: ProgramIndex, A, P, x, y, s, ok, mode: BackwardMode):
+        self.idx, self.A, self.P = idx, A, P
+        self.x, self.y, self.ok = x, y, ok
+        self.B, self.n, self.m = x.shape[0], idx.n, idx.m
+        self.N = self.n + self.m
+        self.D = DualConeJacobian(y - s, idx.dims)
+        if mode is BackwardMode.AUTO:
+            mode = BackwardMode.DENSE if self.N <= _opt.DENSE_MAX_DIM else BackwardMode.ITERATIVE
+        self.mode = mode
+        self._lu = None  # list of (slice, LU, pivots, J) chunks, built lazily
+
+    # -- matrix-free products ---------------------------------------------------------------
+    def _A(self, v):
+        return _spmv(self.A, self.idx.A_rows, self.idx.A_cols, v, self.m)
+
+    def _At(self, v):
+        return _spmv(self.A, self.idx.A_cols, self.idx.A_rows, v, self.n)
+
+    def _P(self, v):
+        if self.P is None:
+            return v.new_zeros(v.shape[0], self.n)
+        return _spmv(self.P, self.idx.P_rows, self.idx.P_cols, v, self.n)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """J v for v (B, N)."""
+        v1, v2 = v[:, : self.n], v[:, self.n:]
+        Dv2 = self.D.matvec(v2)
+        out = torch.cat([self._P(v1) + self._At(Dv2), self._A(v1) + Dv2 - v2], 1)
+        return torch.where(self.ok.unsqueeze(1), out, v)
+
+    def rmatvec(self, v: torch.Tensor) -> torch.Tensor:
+        """Jᵀ v for v (B, N) (P and D are symmetric)."""
+        v1, v2 = v[:, : self.n], v[:, self.n:]
+        out = torch.cat([self._P(v1) + self._At(v2), self.D.matvec(self._A(v1) + v2) - v2], 1)
+        return torch.where(self.ok.unsqueeze(1), out, v)
+
+    # -- dense ------------------------------------------------------------------------------
+    def dense(self, sl: slice) -> torch.Tensor:
+        """J for the problems ``sl`` as a dense (b, N, N) tensor."""
+        n, m = self.n, self.m
+        x = self.x[sl]
+        b = x.shape[0]
+        dt, dev = x.dtype, x.device
+        A = torch.zeros(b, m, n, dtype=dt, device=dev)
+        Av = self.A if self.A.shape[0] == 1 else self.A[sl]
+        A[:, self.idx.A_rows, self.idx.A_cols] = Av.expand(b, -1)
+        J = torch.zeros(b, self.N, self.N, dtype=dt, device=dev)
+        if self.P is not None:
+            Pv = self.P if self.P.shape[0] == 1 else self.P[sl]
+            J[:, self.idx.P_rows, self.idx.P_cols] = Pv.expand(b, -1)
+        D = _slice_dense(self.D, sl)
+        J[:, :n, n:] = A.transpose(1, 2) @ D
+        J[:, n:, :n] = A
+        eye_m = torch.eye(m, dtype=dt, device=dev)
+        J[:, n:, n:] = D - eye_m
+        okb = self.ok[sl]
+        if not bool(okb.all()):
+            J[~okb] = torch.eye(self.N, dtype=dt, device=dev)
+        return J
+
+    def _chunks(self):
+        per = max(1, int(_opt.DENSE_MAX_BYTES // (3 * 8 * self.N * self.N)))
+        return [slice(i, min(self.B, i + per)) for i in range(0, self.B, per)]
+
+    def _factor(self):
+        if self._lu is None:
+            self._lu = []
+            for sl in self._chunks():
+                J = self.dense(sl)
+                LU, piv, info = torch.linalg.lu_factor_ex(J)
+                self._lu.append((sl, LU, piv, info, J))
+        return self._lu
+
+    def _solve_dense(self, rhs: torch.Tensor, transpose: bool) -> torch.Tensor:
+        out = torch.empty_like(rhs)
+        for sl, LU, piv, info, J in self._factor():
+            r = rhs[sl].unsqueeze(-1)
+            u = torch.linalg.lu_solve(LU, piv, r, adjoint=transpose).squeeze(-1)
+            M = J.transpose(1, 2) if transpose else J
+            res = (M @ u.unsqueeze(-1)).squeeze(-1) - rhs[sl]
+            scale = torch.linalg.matrix_norm(J, ord=1) * u.abs().amax(1) + rhs[sl].abs().amax(1)
+            bad = (info != 0) | ~torch.isfinite(u).all(1) | (res.abs().amax(1) > _opt.DENSE_RESIDUAL_TOL * scale)
+            if bool(bad.any()):
+                u[bad] = _lstsq(M[bad], rhs[sl][bad])
+            out[sl] = u
+        return out
+
+    # -- iterative --------------------------------------------------------------------------
+    def _solve_iterative(self, rhs: torch.Tensor, transpose: bool) -> torch.Tensor:
+        from optlayers._src.linear_solve import LinearSolveWarning, gmres
+
+        op = self.rmatvec if transpose else self.matvec
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LinearSolveWarning)
+            u, info = gmres(op, rhs, batch_dims=1, tol=_opt.ITERATIVE_TOL,
+                            maxiter=_opt.ITERATIVE_MAXITER_FACTOR * self.N,
+                            restart=min(_opt.ITERATIVE_RESTART, self.N), return_info=True)
+        bad = ~info.converged | ~torch.isfinite(u).all(1)
+        if bool(bad.any()):
+            u = u.clone()
+            for i in torch.nonzero(bad).flatten().tolist():
+                u[i] = self._lsmr_one(i, rhs[i], transpose, u[i])
+        return u
+
+    def _lsmr_one(self, i: int, r: torch.Tensor, transpose: bool, x0: torch.Tensor) -> torch.Tensor:
+        from scipy.sparse.linalg import LinearOperator, lsmr
+
+        sub = self._single(i)
+        f, g = (sub.rmatvec, sub.matvec) if transpose else (sub.matvec, sub.rmatvec)
+        dt, dev = r.dtype, r.device
+
+        def mv(v):
+            return f(torch.as_tensor(np.asarray(v).ravel(), dtype=dt, device=dev)[None])[0].cpu().numpy()
+
+        def rmv(v):
+            return g(torch.as_tensor(np.asarray(v).ravel(), dtype=dt, device=dev)[None])[0].cpu().numpy()
+
+        op = LinearOperator((self.N, self.N), matvec=mv, rmatvec=rmv, dtype=np.float64)
+        x0n = x0.cpu().numpy() if bool(torch.isfinite(x0).all()) else None
+        sol = lsmr(op, r.cpu().numpy(), atol=_opt.ITERATIVE_TOL, btol=_opt.ITERATIVE_TOL,
+                   maxiter=_opt.LSMR_MAXITER_FACTOR * self.N, x0=x0n)[0]
+        return torch.as_tensor(sol, dtype=dt, device=dev)
+
+    def _single(self, i: int) -> "DerivativeSystem":
+        sl = slice(i, i + 1)
+        A = self.A if self.A.shape[0] == 1 else self.A[sl]
+        P = None if self.P is None else (self.P if self.P.shape[0] == 1 else self.P[sl])
+        sub = DerivativeSystem.__new__(DerivativeSystem)
+        sub.idx, sub.A, sub.P = self.idx, A, P
+        sub.x, sub.y, sub.ok = self.x[sl], self.y[sl], self.ok[sl]
+        sub.B, sub.n, sub.m, sub.N = 1, self.n, self.m, self.N
+        sub.D = _slice_jac(self.D, sl)
+        sub.mode, sub._lu = self.mode, None
+        return sub
+
+    # -- public -----------------------------------------------------------------------------
+    def solve(self, rhs: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """u with J u = rhs (``transpose=False``) or Jᵀ u = rhs, rhs (B, N); failed problems → 0."""
+        rhs = torch.where(self.ok.unsqueeze(1), rhs, torch.zeros_like(rhs))
+        if self.mode is BackwardMode.DENSE:
+            return self._solve_dense(rhs, transpose)
+        return self._solve_iterative(rhs, transpose)
+
+
+def _lstsq(M: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm least-squares solutions of M u = r (batched), for singular systems."""
+    if M.device.type == "cpu":
+        return torch.linalg.lstsq(M, r.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
+    return (torch.linalg.pinv(M) @ r.unsqueeze(-1)).squeeze(-1)
+
+
+def _slice_jac(D: DualConeJacobian, sl: slice) -> DualConeJacobian:
+    """The cone Jacobian of the problems ``sl`` (a view on the batched one)."""
+    out = DualConeJacobian.__new__(DualConeJacobian)
+    out.dims, out.lay = D.dims, D.lay
+    out.dtype, out.device, out.m = D.dtype, D.device, D.m
+    out.pos = D.pos[sl]
+    out.B = out.pos.shape[0]
+    out.soc = {k: _slice_obj(j, sl) for k, j in D.soc.items()}
+    out.psd = {k: _slice_obj(j, sl) for k, j in D.psd.items()}
+    out.exp = None if D.exp is None else D.exp[sl]
+    return out
+
+
+def _slice_obj(obj, sl: slice):
+    new = obj.__class__.__new__(obj.__class__)
+    for key, val in vars(obj).items():
+        setattr(new, key, val[sl] if isinstance(val, torch.Tensor) else val)
+    return new
+
+
+def _slice_dense(D: DualConeJacobian, sl: slice) -> torch.Tensor:
+    if sl.start == 0 and sl.stop >= D.B:
+        return D.dense()
+    return _slice_jac(D, sl).dense()
+
+
+# ---------------------------------------------------------------------------------------------
+# VJP / JVP in terms of the program data
+
+
+def _reduce_to(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum a batched gradient (B, k) over the batch when the input was shared (1, k)."""
+    return g.sum(0, keepdim=True) if like.shape[0] == 1 and g.shape[0] != 1 else g
+
+
+def vjp(system: DerivativeSystem, c, A, b, P, gx, gy, needs):
+    """Gradients (∇c, ∇A, ∇b, ∇P) for upstream (g_x, g_y); ``needs`` = which to compute."""
+    idx = system.idx
+    x, y = system.x, system.y
+    if gx is None:
+        gx = torch.zeros_like(x)
+    gyD = system.D.matvec(gy) if gy is not None else torch.zeros_like(y)
+    u = system.solve(torch.cat([gx, gyD], 1), transpose=True)
+    u1, u2 = u[:, : system.n], u[:, system.n:]
+    gc = gA = gb = gP = None
+    if needs[0]:
+        gc = _reduce_to(-u1, c)
+    if needs[1]:
+        gA = _reduce_to(-(y[:, idx.A_rows] * u1[:, idx.A_cols] + u2[:, idx.A_rows] * x[:, idx.A_cols]), A)
+    if needs[2]:
+        gb = _reduce_to(u2, b)
+    if needs[3] and P is not None:
+        gP = _reduce_to(-(u1[:, idx.P_rows] * x[:, idx.P_cols]), P)
+    return gc, gA, gb, gP
+
+
+def jvp(system: DerivativeSystem, dc, dA, db, dP):
+    """Tangents (dx, dy) of the solution for data tangents (any may be ``None``)."""
+    idx = system.idx
+    x, y = system.x, system.y
+    B = x.shape[0]
+    r1 = x.new_zeros(B, system.n)
+    r2 = x.new_zeros(B, system.m)
+    if dc is not None:
+        r1 = r1 + dc
+    if dA is not None:
+        r1 = r1 + _spmv(dA, idx.A_cols, idx.A_rows, y, system.n)
+        r2 = r2 + _spmv(dA, idx.A_rows, idx.A_cols, x, system.m)
+    if db is not None:
+        r2 = r2 - db
+    if dP is not None:
+        r1 = r1 + _spmv(dP, idx.P_rows, idx.P_cols, x, system.n)
+    dz = system.solve(-torch.cat([r1, r2], 1), transpose=False)
+    dx, dw = dz[:, : system.n], dz[:, system.n:]
+    return dx, system.D.matvec(dw)

@@ -1,0 +1,463 @@
+"""``CvxpyLayer``: a DPP CVXPY problem as a differentiable PyTorch layer.
+
+Pipeline of one call (B problems)::
+
+    parameter tensors ──► θ̄ (B, p+1) ──► one sparse matmul ──► (c, A, b, P) per problem
+        ──► SCS / Clarabel (threads, outside autograd) ──► (x, y, s), status
+        ──► ConeSolutionMap (implicit derivative, ``derivative.py``) ──► outputs by selection
+
+Autograd sees two Functions, both defined here at module level: :class:`SparseAffine` (the
+parameter → data map, whose adjoint is the transposed sparse matrix) and
+:class:`ConeSolutionMap` (data → solution, VJP and JVP through the residual-map Jacobian).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.autograd import forward_ad
+from torch.autograd.function import once_differentiable
+
+from optlayers._src.conic import backends
+from optlayers._src.conic.canon import ConeProgram, canonicalize
+from optlayers._src.conic.derivative import DerivativeSystem, ProgramIndex, jvp, vjp
+from optlayers._src.conic.options import BackwardMode, ConicOptions, parse_solver_args
+from optlayers._src.qp.options import Backend
+from optlayers._src.status import OnFailure, Status, apply_failure_policy
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd Functions
+
+
+class SparseAffine(torch.autograd.Function):
+    """``Θ (k, p) ↦ Θ Mᵀ (k, R)`` for a fixed sparse M (R, p); the VJP is ``G M``.
+
+    ``mats`` is a :class:`_SparseMats` (M and Mᵀ as SciPy CSR for CPU, torch CSR per device).
+    """
+
+    @staticmethod
+    def forward(theta: torch.Tensor, mats: "_SparseMats") -> torch.Tensor:
+        return mats.apply(theta, transpose=False)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mats = inputs[1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        return ctx.mats.apply(grad, transpose=True), None
+
+    @staticmethod
+    def jvp(ctx, dtheta, _):
+        return ctx.mats.apply(dtheta, transpose=False)
+
+
+class _SparseMats:
+    """M (R, p) stored for fast products on CPU (SciPy CSR) and GPU (torch CSR, per device)."""
+
+    def __init__(self, M: sp.spmatrix):
+        self.M = sp.csr_matrix(M)
+        self.Mt = sp.csr_matrix(self.M.T)
+        self._torch: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def shape(self):
+        return self.M.shape
+
+    def apply(self, theta: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """``theta @ Mᵀ`` (or ``theta @ M`` with ``transpose``), theta (k, p) float64."""
+        mat = self.Mt if transpose else self.M
+        if theta.device.type == "cpu":
+            th = theta.detach().numpy()
+            out = np.asarray(mat @ th.T).T
+            return torch.from_numpy(np.ascontiguousarray(out))
+        key = (transpose, theta.device)
+        T = self._torch.get(key)
+        if T is None:
+            coo = mat.tocoo()
+            T = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, mat.shape,
+                                        dtype=torch.float64, device=theta.device).to_sparse_csr()
+            self._torch[key] = T
+        return (T @ theta.detach().T).T.contiguous()
+
+
+class ConeSolutionMap(torch.autograd.Function):
+    """``(c, A, b, P; x*, y*, s*) ↦ (x*, y*)`` with the implicit derivative of ``derivative.py``.
+
+    ``c`` (B|1, n), ``A`` (B|1, nnz_A), ``b`` (B|1, m), ``P`` (B|1, nnz_P) or ``None`` are the
+    differentiable program data (a leading 1: shared by the batch); ``x`` (B, n), ``y``, ``s``
+    (B, m) the solver's solution and ``ok`` (B,) which problems solved — plain inputs.
+    ``index`` is the layer's :class:`ProgramIndex` and ``mode`` the :class:`BackwardMode`.
+    """
+
+    @staticmethod
+    def forward(c, A, b, P, x, y, s, ok, index, mode):
+        return x.clone(), y.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        c, A, b, P, x, y, s, ok, index, mode = inputs
+        ctx.save_for_backward(c, A, b, P, x, y, s, ok)
+        ctx.save_for_forward(c, A, b, P, x, y, s, ok)
+        ctx.index, ctx.mode = index, mode
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gx, gy):
+        c, A, b, P, x, y, s, ok = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:4]
+        if not any(needs) or (gx is None and gy is None):
+            return (None,) * 10
+        system = DerivativeSystem(ctx.index, A, P, x, y, s, ok, ctx.mode)
+        gc, gA, gb, gP = vjp(system, c, A, b, P, gx, gy, needs)
+        return gc, gA, gb, gP, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dc, dA, db, dP, *_):
+        c, A, b, P, x, y, s, ok = ctx.saved_tensors
+        system = DerivativeSystem(ctx.index, A, P, x, y, s, ok, ctx.mode)
+        return jvp(system, dc, dA, db, dP)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ConicSolution:
+    """Result of a :class:`CvxpyLayer` call with ``return_solution=True``.
+
+    Attributes:
+        values: tuple of the requested outputs (as the plain call returns), differentiable.
+        status: (*batch) int8 :class:`~optlayers.Status` per problem (0 = solved).
+        iterations: (*batch) int32 solver iterations per problem.
+        solver_status: the solver's own status string per problem (flat list).
+        backend: name of the solver.
+    """
+
+    values: tuple
+    status: torch.Tensor
+    iterations: torch.Tensor
+    solver_status: list[str]
+    backend: str
+
+    @property
+    def ok(self) -> torch.Tensor:
+        return self.status == Status.SOLVED
+
+
+def _resolve_solver(solver) -> Backend:
+    """``None``/``"scs"``/``cp.SCS``/``"diffcp"`` (cvxpylayers' default, SCS underneath) → SCS;
+    ``"clarabel"``/``cp.CLARABEL`` → Clarabel."""
+    if solver is None:
+        return Backend.SCS
+    if isinstance(solver, str) and solver.lower() == "diffcp":
+        return Backend.SCS
+    backend = Backend.resolve(solver)
+    if backend not in (Backend.SCS, Backend.CLARABEL):
+        raise ValueError(f"solver must be 'scs' or 'clarabel' for a CvxpyLayer; got {solver!r}")
+    return backend
+
+
+def _flatten_f(t: torch.Tensor, lead: int) -> torch.Tensor:
+    """Flatten the trailing dims of ``t`` in Fortran (column-major) order, keeping ``lead`` dims."""
+    k = t.dim() - lead
+    if k <= 1:
+        return t.reshape(t.shape[:lead] + (-1,))
+    perm = list(range(lead)) + list(range(t.dim() - 1, lead - 1, -1))
+    return t.permute(perm).reshape(t.shape[:lead] + (-1,))
+
+
+def _unflatten_f(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, prod(shape)) in Fortran order → (B, *shape)."""
+    if len(shape) <= 1:
+        return t.reshape((t.shape[0],) + shape)
+    r = t.reshape((t.shape[0],) + tuple(reversed(shape)))
+    return r.permute([0] + list(range(len(shape), 0, -1)))
+
+
+class CvxpyLayer(torch.nn.Module):
+    r"""A DPP CVXPY problem as a differentiable layer — drop-in for ``cvxpylayers.torch.CvxpyLayer``.
+
+    The problem is canonicalized **once**, here, into a cone program (zero, nonnegative,
+    second-order, PSD and exponential cones, with an optional quadratic objective)
+
+    .. math:: \min_x\ \tfrac12 x^\top P(\theta) x + c(\theta)^\top x \quad
+              \text{s.t.}\ A(\theta)x + s = b(\theta),\ s \in \mathcal K
+
+    whose data are affine in the parameters θ and stored as one sparse matrix; each call
+    assembles the batch with one sparse matmul, solves it with SCS (default) or Clarabel in
+    parallel threads, and returns the requested variables (and constraint duals). Gradients
+    flow to every parameter tensor through our implicit derivative of the cone program's
+    residual map (``optlayers/_src/conic/derivative.py``): reverse and forward mode.
+
+    Args:
+        problem: a ``cvxpy.Problem`` that is DPP (``problem.is_dpp()``; with ``gp=True``,
+            ``problem.is_dgp(dpp=True)``). A parametric ``quad_form(x, S)`` in the objective
+            is accepted too (its P enters the program's quadratic term).
+        parameters: the problem's ``cvxpy.Parameter`` s, all of them, in the order the tensors
+            will be passed to the call.
+        variables: what to return, in order: variables of the problem, and for duals either a
+            constraint of the problem (if it has one dual variable) or one of its
+            ``constraint.dual_variables`` (the cvxpylayers 1.x spelling).
+        gp: the problem is a log-log convex (geometric) program; parameters are passed in
+            natural (positive) units, log-transformed inside, and primal outputs are
+            exponentiated back (duals are those of the log-log transformed problem).
+        solver: ``"scs"`` (default) or ``"clarabel"`` (strings or ``ol.Backend``). cvxpylayers'
+            ``cp.SCS`` / ``cp.CLARABEL`` spellings are accepted.
+        solver_args: default solver settings (the same keys as per call, see ``forward``).
+        backward: ``"auto"`` (default), ``"dense"`` or ``"iterative"`` (see
+            :class:`~optlayers._src.conic.options.BackwardMode`).
+        on_failure: ``"raise"`` (default) raises :class:`~optlayers.SolverError` naming the
+            failed batch indices; ``"nan"`` returns NaN for them (read the status with
+            ``return_solution=True``).
+        return_solution: return a :class:`ConicSolution` (values, status, iterations) instead
+            of the plain tuple.
+        n_jobs: worker threads for the batch (default: all CPUs).
+        warm_start: start each problem from the previous call's solution of the same batch
+            index (SCS only; used when the batch size matches).
+        verbose: print the solver's log.
+
+    Call: ``layer(*params, solver_args=None, warm_start=None)`` → tuple of tensors.
+        Each ``params[i]`` has the shape of ``parameters[i]`` (unbatched, shared by the batch)
+        or ``(*batch, *parameters[i].shape)``; the batch shapes of the batched ones broadcast.
+        Outputs have shape ``(*batch, *variable.shape)`` — no batch dimensions if no parameter
+        had any. float32 and float64 (the solve is in float64; outputs follow the inputs'
+        dtype and device). The gradient of an unbatched parameter is the sum over the batch.
+    """
+
+    def __init__(
+        self,
+        problem,
+        parameters: Sequence,
+        variables: Sequence,
+        gp: bool = False,
+        solver: Backend | str | None = None,
+        solver_args: dict[str, Any] | None = None,
+        *,
+        backward: BackwardMode | str = "auto",
+        on_failure: OnFailure | str = "raise",
+        return_solution: bool = False,
+        n_jobs: int | None = None,
+        warm_start: bool = False,
+        verbose: bool = False,
+    ):
+        super().__init__()
+        backend = _resolve_solver(solver)
+        base = ConicOptions(backend=backend, backward=BackwardMode.resolve(backward), n_jobs=n_jobs,
+                            warm_start=bool(warm_start), verbose=bool(verbose))
+        self.options = parse_solver_args(solver_args or {}, base=base)
+        self.on_failure = OnFailure.resolve(on_failure)
+        self.return_solution = bool(return_solution)
+        self.program: ConeProgram = canonicalize(problem, list(parameters), list(variables), gp=bool(gp))
+        self.parameters_ = list(parameters)
+        self._mats_cache: dict[tuple[bool, ...], tuple] = {}
+        self._index: dict[torch.device, ProgramIndex] = {}
+        self._solver_cache = backends.SolverCache()
+        self._warm: tuple | None = None
+
+    # -- helpers ----------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        p = self.program
+        return (f"n={p.n}, m={p.m}, cones={p.dims.describe()}, solver={self.options.backend.value!r}, "
+                f"backward={self.options.backward.value!r}, on_failure={self.on_failure.value!r}")
+
+    def _index_on(self, device: torch.device) -> ProgramIndex:
+        idx = self._index.get(device)
+        if idx is None:
+            idx = self._index[device] = ProgramIndex.of(self.program, device)
+        return idx
+
+    def _mats(self, batched: tuple[bool, ...]):
+        """Sparse maps of the batched and of the shared parameter columns (cached per pattern)."""
+        got = self._mats_cache.get(batched)
+        if got is not None:
+            return got
+        prog = self.program
+        cols_b, cols_s = [], []
+        for slot, is_b in zip(prog.params, batched):
+            if slot.col is None:
+                continue
+            rng = list(range(slot.col, slot.col + slot.lower.size))
+            (cols_b if is_b else cols_s).extend(rng)
+        cols_s.append(prog.n_theta - 1)  # the constant column
+        Mc = prog.M.tocsc()
+        Mb = _SparseMats(Mc[:, cols_b]) if cols_b else None
+        Ms = _SparseMats(Mc[:, cols_s])
+        # Which data blocks (c, A, b, P) vary across the batch.
+        sizes = prog.split_sizes()
+        bounds = np.cumsum([0] + sizes)
+        varying = [False] * 4
+        if Mb is not None:
+            rows = np.unique(Mb.M.tocoo().row)
+            for k in range(4):
+                varying[k] = bool(((rows >= bounds[k]) & (rows < bounds[k + 1])).any())
+        order_b = [i for i, is_b in enumerate(batched) if is_b and prog.params[i].col is not None]
+        order_s = [i for i, is_b in enumerate(batched) if not is_b and prog.params[i].col is not None]
+        # Columns are stacked slot by slot in parameter order; M's columns were taken in the same order.
+        got = (Mb, Ms, tuple(varying), order_b, order_s)
+        self._mats_cache[batched] = got
+        return got
+
+    # -- call -------------------------------------------------------------------------------
+    def forward(self, *params: torch.Tensor, solver_args: dict[str, Any] | None = None,
+                warm_start: bool | None = None):
+        """Solve the problem for the given parameter values (see the class docstring).
+
+        ``solver_args`` (per call, overriding the layer's): ``eps`` (both ``eps_abs`` and
+        ``eps_rel``), ``eps_abs``, ``eps_rel``, ``eps_infeas``, ``max_iters``,
+        ``solve_method``/``solver`` (``"SCS"``, ``"Clarabel"``), ``mode``/``backward``
+        (``"dense"``, ``"iterative"``; diffcp's ``"lsqr"``/``"lsmr"`` mean iterative),
+        ``n_jobs``, ``warm_start``, ``verbose``, and any setting of the solver itself.
+        """
+        options = self.options.with_args(solver_args)
+        if warm_start is not None:
+            options = dataclasses.replace(options, warm_start=bool(warm_start))
+        prog = self.program
+        values, batch_shape, dtype, device = self._check(params)
+        B = math.prod(batch_shape) if batch_shape else 1
+        batched = tuple(v.dim() > len(slot.shape) for v, slot in zip(values, prog.params))
+
+        # θ̄ → data with one sparse matmul per group (batched columns, shared columns).
+        Mb, Ms, varying, order_b, order_s = self._mats(batched)
+        theta_s = [self._column_values(values[i], i, 0) for i in order_s]
+        one = torch.ones(1, 1, dtype=torch.float64, device=device)
+        theta_s = torch.cat(theta_s + [one], 1) if theta_s else one
+        data_s = SparseAffine.apply(theta_s, Ms)                                   # (1, R)
+        if Mb is not None:
+            theta_b = torch.cat([self._column_values(values[i], i, B) for i in order_b], 1)
+            data_b = SparseAffine.apply(theta_b, Mb)                               # (B, R)
+        blocks = []
+        start = 0
+        for k, size in enumerate(prog.split_sizes()):
+            sl = slice(start, start + size)
+            blk = data_s[:, sl]
+            if varying[k]:
+                blk = blk + data_b[:, sl]
+            blocks.append(blk)
+            start += size
+        c, A, b, P = blocks
+        if prog.P_rows is None:
+            P = None
+
+        # Solve (outside autograd).
+        with torch.no_grad():
+            raw = self._solve(c, A, b, P, B, options)
+        x = torch.as_tensor(raw.x, dtype=torch.float64, device=device)
+        y = torch.as_tensor(raw.y, dtype=torch.float64, device=device)
+        s = torch.as_tensor(raw.s, dtype=torch.float64, device=device)
+        status = torch.as_tensor(raw.status, device=device)
+        ok = status == Status.SOLVED
+        if options.warm_start:
+            self._warm = (raw.x.copy(), raw.y.copy(), raw.s.copy())
+        if not bool(ok.all()):
+            x = torch.where(ok.unsqueeze(1), x, torch.zeros_like(x))
+            y = torch.where(ok.unsqueeze(1), y, torch.zeros_like(y))
+            s = torch.where(ok.unsqueeze(1), s, torch.zeros_like(s))
+        if self._needs_derivative(c, A, b, P):
+            x, y = ConeSolutionMap.apply(c, A, b, P, x, y, s, ok, self._index_on(device), options.backward)
+
+        outs = []
+        for om in prog.outputs:
+            src = x if om.source == "x" else y
+            idx = torch.as_tensor(om.index, device=device)
+            scale = torch.as_tensor(om.scale, dtype=torch.float64, device=device)
+            val = _unflatten_f(src[:, idx] * scale, om.shape)
+            if om.exp:
+                val = torch.exp(val)
+            outs.append(val.to(dtype).reshape(tuple(batch_shape) + om.shape))
+        status = status.to(torch.int8).reshape(tuple(batch_shape))
+        outs = apply_failure_policy(status, outs, self.on_failure, what="conic")
+        if not self.return_solution:
+            return tuple(outs)
+        return ConicSolution(
+            values=tuple(outs), status=status,
+            iterations=torch.as_tensor(raw.iterations, device=device).reshape(tuple(batch_shape)),
+            solver_status=list(raw.solver_status), backend=options.backend.value,
+        )
+
+    def _needs_derivative(self, *ts) -> bool:
+        ts = [t for t in ts if t is not None]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+            return True
+        return any(forward_ad.unpack_dual(t).tangent is not None for t in ts)
+
+    def _solve(self, c, A, b, P, B: int, options: ConicOptions):
+        prog = self.program
+
+        def np_rows(t: torch.Tensor, rows: int) -> np.ndarray:
+            a = t.detach().to("cpu", torch.float64).numpy()
+            return a if a.shape[0] == rows else np.broadcast_to(a, (rows,) + a.shape[1:])
+
+        data = backends.BatchData(
+            c=np_rows(c, B), A=np.ascontiguousarray(A.detach().cpu().numpy()), b=np_rows(b, B),
+            P=None if P is None else np.ascontiguousarray(P.detach().cpu().numpy()), prog=prog,
+        )
+        warm = None
+        if options.warm_start and self._warm is not None and self._warm[0].shape[0] == B:
+            warm = self._warm
+        return backends.get(options.backend).solve(data, options, warm, self._solver_cache)
+
+    def _column_values(self, value: torch.Tensor, i: int, B: int) -> torch.Tensor:
+        """Parameter i's entries as columns of θ: (B, k) batched (B > 0) or (1, k) shared."""
+        slot = self.program.params[i]
+        v = value.to(torch.float64)
+        if B:
+            v = v.reshape((B,) + slot.shape)
+        else:
+            v = v.reshape((1,) + slot.shape)
+        flat = _flatten_f(v, 1)[:, torch.as_tensor(slot.lower, device=v.device)]
+        return torch.log(flat) if slot.log else flat
+
+    def _check(self, params: Sequence) -> tuple[list[torch.Tensor], tuple[int, ...], torch.dtype, torch.device]:
+        """Validate the call's tensors; broadcast batched ones to the common batch shape."""
+        slots = self.program.params
+        if len(params) != len(slots):
+            raise ValueError(
+                f"CvxpyLayer expects {len(slots)} parameter tensors (one per cvxpy.Parameter, in the "
+                f"order of `parameters`: {[s.name for s in slots]}); got {len(params)}"
+            )
+        dtypes, devices, batches = set(), set(), []
+        for i, (t, slot) in enumerate(zip(params, slots)):
+            label = f"params[{i}] ({slot.name})"
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{label} must be a torch.Tensor; got {type(t).__name__}")
+            if t.dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"{label} must be float32 or float64; got {t.dtype}")
+            k = len(slot.shape)
+            if t.dim() < k or tuple(t.shape[t.dim() - k:]) != slot.shape:
+                raise ValueError(
+                    f"{label} must have shape {slot.shape} (unbatched) or (*batch, {', '.join(map(str, slot.shape))})"
+                    f" (batched); got {tuple(t.shape)}"
+                )
+            batches.append(tuple(t.shape[: t.dim() - k]))
+            dtypes.add(t.dtype)
+            devices.add(t.device)
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{label} has non-finite entries (NaN or Inf)")
+            if slot.log and not bool((t > 0).all()):
+                raise ValueError(f"{label} must be positive: gp=True takes the log of this parameter")
+        if len(dtypes) > 1:
+            raise ValueError(f"all parameter tensors must share one dtype; got {sorted(map(str, dtypes))}")
+        if len(devices) > 1:
+            raise ValueError(f"all parameter tensors must be on one device; got {sorted(map(str, devices))}")
+        try:
+            batch_shape = torch.broadcast_shapes(*batches) if batches else ()
+        except RuntimeError:
+            raise ValueError(
+                "the batch dimensions of the parameter tensors do not broadcast: "
+                + ", ".join(f"params[{i}] ({s.name}): {b}" for i, (s, b) in enumerate(zip(slots, batches)))
+            ) from None
+        values = []
+        for t, slot, bs in zip(params, slots, batches):
+            if bs and bs != tuple(batch_shape):
+                t = t.expand(tuple(batch_shape) + slot.shape)
+            values.append(t)
+        return values, tuple(batch_shape), dtypes.pop(), devices.pop()

@@ -1,0 +1,217 @@
+"""Options and named tolerances of the conic (CVXPY) layer — one place for every number.
+
+The solver-facing defaults are chosen so that, *with default settings*, solutions are accurate
+to about 1e-8 (well inside the 1e-6 target) and gradients agree with a sharp reference
+(diffcp + SCS at ``eps=1e-12``) to about 1e-7 relative on well-conditioned problems.
+
+``solver_args`` (the cvxpylayers-compatible dict) is parsed once, at the public boundary, into a
+frozen :class:`ConicOptions`; nothing below the layer sees a free-form dict except the
+solver-specific ``extra`` settings, which are validated against the solver's own names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Mapping
+
+from optlayers._src.qp.options import Backend
+
+# ---------------------------------------------------------------------------------------------
+# Named tolerances and sizes (one place).
+
+# SCS (first-order, ADMM on the homogeneous self-dual embedding). Its stopping test is on the
+# primal/dual residuals and the gap, relative to the data scale. 1e-9 costs ~10-30 % more
+# iterations than 1e-6 on typical layers (Anderson acceleration converges fast at the end) and
+# gives solution errors of ~1e-8; cvxpylayers' defaults (diffcp: eps 1e-4..1e-5) give 1e-3.
+SCS_EPS_ABS = 1e-9
+SCS_EPS_REL = 1e-9
+# Certificates of infeasibility / unboundedness.
+SCS_EPS_INFEAS = 1e-9
+SCS_MAX_ITERS = 100_000
+
+# Clarabel (interior point) takes eps_abs -> tol_gap_abs and tol_feas, eps_rel -> tol_gap_rel
+# (its own defaults are 1e-8); its iteration cap:
+CLARABEL_MAX_ITER = 200
+
+# Backward pass. "auto" uses the dense direct mode when the derivative system (N = n + m
+# unknowns per problem) is at most DENSE_MAX_DIM; each dense chunk of the batch holds at most
+# DENSE_MAX_BYTES of float64 matrices (the batch is processed in chunks below that).
+DENSE_MAX_DIM = 1200
+DENSE_MAX_BYTES = 256 * 2**20
+# A dense LU solve is accepted when ||Jᵀu - g|| <= DENSE_RESIDUAL_TOL * (||J||·||u|| + ||g||);
+# otherwise (singular or nearly singular J, a degenerate solution) the problem falls back to a
+# minimum-norm least-squares solve.
+DENSE_RESIDUAL_TOL = 1e-8
+# Iterative (matrix-free) mode: GMRES from ``ol.linear_solve`` on the batch, then scipy LSMR
+# per problem for any problem GMRES did not converge on (LSMR gives the least-squares solution
+# at degenerate points, where the system is singular).
+ITERATIVE_TOL = 1e-10
+ITERATIVE_MAXITER_FACTOR = 10  # GMRES budget: factor * N matrix-vector products
+ITERATIVE_RESTART = 50
+LSMR_MAXITER_FACTOR = 10
+
+# Exponential-cone projection (Friberg 2021, univariate root search).
+EXP_ROOT_ITERS = 80            # safeguarded Newton/bisection steps (vectorized, fixed count)
+EXP_BRACKET_STEPS = 60         # doublings when a bracket side is unbounded
+EXP_MAX_RHO = 600.0            # |rho| beyond this would overflow exp(); bracket is clipped
+EXP_INSIDE_TOL = 1e-13         # relative tolerance of the "already in the cone" tests
+# ---------------------------------------------------------------------------------------------
+
+
+class BackwardMode(str, enum.Enum):
+    """How the derivative system is solved in the backward pass.
+
+    ``"auto"``: dense if the system is small (see ``DENSE_MAX_DIM``), else iterative.
+    ``"dense"``: batched LU of the (n+m)×(n+m) Jacobian of the residual map (least squares
+    fallback at singular points). ``"iterative"``: matrix-free GMRES / LSMR.
+    """
+
+    AUTO = "auto"
+    DENSE = "dense"
+    ITERATIVE = "iterative"
+
+    @classmethod
+    def resolve(cls, value: "BackwardMode | str") -> "BackwardMode":
+        if isinstance(value, cls):
+            return value
+        aliases = {"lsqr": cls.ITERATIVE, "lsmr": cls.ITERATIVE}  # diffcp's mode names
+        key = str(value).lower()
+        if key in aliases:
+            return aliases[key]
+        try:
+            return cls(key)
+        except ValueError:
+            choices = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"backward must be one of {choices}; got {value!r}") from None
+
+
+CONIC_BACKENDS = (Backend.SCS, Backend.CLARABEL)
+
+# Settings forwarded verbatim to each solver (validated here so a typo is a clear error).
+SCS_SETTINGS = frozenset({
+    "normalize", "scale", "adaptive_scale", "rho_x", "alpha", "acceleration_lookback",
+    "acceleration_interval", "time_limit_secs", "write_data_filename", "log_csv_filename",
+    "linear_solver",
+})
+CLARABEL_SETTINGS = frozenset({
+    "tol_gap_abs", "tol_gap_rel", "tol_feas", "tol_infeas_abs", "tol_infeas_rel", "tol_ktratio",
+    "reduced_tol_gap_abs", "reduced_tol_gap_rel", "reduced_tol_feas", "reduced_tol_infeas_abs",
+    "reduced_tol_infeas_rel", "reduced_tol_ktratio", "equilibrate_enable", "equilibrate_max_iter",
+    "equilibrate_min_scaling", "equilibrate_max_scaling", "linesearch_backtrack_step",
+    "min_switch_step_length", "min_terminate_step_length", "max_step_fraction", "direct_kkt_solver",
+    "direct_solve_method", "static_regularization_enable", "static_regularization_constant",
+    "static_regularization_proportional", "dynamic_regularization_enable",
+    "dynamic_regularization_eps", "dynamic_regularization_delta", "iterative_refinement_enable",
+    "iterative_refinement_reltol", "iterative_refinement_abstol", "iterative_refinement_max_iter",
+    "iterative_refinement_stop_ratio", "presolve_enable", "time_limit", "max_threads",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class ConicOptions:
+    """Everything that configures a solve and its derivative.
+
+    Attributes:
+        backend: ``"scs"`` (default) or ``"clarabel"``.
+        eps_abs, eps_rel: stopping tolerances (default 1e-9 both): SCS ``eps_abs``/``eps_rel``;
+            Clarabel ``tol_gap_abs`` = ``tol_feas`` = ``eps_abs``, ``tol_gap_rel`` = ``eps_rel``.
+        eps_infeas: SCS infeasibility-certificate tolerance.
+        max_iters: iteration cap (SCS: ADMM iterations; Clarabel: interior-point iterations).
+            ``None`` uses the backend's default (100 000 for SCS, 200 for Clarabel).
+        backward: :class:`BackwardMode` of the derivative solve.
+        n_jobs: worker threads solving the batch (SCS and Clarabel release the GIL);
+            ``None`` means ``os.cpu_count()``, ``1`` solves sequentially.
+        warm_start: start SCS from the previous call's solution of the same batch index
+            (when the previous call had the same batch size).
+        verbose: print the solver's log.
+        extra: further solver-specific settings (names checked against the solver's own).
+    """
+
+    backend: Backend = Backend.SCS
+    eps_abs: float = SCS_EPS_ABS
+    eps_rel: float = SCS_EPS_REL
+    eps_infeas: float = SCS_EPS_INFEAS
+    max_iters: int | None = None
+    backward: BackwardMode = BackwardMode.AUTO
+    n_jobs: int | None = None
+    warm_start: bool = False
+    verbose: bool = False
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.backend not in CONIC_BACKENDS:
+            names = ", ".join(repr(b.value) for b in CONIC_BACKENDS)
+            raise ValueError(f"solver must be one of {names} for a CvxpyLayer; got {self.backend.value!r}")
+        for name in ("eps_abs", "eps_rel", "eps_infeas"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 < float(v) < 1.0):
+                raise ValueError(f"solver_args[{name!r}] must be a number in (0, 1); got {v!r}")
+        if self.max_iters is not None and (not isinstance(self.max_iters, int) or self.max_iters < 1):
+            raise ValueError(f"solver_args['max_iters'] must be a positive int; got {self.max_iters!r}")
+        if self.n_jobs is not None and (not isinstance(self.n_jobs, int) or self.n_jobs < 1):
+            raise ValueError(f"n_jobs must be a positive int or None; got {self.n_jobs!r}")
+        allowed = SCS_SETTINGS if self.backend is Backend.SCS else CLARABEL_SETTINGS
+        for key, _ in self.extra:
+            if key not in allowed:
+                raise ValueError(
+                    f"solver_args: {key!r} is not a {self.backend.value} setting; accepted: "
+                    f"{sorted(_GENERIC_KEYS)} and the {self.backend.value} settings {sorted(allowed)}"
+                )
+
+    def extra_dict(self) -> dict[str, Any]:
+        return dict(self.extra)
+
+    def with_args(self, solver_args: Mapping[str, Any] | None) -> "ConicOptions":
+        """A copy updated by a cvxpylayers-style ``solver_args`` dict (see :func:`parse_solver_args`)."""
+        if not solver_args:
+            return self
+        return parse_solver_args(solver_args, base=self)
+
+
+# Keys understood directly, with the cvxpylayers/diffcp spellings mapped onto our fields.
+_GENERIC_KEYS = frozenset({
+    "solver", "solve_method", "eps", "eps_abs", "eps_rel", "eps_infeas", "max_iters", "max_iter",
+    "backward", "mode", "n_jobs", "n_jobs_forward", "n_jobs_backward", "warm_start", "verbose",
+})
+
+
+def parse_solver_args(solver_args: Mapping[str, Any], base: ConicOptions | None = None) -> ConicOptions:
+    """Parse a cvxpylayers-compatible ``solver_args`` dict into :class:`ConicOptions`.
+
+    Accepted keys: ``solve_method``/``solver`` (``"SCS"``, ``"Clarabel"``), ``eps`` (sets both
+    ``eps_abs`` and ``eps_rel``), ``eps_abs``, ``eps_rel``, ``eps_infeas``, ``max_iters``,
+    ``mode``/``backward`` (``"dense"``, ``"iterative"``, diffcp's ``"lsqr"``/``"lsmr"``),
+    ``n_jobs``/``n_jobs_forward``, ``n_jobs_backward`` (ignored: the backward is batched),
+    ``warm_start``, ``verbose``, and any setting of the chosen solver (e.g.
+    ``acceleration_lookback`` for SCS, ``tol_feas`` for Clarabel).
+    """
+    if not isinstance(solver_args, Mapping):
+        raise ValueError(f"solver_args must be a dict; got {type(solver_args).__name__}")
+    base = base or ConicOptions()
+    fields: dict[str, Any] = {}
+    extra = dict(base.extra)
+    backend = base.backend
+    for key in ("solver", "solve_method"):
+        if key in solver_args:
+            backend = Backend.resolve(solver_args[key])
+            if backend != base.backend:
+                extra = {}  # settings of the other solver do not carry over
+    fields["backend"] = backend
+    for key, value in solver_args.items():
+        if key in ("solver", "solve_method", "n_jobs_backward"):
+            continue
+        if key == "eps":
+            fields["eps_abs"] = fields["eps_rel"] = value
+        elif key in ("eps_abs", "eps_rel", "eps_infeas", "verbose", "warm_start"):
+            fields[key] = value
+        elif key in ("max_iters", "max_iter"):
+            fields["max_iters"] = value
+        elif key in ("mode", "backward"):
+            fields["backward"] = BackwardMode.resolve(value)
+        elif key in ("n_jobs", "n_jobs_forward"):
+            fields["n_jobs"] = None if value in (None, -1) else value
+        else:
+            extra[key] = value
+    fields["extra"] = tuple(sorted(extra.items()))
+    return dataclasses.replace(base, **fields)
