@@ -9,14 +9,16 @@ Public API (see README.md and DESIGN.md §2):
 
 from optlayers._src.status import OnFailure, SolverError, Status
 from optlayers.qp import Backend, QPLayer, QPOptions, QPSolution, solve_qp
-from optlayers import testing
+from optlayers import native, testing
 from optlayers import implicit, linear_solve, optimality, projection
 from optlayers.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
+from optlayers.conic import CvxpyLayer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "CvxpyLayer",
     "QPLayer",
     "QPOptions",
     "QPSolution",
@@ -24,6 +26,7 @@ __all__ = [
     "OnFailure",
     "SolverError",
     "Status",
+    "native",
     "testing",
     "custom_fixed_point",
     "custom_root",
