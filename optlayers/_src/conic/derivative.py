@@ -183,7 +183,7 @@ class DerivativeSystem:
 
     # -- iterative --------------------------------------------------------------------------
     def _solve_iterative(self, rhs: torch.Tensor, transpose: bool) -> torch.Tensor:
-        from optlayers._src.linear_solve import LinearSolveWarning, gmres
+        from optlayers.linear_solve import LinearSolveWarning, gmres
 
         op = self.rmatvec if transpose else self.matvec
         with warnings.catch_warnings():

@@ -29,6 +29,10 @@ SCS_EPS_REL = 1e-9
 # Certificates of infeasibility / unboundedness.
 SCS_EPS_INFEAS = 1e-9
 SCS_MAX_ITERS = 100_000
+# Initial dual scale of SCS (its default is 0.1). Measured on our test and benchmark problems
+# (LP, QP, SOCP, SDP, exp cone, portfolio) at eps 1e-9: 1.0 needs 0.4-1× the iterations of 0.1,
+# never notably more. Adaptive scaling still adjusts it during the solve.
+SCS_SCALE = 1.0
 
 # Clarabel (interior point) takes eps_abs -> tol_gap_abs and tol_feas, eps_rel -> tol_gap_rel
 # (its own defaults are 1e-8); its iteration cap:

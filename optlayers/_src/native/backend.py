@@ -35,6 +35,10 @@ class NativeBackend:
         x, lam, nu, status, iters = ops.solve(data, options.tol_for(data.dtype), options.max_iter, options.polish)
         return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters, kkt_solver="native")
 
+    def solve_differentiable(self, data: QPData, options: QPOptions) -> RawSolution:
+        # Same op, called on the data as given: its registered autograd (ops.py) differentiates it.
+        return self.solve(data, options)
+
 
 def native_status() -> tuple[bool, str]:
     """Whether the native kernel is usable here and, if not, why (builds it on first call)."""

@@ -72,17 +72,22 @@ def _qp_kkt_solve_fake(Q, G, A, mask, rhs, kkt_reg):
 
 def _setup_context(ctx, inputs, output):
     Q, q, G, h, A, b, batch = inputs[:7]
-    x, lam, nu, _, _ = output
+    x, lam, nu, status, _ = output
     ctx.batch = batch
-    ctx.save_for_backward(Q, q, G, h, A, b, x, lam, nu)
+    ctx.mark_non_differentiable(output[3], output[4])
+    ctx.save_for_backward(Q, q, G, h, A, b, x, lam, nu, status)
 
 
 def _backward(ctx, gx, glam, gnu, _gstatus, _giters):
-    Q, q, G, h, A, b, x, lam, nu = ctx.saved_tensors
+    Q, q, G, h, A, b, x, lam, nu, status = ctx.saved_tensors
     data = data_of(Q, q, G, h, A, b, ctx.batch)
-    gx = torch.zeros_like(x) if gx is None else gx
-    glam = torch.zeros_like(lam) if glam is None else glam
-    gnu = torch.zeros_like(nu) if gnu is None else gnu
+    # Problems that did not solve contribute zero gradient (their outputs may be garbage).
+    ok = (status == 0).unsqueeze(-1)
+    x, lam, nu = (torch.where(ok, t, torch.zeros_like(t)) for t in (x, lam, nu))
+    gx, glam, gnu = (
+        torch.zeros_like(t) if g is None else torch.where(ok, g, torch.zeros_like(g))
+        for g, t in ((gx, x), (glam, lam), (gnu, nu))
+    )
     mask = kkt.classify_active(lam, (h - mv(G, x)))
     grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, lambda r: kkt_solve(data, mask, r), ctx.needs_input_grad[:6])
     return grads + (None,) * 8

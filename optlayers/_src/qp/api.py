@@ -53,7 +53,11 @@ def _needs_derivative(data: QPData) -> bool:
     ts = data.tensors()
     if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
         return True
-    return any(_has_tangent(t) for t in ts)
+    return _has_forward_tangents(data)
+
+
+def _has_forward_tangents(data: QPData) -> bool:
+    return any(_has_tangent(t) for t in data.tensors())
 
 
 def _attach(data: QPData, raw: RawSolution) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,12 +128,18 @@ def solve_qp(
     policy = OnFailure.resolve(on_failure)
     data = canonicalize(Q, q, G, h, A, b, check_values=check_inputs)
     be = backends.select(backend, data)
-    with torch.no_grad():
-        raw = be.solve(data.detach(), options)
-    if _needs_derivative(data):
-        x, lam, nu = _attach(data, raw)
-    else:
+    if isinstance(be, backends.DifferentiableQPBackend) and not _has_forward_tangents(data):
+        # The backend's op carries its own (registered) reverse-mode autograd, which uses the
+        # same KKT adjoint; forward-mode tangents take the QPSolutionMap route below instead.
+        raw = be.solve_differentiable(data, options)
         x, lam, nu = raw.x, raw.lam, raw.nu
+    else:
+        with torch.no_grad():
+            raw = be.solve(data.detach(), options)
+        if _needs_derivative(data):
+            x, lam, nu = _attach(data, raw)
+        else:
+            x, lam, nu = raw.x, raw.lam, raw.nu
     shape = data.batch_shape
     x, lam, nu = (t.reshape(tuple(shape) + t.shape[-1:]) for t in (x, lam, nu))
     status = raw.status.reshape(shape)

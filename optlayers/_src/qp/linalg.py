@@ -11,16 +11,18 @@ import torch
 
 def mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``M v`` per problem: ``(B?, r, c) × (B, c) → (B, r)``."""
+    # Direct mm/bmm calls: ``@`` adds expand/view/reshape ops around them, and small batched
+    # problems are dominated by per-op overhead.
     if M.dim() == 2:
-        return v @ M.mT
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+        return torch.mm(v, M.t())
+    return torch.bmm(M, v.unsqueeze(-1)).squeeze(-1)
 
 
 def mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``Mᵀ v`` per problem: ``(B?, r, c) × (B, r) → (B, c)``."""
     if M.dim() == 2:
-        return v @ M
-    return (v.unsqueeze(-2) @ M).squeeze(-2)
+        return torch.mm(v, M)
+    return torch.bmm(v.unsqueeze(-2), M).squeeze(-2)
 
 
 # A shared M of shape (r, c) gets its r·c² outer products precomputed when there are at most

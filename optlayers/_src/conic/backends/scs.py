@@ -47,6 +47,7 @@ def settings_of(options: ConicOptions) -> dict:
         "eps_rel": float(options.eps_rel),
         "eps_infeas": float(options.eps_infeas),
         "max_iters": int(options.max_iters or _opt.SCS_MAX_ITERS),
+        "scale": _opt.SCS_SCALE,
         "verbose": bool(options.verbose),
     }
     s.update(options.extra_dict())

@@ -7,7 +7,7 @@ Adding a backend = one module defining a class that satisfies :class:`QPBackend`
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -48,6 +48,16 @@ class QPBackend(Protocol):
 
     def solve(self, data: QPData, options: QPOptions) -> RawSolution:
         """Solve every problem of the (detached) batch."""
+
+
+@runtime_checkable
+class DifferentiableQPBackend(Protocol):
+    """A backend whose solve is itself a differentiable op (reverse mode through the shared KKT
+    adjoint, e.g. a ``torch.library`` op with ``register_autograd``). Failed problems must get
+    zero gradient."""
+
+    def solve_differentiable(self, data: QPData, options: QPOptions) -> RawSolution:
+        """Like ``solve`` but on the (non-detached) data, with autograd attached."""
 
 
 _REGISTRY: dict[Backend, QPBackend] = {}

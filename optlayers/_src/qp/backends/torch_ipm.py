@@ -219,17 +219,15 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         mu = sz / m
         qx = (x * q_w).sum(-1)
         gap = sz / (1 + (0.5 * (x * Qx).sum(-1) + qx).abs())
-        pres = torch.maximum(
-            inf_norm(rp) / (1 + torch.maximum(hn, inf_norm(Gx))),
-            inf_norm(re) / (1 + torch.maximum(bn, inf_norm(Ax))),
-        )
         Gtz_Aty = Gtz + Aty
-        dres = inf_norm(rd) / (1 + torch.maximum(torch.maximum(qn, inf_norm(Qx)), inf_norm(Gtz_Aty)))
+        nGx, nAx, nQx, nGA = inf_norm(Gx), inf_norm(Ax), inf_norm(Qx), inf_norm(Gtz_Aty)
+        pres = torch.maximum(inf_norm(rp) / (1 + torch.maximum(hn, nGx)), inf_norm(re) / (1 + torch.maximum(bn, nAx)))
+        dres = inf_norm(rd) / (1 + torch.maximum(torch.maximum(qn, nQx), nGA))
         converged = (pres <= tol) & (dres <= tol) & (gap <= tol)
         # Certificates (see module docstring).
         t_p = -((h_w * z).sum(-1) + (b_w * y).sum(-1))
-        primal_inf = (t_p > 0) & (inf_norm(Gtz_Aty) <= tols.infeasibility_tol * t_p)
-        ray = torch.maximum(torch.maximum(inf_norm(Qx), inf_norm(Ax)), Gx.amax(-1).clamp_min(0))
+        primal_inf = (t_p > 0) & (nGA <= tols.infeasibility_tol * t_p)
+        ray = torch.maximum(torch.maximum(nQx, nAx), Gx.amax(-1).clamp_min(0))
         dual_inf = (qx < 0) & (ray <= tols.infeasibility_tol * -qx)
         # NaN/Inf anywhere in the iterate makes this sum non-finite.
         broken = ~torch.isfinite(sz + x.sum(-1) + y.sum(-1) + s.sum(-1))
