@@ -65,7 +65,8 @@ def train_inner(init, S):
         A = torch.diag_embed(P) - P[:, :, None] * P[:, None, :]  # (n, k, k)
         H = torch.einsum("icd,ij,il->cjdl", A, Xa, Xa).reshape(k * d, k * d)
         H = H + L2REG * torch.eye(k * d, dtype=D)
-        W = W - torch.linalg.solve(H, G.reshape(-1)).reshape(k, d)
+        chol = torch.linalg.cholesky(H)  # H is SPD (l2 > 0)
+        W = W - torch.cholesky_solve(G.reshape(-1, 1), chol).reshape(k, d)
     return W
 
 
@@ -85,7 +86,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "dataset_distillation.png"))
     args = ap.parse_args(argv)
-    steps = args.steps or (15 if args.quick else 300)
+    steps = args.steps or (10 if args.quick else 300)
 
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

@@ -113,7 +113,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "hyperparameter_optimization.png"))
     args = ap.parse_args(argv)
-    steps = args.steps or (12 if args.quick else 60)
+    steps = args.steps or (10 if args.quick else 60)
     torch.manual_seed(args.seed)
     (X_tr, y_tr), (X_val, y_val), (X_te, y_te) = load(args.seed, args.n_train)
     d = X_tr.shape[1]
