@@ -59,6 +59,8 @@ constexpr int kRefinementSteps = 3;
 // Stall rule (as in the PyTorch backend): leave the loop as kMaxIter when the merit
 // max(pres, dres, gap) has not dropped below kStallDecrease × its best for kStallIters iterations.
 constexpr int kStallIters = 5;
+// Active-set guesses tried by the polish (the first plus corrections).
+constexpr int kPolishRounds = 3;
 constexpr double kStallDecrease = 0.9;
 
 // Second-try Cholesky shift relative to the largest diagonal entry: √ε of the precision. Near the
@@ -130,7 +132,7 @@ OL_HD inline int64_t workspace_size(int n, int m, int p) {
          + 4 * int64_t(n) + 4 * int64_t(m) + 4 * int64_t(p)  // x s z y, dx ds dz dy (affine)
          + 4 * int64_t(n) + 4 * int64_t(m) + 4 * int64_t(p)  // combined step + residuals
          + 6 * int64_t(m) + 4 * int64_t(n) + 2 * int64_t(p)  // w, scalings, temporaries
-         + N * N + 6 * N + 2 * int64_t(m)                     // polish / KKT: LU, pivots, r, du, rhs, u, act, slack
+         + N * N + 6 * N + 3 * int64_t(m)                     // polish / KKT: LU, pivots, r, du, rhs, u, act, Gx, set
          + 16;
 }
 
@@ -589,69 +591,85 @@ OL_HD void newton_step(const Grp& g, const Problem<T>& d, IPMState<T>& st, const
   g.sync();
 }
 
-// Polish (see optlayers/_src/qp/backends/torch_ipm.py::polish). Updates x, lam, nu, status.
+// Polish (see optlayers/_src/qp/backends/torch_ipm.py::polish): solve the KKT system of the
+// guessed active set; accept if primal feasible with non-negative multipliers; otherwise correct
+// the guess (drop rows with negative multipliers, add violated rows) up to kPolishRounds − 1 times.
 template <typename T, typename Grp>
 OL_HD void polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
                   int8_t* status) {
   const int n = d.n, m = d.m, p = d.p;
+  if (!((*status == kSolved) || (*status == kMaxIter))) return;
   const int64_t N0 = int64_t(n) + m + p;
   KKTWork<T> w{work, work + N0 * N0, work + N0 * N0 + N0, work + N0 * N0 + 2 * N0};
   T* rhs = work + N0 * N0 + 3 * N0;
   T* u = rhs + N0;
   int* act = reinterpret_cast<int*>(u + N0);
-  T* slack = u + N0 + m;  // m scalars after the act ints
-  rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, x, slack);
-  int k = 0;
-  if (g.rank() == 0)
-    for (int i = 0; i < m; ++i)
-      if (lam[i] > d.h[i] - slack[i]) act[k++] = i;
+  T* gx = u + N0 + m;   // G x (m)
+  T* inset = gx + m;    // 0/1 active-set guess (m)
+  rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, x, gx);
+  for (int i = g.rank(); i < m; i += g.size()) inset[i] = lam[i] > d.h[i] - gx[i] ? T(1) : T(0);
   g.sync();
-  k = 0;
-  for (int i = 0; i < m; ++i) k += (lam[i] > d.h[i] - slack[i]) ? 1 : 0;
-  const int N = n + k + p;
   const T delta = set.kkt_reg * data_scale(d);
-  kkt_assemble_factor(g, d, act, k, delta, w);
-  for (int i = g.rank(); i < n; i += g.size()) rhs[i] = -d.q[i];
-  for (int a = g.rank(); a < k; a += g.size()) rhs[n + a] = d.h[act[a]];
-  for (int e = g.rank(); e < p; e += g.size()) rhs[n + k + e] = d.b[e];
-  g.sync();
-  kkt_refined_solve(g, d, act, k, w, rhs, u);
-  // Acceptance: primal feasibility, dual sign, residual, finiteness.
-  kkt_matvec(g, d, act, k, u, w.r);
-  T part_res = 0, part_rhs = 0;
-  bool part_finite = true;
-  for (int i = g.rank(); i < N; i += g.size()) {
-    part_res = ol_max(part_res, ol_abs(w.r[i] - rhs[i]));
-    part_rhs = ol_max(part_rhs, ol_abs(rhs[i]));
-    part_finite = part_finite && (u[i] == u[i]) && ol_abs(u[i]) < ol_inf<T>();
+  T part_h = 0;
+  for (int i = g.rank(); i < m; i += g.size()) part_h = ol_max(part_h, ol_abs(d.h[i]));
+  const T hn = g.max(part_h);
+  for (int round = 0; round < kPolishRounds; ++round) {
+    int k = 0;
+    if (g.rank() == 0)
+      for (int i = 0; i < m; ++i)
+        if (inset[i] > T(0.5)) act[k++] = i;
+    g.sync();
+    k = 0;
+    for (int i = 0; i < m; ++i) k += inset[i] > T(0.5) ? 1 : 0;
+    const int N = n + k + p;
+    kkt_assemble_factor(g, d, act, k, delta, w);
+    for (int i = g.rank(); i < n; i += g.size()) rhs[i] = -d.q[i];
+    for (int a = g.rank(); a < k; a += g.size()) rhs[n + a] = d.h[act[a]];
+    for (int e = g.rank(); e < p; e += g.size()) rhs[n + k + e] = d.b[e];
+    g.sync();
+    kkt_refined_solve(g, d, act, k, w, rhs, u);
+    // Acceptance: primal feasibility, dual sign, residual, finiteness.
+    kkt_matvec(g, d, act, k, u, w.r);
+    T part_res = 0, part_rhs = 0;
+    bool part_finite = true;
+    for (int i = g.rank(); i < N; i += g.size()) {
+      part_res = ol_max(part_res, ol_abs(w.r[i] - rhs[i]));
+      part_rhs = ol_max(part_rhs, ol_abs(rhs[i]));
+      part_finite = part_finite && (u[i] == u[i]) && ol_abs(u[i]) < ol_inf<T>();
+    }
+    const T res = g.max(part_res), rhs_n = g.max(part_rhs);
+    const bool finite = g.max(part_finite ? T(0) : T(1)) == T(0);
+    rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, u, gx);  // G xp
+    T part_viol = 0;
+    for (int i = g.rank(); i < m; i += g.size()) part_viol = ol_max(part_viol, gx[i] - d.h[i]);
+    const T viol = g.max(part_viol);
+    T part_lmin = 0, part_ln = 0;
+    for (int a = g.rank(); a < k; a += g.size()) {
+      part_lmin = ol_max(part_lmin, -u[n + a]);
+      part_ln = ol_max(part_ln, ol_abs(u[n + a]));
+    }
+    const T neg = g.max(part_lmin), ln = g.max(part_ln);
+    const bool accept = finite && viol <= set.polish_tol * (1 + hn) && neg <= set.polish_tol * (1 + ln) &&
+                        res <= set.polish_tol * (1 + rhs_n);
+    g.sync();
+    if (accept) {
+      for (int i = g.rank(); i < n; i += g.size()) x[i] = u[i];
+      for (int i = g.rank(); i < m; i += g.size()) lam[i] = 0;
+      for (int e = g.rank(); e < p; e += g.size()) nu[e] = u[n + k + e];
+      g.sync();
+      for (int a = g.rank(); a < k; a += g.size()) lam[act[a]] = ol_max(u[n + a], T(0));
+      if (g.rank() == 0) *status = kSolved;
+      g.sync();
+      return;
+    }
+    // Correct the guess: violated inactive rows join, active rows with negative multipliers leave.
+    for (int i = g.rank(); i < m; i += g.size())
+      if (inset[i] < T(0.5) && gx[i] > d.h[i]) inset[i] = 1;
+    g.sync();
+    for (int a = g.rank(); a < k; a += g.size())
+      if (u[n + a] < T(0)) inset[act[a]] = 0;
+    g.sync();
   }
-  const T res = g.max(part_res), rhs_n = g.max(part_rhs);
-  const bool finite = g.max(part_finite ? T(0) : T(1)) == T(0);
-  rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, u, slack);  // G xp
-  T part_viol = 0, part_h = 0;
-  for (int i = g.rank(); i < m; i += g.size()) {
-    part_viol = ol_max(part_viol, slack[i] - d.h[i]);
-    part_h = ol_max(part_h, ol_abs(d.h[i]));
-  }
-  const T viol = g.max(part_viol), hn = g.max(part_h);
-  T part_lmin = 0, part_ln = 0;
-  for (int a = g.rank(); a < k; a += g.size()) {
-    part_lmin = ol_max(part_lmin, -u[n + a]);
-    part_ln = ol_max(part_ln, ol_abs(u[n + a]));
-  }
-  const T neg = g.max(part_lmin), ln = g.max(part_ln);
-  const bool candidate = (*status == kSolved) || (*status == kMaxIter);
-  const bool accept = candidate && finite && viol <= set.polish_tol * (1 + hn) &&
-                      neg <= set.polish_tol * (1 + ln) && res <= set.polish_tol * (1 + rhs_n);
-  g.sync();
-  if (!accept) return;
-  for (int i = g.rank(); i < n; i += g.size()) x[i] = u[i];
-  for (int i = g.rank(); i < m; i += g.size()) lam[i] = 0;
-  for (int e = g.rank(); e < p; e += g.size()) nu[e] = u[n + k + e];
-  g.sync();
-  for (int a = g.rank(); a < k; a += g.size()) lam[act[a]] = ol_max(u[n + a], T(0));
-  if (g.rank() == 0) *status = kSolved;
-  g.sync();
 }
 
 // Equality-only problems (m = 0): one KKT solve, status from the residuals.
@@ -685,7 +703,11 @@ OL_HD void solve_equality_only(const Grp& g, const Problem<T>& d, const Settings
   T part_pr = 0, part_b = 0;
   for (int e = g.rank(); e < p; e += g.size()) {
     part_pr = ol_max(part_pr, ol_abs(w.du[e] - d.b[e]));
-    part_b = ol_max(part_b, ol_abs(d.b[e]));
+    // Scale by the terms of Ax (|A||x|), not only b: a huge regularized x of an unbounded
+    // problem must not pass for an inconsistent Ax = b through rounding alone.
+    T terms = 0;
+    for (int j = 0; j < n; ++j) terms += ol_abs(d.A[int64_t(e) * n + j]) * ol_abs(u[j]);
+    part_b = ol_max(part_b, ol_max(ol_abs(d.b[e]), terms));
     part_finite = part_finite && (u[n + e] == u[n + e]) && ol_abs(u[n + e]) < ol_inf<T>();
   }
   const T st = g.max(part_st), qn = g.max(part_q), pr = g.max(part_pr), bn = g.max(part_b);

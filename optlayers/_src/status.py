@@ -80,7 +80,7 @@ class SolverError(RuntimeError):
         lines = []
         for row in bad[:max_listed]:
             idx = tuple(int(i) for i in row)
-            shown = idx if len(idx) != 1 else idx[0]
+            shown = "(unbatched problem)" if not idx else (idx if len(idx) != 1 else idx[0])
             lines.append(f"  batch index {shown}: {Status(int(codes[idx])).description}")
         more = len(self.failed) - len(lines)
         if more > 0:

@@ -320,3 +320,78 @@ def jvp(system: DerivativeSystem, dc, dA, db, dP):
     dz = system.solve(-torch.cat([r1, r2], 1), transpose=False)
     dx, dw = dz[:, : system.n], dz[:, system.n:]
     return dx, system.D.matvec(dw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Newton refinement of a solution on the residual map
+
+
+def residual(idx: ProgramIndex, c, A, b, P, x, w):
+    """R(z) (B, N) at z = (x, w), with y = Π_{K*}(w) and s = y − w; returns (R, y, s)."""
+    from optlayers._src.conic.cones import proj_dual
+
+    y = proj_dual(w, idx.dims)
+    s = y - w
+    r1 = _spmv(A, idx.A_cols, idx.A_rows, y, idx.n) + c
+    if P is not None:
+        r1 = r1 + _spmv(P, idx.P_rows, idx.P_cols, x, idx.n)
+    r2 = _spmv(A, idx.A_rows, idx.A_cols, x, idx.m) + s - b
+    return torch.cat([r1, r2], 1), y, s
+
+
+def _rows(t, sel):
+    return t if t is None or t.shape[0] == 1 else t[sel]
+
+
+def refine(idx: ProgramIndex, c, A, b, P, x, y, s, ok, mode: BackwardMode):
+    """Semismooth Newton steps on R(z) = 0 from the solver's point (x, w = y − s).
+
+    Only problems whose residual ‖R‖∞ exceeds ``REFINE_TRIGGER`` relative to their data scale
+    (1 + max(‖c‖∞, ‖b‖∞)) are refined, until it is below ``REFINE_TOL`` or no step helps. Each
+    step solves J dz = −R with the Jacobian of the derivative and backtracks until ‖R‖₂
+    decreases (Armijo, factor 1 − 1e-4·t). Near a nondegenerate solution convergence is
+    quadratic: a 1e-6-accurate interior-point point (Clarabel on SOC/PSD/exp cones) becomes a
+    ~1e-13-residual one in one or two steps. Cone membership and complementarity hold exactly at
+    every iterate (y = Π_{K*}(w), s = Π_K(−w)). Returns (x, y, s, steps (B,) int32).
+    """
+    B = x.shape[0]
+    steps = torch.zeros(B, dtype=torch.int32, device=x.device)
+    w = y - s
+    scale = 1.0 + torch.maximum(c.abs().amax(1), b.abs().amax(1)).expand(B)
+    R, y_, s_ = residual(idx, c, A, b, P, x, w)
+    todo = ok & (R.abs().amax(1) / scale > _opt.REFINE_TRIGGER)
+    if not bool(todo.any()):
+        return x, y, s, steps
+    sel = torch.nonzero(todo).flatten()
+    cs, As, bs, Ps = _rows(c, sel), _rows(A, sel), _rows(b, sel), _rows(P, sel)
+    xs, ws, ys, ss, Rs, sc = x[sel], w[sel], y_[sel], s_[sel], R[sel], scale[sel]
+    st = torch.zeros(sel.numel(), dtype=torch.int32, device=x.device)
+    live = torch.ones(sel.numel(), dtype=torch.bool, device=x.device)
+    for _ in range(_opt.REFINE_MAX_STEPS):
+        live &= Rs.abs().amax(1) / sc > _opt.REFINE_TOL
+        if not bool(live.any()):
+            break
+        system = DerivativeSystem(idx, As, Ps, xs, ys, ss, live, mode)
+        dz = system.solve(-Rs, transpose=False)
+        norm0 = torch.linalg.vector_norm(Rs, dim=1)
+        t = torch.ones_like(norm0)
+        accepted = torch.zeros_like(live)
+        for _ in range(_opt.REFINE_BACKTRACKS):
+            pending = live & ~accepted
+            if not bool(pending.any()):
+                break
+            xt = xs + t.unsqueeze(1) * dz[:, : idx.n]
+            wt = ws + t.unsqueeze(1) * dz[:, idx.n:]
+            Rt, yt, stt = residual(idx, cs, As, bs, Ps, xt, wt)
+            good = pending & (torch.linalg.vector_norm(Rt, dim=1) <= (1 - 1e-4 * t) * norm0)
+            g1 = good.unsqueeze(1)
+            xs, ws, ys, ss, Rs = (torch.where(g1, new, old) for new, old in
+                                  ((xt, xs), (wt, ws), (yt, ys), (stt, ss), (Rt, Rs)))
+            accepted |= good
+            t = torch.where(pending & ~good, 0.5 * t, t)
+        st += accepted.to(torch.int32)
+        live &= accepted
+    x, y, s = x.clone(), y.clone(), s.clone()
+    x[sel], y[sel], s[sel] = xs, ys, ss
+    steps[sel] = st
+    return x, y, s, steps

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from optlayers._src.conic import backends
 from optlayers._src.conic.canon import ConeProgram, canonicalize
-from optlayers._src.conic.derivative import DerivativeSystem, ProgramIndex, jvp, vjp
+from optlayers._src.conic.derivative import DerivativeSystem, ProgramIndex, jvp, refine, vjp
 from optlayers._src.conic.options import BackwardMode, ConicOptions, parse_solver_args
 from optlayers._src.qp.options import Backend
 from optlayers._src.status import OnFailure, Status, apply_failure_policy
@@ -138,6 +138,8 @@ class ConicSolution:
         values: tuple of the requested outputs (as the plain call returns), differentiable.
         status: (*batch) int8 :class:`~optlayers.Status` per problem (0 = solved).
         iterations: (*batch) int32 solver iterations per problem.
+        refine_steps: (*batch) int32 Newton refinement steps taken per problem (0: the solver's
+            point was accurate enough).
         solver_status: the solver's own status string per problem (flat list).
         backend: name of the solver.
     """
@@ -145,6 +147,7 @@ class ConicSolution:
     values: tuple
     status: torch.Tensor
     iterations: torch.Tensor
+    refine_steps: torch.Tensor
     solver_status: list[str]
     backend: str
 
@@ -361,6 +364,13 @@ class CvxpyLayer(torch.nn.Module):
             x = torch.where(ok.unsqueeze(1), x, torch.zeros_like(x))
             y = torch.where(ok.unsqueeze(1), y, torch.zeros_like(y))
             s = torch.where(ok.unsqueeze(1), s, torch.zeros_like(s))
+        refine_steps = torch.zeros(B, dtype=torch.int32, device=device)
+        if options.refine:
+            with torch.no_grad():
+                x, y, s, refine_steps = refine(
+                    self._index_on(device), c.detach(), A.detach(), b.detach(),
+                    None if P is None else P.detach(), x, y, s, ok, options.backward,
+                )
         if self._needs_derivative(c, A, b, P):
             x, y = ConeSolutionMap.apply(c, A, b, P, x, y, s, ok, self._index_on(device), options.backward)
 
@@ -380,6 +390,7 @@ class CvxpyLayer(torch.nn.Module):
         return ConicSolution(
             values=tuple(outs), status=status,
             iterations=torch.as_tensor(raw.iterations, device=device).reshape(tuple(batch_shape)),
+            refine_steps=refine_steps.reshape(tuple(batch_shape)),
             solver_status=list(raw.solver_status), backend=options.backend.value,
         )
 

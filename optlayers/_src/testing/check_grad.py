@@ -10,8 +10,8 @@ to every input that requires grad is compared with central differences
 whose truncation error is O(ε²)·|L'''| and rounding error O(u/ε)·|L|, so ε ≈ u^(1/3) balances
 them (~6e-6 in float64). Errors are reported normwise, per input:
 
-    full:         ‖g_fd − g_ad‖_∞ / max(‖g_fd‖_∞, ‖g_ad‖_∞, floor)
-    directional:  max_v |d_fd(v) − <g_ad, v>| / max(‖g_ad‖_2 ‖v‖_2, floor)
+    full:         ‖g_fd − g_ad‖_∞ / max(‖g_fd‖_∞, ‖g_ad‖_∞, atol)
+    directional:  max_v |d_fd(v) − <g_ad, v>| / max(‖g_ad‖_2 ‖v‖_2, atol)
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def check_grad(
     *,
     eps: float | None = None,
     rtol: float = 1e-6,
+    atol: float = 1e-8,
     mode: str = "full",
     num_directions: int = 6,
     seed: int = 0,
@@ -73,6 +74,8 @@ def check_grad(
             checked, the others are passed through unchanged.
         eps: finite-difference step; default ``u^(1/3)`` of the dtype (6e-6 in float64).
         rtol: tolerance on the normwise relative error of each checked input.
+        atol: floor of the denominator, so that a gradient that is exactly zero (e.g. at a vertex
+            of an LP) is compared absolutely instead of against finite-difference noise.
         mode: ``"full"`` perturbs every entry (2·numel evaluations per input);
             ``"directional"`` checks ``num_directions`` random directions per input.
         seed: seeds the output weights and the random directions.
@@ -125,14 +128,14 @@ def check_grad(
         step = eps if eps is not None else float(torch.finfo(base.dtype).eps) ** (1.0 / 3.0)
         g = analytic[i]
         if mode == "full":
-            fd = torch.zeros_like(base)
+            fd = torch.zeros_like(base, memory_format=torch.contiguous_format)
             flat = fd.view(-1)
             for k in range(base.numel()):
-                e = torch.zeros_like(base).view(-1)
+                e = torch.zeros_like(base, memory_format=torch.contiguous_format).view(-1)
                 e[k] = step
-                e = e.view_as(base)
+                e = e.view(base.shape)
                 flat[k] = (eval_with(i, base + e) - eval_with(i, base - e)) / (2 * step)
-            scale = max(float(fd.abs().max()), float(g.abs().max()), 1e-12)
+            scale = max(float(fd.abs().max()), float(g.abs().max()), atol)
             errors[i] = float((fd - g).abs().max()) / scale
             numeric[i] = fd
         else:
@@ -142,7 +145,7 @@ def check_grad(
                 v = torch.randn(base.shape, generator=gen, dtype=torch.float64).to(base.dtype).to(base.device)
                 d_fd = (eval_with(i, base + step * v) - eval_with(i, base - step * v)) / (2 * step)
                 d_ad = float((g * v).sum())
-                scale = max(float(g.norm()) * float(v.norm()), 1e-12)
+                scale = max(float(g.norm()) * float(v.norm()), atol)
                 worst = max(worst, abs(d_fd - d_ad) / scale)
                 dirs.append(d_fd)
             errors[i] = worst

@@ -48,6 +48,8 @@ from optlayers._src.tolerances import tolerances_for
 # solve it). This matters in float32, where rounding floors the residuals near ~1e-5.
 STALL_ITERS = 5
 STALL_DECREASE = 0.9
+# Active-set guesses tried by the polish (the first plus corrections); same in csrc/.
+POLISH_ROUNDS = 3
 # Second-try Cholesky shift: the larger of REG_GROWTH·δ and √ε·max diag(K). Near the end of an
 # interior point cond(K) grows like 1/μ, so in float32 a shift relative to the data scale alone
 # cannot absorb the rounding of K itself. Same rule as csrc/optlayers/qp_ipm.h.
@@ -293,32 +295,68 @@ def polish(data: QPData, sol: RawSolution) -> RawSolution:
     Accepted per problem only if the polished point is primal feasible and its active
     multipliers are non-negative (within ``polish_tol``): it then satisfies every KKT condition,
     so it is optimal and the status becomes SOLVED (this can rescue MAX_ITER problems).
-    The LU factor is returned with the solution for the backward pass.
+
+    The first guess is ``λ_i > s_i`` at the interior-point iterate. Near-degenerate problems can
+    fool it (a row whose λ_i and s_i have not separated yet); a rejected guess is corrected up to
+    ``POLISH_ROUNDS − 1`` times like a primal-dual active-set step — rows whose multiplier came out
+    negative leave the set, rows the polished point violates join it — and re-solved.
+
+    The LU factor of the accepted active set is returned for the backward pass when every
+    candidate problem was accepted (otherwise the backward refactors at the final point).
     """
     tols = tolerances_for(data.dtype)
     B, n, m = data.B, data.n, data.m
-    slack = _expand_vec(data.h, B) - mv(data.G, sol.x)
-    mask = kkt.classify_active(sol.lam, slack)
-    fac = kkt.factor(data, mask)
-    rhs = torch.cat([-_expand_vec(data.q, B), mask * _expand_vec(data.h, B), _expand_vec(data.b, B)], -1)
-    u = kkt.solve(data, fac, rhs)
-    xp, lp, yp = u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
-
-    scale_h = 1 + inf_norm(_expand_vec(data.h, B))
-    viol = (mv(data.G, xp) - _expand_vec(data.h, B)).clamp_min(0)
-    feasible = inf_norm(viol) <= tols.polish_tol * scale_h
-    dual_ok = (lp.amin(-1) if m else lp.new_zeros(B)) >= -tols.polish_tol * (1 + inf_norm(lp))
-    resid = inf_norm(kkt.matvec(data, mask, u) - rhs) <= tols.polish_tol * (1 + inf_norm(rhs))
-    finite = torch.isfinite(u).all(-1)
+    h_all = _expand_vec(data.h, B)
+    x, lam, nu, status = sol.x.clone(), sol.lam.clone(), sol.nu.clone(), sol.status.clone()
+    mask_all = kkt.classify_active(sol.lam, h_all - mv(data.G, sol.x))
     candidate = (sol.status == Status.SOLVED) | (sol.status == Status.MAX_ITER)
-    accept = candidate & feasible & dual_ok & resid & finite
+    pending = torch.nonzero(candidate).squeeze(-1)
+    factors: list[tuple[torch.Tensor, kkt.ActiveKKTFactor]] = []
+    for _ in range(POLISH_ROUNDS):
+        if pending.numel() == 0:
+            break
+        d = data.take(pending)
+        mask = mask_all[pending]
+        k = pending.numel()
+        h, q, b = _expand_vec(d.h, k), _expand_vec(d.q, k), _expand_vec(d.b, k)
+        fac = kkt.factor(d, mask)
+        rhs = torch.cat([-q, mask * h, b], -1)
+        u = kkt.solve(d, fac, rhs)
+        xp, lp, yp = u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
+        excess = mv(d.G, xp) - h
+        feasible = inf_norm(excess.clamp_min(0)) <= tols.polish_tol * (1 + inf_norm(h))
+        dual_ok = (lp.amin(-1) if m else lp.new_zeros(k)) >= -tols.polish_tol * (1 + inf_norm(lp))
+        resid = inf_norm(kkt.matvec(d, mask, u) - rhs) <= tols.polish_tol * (1 + inf_norm(rhs))
+        ok = feasible & dual_ok & resid & torch.isfinite(u).all(-1)
+        done = pending[ok]
+        x[done], lam[done], nu[done] = xp[ok], lp[ok].clamp_min(0), yp[ok]
+        status[done] = int(Status.SOLVED)
+        factors.append((done, fac.take(torch.nonzero(ok).squeeze(-1))))
+        # Correct the guess of the rejected ones and try again.
+        bad = ~ok
+        corrected = ((mask > 0) & (lp >= 0)) | ((mask == 0) & (excess > 0))
+        mask_all[pending[bad]] = corrected[bad].to(mask.dtype)
+        pending = pending[bad]
+    factor = _merge_factors(data, factors) if pending.numel() == 0 else None
+    return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=sol.iterations, factor=factor)
 
-    a = accept[:, None]
-    x = torch.where(a, xp, sol.x)
-    lam = torch.where(a, lp.clamp_min(0), sol.lam)
-    nu = torch.where(a, yp, sol.nu)
-    status = torch.where(accept, torch.full_like(sol.status, int(Status.SOLVED)), sol.status)
-    return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=sol.iterations, factor=fac)
+
+def _merge_factors(data: QPData, parts) -> kkt.ActiveKKTFactor | None:
+    """One batch-wide factor from per-round pieces; None if some problem has none (not polished)."""
+    B = data.B
+    covered = sum(idx.numel() for idx, _ in parts)
+    if covered != B:
+        return None
+    if len(parts) == 1:
+        return parts[0][1]
+    first = parts[0][1]
+    lu = first.lu.new_empty((B,) + first.lu.shape[1:])
+    piv = first.pivots.new_empty((B,) + first.pivots.shape[1:])
+    mask = first.mask.new_empty((B,) + first.mask.shape[1:])
+    delta = first.delta.new_empty(B)
+    for idx, f in parts:
+        lu[idx], piv[idx], mask[idx], delta[idx] = f.lu, f.pivots, f.mask, f.delta
+    return kkt.ActiveKKTFactor(lu=lu, pivots=piv, mask=mask, delta=delta)
 
 
 def _equality_only(data: QPData) -> RawSolution:
@@ -333,7 +371,10 @@ def _equality_only(data: QPData) -> RawSolution:
     stat_res = inf_norm(mv(data.Q, x) + _expand_vec(data.q, B) + mtv(data.A, nu))
     prim_res = inf_norm(mv(data.A, x) - _expand_vec(data.b, B))
     ok_d = stat_res <= tols.polish_tol * (1 + inf_norm(_expand_vec(data.q, B)))
-    ok_p = prim_res <= tols.polish_tol * (1 + inf_norm(_expand_vec(data.b, B)))
+    # Relative to the size of the terms of Ax (|A||x|): a huge regularized x (an unbounded
+    # problem) must not pass for an inconsistent Ax = b through rounding alone.
+    terms = torch.maximum(inf_norm(_expand_vec(data.b, B)), inf_norm(mv(data.A.abs(), x.abs())))
+    ok_p = prim_res <= tols.polish_tol * (1 + terms)
     finite = torch.isfinite(u).all(-1)
     status = torch.full((B,), int(Status.SOLVED), dtype=torch.int8, device=data.device)
     status = torch.where(ok_d, status, int(Status.DUAL_INFEASIBLE)).to(torch.int8)
