@@ -3,12 +3,13 @@
 Public API (see README.md and DESIGN.md §2):
 
 - ``solve_qp``, ``QPLayer``, ``QPSolution`` — batched dense QPs with an implicit KKT backward.
+- ``qp_value`` — the optimal value of a QP batch, differentiated by the envelope theorem.
 - ``Status``, ``SolverError``, ``OnFailure`` — per-problem status and the failure policy.
 - ``testing`` — ``random_qp`` and ``check_grad`` for your own tests.
 """
 
 from optlayers._src.status import OnFailure, SolverError, Status
-from optlayers.qp import Backend, QPLayer, QPOptions, QPSolution, solve_qp
+from optlayers.qp import Backend, QPLayer, QPOptions, QPSolution, qp_value, solve_qp
 from optlayers import native, testing
 from optlayers import implicit, linear_solve, optimality, projection
 from optlayers.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
@@ -23,6 +24,7 @@ __all__ = [
     "QPOptions",
     "QPSolution",
     "solve_qp",
+    "qp_value",
     "OnFailure",
     "SolverError",
     "Status",
