@@ -16,8 +16,8 @@
 
 namespace {
 
-// A shared G gets its row outer products precomputed (m·n² numbers) up to this size (2 MiB in
-// float64, about an L2 cache); see Problem::G_outer.
+// A shared G gets its row outer products precomputed (m·n(n+1)/2 numbers, packed lower
+// triangles) up to this size (2 MiB in float64, about an L2 cache); see Problem::G_outer.
 constexpr int64_t kOuterProductsMax = int64_t(1) << 18;
 
 int64_t stride_of(const at::Tensor& t, int64_t core_dims) {
@@ -60,11 +60,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_
     int32_t* pi = iters.data_ptr<int32_t>();
     const int64_t ws = optlayers::workspace_size(n, m, p);
     std::vector<T> outer;
-    if (sG == 0 && int64_t(m) * n * n <= kOuterProductsMax) {
-      outer.resize(int64_t(m) * n * n);
+    const int64_t np = int64_t(n) * (n + 1) / 2;
+    if (sG == 0 && m * np <= kOuterProductsMax) {
+      outer.resize(m * np);
       for (int r = 0; r < m; ++r)
         for (int i = 0; i < n; ++i)
-          for (int j = 0; j < n; ++j) outer[(int64_t(r) * n + i) * n + j] = pG[r * n + i] * pG[r * n + j];
+          for (int j = 0; j <= i; ++j) outer[r * np + int64_t(i) * (i + 1) / 2 + j] = pG[r * n + i] * pG[r * n + j];
     }
     const T* pO = outer.empty() ? nullptr : outer.data();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {

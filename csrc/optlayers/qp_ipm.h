@@ -35,10 +35,10 @@
 
 // Vectorize floating-point sum reductions on the host without -ffast-math (OpenMP SIMD).
 #define OL_PRAGMA(x) _Pragma(#x)
-#if defined(_OPENMP) && !defined(__CUDA_ARCH__)
-#define OL_SIMD_SUM(var) OL_PRAGMA(omp simd reduction(+ : var))
+#if defined(_OPENMP) && !defined(__CUDACC__)
+#define OL_SIMD_SUM(...) OL_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
 #else
-#define OL_SIMD_SUM(var)
+#define OL_SIMD_SUM(...)
 #endif
 
 namespace optlayers {
@@ -90,8 +90,9 @@ struct Problem {
   const T* A;  // p×n
   const T* b;  // p
   int n, m, p;
-  // Optional: outer products g_r g_rᵀ of the rows of G (m × n², row-major), precomputed once
-  // when G is shared by the batch, so that Gᵀ diag(w) G is one contiguous GEMV (m·n²).
+  // Optional: outer products g_r g_rᵀ of the rows of G, lower triangles packed row by row
+  // (m × n(n+1)/2), precomputed once when G is shared by the batch, so that Gᵀ diag(w) G is one
+  // contiguous pass (m · n(n+1)/2 multiply-adds).
   const T* G_outer = nullptr;
 };
 
@@ -147,6 +148,18 @@ OL_HD OL_INLINE T dot_serial(const T* a, const T* b, int k) {
 template <typename T>
 OL_HD OL_INLINE void axpy_serial(T* y, T a, const T* x, int k) {
   for (int i = 0; i < k; ++i) y[i] += a * x[i];
+}
+// y += Σ_r a[r] · X[r·ld : r·ld + k] over `rows` rows, four rows per pass over y (a quarter of the
+// loads/stores of y compared with one axpy per row).
+template <typename T>
+OL_HD OL_INLINE void gemv_t_serial(T* y, const T* a, const T* X, int64_t ld, int rows, int k) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const T a0 = a[r], a1 = a[r + 1], a2 = a[r + 2], a3 = a[r + 3];
+    const T *x0 = X + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
+    for (int i = 0; i < k; ++i) y[i] += a0 * x0[i] + a1 * x1[i] + a2 * x2[i] + a3 * x3[i];
+  }
+  for (; r < rows; ++r) axpy_serial(y, a[r], X + r * ld, k);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -208,6 +221,29 @@ OL_HD void chol_solve(const Grp& g, const T* L, int n, T* r) {
 
 template <typename T, typename Grp>
 OL_HD void rows_times(const Grp& g, const T* M, const T* scale, int rows, int n, const T* x, T* out) {
+  if constexpr (Grp::kSerial) {
+    int i = 0;
+    for (; i + 4 <= rows; i += 4) {  // four rows per pass over x
+      const T *m0 = M + int64_t(i) * n, *m1 = m0 + n, *m2 = m1 + n, *m3 = m2 + n;
+      T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      OL_SIMD_SUM(a0, a1, a2, a3)
+      for (int j = 0; j < n; ++j) {
+        a0 += m0[j] * x[j];
+        a1 += m1[j] * x[j];
+        a2 += m2[j] * x[j];
+        a3 += m3[j] * x[j];
+      }
+      out[i] = scale ? scale[i] * a0 : a0;
+      out[i + 1] = scale ? scale[i + 1] * a1 : a1;
+      out[i + 2] = scale ? scale[i + 2] * a2 : a2;
+      out[i + 3] = scale ? scale[i + 3] * a3 : a3;
+    }
+    for (; i < rows; ++i) {
+      const T acc = dot_serial(M + int64_t(i) * n, x, n);
+      out[i] = scale ? scale[i] * acc : acc;
+    }
+    return;
+  }
   for (int i = g.rank(); i < rows; i += g.size()) {
     const T acc = dot_serial(M + int64_t(i) * n, x, n);
     out[i] = scale ? scale[i] * acc : acc;
@@ -222,10 +258,16 @@ OL_HD void rows_transpose_times(const Grp& g, const T* M, const T* scale, int ro
   if constexpr (Grp::kSerial) {
     if (!accumulate)
       for (int j = 0; j < n; ++j) out[j] = 0;
-    for (int i = 0; i < rows; ++i) {
-      const T c = scale ? scale[i] * v[i] : v[i];
-      if (c != T(0)) axpy_serial(out, c, M + int64_t(i) * n, n);
+    if (scale == nullptr) {
+      gemv_t_serial(out, v, M, n, rows, n);
+      return;
     }
+    int i = 0;
+    for (; i + 4 <= rows; i += 4) {
+      const T c[4] = {scale[i] * v[i], scale[i + 1] * v[i + 1], scale[i + 2] * v[i + 2], scale[i + 3] * v[i + 3]};
+      gemv_t_serial(out, c, M + int64_t(i) * n, n, 4, n);
+    }
+    for (; i < rows; ++i) axpy_serial(out, scale[i] * v[i], M + int64_t(i) * n, n);
     return;
   }
   for (int j = g.rank(); j < n; j += g.size()) {
@@ -479,21 +521,33 @@ OL_HD IPMState<T> carve(T* work, int n, int m, int p) {
 template <typename T, typename Grp>
 OL_HD void form_K(const Grp& g, const Problem<T>& d, const T* wt, T delta, T* K) {
   const int n = d.n, m = d.m;
-  if (d.G_outer != nullptr) {  // K = Q + δI + Σ_r wt_r (g_r g_rᵀ): full matrix, contiguous
-    const int nn = n * n;
-    for (int idx = g.rank(); idx < nn; idx += g.size()) K[idx] = d.Q[idx];
-    g.sync();
+  if (d.G_outer != nullptr) {
+    // K = Q + δI + Σ_r wt_r (g_r g_rᵀ) on the lower triangle, from packed outer products
+    // (n(n+1)/2 per row of G: small enough to stay in L1 for grasp-sized problems).
+    const int np = n * (n + 1) / 2;
     if constexpr (Grp::kSerial) {
-      for (int r = 0; r < m; ++r)
-        if (wt[r] != T(0)) axpy_serial(K, wt[r], d.G_outer + int64_t(r) * nn, nn);
-    } else {
-      for (int idx = g.rank(); idx < nn; idx += g.size()) {
-        T acc = K[idx];
-        for (int r = 0; r < m; ++r) acc += wt[r] * d.G_outer[int64_t(r) * nn + idx];
-        K[idx] = acc;
+      for (int idx = 0; idx < np; ++idx) K[idx] = 0;
+      gemv_t_serial(K, wt, d.G_outer, np, m, np);
+      // Unpack in place, last row first: row i moves from [i(i+1)/2, +i] to [i·n, +i] (never
+      // onto packed rows still to be read).
+      for (int i = n - 1; i > 0; --i) {
+        const T* src = K + i * (i + 1) / 2;
+        T* dst = K + i * n;
+        for (int j = i; j >= 0; --j) dst[j] = src[j];
       }
+    } else {
+      for (int i = g.rank(); i < n; i += g.size())
+        for (int j = 0; j <= i; ++j) {
+          T acc = 0;
+          for (int r = 0; r < m; ++r) acc += wt[r] * d.G_outer[int64_t(r) * np + i * (i + 1) / 2 + j];
+          K[i * n + j] = acc;
+        }
+      g.sync();
     }
-    for (int i = g.rank(); i < n; i += g.size()) K[i * n + i] += delta;
+    for (int i = g.rank(); i < n; i += g.size()) {
+      for (int j = 0; j <= i; ++j) K[i * n + j] += d.Q[i * n + j];
+      K[i * n + i] += delta;
+    }
     g.sync();
     return;
   }
