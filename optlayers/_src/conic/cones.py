@@ -242,6 +242,38 @@ class _SOCJac:
         out = torch.where(self.mid.unsqueeze(-1), mid_val, torch.zeros_like(v))
         return torch.where(self.inside.unsqueeze(-1), v, out)
 
+    def eig(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigen-decomposition D = V diag(λ) Vᵀ, analytic: in the case |t| < r the eigenpairs
+        are 1 ↔ (1, a)/√2, 0 ↔ (1, −a)/√2 and α = (r + t)/2r ↔ (0, q) for q ⊥ a (a basis of a⊥
+        from the Householder reflection that maps e₁ to ±a); D = I or 0 in the other cases."""
+        k = self.k
+        a = self.a
+        shape = a.shape[:-1]
+        dt, dev = a.dtype, a.device
+        lam = torch.where(self.inside.unsqueeze(-1), torch.ones(shape + (k,), dtype=dt, device=dev),
+                          torch.zeros(shape + (k,), dtype=dt, device=dev))
+        V = torch.eye(k, dtype=dt, device=dev).expand(shape + (k, k)).clone()
+        if k < 2:
+            return lam, V
+        lam_mid = torch.cat([torch.ones(shape + (1,), dtype=dt, device=dev),
+                             torch.zeros(shape + (1,), dtype=dt, device=dev),
+                             self.alpha.unsqueeze(-1).expand(shape + (k - 2,))], -1)
+        Vm = torch.zeros(shape + (k, k), dtype=dt, device=dev)
+        Vm[..., 0, 0] = Vm[..., 0, 1] = 1 / SQRT2
+        Vm[..., 1:, 0] = a / SQRT2
+        Vm[..., 1:, 1] = -a / SQRT2
+        if k > 2:
+            e1 = torch.zeros_like(a)
+            e1[..., 0] = 1.0
+            sign = torch.where(a[..., :1] > 0, 1.0, -1.0)
+            v = a + sign * e1                                 # never ~0: |v|² ≥ 2
+            Hh = torch.eye(k - 1, dtype=dt, device=dev) - 2 * v.unsqueeze(-1) * v.unsqueeze(-2) / (v * v).sum(-1)[..., None, None]
+            Vm[..., 1:, 2:] = Hh[..., :, 1:]                 # columns ⊥ H e₁ = ∓a
+        mid = self.mid[..., None]
+        lam = torch.where(mid, lam_mid, lam)
+        V = torch.where(mid.unsqueeze(-1), Vm, V)
+        return lam, V
+
     def dense(self) -> torch.Tensor:
         k = self.k
         shape = self.a.shape[:-1]
@@ -287,6 +319,20 @@ class _PSDJac:
         H = smat(v, self.k, self.maps)
         Ht = V.transpose(-1, -2) @ H @ V
         return svec(V @ (gamma * Ht) @ V.transpose(-1, -2), self.maps)
+
+    def eig(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigen-decomposition of D, analytic: with W = V diag(λ) Vᵀ, the svec matrices
+        E_ij = svec(v_i v_jᵀ + v_j v_iᵀ)/√2 (i < j) and svec(v_i v_iᵀ) are orthonormal
+        eigenvectors with eigenvalues Γ_ij. Returns (…, K) and (…, K, K), K = k(k+1)/2."""
+        r, c, _ = self.maps
+        V = self.V
+        outer = V[..., :, r].unsqueeze(-2) * V[..., :, c].unsqueeze(-3)   # (…, k, k, K): V[p,i]V[q,j]
+        sym = outer + outer.transpose(-2, -3)
+        diag = (r == c).to(V.dtype)
+        sym = sym / torch.where(diag > 0, 2.0, SQRT2).to(V.dtype)
+        E = svec(sym.movedim(-1, -3), self.maps)                          # (…, K(pair), K(entry))
+        lam = self.gamma[..., r, c]
+        return lam, E.transpose(-1, -2)
 
     def dense(self) -> torch.Tensor:
         K = self.k * (self.k + 1) // 2

@@ -48,6 +48,7 @@ Two ways to solve the system:
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 
 import numpy as np
@@ -160,24 +161,25 @@ class DerivativeSystem:
 
     def _factor(self):
         if self._lu is None:
-            self._lu = []
-            for sl in self._chunks():
-                J = self.dense(sl)
-                LU, piv, info = torch.linalg.lu_factor_ex(J)
-                self._lu.append((sl, LU, piv, info, J))
+            self._lu = [_ReducedDense(self, sl) for sl in self._chunks()]
         return self._lu
 
     def _solve_dense(self, rhs: torch.Tensor, transpose: bool) -> torch.Tensor:
         out = torch.empty_like(rhs)
-        for sl, LU, piv, info, J in self._factor():
-            r = rhs[sl].unsqueeze(-1)
-            u = torch.linalg.lu_solve(LU, piv, r, adjoint=transpose).squeeze(-1)
-            M = J.transpose(1, 2) if transpose else J
-            res = (M @ u.unsqueeze(-1)).squeeze(-1) - rhs[sl]
-            scale = torch.linalg.matrix_norm(J, ord=1) * u.abs().amax(1) + rhs[sl].abs().amax(1)
-            bad = (info != 0) | ~torch.isfinite(u).all(1) | (res.abs().amax(1) > _opt.DENSE_RESIDUAL_TOL * scale)
+        for red in self._factor():
+            sl = red.sl
+            u = red.solve(rhs[sl], transpose)
+            # Check against the full Jacobian (matrix-free); fall back to least squares on the
+            # dense J for problems where the reduced solve failed (singular J: degenerate point).
+            sub = self._slice(sl)
+            res = (sub.rmatvec(u) if transpose else sub.matvec(u)) - rhs[sl]
+            scale = red.norm_bound * u.abs().amax(1) + rhs[sl].abs().amax(1)
+            bad = ~torch.isfinite(u).all(1) | (res.abs().amax(1) > _opt.DENSE_RESIDUAL_TOL * scale)
             if bool(bad.any()):
-                u[bad] = _lstsq(M[bad], rhs[sl][bad])
+                J = self.dense(sl)[bad]
+                M = J.transpose(1, 2) if transpose else J
+                u = u.clone()
+                u[bad] = _lstsq(M, rhs[sl][bad])
             out[sl] = u
         return out
 
@@ -218,13 +220,18 @@ class DerivativeSystem:
         return torch.as_tensor(sol, dtype=dt, device=dev)
 
     def _single(self, i: int) -> "DerivativeSystem":
-        sl = slice(i, i + 1)
-        A = self.A if self.A.shape[0] == 1 else self.A[sl]
-        P = None if self.P is None else (self.P if self.P.shape[0] == 1 else self.P[sl])
+        return self._slice(slice(i, i + 1))
+
+    def _slice(self, sl: slice) -> "DerivativeSystem":
+        """The system of the problems ``sl`` (views, no copies)."""
+        if sl.start == 0 and sl.stop >= self.B:
+            return self
         sub = DerivativeSystem.__new__(DerivativeSystem)
-        sub.idx, sub.A, sub.P = self.idx, A, P
+        sub.idx = self.idx
+        sub.A = self.A if self.A.shape[0] == 1 else self.A[sl]
+        sub.P = None if self.P is None else (self.P if self.P.shape[0] == 1 else self.P[sl])
         sub.x, sub.y, sub.ok = self.x[sl], self.y[sl], self.ok[sl]
-        sub.B, sub.n, sub.m, sub.N = 1, self.n, self.m, self.N
+        sub.B, sub.n, sub.m, sub.N = sub.x.shape[0], self.n, self.m, self.N
         sub.D = _slice_jac(self.D, sl)
         sub.mode, sub._lu = self.mode, None
         return sub
@@ -236,6 +243,123 @@ class DerivativeSystem:
         if self.mode is BackwardMode.DENSE:
             return self._solve_dense(rhs, transpose)
         return self._solve_iterative(rhs, transpose)
+
+
+class _ReducedDense:
+    """Dense solves with J or Jᵀ for the problems ``sl`` through a smaller symmetric system.
+
+    In an orthonormal eigenbasis of each cone block of D = V Λ Vᵀ (zero/nonnegative rows are
+    their own eigenvectors; SOC and PSD blocks have analytic eigenvectors, ``cones.py``; exp
+    blocks are 3×3 and diagonalized numerically), with
+    Â = VᵀA and r̂ = Vᵀr, the rows of J (dx, dw) = (r₁, r₂) decouple per eigen-direction j:
+
+        P dx + Σ_j Â_jᵀ λ_j dŵ_j = r₁,        Â_j dx + (λ_j − 1) dŵ_j = r̂_j.
+
+    Directions with λ_j < σ (``REDUCED_SPLIT``; "S", including the λ = 0 ones, e.g. inactive
+    inequalities) are eliminated, dŵ_j = (Â_j dx − r̂_j)/(1 − λ_j); the others ("B", λ ≥ σ, e.g.
+    equalities and active inequalities) keep ν_j = λ_j dŵ_j as unknowns. This leaves the
+    symmetric quasi-definite system of size n + |B| (padded to the batch's largest |B|)
+
+        [ P + Â_Sᵀ H Â_S    Â_Bᵀ ] [dx]   [ r₁ + Â_Sᵀ H r̂_S ]      H = λ/(1 − λ) ≤ σ/(1 − σ),
+        [ Â_B              −G    ] [ν ] = [ r̂_B            ],     G = (1 − λ)/λ ≤ (1 − σ)/σ,
+
+    whose entries stay bounded for every λ ∈ [0, 1]. Jᵀ has the same reduced matrix with
+    right-hand side (g₁ + Â_Sᵀ (ĝ_S/(1 − λ)), ĝ_B/λ). For zero/nonnegative cones this is exactly
+    the active-set KKT system of the QP layer; with LPs and QPs most inequalities drop out.
+    """
+
+    def __init__(self, system: "DerivativeSystem", sl: slice):
+        self.sl = sl
+        sub = system._slice(sl)
+        idx, n, m = system.idx, system.n, system.m
+        b = sub.B
+        dt, dev = sub.x.dtype, sub.x.device
+        A = torch.zeros(b, m, n, dtype=dt, device=dev)
+        A[:, idx.A_rows, idx.A_cols] = sub.A.expand(b, -1)
+        K11 = torch.zeros(b, n, n, dtype=dt, device=dev)
+        if sub.P is not None:
+            K11[:, idx.P_rows, idx.P_cols] = sub.P.expand(b, -1)
+        self.norm_bound = 1.0 + sub.A.abs().amax(1).expand(b) * math.sqrt(system.N)
+        if sub.P is not None:
+            self.norm_bound = self.norm_bound + sub.P.abs().amax(1).expand(b) * math.sqrt(n)
+        # Eigen-structure of D, rows in eigen-coordinates.
+        D = sub.D
+        lam = torch.ones(b, m, dtype=dt, device=dev)
+        lam[:, D.lay.nonneg] = D.pos
+        self.rot = []  # (row index (nb, k), V (b, nb, k, k)) per block group
+        blocks = [(D.lay.soc[k], *D.soc[k].eig()) for k in D.soc]
+        blocks += [(D.lay.psd[k], *D.psd[k].eig()) for k in D.psd]
+        if D.exp is not None:
+            blocks.append((D.lay.exp, *torch.linalg.eigh(D.exp)))
+        Ahat = A
+        for ix, ev, V in blocks:
+            lam[:, ix] = ev.clamp(0.0, 1.0)
+            Ahat = Ahat.clone() if Ahat is A else Ahat
+            Ahat[:, ix] = V.transpose(-1, -2) @ A[:, ix]
+            self.rot.append((ix, V))
+        self.Ahat, self.lam = Ahat, lam
+        keep = lam >= _opt.REDUCED_SPLIT
+        self.keep = keep
+        S = ~keep
+        self.H = torch.where(S, lam / (1 - lam).clamp(min=1e-300), torch.zeros_like(lam))
+        K11 = K11 + Ahat.transpose(1, 2) @ (self.H.unsqueeze(-1) * Ahat)
+        nB = keep.sum(1)
+        nmax = int(nB.max()) if b else 0
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :nmax]
+        pad = torch.arange(nmax, device=dev).unsqueeze(0) >= nB.unsqueeze(1)
+        self.order, self.pad, self.nmax = order, pad, nmax
+        AB = torch.gather(Ahat, 1, order.unsqueeze(-1).expand(b, nmax, n))
+        AB = torch.where(pad.unsqueeze(-1), torch.zeros_like(AB), AB)
+        lamB = torch.gather(lam, 1, order)
+        G = torch.where(pad, torch.ones_like(lamB), (1 - lamB) / lamB.clamp(min=1e-300))
+        self.lamB = torch.where(pad, torch.ones_like(lamB), lamB)
+        K = torch.zeros(b, n + nmax, n + nmax, dtype=dt, device=dev)
+        K[:, :n, :n] = K11
+        K[:, :n, n:] = AB.transpose(1, 2)
+        K[:, n:, :n] = AB
+        K[:, n:, n:] = -torch.diag_embed(G)
+        okb = sub.ok
+        if not bool(okb.all()):
+            K[~okb] = torch.eye(n + nmax, dtype=dt, device=dev)
+        self.n, self.m = n, m
+        self.LU, self.piv, self.info = torch.linalg.lu_factor_ex(K)
+
+    def _rotate(self, r: torch.Tensor, inverse: bool) -> torch.Tensor:
+        """r̂ = Vᵀ r (or V r̂ with ``inverse``) block by block; rows of diagonal cones unchanged."""
+        if not self.rot:
+            return r
+        out = r.clone()
+        for ix, V in self.rot:
+            M = V if inverse else V.transpose(-1, -2)
+            out[:, ix] = (M @ r[:, ix].unsqueeze(-1)).squeeze(-1)
+        return out
+
+    def solve(self, rhs: torch.Tensor, transpose: bool) -> torch.Tensor:
+        n = self.n
+        r1, r2 = rhs[:, :n], rhs[:, n:]
+        rh = self._rotate(r2, inverse=False)
+        lam, keep = self.lam, self.keep
+        one_m = (1 - lam).clamp(min=1e-300)
+        if transpose:
+            top = r1 + (self.Ahat.transpose(1, 2) @ torch.where(keep, 0.0, rh / one_m).unsqueeze(-1)).squeeze(-1)
+            bot = torch.gather(rh, 1, self.order) / self.lamB
+        else:
+            top = r1 + (self.Ahat.transpose(1, 2) @ (self.H * rh).unsqueeze(-1)).squeeze(-1)
+            bot = torch.gather(rh, 1, self.order)
+        bot = torch.where(self.pad, torch.zeros_like(bot), bot)
+        sol = torch.linalg.lu_solve(self.LU, self.piv, torch.cat([top, bot], 1).unsqueeze(-1)).squeeze(-1)
+        dx, nu = sol[:, :n], sol[:, n:]
+        Ad = (self.Ahat @ dx.unsqueeze(-1)).squeeze(-1)
+        if transpose:
+            what = (lam * Ad - rh) / one_m          # û₂ on eliminated directions
+            kept = nu                               # û₂ on kept directions
+        else:
+            what = (Ad - rh) / one_m                # dŵ on eliminated directions
+            kept = nu / self.lamB                   # dŵ = ν/λ on kept directions
+        full = torch.where(keep, torch.zeros_like(what), what)
+        kept = torch.where(self.pad, torch.zeros_like(kept), kept)
+        full = full.scatter_add(1, self.order, torch.where(self.pad, torch.zeros_like(kept), kept))
+        return torch.cat([dx, self._rotate(full, inverse=True)], 1)
 
 
 def _lstsq(M: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

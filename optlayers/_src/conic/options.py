@@ -43,6 +43,10 @@ CLARABEL_MAX_ITER = 200
 # DENSE_MAX_BYTES of float64 matrices (the batch is processed in chunks below that).
 DENSE_MAX_DIM = 1200
 DENSE_MAX_BYTES = 256 * 2**20
+# Dense mode solves a reduced symmetric system (derivative._ReducedDense): eigen-directions of
+# DΠ with eigenvalue λ < REDUCED_SPLIT are eliminated (weight λ/(1−λ) ≤ 19), the others kept
+# (weight (1−λ)/λ ≤ 0.053). Closer to 1 keeps fewer unknowns; any value in (0, 1) is exact.
+REDUCED_SPLIT = 0.95
 # A dense LU solve is accepted when ||Jᵀu - g|| <= DENSE_RESIDUAL_TOL * (||J||·||u|| + ||g||);
 # otherwise (singular or nearly singular J, a degenerate solution) the problem falls back to a
 # minimum-norm least-squares solve.

@@ -3,7 +3,9 @@ self-dual embedding*, 2016; SCS 3 adds the quadratic objective ½xᵀPx directly
 
 One ``scs.SCS`` workspace per problem; when A and P are shared by the batch (the parameters
 that enter them are unbatched, or none do), one workspace per worker thread is factorized once,
-kept across calls in the layer's :class:`SolverCache`, and each problem only updates (b, c).
+kept across calls in the layer's :class:`SolverCache`, and each problem only updates (b, c) —
+unless SCS adapted its scale during a solve, in which case the next problem gets a fresh
+workspace (so every problem starts from SCS's initial scale, as a fresh solve would).
 SCS releases the GIL inside ``solve``, so worker threads solve problems concurrently.
 """
 
@@ -93,17 +95,28 @@ class SCSBackend:
             key = (data.A[0], None if data.P is None else data.P[0], _settings_key(settings))
             A, P = matrices(data, 0)
 
+            def fresh(i: int):
+                payload = {"A": A, "b": data.b[i], "c": data.c[i]}
+                if P is not None:
+                    payload["P"] = P
+                return scs.SCS(payload, cone, **settings)
+
             def work(chunk: range) -> None:
                 solver = cache.take(key)
-                if solver is None:
-                    payload = {"A": A, "b": data.b[chunk[0]], "c": data.c[chunk[0]]}
-                    if P is not None:
-                        payload["P"] = P
-                    solver = scs.SCS(payload, cone, **settings)
                 for i in chunk:
-                    solver.update(b=data.b[i], c=data.c[i])
-                    record(i, solver.solve(**warm_kwargs(i)))
-                cache.give(key, solver)
+                    if solver is None:
+                        solver = fresh(i)
+                    else:
+                        solver.update(b=data.b[i], c=data.c[i])
+                    sol = solver.solve(**warm_kwargs(i))
+                    record(i, sol)
+                    if int(sol["info"].get("scale_updates", 0)) > 0:
+                        # SCS adapted its scale to this problem (and refactorized): a workspace
+                        # carrying that scale into the next problems can cost them 4x the
+                        # iterations, so the next problem starts from a fresh workspace.
+                        solver = None
+                if solver is not None:
+                    cache.give(key, solver)
         else:
             def work(chunk: range) -> None:
                 for i in chunk:
