@@ -519,7 +519,7 @@ OL_HD IPMState<T> carve(T* work, int n, int m, int p) {
 
 // K ← Q + Σ_i wt_i g_i g_iᵀ + δI (lower triangle incl. diagonal), wt = w ∘ gs² (row scaling).
 template <typename T, typename Grp>
-OL_HD void form_K(const Grp& g, const Problem<T>& d, const T* wt, T delta, T* K) {
+OL_HD void form_K(const Grp& g, const Problem<T>& d, const T* wt, T delta, T* K, T* tmp) {
   const int n = d.n, m = d.m;
   if (d.G_outer != nullptr) {
     // K = Q + δI + Σ_r wt_r (g_r g_rᵀ) on the lower triangle, from packed outer products
@@ -551,6 +551,18 @@ OL_HD void form_K(const Grp& g, const Problem<T>& d, const T* wt, T delta, T* K)
     g.sync();
     return;
   }
+  if constexpr (Grp::kSerial) {
+    // Row i of the lower triangle: K_i[0..i] = Q_i + Σ_r (wt_r G_ri) G_r[0..i], four rows of G per
+    // pass (tmp: m coefficients).
+    for (int i = 0; i < n; ++i) {
+      T* Ki = K + i * n;
+      for (int j = 0; j <= i; ++j) Ki[j] = d.Q[i * n + j];
+      Ki[i] += delta;
+      for (int r = 0; r < m; ++r) tmp[r] = wt[r] * d.G[int64_t(r) * n + i];
+      gemv_t_serial(Ki, tmp, d.G, n, m, i + 1);
+    }
+    return;
+  }
   for (int i = g.rank(); i < n; i += g.size()) {
     T* Ki = K + i * n;
     for (int j = 0; j <= i; ++j) Ki[j] = d.Q[i * n + j];
@@ -570,9 +582,9 @@ OL_HD void form_K(const Grp& g, const Problem<T>& d, const T* wt, T delta, T* K)
 template <typename T, typename Grp>
 OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, const T* wt, T delta) {
   const int n = d.n, p = d.p;
-  form_K(g, d, wt, delta, st.K);
+  form_K(g, d, wt, delta, st.K, st.tm2);
   if (!cholesky(g, st.K, n)) {
-    form_K(g, d, wt, delta, st.K);
+    form_K(g, d, wt, delta, st.K, st.tm2);
     T part = 0;
     for (int i = g.rank(); i < n; i += g.size()) part = ol_max(part, st.K[i * n + i]);
     const T extra = ol_max(delta * T(kRegGrowth), relative_shift<T>() * g.max(part)) - delta;
