@@ -13,6 +13,7 @@ from optlayers._src.qp.backward import QPSolutionMap
 from optlayers._src.qp.linalg import mv
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import QPData, canonicalize
+from optlayers._src.sparse import route as sparse_route
 from optlayers._src.status import OnFailure, Status, apply_failure_policy
 
 
@@ -108,7 +109,9 @@ def solve_qp(
         A, b: (*, p, n) and (*, p) equality constraints, or both ``None``.
             Leading batch dimensions ``*`` broadcast; data without them is shared by the
             whole batch and never copied per problem (its gradient is the sum over the batch).
-        backend: ``"auto"``, ``"torch"`` or another registered dense backend.
+        backend: ``"auto"``, ``"torch"`` or another registered dense backend, or ``"osqp"``.
+            Sparse ``Q``/``G``/``A`` (torch sparse COO/CSR) always go to ``"osqp"``
+            (see :func:`optlayers.solve_sparse_qp` and ``docs/sparse.md``).
         return_solution: return a :class:`QPSolution` (x, duals, status, iterations) instead of x.
         on_failure: ``"raise"`` raises :class:`~optlayers.SolverError` naming the failed batch
             indices; ``"nan"`` fills their outputs with NaN (read ``status`` to tell which).
@@ -126,6 +129,11 @@ def solve_qp(
     """
     options = QPOptions(tol=tol, max_iter=max_iter, polish=polish)
     policy = OnFailure.resolve(on_failure)
+    if sparse_route.wants_sparse(Q, q, G, h, A, b, backend):  # sparse data or backend="osqp"
+        return sparse_route.solve_qp_osqp(
+            Q, q, G, h, A, b,
+            options=options, on_failure=policy, check_inputs=check_inputs, return_solution=return_solution,
+        )
     data = canonicalize(Q, q, G, h, A, b, check_values=check_inputs)
     be = backends.select(backend, data)
     if isinstance(be, backends.DifferentiableQPBackend) and not _has_forward_tangents(data):

@@ -1,0 +1,247 @@
+"""Forward pass of the sparse QP layer: OSQP per problem (cached solvers, warm starts), then the
+active-set polish with the reduced KKT factorization that the backward reuses.
+
+Everything here works on detached numpy float64 copies of the canonical data (OSQP computes in
+float64); ``api.py`` converts back to the caller's dtype and device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from optlayers._src.sparse import kkt as kkt_mod
+from optlayers._src.sparse import options as opts
+from optlayers._src.sparse.cache import SolverCache, _Slot, import_osqp, value_digest
+from optlayers._src.sparse.options import OSQPOptions
+from optlayers._src.sparse.problem import SparseQPData
+from optlayers._src.status import Status
+
+
+def _numpy(t) -> np.ndarray:
+    return t.detach().to("cpu", dtype=torch.float64).numpy()
+
+
+def _row(a: np.ndarray, b: int) -> np.ndarray:
+    return a if a.ndim == 1 else a[b]
+
+
+@dataclasses.dataclass
+class NumpyData:
+    """float64 numpy copies of the canonical values (shared 1-D or batched 2-D)."""
+
+    P: np.ndarray
+    q: np.ndarray
+    A: np.ndarray
+    l: np.ndarray
+    u: np.ndarray
+
+    @staticmethod
+    def of(data: SparseQPData) -> "NumpyData":
+        return NumpyData(*(_numpy(t) for t in data.tensors()))
+
+
+class KKTState:
+    """Reduced-KKT factorizations of every problem of a batch, made on demand and shared between
+    problems (and calls) with the same values of P, A and the same active set (``cache.py``).
+
+    ``sign``: (B, m) int8 active sets (:func:`kkt.classify`); ``ok``: (B,) bool solved problems.
+    """
+
+    def __init__(self, data: SparseQPData, values: NumpyData, entry, cache: SolverCache, sign: np.ndarray, ok: np.ndarray):
+        self.P_pattern, self.A_pattern = data.P_pattern, data.A_pattern
+        self.values = values
+        self.entry = entry
+        self.cache = cache
+        self.sign = sign
+        self.ok = ok
+        B = sign.shape[0]
+        self._factors: list = [None] * B
+        shared = values.P.ndim == 1 and values.A.ndim == 1
+        self._mat_digest = [value_digest(values.P) + value_digest(values.A)] * B if shared else None
+
+    def _digest(self, b: int) -> bytes:
+        if self._mat_digest is None:
+            self._mat_digest = [None] * self.sign.shape[0]
+        if self._mat_digest[b] is None:
+            self._mat_digest[b] = value_digest(_row(self.values.P, b)) + value_digest(_row(self.values.A, b))
+        return self._mat_digest[b]
+
+    def set_sign(self, b: int, sign: np.ndarray) -> None:
+        if not np.array_equal(sign != 0, self.sign[b] != 0):
+            self._factors[b] = None
+        self.sign[b] = sign
+
+    def factor(self, b: int) -> kkt_mod.ReducedKKT:
+        f = self._factors[b]
+        if f is not None:
+            return f
+        key = self._digest(b) + value_digest(np.packbits(self.sign[b] != 0))
+        f = self.entry.get_factor(key)
+        if f is None:
+            f = kkt_mod.ReducedKKT(self.P_pattern, _row(self.values.P, b), self.A_pattern, _row(self.values.A, b), self.sign[b].copy())
+            self.cache.stats.factorizations += 1
+            self.entry.put_factor(key, f)
+        else:
+            self.cache.stats.factor_reuses += 1
+            if not np.array_equal(f.sign, self.sign[b]):
+                f = _with_sign(f, self.sign[b])
+        self._factors[b] = f
+        return f
+
+
+def _with_sign(f: kkt_mod.ReducedKKT, sign: np.ndarray) -> kkt_mod.ReducedKKT:
+    """The same factorization (same active rows) with other bound sides (equality rows' y sign)."""
+    g = object.__new__(kkt_mod.ReducedKKT)
+    g.__dict__.update(f.__dict__)
+    g.sign = sign.copy()
+    return g
+
+
+@dataclasses.dataclass
+class RawSparseSolution:
+    x: np.ndarray          # (B, n)
+    y: np.ndarray          # (B, m)
+    status: np.ndarray     # (B,) int8
+    iterations: np.ndarray  # (B,) int32
+    polished: np.ndarray   # (B,) bool
+    kkt: KKTState
+
+
+def _status_map(osqp) -> dict:
+    S = osqp.SolverStatus
+    return {
+        S.OSQP_SOLVED: Status.SOLVED,
+        S.OSQP_SOLVED_INACCURATE: Status.MAX_ITER,
+        S.OSQP_PRIMAL_INFEASIBLE: Status.PRIMAL_INFEASIBLE,
+        S.OSQP_PRIMAL_INFEASIBLE_INACCURATE: Status.PRIMAL_INFEASIBLE,
+        S.OSQP_DUAL_INFEASIBLE: Status.DUAL_INFEASIBLE,
+        S.OSQP_DUAL_INFEASIBLE_INACCURATE: Status.DUAL_INFEASIBLE,
+        S.OSQP_MAX_ITER_REACHED: Status.MAX_ITER,
+        S.OSQP_TIME_LIMIT_REACHED: Status.MAX_ITER,
+    }
+
+
+_NOT_CONVEX = (
+    "P is not positive semidefinite (OSQP found the problem non-convex{where}); the QP is not convex — "
+    "check the sign of P or add a multiple of the identity."
+)
+
+
+def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) -> RawSparseSolution:
+    """Solve every problem of the (detached) batch; see the module docstring."""
+    osqp = import_osqp()
+    smap = _status_map(osqp)
+    vals = NumpyData.of(data)
+    entry = cache.entry(data.P_pattern, data.A_pattern, options)
+    B, n, m = data.B, data.n, data.m
+    settings = options.osqp_settings()
+    X = np.zeros((B, n))
+    Y = np.zeros((B, m))
+    status = np.full(B, int(Status.NUMERICAL_ERROR), np.int8)
+    iters = np.zeros(B, np.int32)
+    polished = np.zeros(B, bool)
+    sign = np.zeros((B, m), np.int8)
+    state = KKTState(data, vals, entry, cache, sign, status == int(Status.SOLVED))
+    A_csr_shared = None
+
+    for b in range(B):
+        Pb, qb, Ab, lb, ub = (_row(a, b) for a in (vals.P, vals.q, vals.A, vals.l, vals.u))
+        slot = entry.slots[b] if b < len(entry.slots) else None
+        try:
+            if slot is None:
+                solver = osqp.OSQP(algebra="builtin")
+                solver.setup(
+                    kkt_mod.csc(data.P_pattern, Pb), qb, kkt_mod.csc(data.A_pattern, Ab), lb, ub,
+                    **options.setup_settings(),
+                )
+                cache.stats.setups += 1
+                slot = _Slot(solver, Pb.copy(), Ab.copy(), dict(settings))
+                entry.slots.append(slot)
+            else:
+                _update(slot, Pb, Ab, qb, lb, ub, settings, cache)
+            res = slot.solver.solve(raise_error=False)
+        except osqp.OSQPException as exc:
+            # OSQP refuses set-up / refactorization of a non-convex problem.
+            raise ValueError(_NOT_CONVEX.format(where=f" at batch index {b}" if B > 1 else "") + f" [OSQP error {exc}]") from None
+        cache.stats.solves += 1
+        code = res.info.status_val
+        if code == osqp.SolverStatus.OSQP_NON_CVX:
+            raise ValueError(_NOT_CONVEX.format(where=f" at batch index {b}" if B > 1 else ""))
+        st = smap.get(code, Status.NUMERICAL_ERROR)
+        iters[b] = res.info.iter
+        x = np.array(res.x, dtype=np.float64)
+        y = np.array(res.y, dtype=np.float64)
+        if st in (Status.PRIMAL_INFEASIBLE, Status.DUAL_INFEASIBLE, Status.NUMERICAL_ERROR) or not (
+            np.all(np.isfinite(x)) and np.all(np.isfinite(y))
+        ):
+            if st is Status.SOLVED or st is Status.MAX_ITER:
+                st = Status.NUMERICAL_ERROR
+            status[b] = int(st)
+            slot.cold = True
+            continue
+        slot.cold = False
+        Ab_csr = None
+        if data.A.dim() == 1:
+            if A_csr_shared is None:
+                A_csr_shared = kkt_mod.csc(data.A_pattern, Ab).tocsr()
+            Ab_csr = A_csr_shared
+        else:
+            Ab_csr = kkt_mod.csc(data.A_pattern, Ab).tocsr()
+        sign[b] = kkt_mod.classify(x, y, Ab_csr @ x, lb, ub)
+        if options.polish:
+            for attempt in range(opts.POLISH_RETRIES + 1):
+                f = state.factor(b)
+                xp, yp, accepted = kkt_mod.polish(f, qb, Ab_csr, lb, ub, options.eps_abs, options.eps_rel)
+                if accepted:
+                    x, y = xp, yp
+                    st = Status.SOLVED
+                    polished[b] = True
+                    eq = lb == ub
+                    if eq.any():  # bound side of equality rows follows the polished y
+                        s = sign[b].copy()
+                        s[eq] = np.where(y[eq] >= 0, 1, -1)
+                        state.set_sign(b, s)
+                    break
+                if attempt == opts.POLISH_RETRIES or st is not Status.SOLVED:
+                    break
+                # Wrong active-set guess: resume ADMM (warm) at tighter tolerances and retry.
+                tight = options.tightened(opts.POLISH_RETRY_FACTOR).osqp_settings()
+                slot.solver.update_settings(**{**tight, "warm_starting": True})
+                res = slot.solver.solve(raise_error=False)
+                slot.solver.update_settings(**settings)
+                cache.stats.solves += 1
+                iters[b] += res.info.iter
+                if res.info.status_val != osqp.SolverStatus.OSQP_SOLVED:
+                    break
+                x = np.array(res.x, dtype=np.float64)
+                y = np.array(res.y, dtype=np.float64)
+                state.set_sign(b, kkt_mod.classify(x, y, Ab_csr @ x, lb, ub))
+        X[b], Y[b] = x, y
+        status[b] = int(st)
+    state.ok = status == int(Status.SOLVED)
+    return RawSparseSolution(X, Y, status, iters, polished, state)
+
+
+def _update(slot: _Slot, Pb, Ab, qb, lb, ub, settings: dict, cache: SolverCache) -> None:
+    new_P = Pb.size and not np.array_equal(slot.P, Pb)
+    new_A = Ab.size and not np.array_equal(slot.A, Ab)
+    if new_P or new_A:
+        kw = {}
+        if new_P:
+            kw["Px"] = Pb
+            slot.P = Pb.copy()
+        if new_A:
+            kw["Ax"] = Ab
+            slot.A = Ab.copy()
+        slot.solver.update(**kw)
+        cache.stats.matrix_updates += 1
+    slot.solver.update(q=qb, l=lb, u=ub)
+    cache.stats.vector_updates += 1
+    if slot.settings != settings:
+        slot.solver.update_settings(**settings)
+        slot.settings = dict(settings)
+    if slot.cold and settings["warm_starting"]:
+        slot.solver.warm_start(x=np.zeros_like(qb), y=np.zeros_like(lb))
