@@ -13,8 +13,9 @@ with step 1/(σ_max(X)² + λ) from w = 0. Two ways to get dL/dλ:
 
 Reference: the closed form dL/dλ = −(X_vᵀ(X_v w* − y_v))ᵀ (XᵀX + λI)⁻¹ w* (direct solves).
 
-Measured per K (float64, CPU, median of ``--repeat`` runs): forward time (the K solver steps),
-backward time, bytes autograd keeps for backward (saved tensors, excluding the data X, y, X_v,
+Measured per K (float64, CPU; times are the minimum of ``--repeat`` runs): forward time (the K solver steps),
+backward time, number of Hessian-vector products in the backward (deterministic: one per
+unrolled step; one per CG iteration for implicit), bytes autograd keeps for backward (saved tensors, excluding the data X, y, X_v,
 y_v themselves: exact), growth of the resident set of a fresh process over the forward pass,
 i.e. the memory actually held for backward (``/proc/self/statm``: approximate, allocator-
 dependent, Linux only), and the relative error of each gradient vs. the closed form.
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -72,13 +72,24 @@ def gd(lam, X, y, K: int, step: float):
     return w
 
 
+CG_ITERATIONS: list[int] = []  # iterations of each backward CG solve (deterministic cost)
+
+
+def cg_recording(matvec, b):
+    import optlayers as ol
+
+    x, info = ol.linear_solve.cg(matvec, b, return_info=True)
+    CG_ITERATIONS.append(info.iterations)
+    return x
+
+
 def make_implicit(K: int, step: float):
     import optlayers as ol
 
     def F(w, lam, X, y):
         return X.T @ (X @ w - y) + lam * w
 
-    @ol.custom_root(F, solve=ol.linear_solve.cg)
+    @ol.custom_root(F, solve=cg_recording)
     def solver(init, lam, X, y):
         return gd(lam, X, y, K, step)
 
@@ -150,7 +161,7 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=None)
     ap.add_argument("--iters", type=int, nargs="*", default=None, help="values of K")
     ap.add_argument("--lam", type=float, default=0.01)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="implicit", help=argparse.SUPPRESS)
@@ -172,7 +183,7 @@ def main() -> None:
     print(f"ridge: n={args.n}, d={args.d}, lambda={args.lam}, cond(XᵀX+λI)={kappa:.1f}, float64, "
           f"{args.threads} threads, torch {torch.__version__}; closed-form dL/dλ = {ref:.10e}")
     run_once("implicit", 1, data, args.lam, step, make_implicit(1, step))  # warm-up
-    header = (f"{'K':>5} {'mode':>9} {'fwd [s]':>9} {'bwd [s]':>9} {'saved for bwd':>14} "
+    header = (f"{'K':>5} {'mode':>9} {'fwd [s]':>9} {'bwd [s]':>9} {'bwd H·v':>9} {'saved for bwd':>14} "
               f"{'RSS held':>11} {'rel. grad error':>16}")
     print(header)
     print("-" * len(header))
@@ -182,8 +193,8 @@ def main() -> None:
         for mode in ("unrolled", "implicit"):
             run_once(mode, K, data, args.lam, step, solver)  # untimed warm-up
             runs = [run_once(mode, K, data, args.lam, step, solver) for _ in range(args.repeat)]
-            fwd = statistics.median(r[0] for r in runs)
-            bwd = statistics.median(r[1] for r in runs)
+            fwd = min(r[0] for r in runs)  # min: the run least disturbed by other load
+            bwd = min(r[1] for r in runs)
             saved = runs[0][2]
             err = abs(runs[0][3] - ref) / abs(ref)
             proc = subprocess.run(
@@ -192,8 +203,11 @@ def main() -> None:
                 capture_output=True, text=True, check=True,
             )
             rss = json.loads(proc.stdout.strip().splitlines()[-1])["rss_held_bytes"] / 2**20
+            # Products with the Hessian XᵀX(+λI) in the backward: one per unrolled step; one per
+            # CG iteration plus the final residual check for implicit (each = 2 passes over X).
+            prods = K if mode == "unrolled" else CG_ITERATIONS[-1] + 1
             rows.append((K, mode, fwd, bwd, saved, rss, err))
-            print(f"{K:>5} {mode:>9} {fwd:>9.3f} {bwd:>9.3f} {saved / 2**10:>10.1f} KiB {rss:>7.1f} MiB {err:>16.2e}")
+            print(f"{K:>5} {mode:>9} {fwd:>9.3f} {bwd:>9.3f} {prods:>9} {saved / 2**10:>10.1f} KiB {rss:>7.1f} MiB {err:>16.2e}")
     print("\nimplicit/unrolled ratios (backward time, saved bytes, gradient error):")
     for K in iters:
         u = next(r for r in rows if r[0] == K and r[1] == "unrolled")
