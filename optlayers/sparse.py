@@ -7,6 +7,8 @@
 - :class:`SolverCache`, :func:`default_cache`, :func:`clear_cache` — OSQP solvers reused by
   sparsity pattern (value updates and warm starts instead of new set-ups); ``cache.stats``
   counts set-ups, updates and factorizations.
+- :func:`csr_tensor` — ``torch.sparse_csr_tensor`` with a backward that does not densify (torch's
+  own densifies the gradient of ``values``; ``torch.sparse_coo_tensor`` is fine as it is).
 
 :func:`optlayers.solve_qp` and :class:`optlayers.QPLayer` route sparse ``Q``/``G``/``A`` (or
 ``backend="osqp"``) here automatically. See ``docs/sparse.md``.
@@ -16,6 +18,7 @@ from optlayers._src.sparse.api import SparseQPLayer, SparseQPSolution, solve_spa
 from optlayers._src.sparse.cache import CacheStats, SolverCache, default_cache
 from optlayers._src.sparse.options import OSQPOptions
 from optlayers._src.sparse.problem import is_sparse
+from optlayers._src.sparse.tensors import csr_tensor
 
 
 def clear_cache() -> None:
@@ -30,6 +33,7 @@ __all__ = [
     "SparseQPLayer",
     "SparseQPSolution",
     "clear_cache",
+    "csr_tensor",
     "default_cache",
     "is_sparse",
     "solve_sparse_qp",

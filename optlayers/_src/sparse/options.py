@@ -70,7 +70,8 @@ class OSQPOptions:
         warm_start: start ADMM from the previous solution of the same solver slot (same sparsity
             pattern, same batch index) instead of from zero.
         time_limit: seconds per problem (``None``: no limit); problems cut off get ``MAX_ITER``.
-        rho, sigma, alpha, scaling, adaptive_rho: OSQP's ADMM parameters (defaults are OSQP's).
+        rho, sigma, alpha, scaling, adaptive_rho: OSQP's ADMM parameters (defaults are OSQP's;
+            ``rho=None`` is OSQP's 0.1).
         verbose: let OSQP print its progress.
     """
 
@@ -81,7 +82,7 @@ class OSQPOptions:
     polish: bool = True
     warm_start: bool = True
     time_limit: float | None = None
-    rho: float = 0.1
+    rho: float | None = None
     sigma: float = 1e-6
     alpha: float = 1.6
     scaling: int = 10
@@ -100,7 +101,8 @@ class OSQPOptions:
         if self.time_limit is not None and not (self.time_limit > 0):
             raise ValueError(f"time_limit must be positive seconds or None; got {self.time_limit!r}")
         for name in ("rho", "sigma"):
-            if not getattr(self, name) > 0:
+            v = getattr(self, name)
+            if v is not None and not v > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
         if not (0.0 < self.alpha < 2.0):
             raise ValueError(f"alpha must be in (0, 2); got {self.alpha!r}")
@@ -127,8 +129,11 @@ class OSQPOptions:
         )
 
     def setup_settings(self) -> dict:
+        # rho only when given: OSQP's Python set-up applies an explicit rho by a second
+        # factorization (update_rho) after the first.
+        extra = {} if self.rho is None else {"rho": float(self.rho)}
         return dict(
-            rho=float(self.rho),
+            **extra,
             sigma=float(self.sigma),
             scaling=int(self.scaling),
             adaptive_rho=bool(self.adaptive_rho),

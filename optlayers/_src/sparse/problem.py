@@ -36,12 +36,22 @@ import hashlib
 import math
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from optlayers._src.sparse import options as opts
 
 _SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
 _OTHER_SPARSE = (torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+
+
+def broadcast_shapes(*shapes) -> torch.Size:
+    """``torch.broadcast_shapes`` without its first-call import of sympy (~1 s); raises
+    ``RuntimeError`` when the shapes do not broadcast."""
+    try:
+        return torch.Size(np.broadcast_shapes(*(tuple(s) for s in shapes)))
+    except ValueError as err:
+        raise RuntimeError(str(err)) from None
 
 
 def is_sparse(t) -> bool:
@@ -314,7 +324,7 @@ def _stack_rows(blocks: list[_Entries], n: int, ref: torch.Tensor) -> _Entries:
     """Vertically stack matrix inputs (row offsets), broadcasting their batch dimensions."""
     if len(blocks) == 1:
         return blocks[0]
-    batch = torch.broadcast_shapes(*(b.batch for b in blocks))
+    batch = broadcast_shapes(*(b.batch for b in blocks))
     rows, cols, vals, off = [], [], [], 0
     for b in blocks:
         rows.append(b.rows + off)
@@ -379,7 +389,7 @@ def canonicalize(P, q, A=None, l=None, u=None, *, check_values: bool = True, nam
 
     batches = {nm("P"): Pe.batch, nm("q"): q.shape[:-1], nm("A"): Ae.batch, nm("l"): l.shape[:-1], nm("u"): u.shape[:-1]}
     try:
-        batch_shape = torch.Size(torch.broadcast_shapes(*batches.values()))
+        batch_shape = torch.Size(broadcast_shapes(*batches.values()))
     except RuntimeError:
         listing = ", ".join(f"{k}: {tuple(v)}" for k, v in batches.items() if len(v))
         raise ValueError(f"the batch dimensions of the QP data do not broadcast together ({listing})") from None
@@ -403,52 +413,58 @@ def canonicalize(P, q, A=None, l=None, u=None, *, check_values: bool = True, nam
     )
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu").numpy()
+
+
 def _check_values(nm, Pe: _Entries, Pplan: _Plan, Ae: _Entries, q, l, u) -> None:
-    """Finite data; no NaN bounds, l ≤ u, l < +∞, u > −∞; P symmetric with a nonnegative diagonal."""
+    """Finite data; no NaN bounds, l ≤ u, l < +∞, u > −∞; P symmetric with a nonnegative diagonal.
+
+    Runs on numpy copies (one pass over the values each), not on the autograd graph.
+    """
     for name, v in ((nm("P"), Pe.values), (nm("A"), Ae.values), (nm("q"), q)):
-        if v.numel() and not bool(torch.isfinite(v.detach()).all()):
+        if v.numel() and not np.isfinite(_np(v)).all():
             raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
-    ld, ud = l.detach(), u.detach()
-    if bool(torch.isnan(ld).any()) or bool(torch.isnan(ud).any()):
-        raise ValueError(f"{nm('l') if bool(torch.isnan(ld).any()) else nm('u')} contains NaN")
-    if ld.numel() and bool((ld == math.inf).any()):
+    ld, ud = _np(l), _np(u)
+    for name, v in ((nm("l"), ld), (nm("u"), ud)):
+        if np.isnan(v).any():
+            raise ValueError(f"{name} contains NaN")
+    if ld.size and (ld == np.inf).any():
         raise ValueError(f"{nm('l')} contains +inf; lower bounds must be finite or -inf")
-    if ud.numel() and bool((ud == -math.inf).any()):
+    if ud.size and (ud == -np.inf).any():
         raise ValueError(f"{nm('u')} contains -inf; upper bounds must be finite or +inf")
-    if ld.numel():
+    if ld.size and ud.size:
         bad = ld > ud
-        if bool(bad.any()):
-            where = torch.nonzero(torch.broadcast_to(bad, torch.broadcast_shapes(ld.shape, ud.shape)))[0].tolist()
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(
-                f"{nm('l')} must be ≤ {nm('u')} elementwise; first violation at index {tuple(where)} "
+                f"{nm('l')} must be ≤ {nm('u')} elementwise; first violation at index {where} "
                 "(an empty interval: fix the bounds — this is an input error, not an infeasible problem)"
             )
     if Pplan.pattern.nnz == 0:
         return
-    vals = Pe.values.detach()
+    vals = _np(Pe.values).reshape(-1, Pe.rows.shape[0])  # (batch, k)
     rows, cols = Pe.rows, Pe.cols
-    diag = torch.as_tensor(rows == cols, device=vals.device)
-    if bool(diag.any()) and bool((vals[..., diag] < 0).any()):
+    diag = rows == cols
+    if diag.any() and (vals[:, diag] < 0).any():
         raise ValueError(
             f"{nm('P')} has a negative diagonal entry, so it is not positive semidefinite; the QP is not "
             "convex — check the sign of P."
         )
-    # Symmetry: the sums over each mirrored pair of slots must agree (upper vs lower triangle).
-    lower = torch.as_tensor(Pplan.lower, device=vals.device)
-    upper = torch.as_tensor(rows < cols, device=vals.device)
-    if not bool(lower.any()) and not bool(upper.any()):
+    lower, upper = rows > cols, rows < cols
+    if not lower.any() and not upper.any():
         return
-    slot = Pplan.slot
-    nnz = Pplan.pattern.nnz
-    up = vals.new_zeros(vals.shape[:-1] + (nnz,)).index_add(-1, slot[upper], vals[..., upper])
-    lo = vals.new_zeros(vals.shape[:-1] + (nnz,)).index_add(-1, slot[lower], vals[..., lower])
-    scale = float(vals.abs().amax().clamp_min(1.0))
-    asym = float((up - lo).abs().amax()) / scale
-    tol = opts.SYMMETRY_TOL if vals.dtype == torch.float64 else opts.SYMMETRY_TOL_FLOAT32
+    # Symmetry: per folded slot, (sum of upper-triangle entries) − (sum of lower-triangle ones).
+    slot = Pplan.slot.cpu().numpy()
+    sgn = np.where(upper, 1.0, np.where(lower, -1.0, 0.0))
+    S = sp.csr_matrix((sgn, (slot, np.arange(slot.shape[0]))), shape=(Pplan.pattern.nnz, slot.shape[0]))
+    asym = float(np.abs(S @ vals.T).max(initial=0.0)) / max(1.0, float(np.abs(vals).max(initial=0.0)))
+    tol = opts.SYMMETRY_TOL if Pe.values.dtype == torch.float64 else opts.SYMMETRY_TOL_FLOAT32
     if asym > tol:
         hint = ""
-        if not bool(lower.any()) or not bool(upper.any()):
-            hint = " It has entries in only one triangle: pass the full symmetric matrix (both triangles), not only its upper part."
+        if not lower.any() or not upper.any():
+            hint = (" It has entries in only one triangle: pass the full symmetric matrix (both triangles), "
+                    "not only its upper part.")
         raise ValueError(
             f"{nm('P')} must be symmetric; max |P - Pᵀ| relative to max |P| is {asym:.2e} (tolerance {tol:.0e}).{hint} "
             "Pass 0.5 * (P + P.T)."

@@ -19,7 +19,7 @@ import torch
 
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.sparse import options as opts
-from optlayers._src.sparse.problem import is_sparse
+from optlayers._src.sparse.problem import broadcast_shapes, is_sparse
 from optlayers._src.status import OnFailure, apply_failure_policy
 
 
@@ -95,7 +95,7 @@ def solve_qp_osqp(Q, q, G, h, A, b, *, options: QPOptions, on_failure: OnFailure
     if blocks:
         vecs = [v for v in ups if v is not None]
         try:
-            batch = torch.broadcast_shapes(*(v.shape[:-1] for v in vecs))
+            batch = broadcast_shapes(*(v.shape[:-1] for v in vecs))
         except RuntimeError:
             raise ValueError(
                 f"the batch dimensions of b and h do not broadcast together ({', '.join(str(tuple(v.shape)) for v in vecs)})"

@@ -125,8 +125,8 @@ def _status_map(osqp) -> dict:
 
 
 _NOT_CONVEX = (
-    "P is not positive semidefinite (OSQP found the problem non-convex{where}); the QP is not convex — "
-    "check the sign of P or add a multiple of the identity."
+    "the quadratic term (P, or Q in solve_qp) is not positive semidefinite: OSQP found the problem "
+    "non-convex{where}. Check its sign or add a multiple of the identity."
 )
 
 
@@ -149,8 +149,15 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
 
     for b in range(B):
         Pb, qb, Ab, lb, ub = (_row(a, b) for a in (vals.P, vals.q, vals.A, vals.l, vals.u))
+        if np.any(lb > ub):
+            # An empty interval (possible only with check_inputs=False): infeasible by definition;
+            # OSQP would reject the data (and keep the previous values on update).
+            status[b] = int(Status.PRIMAL_INFEASIBLE)
+            continue
         slot = entry.slots[b] if b < len(entry.slots) else None
         try:
+            if slot is not None and not _update(slot, Pb, Ab, qb, lb, ub, settings, cache):
+                slot = None  # OSQP rejected the new values: set up afresh (raises the reason)
             if slot is None:
                 solver = osqp.OSQP(algebra="builtin")
                 solver.setup(
@@ -159,13 +166,19 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
                 )
                 cache.stats.setups += 1
                 slot = _Slot(solver, Pb.copy(), Ab.copy(), dict(settings))
-                entry.slots.append(slot)
-            else:
-                _update(slot, Pb, Ab, qb, lb, ub, settings, cache)
+                if b < len(entry.slots):
+                    entry.slots[b] = slot
+                else:
+                    entry.slots.append(slot)
             res = slot.solver.solve(raise_error=False)
         except osqp.OSQPException as exc:
-            # OSQP refuses set-up / refactorization of a non-convex problem.
-            raise ValueError(_NOT_CONVEX.format(where=f" at batch index {b}" if B > 1 else "") + f" [OSQP error {exc}]") from None
+            where = f" at batch index {b}" if B > 1 else ""
+            code = exc.args[0] if exc.args else None
+            if code == osqp.SolverError.OSQP_NONCVX_ERROR:
+                # OSQP refuses set-up / refactorization of a non-convex problem.
+                raise ValueError(_NOT_CONVEX.format(where=where)) from None
+            name = osqp.SolverError(code).name if code in set(osqp.SolverError) else str(code)
+            raise RuntimeError(f"OSQP failed to set up the problem{where}: {name}") from None
         cache.stats.solves += 1
         code = res.info.status_val
         if code == osqp.SolverStatus.OSQP_NON_CVX:
@@ -225,18 +238,26 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
     return RawSparseSolution(X, Y, status, iters, polished, state)
 
 
-def _update(slot: _Slot, Pb, Ab, qb, lb, ub, settings: dict, cache: SolverCache) -> None:
+def _update(slot: _Slot, Pb, Ab, qb, lb, ub, settings: dict, cache: SolverCache) -> bool:
+    """Bring a cached solver to the new values; False if OSQP rejected them.
+
+    OSQP's Python ``update`` discards the C return code (a P that is no longer positive
+    semidefinite is reported on stderr and the old values are silently kept), so the matrix
+    update goes through the binding, whose return code we check.
+    """
     new_P = Pb.size and not np.array_equal(slot.P, Pb)
     new_A = Ab.size and not np.array_equal(slot.A, Ab)
     if new_P or new_A:
-        kw = {}
-        if new_P:
-            kw["Px"] = Pb
-            slot.P = Pb.copy()
-        if new_A:
-            kw["Ax"] = Ab
-            slot.A = Ab.copy()
-        slot.solver.update(**kw)
+        binding = getattr(slot.solver, "_solver", None)
+        Px = Pb if new_P else None
+        Ax = Ab if new_A else None
+        if binding is not None and hasattr(binding, "update_data_mat"):
+            code = binding.update_data_mat(P_x=Px, P_i=None, A_x=Ax, A_i=None)
+            if code:
+                return False
+        else:  # pragma: no cover - other OSQP versions
+            slot.solver.update(**{k: v for k, v in (("Px", Px), ("Ax", Ax)) if v is not None})
+        slot.P, slot.A = Pb.copy(), Ab.copy()
         cache.stats.matrix_updates += 1
     slot.solver.update(q=qb, l=lb, u=ub)
     cache.stats.vector_updates += 1
@@ -245,3 +266,4 @@ def _update(slot: _Slot, Pb, Ab, qb, lb, ub, settings: dict, cache: SolverCache)
         slot.settings = dict(settings)
     if slot.cold and settings["warm_starting"]:
         slot.solver.warm_start(x=np.zeros_like(qb), y=np.zeros_like(lb))
+    return True
