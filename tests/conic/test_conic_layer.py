@@ -184,9 +184,22 @@ def test_unbounded_is_dual_infeasible():
 def test_iteration_limit_is_reported():
     case = problems.socp()
     layer = CvxpyLayer(case.problem, case.parameters, case.variables, on_failure="nan", return_solution=True)
-    sol = layer(*map(torch.tensor, case.sample(np.random.default_rng(8))), solver_args={"max_iters": 3})
+    sol = layer(*map(torch.tensor, case.sample(np.random.default_rng(8))), solver_args={"max_iters": 3, "refine": False})
     assert int(sol.status) == ol.Status.MAX_ITER
     assert torch.isnan(sol.values[0]).all()
+
+
+def test_refinement_rescues_an_inaccurate_solver_point():
+    """SCS stopped by its iteration limit before an unreachable tolerance: the Newton
+    refinement certifies the point (residual ≤ 1e-12) and the problem counts as solved."""
+    case = problems.socp()
+    values = case.sample(np.random.default_rng(8))
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, return_solution=True)
+    sol = layer(*map(torch.tensor, values), solver_args={"eps": 1e-14, "max_iters": 50})
+    assert "inaccurate" in sol.solver_status[0] and int(sol.status) == ol.Status.SOLVED
+    assert int(sol.refine_steps) >= 1
+    (ref,) = cvxpy_solve(case, values)
+    np.testing.assert_allclose(sol.values[0].numpy(), ref, atol=1e-8)
 
 
 def test_warm_start_reuses_previous_solution():

@@ -476,16 +476,19 @@ def refine(idx: ProgramIndex, c, A, b, P, x, y, s, ok, mode: BackwardMode):
     decreases (Armijo, factor 1 − 1e-4·t). Near a nondegenerate solution convergence is
     quadratic: a 1e-6-accurate interior-point point (Clarabel on SOC/PSD/exp cones) becomes a
     ~1e-13-residual one in one or two steps. Cone membership and complementarity hold exactly at
-    every iterate (y = Π_{K*}(w), s = Π_K(−w)). Returns (x, y, s, steps (B,) int32).
+    every iterate (y = Π_{K*}(w), s = Π_K(−w)). Returns (x, y, s, steps (B,) int32, and the
+    final relative residual (B,)) — a residual ≤ ``REFINE_TOL`` certifies the point as a solution
+    (primal and dual feasibility and complementarity all hold to that accuracy).
     """
     B = x.shape[0]
     steps = torch.zeros(B, dtype=torch.int32, device=x.device)
     w = y - s
     scale = 1.0 + torch.maximum(c.abs().amax(1), b.abs().amax(1)).expand(B)
     R, y_, s_ = residual(idx, c, A, b, P, x, w)
-    todo = ok & (R.abs().amax(1) / scale > _opt.REFINE_TRIGGER)
+    rel = R.abs().amax(1) / scale
+    todo = ok & (rel > _opt.REFINE_TRIGGER)
     if not bool(todo.any()):
-        return x, y, s, steps
+        return x, y, s, steps, rel
     sel = torch.nonzero(todo).flatten()
     cs, As, bs, Ps = _rows(c, sel), _rows(A, sel), _rows(b, sel), _rows(P, sel)
     xs, ws, ys, ss, Rs, sc = x[sel], w[sel], y_[sel], s_[sel], R[sel], scale[sel]
@@ -518,4 +521,6 @@ def refine(idx: ProgramIndex, c, A, b, P, x, y, s, ok, mode: BackwardMode):
     x, y, s = x.clone(), y.clone(), s.clone()
     x[sel], y[sel], s[sel] = xs, ys, ss
     steps[sel] = st
-    return x, y, s, steps
+    rel = rel.clone()
+    rel[sel] = Rs.abs().amax(1) / sc
+    return x, y, s, steps, rel

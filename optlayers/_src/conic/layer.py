@@ -24,6 +24,7 @@ from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 
 from optlayers._src.conic import backends
+from optlayers._src.conic import options as _opt
 from optlayers._src.conic.canon import ConeProgram, canonicalize
 from optlayers._src.conic.derivative import DerivativeSystem, ProgramIndex, jvp, refine, vjp
 from optlayers._src.conic.options import BackwardMode, ConicOptions, parse_solver_args
@@ -358,19 +359,26 @@ class CvxpyLayer(torch.nn.Module):
         s = torch.as_tensor(raw.s, dtype=torch.float64, device=device)
         status = torch.as_tensor(raw.status, device=device)
         ok = status == Status.SOLVED
+        refine_steps = torch.zeros(B, dtype=torch.int32, device=device)
+        if options.refine:
+            # Problems the solver left "inaccurate" (iteration limit with a solution estimate) are
+            # refined too, and count as solved when the refinement certifies them.
+            rescue = torch.as_tensor(raw.inexact, device=device) & ~ok
+            with torch.no_grad():
+                x, y, s, refine_steps, rel = refine(
+                    self._index_on(device), c.detach(), A.detach(), b.detach(),
+                    None if P is None else P.detach(), x, y, s, ok | rescue, options.backward,
+                )
+            certified = rescue & (rel <= _opt.REFINE_TOL)
+            if bool(certified.any()):
+                status = torch.where(certified, torch.full_like(status, Status.SOLVED), status)
+                ok = status == Status.SOLVED
         if options.warm_start:
-            self._warm = (raw.x.copy(), raw.y.copy(), raw.s.copy())
+            self._warm = tuple(t.detach().cpu().numpy().copy() for t in (x, y, s))
         if not bool(ok.all()):
             x = torch.where(ok.unsqueeze(1), x, torch.zeros_like(x))
             y = torch.where(ok.unsqueeze(1), y, torch.zeros_like(y))
             s = torch.where(ok.unsqueeze(1), s, torch.zeros_like(s))
-        refine_steps = torch.zeros(B, dtype=torch.int32, device=device)
-        if options.refine:
-            with torch.no_grad():
-                x, y, s, refine_steps = refine(
-                    self._index_on(device), c.detach(), A.detach(), b.detach(),
-                    None if P is None else P.detach(), x, y, s, ok, options.backward,
-                )
         if self._needs_derivative(c, A, b, P):
             x, y = ConeSolutionMap.apply(c, A, b, P, x, y, s, ok, self._index_on(device), options.backward)
 

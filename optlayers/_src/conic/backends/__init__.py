@@ -56,7 +56,8 @@ class BatchData:
 class RawConeSolution:
     """Per-problem results: ``x`` (B, n), ``y`` (B, m), ``s`` (B, m), ``status`` (B,) int8
     :class:`~optlayers.Status` codes, ``iterations`` (B,) int32, ``solver_status`` the solver's
-    own status strings."""
+    own status strings, ``inexact`` (B,) bool: the solver stopped early (iteration/time limit,
+    reduced accuracy) but returned a solution estimate that refinement may certify."""
 
     x: np.ndarray
     y: np.ndarray
@@ -64,13 +65,14 @@ class RawConeSolution:
     status: np.ndarray
     iterations: np.ndarray
     solver_status: list[str]
+    inexact: np.ndarray
 
     @classmethod
     def empty(cls, B: int, n: int, m: int) -> "RawConeSolution":
         return cls(
             x=np.zeros((B, n)), y=np.zeros((B, m)), s=np.zeros((B, m)),
             status=np.zeros(B, dtype=np.int8), iterations=np.zeros(B, dtype=np.int32),
-            solver_status=[""] * B,
+            solver_status=[""] * B, inexact=np.zeros(B, dtype=bool),
         )
 
 

@@ -82,6 +82,8 @@ class ClarabelBackend:
         permuted = bool(prog.dims.psd)
         cones = _cones(clarabel, prog.dims)
         status_map = _status_map(clarabel)
+        S = clarabel.SolverStatus
+        inexact = {str(S.AlmostSolved), str(S.MaxIterations), str(S.MaxTime), str(S.InsufficientProgress)}
         import scipy.sparse as sp
 
         def make_settings():
@@ -114,6 +116,7 @@ class ClarabelBackend:
                 out.status[i] = status_map.get(str(sol.status), Status.NUMERICAL_ERROR)
                 out.iterations[i] = int(sol.iterations)
                 out.solver_status[i] = str(sol.status)
+                out.inexact[i] = str(sol.status) in inexact
 
         run_chunks(B, options.n_jobs, work)
         return out

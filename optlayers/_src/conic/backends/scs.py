@@ -20,6 +20,8 @@ from optlayers._src.conic.options import ConicOptions
 from optlayers._src.qp.options import Backend
 from optlayers._src.status import Status
 
+_SOLVED_INACCURATE = 2
+
 # SCS's status_val → ours. "*_inaccurate" means SCS stopped (iteration/time limit) before its
 # tolerances held: we report MAX_ITER rather than pretend a certificate or a solution.
 _STATUS = {
@@ -43,7 +45,15 @@ def _scs():
     return scs
 
 
-def settings_of(options: ConicOptions) -> dict:
+def _dense_available() -> bool:
+    try:
+        import scs._scs_dense  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def settings_of(options: ConicOptions, prog=None) -> dict:
     s = {
         "eps_abs": float(options.eps_abs),
         "eps_rel": float(options.eps_rel),
@@ -52,6 +62,12 @@ def settings_of(options: ConicOptions) -> dict:
         "scale": _opt.SCS_SCALE,
         "verbose": bool(options.verbose),
     }
+    if prog is not None:
+        N = prog.n + prog.m
+        nnz = prog.nnz_A + (0 if prog.P_upper is None else prog.P_upper.size)
+        dense = nnz >= _opt.SCS_DENSE_MIN_DENSITY * max(1, prog.m * prog.n)
+        if N <= _opt.SCS_DENSE_MAX_DIM and dense and _dense_available():
+            s["linear_solver"] = "cpu_dense"
     s.update(options.extra_dict())
     return s
 
@@ -76,7 +92,7 @@ class SCSBackend:
         prog = data.prog
         B = data.B
         out = RawConeSolution.empty(B, prog.n, prog.m)
-        settings = settings_of(options)
+        settings = settings_of(options, prog)
         cone = prog.dims.scs_cone()
 
         def record(i: int, sol: dict) -> None:
@@ -85,6 +101,7 @@ class SCSBackend:
             out.status[i] = _STATUS.get(int(info["status_val"]), Status.NUMERICAL_ERROR)
             out.iterations[i] = int(info["iter"])
             out.solver_status[i] = str(info["status"])
+            out.inexact[i] = int(info["status_val"]) == _SOLVED_INACCURATE
 
         def warm_kwargs(i: int) -> dict:
             if warm is None:
