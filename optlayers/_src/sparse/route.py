@@ -73,7 +73,7 @@ def solve_qp_osqp(Q, q, G, h, A, b, *, options: QPOptions, on_failure: OnFailure
     osqp_options = opts.OSQPOptions(
         eps_abs=eps, eps_rel=eps, max_iter=opts.ADMM_ITERS_PER_IPM_ITER * int(options.max_iter), polish=options.polish
     )
-    blocks, lows, ups = [], [], []
+    blocks, lows, ups = [], [], []  # per block: lower bounds (None = −∞) and upper bounds
     p = 0
     if A is not None:
         if not isinstance(A, torch.Tensor) or A.dim() < 2:
@@ -101,8 +101,8 @@ def solve_qp_osqp(Q, q, G, h, A, b, *, options: QPOptions, on_failure: OnFailure
                 f"the batch dimensions of b and h do not broadcast together ({', '.join(str(tuple(v.shape)) for v in vecs)})"
             ) from None
         ex = lambda v: v.expand(tuple(batch) + v.shape[-1:])  # noqa: E731
-        l = torch.cat([ex(b)] * (A is not None) + [ex(q.new_full((int(G.shape[-2]),), -math.inf))] * (G is not None), -1)
-        u = torch.cat([ex(v) for v in ups], -1)
+        l = torch.cat([ex(lo if lo is not None else q.new_full(up.shape[-1:], -math.inf)) for lo, up in zip(lows, ups)], -1)
+        u = torch.cat([ex(up) for up in ups], -1)
     data = canonicalize(Q, q, blocks, l, u, check_values=check_inputs, names={"P": "Q", "l": "b", "u": "b/h"})
     x, y, status, iterations, _ = run(data, osqp_options, None)
     nu, lam = y[..., :p], y[..., p:]
