@@ -200,3 +200,28 @@ def test_bad_input_errors_come_from_shared_validation():
         ol.qp_value(torch.eye(2, dtype=F64), torch.zeros(2, dtype=F64), torch.zeros(3, 4, dtype=F64), torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match="positive semidefinite"):
         ol.qp_value(-torch.eye(2, dtype=F64), torch.zeros(2, dtype=F64))
+
+
+def test_osqp_backend_gives_the_same_value_and_gradient():
+    pytest.importorskip("osqp")
+    prob = ol.testing.random_qp(3, 6, 5, 2, seed=12)
+    a = _leaves(prob)
+    b = _leaves(prob)
+    va, sol = ol.qp_value(*a, backend="osqp", return_solution=True)
+    vb = ol.qp_value(*b, backend="native" if _native_ok() else "torch")
+    assert sol.backend == "osqp"
+    torch.testing.assert_close(va, vb, rtol=1e-9, atol=1e-9)
+    for ga, gb in zip(torch.autograd.grad(va.sum(), a), torch.autograd.grad(vb.sum(), b)):
+        torch.testing.assert_close(ga, gb, rtol=1e-7, atol=1e-9)
+
+
+def test_sparse_inputs_get_a_clear_error():
+    Q = torch.eye(3, dtype=F64).to_sparse()
+    with pytest.raises(ValueError, match="qp_value takes dense tensors; Q is sparse"):
+        ol.qp_value(Q, torch.zeros(3, dtype=F64))
+
+
+def _native_ok() -> bool:
+    from optlayers._src.native.backend import native_status
+
+    return native_status()[0]

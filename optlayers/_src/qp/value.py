@@ -41,6 +41,7 @@ from optlayers._src.qp.api import QPSolution
 from optlayers._src.qp.linalg import mv, outer, reduce_to
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import canonicalize
+from optlayers._src.sparse.problem import is_sparse
 from optlayers._src.status import OnFailure, Status, apply_failure_policy
 
 
@@ -137,7 +138,7 @@ def qp_value(
         G, h: (*, m, n), (*, m) or both ``None``.
         A, b: (*, p, n), (*, p) or both ``None``.
         backend, on_failure, check_inputs, tol, max_iter, polish: as in
-            :func:`~optlayers.solve_qp`.
+            :func:`~optlayers.solve_qp` (``"osqp"`` included; the data must be dense).
         return_solution: also return the :class:`~optlayers.QPSolution` (x, λ, ν, status,
             iterations). Its tensors are **not** differentiable (use ``solve_qp`` for ∂x/∂θ).
 
@@ -153,10 +154,21 @@ def qp_value(
     """
     options = QPOptions(tol=tol, max_iter=max_iter, polish=polish)
     policy = OnFailure.resolve(on_failure)
+    sparse = [name for name, t in zip("QqGhAb", (Q, q, G, h, A, b)) if is_sparse(t)]
+    if sparse:
+        raise ValueError(
+            f"qp_value takes dense tensors; {', '.join(sparse)} {'is' if len(sparse) == 1 else 'are'} sparse. "
+            "Densify with .to_dense() (backend='osqp' also accepts dense data), or differentiate "
+            "½xᵀQx + qᵀx through solve_qp's sparse route."
+        )
     data = canonicalize(Q, q, G, h, A, b, check_values=check_inputs)
-    be = backends.select(backend, data)
-    with torch.no_grad():
-        raw = be.solve(data.detach(), options)
+    if Backend.resolve(backend) is Backend.OSQP:
+        raw, name = _solve_via_osqp(data, Q, q, G, h, A, b, tol, max_iter, polish)
+    else:
+        be = backends.select(backend, data)
+        with torch.no_grad():
+            raw = be.solve(data.detach(), options)
+        name = be.name.value
     ok = (raw.status == Status.SOLVED).unsqueeze(-1)
     # Failed problems enter with a zero solution: finite value (NaN-filled by the policy below)
     # and zero gradient, so they leave shared-input batch sums untouched.
@@ -171,9 +183,24 @@ def qp_value(
     x, lam, nu = (t.reshape(tuple(shape) + t.shape[-1:]) for t in (raw.x, raw.lam, raw.nu))
     x, lam, nu = apply_failure_policy(status, (x, lam, nu), policy, what="QP")
     solution = QPSolution(
-        x=x, lam=lam, nu=nu, status=status, iterations=raw.iterations.reshape(shape), backend=be.name.value
+        x=x, lam=lam, nu=nu, status=status, iterations=raw.iterations.reshape(shape), backend=name
     )
     return value, solution
+
+
+def _solve_via_osqp(data, Q, q, G, h, A, b, tol, max_iter, polish):
+    """The solution of dense data by the OSQP route of ``solve_qp``, flattened like a dense backend's."""
+    from optlayers._src.qp.api import solve_qp
+    from optlayers._src.qp.backends import RawSolution
+
+    plain = [None if t is None else t.detach() for t in (Q, q, G, h, A, b)]
+    with torch.no_grad():
+        sol = solve_qp(*plain, backend="osqp", return_solution=True, on_failure="nan", check_inputs=False,
+                       tol=tol, max_iter=max_iter, polish=polish)
+    B = data.B
+    x, lam, nu = (t.reshape(B, t.shape[-1]) for t in (sol.x, sol.lam, sol.nu))
+    raw = RawSolution(x=x, lam=lam, nu=nu, status=sol.status.reshape(B), iterations=sol.iterations.reshape(B))
+    return raw, sol.backend
 
 
 __all__ = ["QPOptimalValue", "qp_value"]
