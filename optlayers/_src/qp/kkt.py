@@ -43,6 +43,11 @@ from optlayers._src.tolerances import tolerances_for
 
 # Refinement steps against the exact K. Each step costs one triangular solve pair + one matvec.
 REFINEMENT_STEPS = 3
+# On CPU with more than one thread, torch's *batched* LU (MKL getrf inside at::parallel_for)
+# printed "Parameter 6 was incorrect on entry to DLASWP" and hung for batches of 16 matrices of
+# size ≥ ~200 (torch 2.13.0 CPU wheel, 2 threads; sizes ≤ 150 were fine). From this size on we
+# factor one matrix per call, where the O(N³) work dwarfs the call overhead anyway.
+CPU_BATCHED_LU_MAX_N = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +128,19 @@ def factor(data: QPData, mask: torch.Tensor) -> ActiveKKTFactor:
     """LU-factor ``K_δ`` for the active-set mask (B, m)."""
     tol = tolerances_for(data.dtype)
     delta = tol.kkt_reg * _data_scale(data)
-    lu, pivots, _ = torch.linalg.lu_factor_ex(assemble(data, mask, delta))
+    lu, pivots = _lu_factor(assemble(data, mask, delta))
     return ActiveKKTFactor(lu=lu, pivots=pivots, mask=mask, delta=delta)
+
+
+def _lu_factor(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched LU with partial pivoting (see CPU_BATCHED_LU_MAX_N for the CPU workaround)."""
+    if K.device.type == "cpu" and K.shape[-1] > CPU_BATCHED_LU_MAX_N and torch.get_num_threads() > 1:
+        parts = [torch.linalg.lu_factor_ex(K[i])[:2] for i in range(K.shape[0])]
+        if not parts:
+            return K.clone(), K.new_zeros(K.shape[:-1], dtype=torch.int32)
+        return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+    lu, pivots, _ = torch.linalg.lu_factor_ex(K)
+    return lu, pivots
 
 
 def solve(data: QPData, fac: ActiveKKTFactor, rhs: torch.Tensor, refine: int = REFINEMENT_STEPS) -> torch.Tensor:
