@@ -10,6 +10,10 @@ from optlayers._src.qp.problem import QPData
 # CUDA kernel keeps each problem's KKT workspace ((n+m+p)² scalars) in global memory and one block
 # per problem; beyond this size the batched cuSOLVER path of the PyTorch backend is faster.
 CUDA_MAX_KKT_SIZE = 512
+# On CPU the native kernel solves one problem per thread with scalar/SIMD loops; from about this
+# many variables on, the PyTorch backend's batched BLAS-3 (Gram matrices, Cholesky) is faster, so
+# "auto" picks it (explicit backend="native" still works at any size).
+CPU_AUTO_MAX_N = 128
 
 
 class NativeBackend:
@@ -28,6 +32,9 @@ class NativeBackend:
 
             return ops.cuda_available() and data.n + data.m + data.p <= CUDA_MAX_KKT_SIZE
         return False
+
+    def auto_eligible(self, data: QPData) -> bool:
+        return data.device.type != "cpu" or data.n <= CPU_AUTO_MAX_N
 
     def solve(self, data: QPData, options: QPOptions) -> RawSolution:
         from optlayers._src.native import ops

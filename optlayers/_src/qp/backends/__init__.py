@@ -46,6 +46,9 @@ class QPBackend(Protocol):
     def supports(self, data: QPData) -> bool:
         """Whether this backend can solve ``data`` (sizes, device, dtype)."""
 
+    def auto_eligible(self, data: QPData) -> bool:
+        """Whether ``"auto"`` should pick this backend for ``data`` (it supports it and is fast there)."""
+
     def solve(self, data: QPData, options: QPOptions) -> RawSolution:
         """Solve every problem of the (detached) batch."""
 
@@ -75,7 +78,11 @@ def select(name: Backend | str, data: QPData) -> QPBackend:
     if which is Backend.AUTO:
         for cand in _AUTO_ORDER:
             be = _REGISTRY.get(cand)
-            if be is not None and be.availability()[0] and be.supports(data):
+            if be is None:
+                continue
+            # auto_eligible is optional for backends registered outside this package.
+            eligible = getattr(be, "auto_eligible", None)
+            if (eligible is None or eligible(data)) and be.availability()[0] and be.supports(data):
                 return be
         raise RuntimeError("no QP backend is available for this problem")  # torch always is
     be = _REGISTRY.get(which)

@@ -65,6 +65,9 @@ class TorchIPMBackend:
     def supports(self, data: QPData) -> bool:
         return True
 
+    def auto_eligible(self, data: QPData) -> bool:
+        return True
+
     def solve(self, data: QPData, options: QPOptions) -> RawSolution:
         return interior_point(data, options)
 
