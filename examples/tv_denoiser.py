@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "tv_denoiser.png"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    L, n_train, n_test, steps, grid = (24, 48, 48, 12, 6) if args.quick else (64, 256, 256, 60, 12)
+    L, n_train, n_test, steps, grid = (24, 32, 32, 8, 5) if args.quick else (64, 256, 256, 60, 12)
     gen = torch.Generator().manual_seed(args.seed)
     x_tr, y_tr, s_tr = make_signals(n_train, L, gen)
     x_te, y_te, s_te = make_signals(n_test, L, gen)

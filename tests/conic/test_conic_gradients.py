@@ -91,7 +91,7 @@ def test_gradients_match_diffcp_unbatched_and_batched(name):
     assert rel_err(grads, ref) < DIFFCP_RTOL
 
 
-@pytest.mark.parametrize("name", ["LP", "QP", "SOCP", "EXP"])
+@pytest.mark.parametrize("name", ["LP", "QP", "SOCP", "SDP", "EXP"])
 def test_gradients_match_finite_differences(name):
     case = problems.ALL_CLASSES[name]()
     values = [torch.tensor(v, requires_grad=True) for v in case.sample(np.random.default_rng(11))]
@@ -206,3 +206,34 @@ def test_degenerate_lp_gives_finite_gradients():
     torch.testing.assert_close(xo, torch.tensor([1.0, 1.0], dtype=torch.float64), atol=1e-6, rtol=0)
     xo.sum().backward()
     assert torch.isfinite(ct.grad).all() and torch.isfinite(ht.grad).all()
+
+
+def test_property_agrees_with_the_dense_qp_layer():
+    """Random feasible QPs (hypothesis): the conic layer and the dense QP layer (an independent
+    interior point + active-set KKT backward) give the same solutions and gradients."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import given, settings, strategies as st
+
+    layers = {}
+
+    @settings(max_examples=6, deadline=None, derandomize=True)
+    @given(n=st.integers(2, 5), m=st.integers(1, 6), p=st.integers(0, 2), seed=st.integers(0, 10_000))
+    def check(n, m, p, seed):
+        p = min(p, n - 1)
+        key = (n, m, p)
+        if key not in layers:
+            case = problems.dense_qp(n, m, max(p, 1))
+            layers[key] = (case, CvxpyLayer(case.problem, case.parameters, case.variables))
+        case, layer = layers[key]
+        vals = case.sample(np.random.default_rng(seed))
+        L, q, G, h, A, b = (torch.tensor(v, requires_grad=True) for v in vals)
+        (x,) = layer(L, q, G, h, A, b)
+        xq = ol.solve_qp(L.T @ L, q, G, h, A, b)
+        torch.testing.assert_close(x, xq, atol=1e-6, rtol=0)
+        w = torch.tensor(np.random.default_rng(seed + 1).normal(size=n))
+        g1 = torch.autograd.grad((x * w).sum(), (L, q, G, h, A, b))
+        g2 = torch.autograd.grad((xq * w).sum(), (L, q, G, h, A, b))
+        scale = max(float(g.abs().max()) for g in g2)
+        assert max(float((a - c).abs().max()) for a, c in zip(g1, g2)) <= 1e-5 * scale
+
+    check()

@@ -261,7 +261,6 @@ class CvxpyLayer(torch.nn.Module):
         self.on_failure = OnFailure.resolve(on_failure)
         self.return_solution = bool(return_solution)
         self.program: ConeProgram = canonicalize(problem, list(parameters), list(variables), gp=bool(gp))
-        self.parameters_ = list(parameters)
         self._mats_cache: dict[tuple[bool, ...], tuple] = {}
         self._index: dict[torch.device, ProgramIndex] = {}
         self._solver_cache = backends.SolverCache()
