@@ -6,8 +6,7 @@ For each problem of the batch
 
 With the Lagrangian  L(x, λ, ν; θ) = ½ xᵀQx + qᵀx + λᵀ(Gx − h) + νᵀ(Ax − b)  and a KKT point
 (x*, λ*, ν*), the envelope theorem (Danskin's theorem for the min over x, combined with strong
-duality of the convex QP; e.g. Bonnans & Shapiro 2000, Thm 4.24; the "value-function gradient"
-used by bilevel solvers such as BODex, Chen et al. 2024) gives
+duality of the convex QP; e.g. Bonnans & Shapiro 2000, Thm 4.24) gives
 
     dV = ∂_θ L(x*, λ*, ν*; θ)[dθ]
        = ½ x*ᵀ dQ x* + dqᵀ x* + λ*ᵀ(dG x* − dh) + ν*ᵀ(dA x* − db),
@@ -24,7 +23,8 @@ x along the active set is orthogonal to Qx + q = −Gᵀλ − Aᵀν), and it s
 derivative is only a generalized-Jacobian element: with Q ≻ 0, x* is unique and V is C¹ in
 (Q, q) at every point, degenerate active sets included. Where the multipliers are not unique
 (linearly dependent active constraints) V may be non-differentiable in (G, h, A, b); the result
-is then the supergradient given by the multipliers the solver returned.
+is then the one given by the multipliers the solver returned (in h and b, a subgradient of the
+convex function V(h, b)).
 
 Shared inputs (no batch dimension) get the batch sum of the per-problem gradients, as in
 :func:`~optlayers.solve_qp`. Problems that fail get zero gradient, and their value is handled by
