@@ -6,7 +6,9 @@ is timed on
     forward            layer(*params)
     forward+backward   layer(*params), then <W, x>.backward()
 
-(median wall-clock time of ``--repeats`` calls after one warm-up call; the canonicalization at
+(median wall-clock time of ``--repeats`` calls after one warm-up call, and the median CPU time
+of the process over the same calls — all threads summed, so it measures total work and is far
+less sensitive than wall-clock time to other jobs on a shared machine; the canonicalization at
 construction is timed separately). Accuracy is measured on the same call:
 
     x err     max |x − x_ref| over the batch, x_ref from CVXPY + Clarabel at its tightest
@@ -65,6 +67,7 @@ class Row:
     construct_ms: float
     fwd_ms: float
     fwdbwd_ms: float
+    fwdbwd_cpu_ms: float
     x_err: float
     x_err_scs: float
     grad_err: float
@@ -158,14 +161,16 @@ def _contestants(case, quick: bool) -> list[tuple[str, Callable]]:
     return out
 
 
-def _time(fn, repeats: int) -> float:
+def _time(fn, repeats: int) -> tuple[float, float]:
+    """Median wall-clock and CPU (process, all threads) milliseconds of ``fn()``."""
     fn()  # warm-up
-    ts = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
 
 
 def run_case(name: str, case, batched, B: int, repeats: int, quick: bool, only: list[str] | None) -> list[Row]:
@@ -204,12 +209,13 @@ def run_case(name: str, case, batched, B: int, repeats: int, quick: bool, only: 
             x_err = float(np.abs(x - x_ref).max())
             x_err_scs = float(np.abs(x - x_ref_scs).max())
             g_err = max(float(np.abs(g - r).max()) for g, r in zip(grads, g_ref)) / g_scale
-            t_f = _time(fwd, repeats)
-            t_fb = _time(fwdbwd, repeats)
-            rows.append(Row(name, B, cname, construct, t_f, t_fb, x_err, x_err_scs, g_err, note))
+            t_f, _ = _time(fwd, repeats)
+            t_fb, c_fb = _time(fwdbwd, repeats)
+            rows.append(Row(name, B, cname, construct, t_f, t_fb, c_fb, x_err, x_err_scs, g_err, note))
         except Exception as err:  # a peer that cannot run this problem only loses its row
-            rows.append(Row(name, B, cname, float("nan"), float("nan"), float("nan"), float("nan"),
-                            float("nan"), float("nan"), f"skipped: {type(err).__name__}: {str(err)[:80]}"))
+            nan = float("nan")
+            rows.append(Row(name, B, cname, nan, nan, nan, nan, nan, nan, nan,
+                            f"skipped: {type(err).__name__}: {str(err)[:80]}"))
     return rows
 
 
@@ -250,16 +256,17 @@ def main(argv=None) -> int:
 
 
 def _print(rows: list[Row], markdown: bool) -> None:
-    header = ["problem", "B", "contestant", "construct ms", "fwd ms", "fwd+bwd ms", "vs ours (fwd+bwd)",
-              "x err (Clarabel) [SCS-1e-12]", "grad err (diffcp)", "note"]
-    ours = {(r.problem, r.batch): r.fwdbwd_ms for r in rows if r.contestant == "optlayers"}
+    header = ["problem", "B", "contestant", "construct ms", "fwd ms", "fwd+bwd ms", "fwd+bwd CPU ms",
+              "vs ours (wall / CPU)", "x err (Clarabel) [SCS-1e-12]", "grad err (diffcp)", "note"]
+    ours = {(r.problem, r.batch): r for r in rows if r.contestant == "optlayers"}
     lines = []
     for r in rows:
-        base = ours.get((r.problem, r.batch), float("nan"))
-        ratio = r.fwdbwd_ms / base if base == base and r.fwdbwd_ms == r.fwdbwd_ms else float("nan")
+        base = ours.get((r.problem, r.batch))
+        ratio = (f"{r.fwdbwd_ms / base.fwdbwd_ms:.2f}x / {r.fwdbwd_cpu_ms / base.fwdbwd_cpu_ms:.2f}x"
+                 if base is not None else "n/a")
         lines.append([r.problem, str(r.batch), r.contestant, f"{r.construct_ms:.0f}", f"{r.fwd_ms:.1f}",
-                      f"{r.fwdbwd_ms:.1f}", f"{ratio:.2f}x", f"{r.x_err:.1e} [{r.x_err_scs:.1e}]",
-                      f"{r.grad_err:.1e}", r.note])
+                      f"{r.fwdbwd_ms:.1f}", f"{r.fwdbwd_cpu_ms:.1f}", ratio,
+                      f"{r.x_err:.1e} [{r.x_err_scs:.1e}]", f"{r.grad_err:.1e}", r.note])
     if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

@@ -26,6 +26,7 @@ CVXPY's conventions for ``variable.value`` and ``constraint.dual_value`` by cons
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -99,6 +100,31 @@ class ConeProgram:
     outputs: list[OutputMap]
     gp: bool
     n_theta: int                     # p + 1
+
+    def __post_init__(self) -> None:
+        # CSC templates with the fixed patterns (indices sorted); a problem's matrices are shallow
+        # copies with its own values (cheaper than SciPy's validating constructor, per problem).
+        # (The stored entries are in column-major order of their flat index, so row indices are
+        # sorted within each column — the order of the values vectors.)
+        self.A_template = sp.csc_matrix((np.zeros(self.nnz_A), self.A_rows, self.A_indptr), shape=(self.m, self.n))
+        self.P_template = None
+        if self.P_upper is not None:
+            self.P_template = sp.csc_matrix(
+                (np.zeros(self.P_upper.size), self.P_upper_indices, self.P_upper_indptr), shape=(self.n, self.n)
+            )
+        for T in (self.A_template, self.P_template):
+            if T is not None and not T.has_sorted_indices:  # pragma: no cover - layout invariant
+                raise RuntimeError("internal error: unsorted cone program pattern")
+
+    def matrices(self, A_vals: np.ndarray, P_vals: np.ndarray | None):
+        """(A, triu(P)) of one problem as SciPy CSC matrices (P: None without a quadratic term)."""
+        A = copy.copy(self.A_template)
+        A.data = np.ascontiguousarray(A_vals, dtype=np.float64)
+        P = None
+        if P_vals is not None and self.P_template is not None:
+            P = copy.copy(self.P_template)
+            P.data = np.ascontiguousarray(P_vals[self.P_upper], dtype=np.float64)
+        return A, P
 
     @property
     def nnz_A(self) -> int:

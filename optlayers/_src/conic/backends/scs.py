@@ -12,7 +12,6 @@ SCS releases the GIL inside ``solve``, so worker threads solve problems concurre
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from optlayers._src.conic import options as _opt
 from optlayers._src.conic.backends import BatchData, RawConeSolution, SolverCache, WarmStart, run_chunks
@@ -74,13 +73,7 @@ def settings_of(options: ConicOptions, prog=None) -> dict:
 
 def matrices(data: BatchData, i: int):
     """(A, P) of problem i as SciPy CSC matrices (P: upper triangle, or None)."""
-    prog = data.prog
-    A = sp.csc_matrix((data.A_of(i), prog.A_rows, prog.A_indptr), shape=(prog.m, prog.n))
-    Pv = data.P_of(i)
-    P = None
-    if Pv is not None:
-        P = sp.csc_matrix((Pv[prog.P_upper], prog.P_upper_indices, prog.P_upper_indptr), shape=(prog.n, prog.n))
-    return A, P
+    return data.prog.matrices(data.A_of(i), data.P_of(i))
 
 
 class SCSBackend:
