@@ -89,3 +89,19 @@ def test_status_of_solved_batch_and_polish_flag():
     sol = ol.solve_sparse_qp(*torch_data(prob), return_solution=True)
     assert bool(sol.ok) and bool(sol.polished) and int(sol.iterations) > 0
     assert np.abs(sol.x.numpy() - prob.x).max() < 1e-9
+
+
+def test_unchecked_nan_data_is_a_failed_problem_not_garbage():
+    prob = planted_sparse_qp(n=6, m=4, seed=54)
+    P, q, A, l, u = torch_data(prob)
+    bad = q.clone()
+    bad[0] = float("nan")
+    for cache in (ol.sparse.SolverCache(), None):  # fresh set-up, then a cached solver's update
+        if cache is None:
+            cache = ol.sparse.SolverCache()
+            ol.solve_sparse_qp(P, q, A, l, u, cache=cache)
+        sol = ol.solve_sparse_qp(P, bad, A, l, u, check_inputs=False, on_failure="nan", return_solution=True, cache=cache)
+        assert int(sol.status) == ol.Status.NUMERICAL_ERROR and torch.isnan(sol.x).all()
+        # ... and the solver recovers on the next, valid call.
+        x = ol.solve_sparse_qp(P, q, A, l, u, cache=cache)
+        np.testing.assert_allclose(x.numpy(), prob.x, atol=1e-9)

@@ -41,6 +41,8 @@ at degenerate points, as in the dense family.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -126,6 +128,13 @@ class ReducedKKT:
     @property
     def size(self) -> int:
         return self.n + self.active.shape[0]
+
+    def with_sign(self, sign: np.ndarray) -> "ReducedKKT":
+        """The same factorization (same active rows) with other bound sides — e.g. the sign of
+        an equality row's multiplier differs between problems sharing the factorization."""
+        other = copy.copy(self)
+        other.sign = sign.copy()
+        return other
 
     def matvec(self, v: np.ndarray) -> np.ndarray:
         """The exact K v."""

@@ -87,17 +87,9 @@ class KKTState:
         else:
             self.cache.stats.factor_reuses += 1
             if not np.array_equal(f.sign, self.sign[b]):
-                f = _with_sign(f, self.sign[b])
+                f = f.with_sign(self.sign[b])
         self._factors[b] = f
         return f
-
-
-def _with_sign(f: kkt_mod.ReducedKKT, sign: np.ndarray) -> kkt_mod.ReducedKKT:
-    """The same factorization (same active rows) with other bound sides (equality rows' y sign)."""
-    g = object.__new__(kkt_mod.ReducedKKT)
-    g.__dict__.update(f.__dict__)
-    g.sign = sign.copy()
-    return g
 
 
 @dataclasses.dataclass
@@ -157,7 +149,7 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
         slot = entry.slots[b] if b < len(entry.slots) else None
         try:
             if slot is not None and not _update(slot, Pb, Ab, qb, lb, ub, settings, cache):
-                slot = None  # OSQP rejected the new values: set up afresh (raises the reason)
+                slot = None  # OSQP rejected the new values: set up afresh (reports the reason)
             if slot is None:
                 solver = osqp.OSQP(algebra="builtin")
                 solver.setup(
@@ -174,6 +166,10 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
         except osqp.OSQPException as exc:
             where = f" at batch index {b}" if B > 1 else ""
             code = exc.args[0] if exc.args else None
+            if code == osqp.SolverError.OSQP_DATA_VALIDATION_ERROR:
+                # Non-finite data that check_inputs=False let through: a failed problem.
+                status[b] = int(Status.NUMERICAL_ERROR)
+                continue
             if code == osqp.SolverError.OSQP_NONCVX_ERROR:
                 # OSQP refuses set-up / refactorization of a non-convex problem.
                 raise ValueError(_NOT_CONVEX.format(where=where)) from None
@@ -242,8 +238,8 @@ def _update(slot: _Slot, Pb, Ab, qb, lb, ub, settings: dict, cache: SolverCache)
     """Bring a cached solver to the new values; False if OSQP rejected them.
 
     OSQP's Python ``update`` discards the C return code (a P that is no longer positive
-    semidefinite is reported on stderr and the old values are silently kept), so the matrix
-    update goes through the binding, whose return code we check.
+    semidefinite, or non-finite data, is reported on stderr and the old values are silently
+    kept), so the updates go through the binding, whose return code we check.
     """
     new_P = Pb.size and not np.array_equal(slot.P, Pb)
     new_A = Ab.size and not np.array_equal(slot.A, Ab)
@@ -259,7 +255,14 @@ def _update(slot: _Slot, Pb, Ab, qb, lb, ub, settings: dict, cache: SolverCache)
             slot.solver.update(**{k: v for k, v in (("Px", Px), ("Ax", Ax)) if v is not None})
         slot.P, slot.A = Pb.copy(), Ab.copy()
         cache.stats.matrix_updates += 1
-    slot.solver.update(q=qb, l=lb, u=ub)
+    binding = getattr(slot.solver, "_solver", None)
+    if binding is not None and hasattr(binding, "update_data_vec"):
+        inf = slot.solver.constant("OSQP_INFTY")  # what OSQP's own update clamps ±inf to
+        code = binding.update_data_vec(q=qb, l=np.maximum(lb, -inf), u=np.minimum(ub, inf))
+        if code:
+            return False
+    else:  # pragma: no cover - other OSQP versions
+        slot.solver.update(q=qb, l=lb, u=ub)
     cache.stats.vector_updates += 1
     if slot.settings != settings:
         slot.solver.update_settings(**settings)
