@@ -34,6 +34,8 @@ Contestants:
   (cold: OSQP set-up + solve + active-set polish; backward reuses the polish's factorization).
 * ``optlayers-warm`` — the same call on a cache already holding this pattern (values updated,
   warm start from the solution of a 0.1%-perturbed q): the per-step cost in a training loop.
+* ``optlayers-nopolish`` — cold, ``polish=False``: OSQP's solution as it is (the forward then
+  costs what OSQP costs; the backward factors the active-set KKT matrix itself).
 * ``osqp.nn.torch`` — ``osqp.nn.torch.OSQP`` (osqp's own differentiable module; it sets up its
   solvers on every call; backward via OSQP's ``adjoint_derivative_compute``). P is passed with
   both triangles: with only the upper one its backward fails (shape mismatch in dP).
@@ -59,7 +61,10 @@ import time
 
 import numpy as np
 
-CONTESTANTS = ("optlayers", "optlayers-warm", "osqp.nn.torch", "cvxpylayers")
+# Benchmark the checkout this file lives in (not whatever optlayers is installed).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+CONTESTANTS = ("optlayers", "optlayers-warm", "optlayers-nopolish", "osqp.nn.torch", "cvxpylayers")
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +178,7 @@ def _torch_inputs(n, seed, P_full_csc_order=False):
     return P, A, t(q), t(l), t(u), torch.tensor(w)
 
 
-def run_optlayers(n, seed, eps, reps, warm: bool):
+def run_optlayers(n, seed, eps, reps, warm: bool, polish: bool = True):
     import torch
 
     import optlayers as ol
@@ -192,7 +197,7 @@ def run_optlayers(n, seed, eps, reps, warm: bool):
         sol = ol.solve_sparse_qp(
             ol.sparse.csr_tensor(crow_P, col_P, Pv, P.shape), qq,
             ol.sparse.csr_tensor(crow_A, col_A, Av, A.shape), l, u,
-            eps_abs=eps, eps_rel=eps, cache=cache, return_solution=True,
+            eps_abs=eps, eps_rel=eps, polish=polish, cache=cache, return_solution=True,
         )
         if backward:
             (w * sol.x).sum().backward()
@@ -273,6 +278,7 @@ def worker(args) -> int:
         fn = {
             "optlayers": lambda: run_optlayers(args.n, args.seed, args.eps, args.reps, warm=False),
             "optlayers-warm": lambda: run_optlayers(args.n, args.seed, args.eps, args.reps, warm=True),
+            "optlayers-nopolish": lambda: run_optlayers(args.n, args.seed, args.eps, args.reps, warm=False, polish=False),
             "osqp.nn.torch": lambda: run_osqp_nn(args.n, args.seed, args.eps, args.reps),
             "cvxpylayers": lambda: run_cvxpylayers(args.n, args.seed, args.eps, args.reps),
         }[args.worker]
