@@ -38,8 +38,9 @@ documented choice (never NaN). ``D`` at points where Π is not differentiable is
 the generalized Jacobian chosen in ``cones.py``.
 
 Two ways to solve the system:
-- dense: J is materialized (B, N, N), N = n + m, LU-factorized once per backward (batched),
-  with a per-problem least-squares fallback when LU fails or its residual is poor;
+- dense: the reduced symmetric system of :class:`_ReducedDense` (size n + #kept directions,
+  batched LU), each solve checked against the full J with a per-problem least-squares fallback
+  on the dense J (B, N, N), N = n + m, when the check fails;
 - iterative: matrix-free products with J or Jᵀ (sparse A and P, structured D), solved by
   ``ol.linear_solve.gmres`` on the whole batch, then scipy LSMR per problem for any problem
   GMRES did not bring to tolerance (singular systems).

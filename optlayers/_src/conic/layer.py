@@ -265,6 +265,7 @@ class CvxpyLayer(torch.nn.Module):
         self._index: dict[torch.device, ProgramIndex] = {}
         self._solver_cache = backends.SolverCache()
         self._warm: tuple | None = None
+        self._scs_scale: float | None = None
 
     # -- helpers ----------------------------------------------------------------------------
     def extra_repr(self) -> str:
@@ -323,6 +324,8 @@ class CvxpyLayer(torch.nn.Module):
         options = self.options.with_args(solver_args)
         if warm_start is not None:
             options = dataclasses.replace(options, warm_start=bool(warm_start))
+        if options.backend is Backend.SCS and self._scs_scale is not None and "scale" not in options.extra_dict():
+            options = dataclasses.replace(options, extra=options.extra + (("scale", self._scs_scale),))
         prog = self.program
         values, batch_shape, dtype, device = self._check(params)
         B = math.prod(batch_shape) if batch_shape else 1
@@ -358,6 +361,7 @@ class CvxpyLayer(torch.nn.Module):
         s = torch.as_tensor(raw.s, dtype=torch.float64, device=device)
         status = torch.as_tensor(raw.status, device=device)
         ok = status == Status.SOLVED
+        self._remember_scale(raw)
         refine_steps = torch.zeros(B, dtype=torch.int32, device=device)
         if options.refine:
             # Problems the solver left "inaccurate" (iteration limit with a solution estimate) are
@@ -400,6 +404,13 @@ class CvxpyLayer(torch.nn.Module):
             refine_steps=refine_steps.reshape(tuple(batch_shape)),
             solver_status=list(raw.solver_status), backend=options.backend.value,
         )
+
+    def _remember_scale(self, raw) -> None:
+        """Scale memory (SCS): the next call starts at this call's median adapted scale."""
+        good = (raw.status == Status.SOLVED) & np.isfinite(raw.scale) & (raw.scale > 0)
+        if good.any():
+            grid = _opt.SCS_SCALE_GRID
+            self._scs_scale = float(10 ** (np.round(grid * np.median(np.log10(raw.scale[good]))) / grid))
 
     def _needs_derivative(self, *ts) -> bool:
         ts = [t for t in ts if t is not None]

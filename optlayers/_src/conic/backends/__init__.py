@@ -57,7 +57,8 @@ class RawConeSolution:
     """Per-problem results: ``x`` (B, n), ``y`` (B, m), ``s`` (B, m), ``status`` (B,) int8
     :class:`~optlayers.Status` codes, ``iterations`` (B,) int32, ``solver_status`` the solver's
     own status strings, ``inexact`` (B,) bool: the solver stopped early (iteration/time limit,
-    reduced accuracy) but returned a solution estimate that refinement may certify."""
+    reduced accuracy) but returned a solution estimate that refinement may certify; ``scale``
+    (B,) SCS's final (adapted) dual scale per problem, NaN for other solvers."""
 
     x: np.ndarray
     y: np.ndarray
@@ -66,13 +67,14 @@ class RawConeSolution:
     iterations: np.ndarray
     solver_status: list[str]
     inexact: np.ndarray
+    scale: np.ndarray
 
     @classmethod
     def empty(cls, B: int, n: int, m: int) -> "RawConeSolution":
         return cls(
             x=np.zeros((B, n)), y=np.zeros((B, m)), s=np.zeros((B, m)),
             status=np.zeros(B, dtype=np.int8), iterations=np.zeros(B, dtype=np.int32),
-            solver_status=[""] * B, inexact=np.zeros(B, dtype=bool),
+            solver_status=[""] * B, inexact=np.zeros(B, dtype=bool), scale=np.full(B, np.nan),
         )
 
 

@@ -95,6 +95,7 @@ class SCSBackend:
             out.iterations[i] = int(info["iter"])
             out.solver_status[i] = str(info["status"])
             out.inexact[i] = int(info["status_val"]) == _SOLVED_INACCURATE
+            out.scale[i] = float(info.get("scale", np.nan))
 
         def warm_kwargs(i: int) -> dict:
             if warm is None:
