@@ -28,7 +28,7 @@ class SparseQPSolution:
         status: (*,) int8 :class:`~optlayers.Status` codes (0 = solved).
         iterations: (*,) int32 ADMM iterations per problem.
         polished: (*,) bool — whether the active-set polish was accepted (then the solution is
-            exact to ~1e-12 on its active set; otherwise it is OSQP's, to ``eps_abs``/``eps_rel``).
+            the exact KKT point, to round-off; otherwise it is OSQP's, to ``eps_abs``/``eps_rel``).
         backend: ``"osqp"``.
 
     ``x`` and ``y`` are differentiable. Failed problems hold NaN (only with ``on_failure="nan"``).

@@ -153,11 +153,11 @@ class ReducedKKT:
         return u
 
 
-def polish(kkt: ReducedKKT, q, A: sp.csr_matrix, l, u, eps_abs: float, eps_rel: float):
+def polish(kkt: ReducedKKT, q, A: sp.csr_matrix, l, u):
     """The exact solution of the equality-constrained QP on the active set of ``kkt``, and
-    whether it is acceptable: primal feasible on the inactive rows and with multipliers of the
-    right sign on the active ones, within OSQP's tolerances (then it is a KKT point of the QP to
-    those tolerances, and exact on 𝒜). Returns (x, y, accepted)."""
+    whether it is *the* solution: primal feasible on the inactive rows and with multipliers of
+    the right sign on the active ones, to ``POLISH_TOL`` relative (round-off level; see
+    ``options.py``). Returns (x, y, accepted)."""
     sign = kkt.sign
     act = kkt.active
     b = np.where(sign[act] > 0, u[act], l[act])
@@ -168,13 +168,12 @@ def polish(kkt: ReducedKKT, q, A: sp.csr_matrix, l, u, eps_abs: float, eps_rel: 
     y = np.zeros(A.shape[0])
     y[act] = sol[kkt.n:]
     z = A @ x
-    slack = opts.POLISH_SLACK
-    tol_p = slack * (eps_abs + eps_rel * float(np.abs(z).max(initial=0.0)))
+    tol_p = opts.POLISH_TOL * (1.0 + float(np.abs(z).max(initial=0.0)))
     viol = np.maximum(np.maximum(l - z, z - u), 0.0)
     viol[act] = 0.0
     dual_scale = max(float(np.abs(kkt.P @ x).max(initial=0.0)), float(np.abs(q).max(initial=0.0)),
                      float(np.abs(kkt.AaT @ sol[kkt.n:]).max(initial=0.0)))
-    tol_d = slack * (eps_abs + eps_rel * dual_scale)
+    tol_d = opts.POLISH_TOL * (1.0 + dual_scale)
     eq = l[act] == u[act]
     wrong = np.where(sign[act] > 0, -y[act], y[act])
     wrong[eq] = 0.0

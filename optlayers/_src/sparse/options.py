@@ -42,13 +42,15 @@ REFINE_TOL = 1e-14
 # y_i > u_i − z_i, lower-active when −y_i > z_i − l_i (the exact rule at a strictly complementary
 # solution, the same as the dense family's ``classify_active``); equality rows (l_i = u_i) are
 # always active.
-# Polish acceptance: the polished point must be primal feasible on the inactive rows and have
-# multipliers of the right sign on the active rows, within the OSQP tolerances scaled by
-# POLISH_SLACK (the polished point is then a KKT point to those tolerances, and exact on 𝒜).
-POLISH_SLACK = 1.0
-# If the polish is rejected (wrong active-set guess), OSQP resumes from its iterate with its
-# tolerances divided by POLISH_RETRY_FACTOR and the polish is tried again, up to this many times.
-POLISH_RETRIES = 1
+# Polish acceptance: the polished point is exact on its active set (stationarity, the active
+# rows at their bounds, y = 0 elsewhere), so it is *the* solution iff it is also primal feasible
+# on the inactive rows and its multipliers have the right signs. We accept it only if those hold
+# to POLISH_TOL relative to the data (round-off level), so that ``polished`` means exact: a
+# wrong-but-almost-right active set (violations within OSQP's eps) is not accepted, OSQP resumes
+# from its iterate with its tolerances divided by POLISH_RETRY_FACTOR and the polish is tried
+# again, up to POLISH_RETRIES times; then OSQP's own solution is returned (accurate to eps).
+POLISH_TOL = 1e-9
+POLISH_RETRIES = 2
 POLISH_RETRY_FACTOR = 100.0
 # Relative symmetry tolerance of P (input check), as in the dense family.
 SYMMETRY_TOL = 1e-10
@@ -64,7 +66,8 @@ class OSQPOptions:
         eps_infeasible: tolerance of OSQP's primal and dual infeasibility certificates.
         max_iter: cap on ADMM iterations; problems still running get ``Status.MAX_ITER``.
         polish: solve the KKT system of the active set OSQP found, exactly (sparse LDLᵀ), and
-            keep the result when it is primal-dual feasible; the factorization is reused by the
+            keep the result only if it is primal feasible with correctly signed multipliers to
+            round-off (then it is the exact solution; see POLISH_TOL); the factorization is reused by the
             backward. Replaces OSQP's own ``polishing`` (which we leave off: same maths, but its
             factorization is not reachable from Python).
         warm_start: start ADMM from the previous solution of the same solver slot (same sparsity

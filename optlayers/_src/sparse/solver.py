@@ -203,7 +203,7 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
         if options.polish:
             for attempt in range(opts.POLISH_RETRIES + 1):
                 f = state.factor(b)
-                xp, yp, accepted = kkt_mod.polish(f, qb, Ab_csr, lb, ub, options.eps_abs, options.eps_rel)
+                xp, yp, accepted = kkt_mod.polish(f, qb, Ab_csr, lb, ub)
                 if accepted:
                     x, y = xp, yp
                     st = Status.SOLVED
@@ -217,7 +217,7 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
                 if attempt == opts.POLISH_RETRIES or st is not Status.SOLVED:
                     break
                 # Wrong active-set guess: resume ADMM (warm) at tighter tolerances and retry.
-                tight = options.tightened(opts.POLISH_RETRY_FACTOR).osqp_settings()
+                tight = options.tightened(opts.POLISH_RETRY_FACTOR ** (attempt + 1)).osqp_settings()
                 slot.solver.update_settings(**{**tight, "warm_starting": True})
                 res = slot.solver.solve(raise_error=False)
                 slot.solver.update_settings(**settings)
