@@ -160,7 +160,7 @@ class ConicOptions:
         max_iters: iteration cap (SCS: ADMM iterations; Clarabel: interior-point iterations).
             ``None`` uses the backend's default (20 000 for SCS, 200 for Clarabel).
         backward: :class:`BackwardMode` of the derivative solve.
-        n_jobs: worker threads solving the batch (SCS and Clarabel release the GIL);
+        n_jobs: worker threads solving the batch (SCS releases the GIL while solving);
             ``None`` means ``os.cpu_count()``, ``1`` solves sequentially.
         warm_start: start SCS from the previous call's solution of the same batch index
             (when the previous call had the same batch size).

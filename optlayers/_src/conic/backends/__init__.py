@@ -143,8 +143,8 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
 def run_chunks(B: int, n_jobs: int | None, work: Callable[[range], None]) -> None:
     """Call ``work(chunk)`` on contiguous chunks of ``range(B)``, in parallel threads.
 
-    The solvers release the GIL while solving, so threads run problems concurrently; ``n_jobs``
-    (default: the number of CPUs) bounds the number of chunks.
+    SCS releases the GIL while solving (checked), so threads run problems concurrently;
+    ``n_jobs`` (default: the number of CPUs) bounds the number of chunks.
     """
     jobs = min(B, n_jobs or os.cpu_count() or 1)
     if jobs <= 1:
