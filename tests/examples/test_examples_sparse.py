@@ -25,7 +25,7 @@ def test_sparse_mpc_quick(tmp_path):
     assert out.exists() and out.stat().st_size > 1000
     assert "saved" in proc.stdout
     # Learning happened: the imitation loss fell by at least two orders of magnitude.
-    factor = float(re.search(r"\(([0-9.]+)x lower\)", proc.stdout).group(1))
+    factor = float(re.search(r"\(([0-9.e+]+)x lower\)", proc.stdout).group(1))
     assert factor > 100, proc.stdout
     # The long-horizon problem really is large and sparse (n = 500 in quick mode).
     assert "n = 500 variables" in proc.stdout

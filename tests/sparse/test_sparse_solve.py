@@ -115,6 +115,8 @@ def test_solve_qp_routes_sparse_inputs_to_osqp():
     rb = ol.testing.random_qp(4, n=6, m=5, p=2, seed=8)
     layer = ol.QPLayer(backend="osqp")
     torch.testing.assert_close(layer(*rb.data()), rb.x, atol=1e-9, rtol=0)
+    # QPLayer with its default backend ("auto") on sparse data.
+    torch.testing.assert_close(ol.QPLayer()(Q.to_sparse(), q, G.to_sparse(), h, A.to_sparse(), b), r.x, atol=1e-9, rtol=0)
     # Only inequalities / only equalities.
     x_ineq = ol.solve_qp(Q.to_sparse(), q, G.to_sparse(), h)
     torch.testing.assert_close(x_ineq, ol.solve_qp(Q, q, G, h), atol=1e-8, rtol=0)
