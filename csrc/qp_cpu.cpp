@@ -3,6 +3,9 @@
 //   optlayers::qp_solve(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, max_iter, polish)
 //       -> (x (B,n), lam (B,m), nu (B,p), status (B,) int8, iterations (B,) int32)
 //   optlayers::qp_kkt_solve(Q, G, A, mask, rhs, kkt_reg) -> u (B, n+m+p)
+//   optlayers::qp_check(Q, q, G, h, A, b, psd_tol) -> float64 [8] (see qp_check_cpu)
+//   optlayers::qp_backward(Q, q, G, h, A, b, x, lam, nu, status, gx?, glam?, gnu?, kkt_reg)
+//       -> (dQ, dq, dG, dh, dA, db), each shaped like its input (shared inputs get the batch sum)
 //
 // Data tensors are either batched (leading dim B) or shared (no batch dim; read from one copy).
 // The batch is split across threads with at::parallel_for; each thread owns one workspace.
@@ -10,6 +13,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cmath>
+#include <array>
+#include <optional>
 #include <vector>
 
 #include "optlayers/qp_ipm.h"
@@ -111,6 +118,140 @@ at::Tensor qp_kkt_solve_cpu(const at::Tensor& Q_, const at::Tensor& G_, const at
   return u;
 }
 
+
+// Reverse-mode gradients of qp_solve (see optlayers::kkt_backward). Problems with status ≠ 0
+// contribute nothing. Shared inputs are summed over the batch: the batch is cut into a fixed
+// number of contiguous chunks (independent of the thread count), each chunk sums into its own
+// buffer, and the buffers are added in chunk order, so results do not depend on scheduling.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_backward_cpu(
+    const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
+    const at::Tensor& A_, const at::Tensor& b_, const at::Tensor& x_, const at::Tensor& lam_,
+    const at::Tensor& nu_, const at::Tensor& status_, const std::optional<at::Tensor>& gx_,
+    const std::optional<at::Tensor>& glam_, const std::optional<at::Tensor>& gnu_, double kkt_reg) {
+  const auto st = x_.scalar_type();
+  const int64_t batch = x_.size(0);
+  check_data(Q_, "Q", 2, batch, st); check_data(q_, "q", 1, batch, st);
+  check_data(G_, "G", 2, batch, st); check_data(h_, "h", 1, batch, st);
+  check_data(A_, "A", 2, batch, st); check_data(b_, "b", 1, batch, st);
+  TORCH_CHECK(status_.scalar_type() == at::kChar && status_.numel() == batch, "optlayers native: bad status");
+  auto Q = Q_.contiguous(), q = q_.contiguous(), G = G_.contiguous(), h = h_.contiguous();
+  auto A = A_.contiguous(), b = b_.contiguous(), x = x_.contiguous(), lam = lam_.contiguous();
+  auto nu = nu_.contiguous(), status = status_.contiguous();
+  auto opt = [](const std::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); };
+  auto gx = opt(gx_), glam = opt(glam_), gnu = opt(gnu_);
+  const int n = x.size(1), m = lam.size(1), p = nu.size(1);
+  std::array<at::Tensor, 6> ins{Q, q, G, h, A, b};
+  std::array<at::Tensor, 6> outs;
+  for (int k = 0; k < 6; ++k) outs[k] = at::zeros_like(ins[k]);
+  AT_DISPATCH_FLOATING_TYPES(st, "optlayers_qp_backward_cpu", [&] {
+    using T = scalar_t;
+    std::array<int64_t, 6> stride;
+    std::array<int64_t, 6> core;  // elements of one problem's slice
+    std::array<T*, 6> out_ptr;
+    std::array<const T*, 6> in_ptr;
+    for (int k = 0; k < 6; ++k) {
+      const int64_t cd = (k % 2 == 0) ? 2 : 1;
+      stride[k] = stride_of(ins[k], cd);
+      core[k] = ins[k].dim() > cd ? ins[k].numel() / batch : ins[k].numel();
+      out_ptr[k] = outs[k].data_ptr<T>();
+      in_ptr[k] = ins[k].data_ptr<T>();
+    }
+    const T *px = x.data_ptr<T>(), *pl = lam.data_ptr<T>(), *pn = nu.data_ptr<T>();
+    const int8_t* ps = status.data_ptr<int8_t>();
+    const T* pgx = gx.defined() ? gx.data_ptr<T>() : nullptr;
+    const T* pgl = glam.defined() ? glam.data_ptr<T>() : nullptr;
+    const T* pgn = gnu.defined() ? gnu.data_ptr<T>() : nullptr;
+    // Chunk buffers only for shared inputs.
+    int64_t shared_elems = 0;
+    std::array<int64_t, 6> shared_off;
+    for (int k = 0; k < 6; ++k) {
+      shared_off[k] = shared_elems;
+      if (stride[k] == 0) shared_elems += core[k];
+    }
+    const int64_t chunks = shared_elems > 0 ? std::min<int64_t>(batch, 32) : std::min<int64_t>(batch, 1024);
+    std::vector<T> acc(shared_elems > 0 ? chunks * shared_elems : 0, T(0));
+    const int64_t ws = optlayers::backward_workspace_size(n, m, p);
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<T> work(ws);
+      optlayers::SerialGroup g;
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t i0 = batch * c / chunks, i1 = batch * (c + 1) / chunks;
+        T* buf = acc.empty() ? nullptr : acc.data() + c * shared_elems;
+        for (int64_t i = i0; i < i1; ++i) {
+          if (ps[i] != 0) continue;
+          std::array<T*, 6> o;
+          for (int k = 0; k < 6; ++k) o[k] = stride[k] ? out_ptr[k] + i * stride[k] : buf + shared_off[k];
+          optlayers::Problem<T> d{in_ptr[0] + i * stride[0], in_ptr[1] + i * stride[1], in_ptr[2] + i * stride[2],
+                                  in_ptr[3] + i * stride[3], in_ptr[4] + i * stride[4], in_ptr[5] + i * stride[5],
+                                  n, m, p};
+          optlayers::kkt_backward(g, d, px + i * n, pl + i * m, pn + i * p, pgx ? pgx + i * n : nullptr,
+                                  pgl ? pgl + i * m : nullptr, pgn ? pgn + i * p : nullptr, T(kkt_reg), o[0], o[1],
+                                  o[2], o[3], o[4], o[5], work.data());
+        }
+      }
+    });
+    for (int k = 0; k < 6; ++k) {
+      if (stride[k] != 0) continue;
+      T* dst = out_ptr[k];
+      for (int64_t c = 0; c < chunks; ++c) {
+        const T* src = acc.data() + c * shared_elems + shared_off[k];
+        for (int64_t e = 0; e < core[k]; ++e) dst[e] += src[e];
+      }
+    }
+  });
+  return {outs[0], outs[1], outs[2], outs[3], outs[4], outs[5]};
+}
+
+
+// Value checks of solve_qp's inputs in one pass (the C++ form of problem._check_values):
+// returns float64 [nonfinite Q, q, G, h, A, b (0/1 each), max relative asymmetry of Q,
+// index of the first Q (in its own batch) whose Cholesky of Q + psd_tol·max(1, max|Q|)·I fails, or −1].
+at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
+                        const at::Tensor& A_, const at::Tensor& b_, double psd_tol) {
+  std::array<at::Tensor, 6> ins{Q_.contiguous(), q_.contiguous(), G_.contiguous(), h_.contiguous(),
+                                A_.contiguous(), b_.contiguous()};
+  auto out = at::zeros({8}, at::kDouble);
+  double* po = out.data_ptr<double>();
+  po[7] = -1;
+  AT_DISPATCH_FLOATING_TYPES(q_.scalar_type(), "optlayers_qp_check_cpu", [&] {
+    using T = scalar_t;
+    for (int k = 0; k < 6; ++k) {
+      const T* v = ins[k].data_ptr<T>();
+      const int64_t len = ins[k].numel();
+      T acc = 0;  // Σ 0·v is 0 for finite data and NaN as soon as one entry is NaN or ±Inf
+      for (int64_t e = 0; e < len; ++e) acc += v[e] * T(0);
+      po[k] = (acc == acc) ? 0.0 : 1.0;
+    }
+    const at::Tensor& Q = ins[0];
+    const int n = Q.size(-1);
+    const int64_t count = Q.dim() > 2 ? Q.size(0) : 1;
+    const T* pQ = Q.data_ptr<T>();
+    std::vector<double> asym(count, 0.0);
+    std::vector<int64_t> bad(count, 0);
+    at::parallel_for(0, count, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<T> L(int64_t(n) * n);
+      for (int64_t c = c0; c < c1; ++c) {
+        const T* M = pQ + c * int64_t(n) * n;
+        T scale = 1, worst = 0;
+        for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = std::max(scale, std::abs(M[e]));
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j < i; ++j) worst = std::max(worst, std::abs(M[i * n + j] - M[j * n + i]));
+        asym[c] = double(worst / scale);
+        for (int64_t e = 0; e < int64_t(n) * n; ++e) L[e] = M[e];
+        const T shift = T(psd_tol) * scale;
+        for (int i = 0; i < n; ++i) L[i * n + i] += shift;
+        optlayers::SerialGroup g;
+        bad[c] = optlayers::cholesky(g, L.data(), n) ? 0 : 1;
+      }
+    });
+    for (int64_t c = 0; c < count; ++c) {
+      po[6] = std::max(po[6], asym[c]);
+      if (bad[c] && po[7] < 0) po[7] = double(c);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(optlayers, m) {
@@ -118,9 +259,15 @@ TORCH_LIBRARY(optlayers, m) {
         "float inf_tol, float kkt_reg, float polish_tol, float step_to_boundary, int max_iter, bool polish) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("qp_kkt_solve(Tensor Q, Tensor G, Tensor A, Tensor mask, Tensor rhs, float kkt_reg) -> Tensor");
+  m.def("qp_check(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, float psd_tol) -> Tensor");
+  m.def("qp_backward(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, Tensor x, Tensor lam, "
+        "Tensor nu, Tensor status, Tensor? gx, Tensor? glam, Tensor? gnu, float kkt_reg) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(optlayers, CPU, m) {
   m.impl("qp_solve", &qp_solve_cpu);
   m.impl("qp_kkt_solve", &qp_kkt_solve_cpu);
+  m.impl("qp_backward", &qp_backward_cpu);
+  m.impl("qp_check", &qp_check_cpu);
 }

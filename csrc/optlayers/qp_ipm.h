@@ -487,6 +487,55 @@ OL_HD void kkt_solve(const Grp& g, const Problem<T>& d, const T* mask, T kkt_reg
   g.sync();
 }
 
+// Workspace (scalars) of kkt_backward: kkt_solve's plus rhs, u (n+m+p each) and the mask (m).
+OL_HD inline int64_t backward_workspace_size(int n, int m, int p) {
+  return workspace_size(n, m, p) + 2 * (int64_t(n) + m + p) + m;
+}
+
+// Reverse-mode gradients of one solved problem, accumulated (+=) into dQ (n×n), dq (n), dG (m×n),
+// dh (m), dA (p×n), db (p). The maths is that of optlayers/_src/qp/backward.py::kkt_vjp (the one
+// written-down adjoint; this is its fused per-problem form): the active set is M = 1[λ > h − Gx]
+// (kkt.classify_active), u solves K u = (g_x, M g_λ, g_ν) with the active-set KKT matrix, and
+//   ∇Q = −½(u_x xᵀ + x u_xᵀ), ∇q = −u_x, ∇G = −(Mλ u_xᵀ + M u_λ xᵀ), ∇h = M u_λ,
+//   ∇A = −(ν u_xᵀ + u_ν xᵀ), ∇b = u_ν.
+// g_x, g_λ, g_ν may be null (zero upstream gradient).
+template <typename T, typename Grp>
+OL_HD void kkt_backward(const Grp& g, const Problem<T>& d, const T* x, const T* lam, const T* nu, const T* gx,
+                        const T* glam, const T* gnu, T kkt_reg, T* dQ, T* dq, T* dG, T* dh, T* dA, T* db,
+                        T* work) {
+  const int n = d.n, m = d.m, p = d.p;
+  const int64_t N0 = int64_t(n) + m + p;
+  T* rhs = work + workspace_size(n, m, p);
+  T* u = rhs + N0;
+  T* mask = u + N0;
+  rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, x, u);  // G x (u as scratch)
+  for (int i = g.rank(); i < m; i += g.size()) mask[i] = lam[i] > d.h[i] - u[i] ? T(1) : T(0);
+  for (int j = g.rank(); j < n; j += g.size()) rhs[j] = gx ? gx[j] : T(0);
+  for (int i = g.rank(); i < m; i += g.size()) rhs[n + i] = glam ? mask[i] * glam[i] : T(0);
+  for (int e = g.rank(); e < p; e += g.size()) rhs[n + m + e] = gnu ? gnu[e] : T(0);
+  g.sync();
+  kkt_solve(g, d, mask, kkt_reg, rhs, u, work);
+  const T* ux = u;
+  const T* ul = u + n;
+  const T* un = u + n + m;
+  for (int idx = g.rank(); idx < n * n; idx += g.size()) {
+    const int i = idx / n, j = idx % n;
+    dQ[idx] -= T(0.5) * (ux[i] * x[j] + x[i] * ux[j]);
+  }
+  for (int j = g.rank(); j < n; j += g.size()) dq[j] -= ux[j];
+  for (int idx = g.rank(); idx < m * n; idx += g.size()) {
+    const int i = idx / n, j = idx % n;
+    dG[idx] -= mask[i] * (lam[i] * ux[j] + ul[i] * x[j]);
+  }
+  for (int i = g.rank(); i < m; i += g.size()) dh[i] += mask[i] * ul[i];
+  for (int idx = g.rank(); idx < p * n; idx += g.size()) {
+    const int e = idx / n, j = idx % n;
+    dA[idx] -= nu[e] * ux[j] + un[e] * x[j];
+  }
+  for (int e = g.rank(); e < p; e += g.size()) db[e] += un[e];
+  g.sync();
+}
+
 // ----------------------------------------------------------------------------------------------
 // The interior-point solver for one problem.
 

@@ -43,8 +43,13 @@ class NativeBackend:
         return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters, kkt_solver="native")
 
     def solve_differentiable(self, data: QPData, options: QPOptions) -> RawSolution:
-        # Same op, called on the data as given: its registered autograd (ops.py) differentiates it.
-        return self.solve(data, options)
+        # Same op on the data as given, differentiated by the op's backward (ops.py).
+        from optlayers._src.native import ops
+
+        x, lam, nu, status, iters = ops.solve(
+            data, options.tol_for(data.dtype), options.max_iter, options.polish, differentiable=True
+        )
+        return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters, kkt_solver="native")
 
 
 def native_status() -> tuple[bool, str]:

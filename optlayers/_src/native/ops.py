@@ -1,12 +1,13 @@
 """Python side of the native ops: loading, fake (meta) kernels and autograd registration.
 
-``torch.ops.optlayers.qp_solve`` and ``torch.ops.optlayers.qp_kkt_solve`` are defined in C++
+``torch.ops.optlayers.qp_solve``, ``qp_kkt_solve`` and ``qp_backward`` are defined in C++
 (``csrc/qp_cpu.cpp``: ``TORCH_LIBRARY`` schemas + CPU kernels; ``csrc/qp_cuda_binding.cpp``: CUDA
 kernels). Here we add, once the library is loaded:
 
-- ``register_fake`` for both ops (shapes/dtypes only), so they trace under ``torch.compile``;
-- ``register_autograd`` for ``qp_solve``: its backward is the shared KKT adjoint
-  (:func:`optlayers._src.qp.backward.kkt_vjp`) with the native K-solve.
+- ``register_fake`` for every op (shapes/dtypes only), so they trace under ``torch.compile``;
+- ``register_autograd`` for ``qp_solve``: its backward is the KKT adjoint of
+  :func:`optlayers._src.qp.backward.kkt_vjp` — on CPU fused into one C++ op (``qp_backward``,
+  same formulas per problem), elsewhere ``kkt_vjp`` itself with the native K-solve.
 """
 
 from __future__ import annotations
@@ -33,6 +34,23 @@ def ensure_loaded(*, warn: bool = True) -> tuple[bool, str]:
     return ok, why
 
 
+def loaded() -> bool:
+    """Whether the native ops are already loaded in this process (never builds)."""
+    return _registered
+
+
+def check_values(Q, q, G, h, A, b, psd_tol: float):
+    """C++ value checks (finiteness, symmetry, PSD) of CPU data; see ``csrc/qp_cpu.cpp::qp_check_cpu``.
+
+    Returns ``(nonfinite: list[bool] for Q, q, G, h, A, b, asymmetry: float, first_indefinite: int)``
+    (``first_indefinite`` is −1 when every ``Q + psd_tol·scale·I`` has a Cholesky factor).
+    """
+    Q = Q.detach()
+    Q = Q.reshape(-1, Q.shape[-2], Q.shape[-1]) if Q.dim() > 3 else Q
+    out = torch.ops.optlayers.qp_check(Q, q.detach(), G.detach(), h.detach(), A.detach(), b.detach(), psd_tol).tolist()
+    return [v != 0 for v in out[:6]], out[6], int(out[7])
+
+
 def cuda_available() -> bool:
     """Whether the loaded library has CUDA kernels (built when torch sees a GPU and nvcc)."""
     ok, _ = ensure_loaded(warn=False)
@@ -41,13 +59,18 @@ def cuda_available() -> bool:
     )
 
 
-def solve(data: QPData, tol: float, max_iter: int, polish: bool):
-    """Run ``optlayers::qp_solve`` on canonical data: (x, lam, nu, status, iterations)."""
+def solve(data: QPData, tol: float, max_iter: int, polish: bool, *, differentiable: bool = False):
+    """Run ``optlayers::qp_solve`` on canonical data: (x, lam, nu, status, iterations).
+
+    With ``differentiable`` the op is called through :class:`_QPSolveFunction` (same backward as
+    the op's registered autograd, without its per-call Python overhead of ~0.3 ms each way).
+    """
     tl = tolerances_for(data.dtype)
-    return torch.ops.optlayers.qp_solve(
-        *data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, tl.step_to_boundary,
-        max_iter, polish,
-    )
+    args = (*data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, tl.step_to_boundary,
+            max_iter, polish)
+    if differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in data.tensors()):
+        return _QPSolveFunction.apply(*args)
+    return torch.ops.optlayers.qp_solve(*args)
 
 
 def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -70,6 +93,15 @@ def _qp_kkt_solve_fake(Q, G, A, mask, rhs, kkt_reg):
     return torch.empty_like(rhs)
 
 
+def _qp_backward_fake(Q, q, G, h, A, b, x, lam, nu, status, gx, glam, gnu, kkt_reg):
+    return tuple(torch.empty_like(t) for t in (Q, q, G, h, A, b))
+
+
+def _has_fused_backward(device: torch.device) -> bool:
+    """The fused C++ backward (``qp_backward``) exists for CPU tensors; CUDA uses kkt_solve."""
+    return device.type == "cpu"
+
+
 def _setup_context(ctx, inputs, output):
     Q, q, G, h, A, b, batch = inputs[:7]
     x, lam, nu, status, _ = output
@@ -80,6 +112,14 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gx, glam, gnu, _gstatus, _giters):
     Q, q, G, h, A, b, x, lam, nu, status = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:6]
+    if _has_fused_backward(x.device):
+        # One C++ pass per problem: active set, KKT solve and the gradient outer products
+        # (csrc/optlayers/qp_ipm.h::kkt_backward, the fused form of backward.kkt_vjp).
+        grads = torch.ops.optlayers.qp_backward(
+            Q, q, G, h, A, b, x, lam, nu, status, gx, glam, gnu, tolerances_for(x.dtype).kkt_reg
+        )
+        return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 8
     data = data_of(Q, q, G, h, A, b, ctx.batch)
     # Problems that did not solve contribute zero gradient (their outputs may be garbage).
     ok = (status == 0).unsqueeze(-1)
@@ -89,11 +129,34 @@ def _backward(ctx, gx, glam, gnu, _gstatus, _giters):
         for g, t in ((gx, x), (glam, lam), (gnu, nu))
     )
     mask = kkt.classify_active(lam, (h - mv(G, x)))
-    grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, lambda r: kkt_solve(data, mask, r), ctx.needs_input_grad[:6])
+    grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, lambda r: kkt_solve(data, mask, r), needs)
     return grads + (None,) * 8
+
+
+class _QPSolveFunction(torch.autograd.Function):
+    """``qp_solve`` with the backward of :func:`_backward` — the op's registered autograd formula,
+    wired through a plain ``autograd.Function`` because ``register_autograd``'s generic wrapper
+    costs ~0.3 ms of Python per call (it dominates small batches). ``torch.ops.optlayers.qp_solve``
+    called directly stays differentiable through the registration below."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        # (Old-style forward(ctx, …): a separate setup_context makes apply() bind arguments through
+        # inspect.signature on every call.) Below the autograd key: skip the registered formula's
+        # own no-grad wrapper.
+        with torch._C._AutoDispatchBelowADInplaceOrView():
+            out = torch.ops.optlayers.qp_solve(*args)
+        _setup_context(ctx, args, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads)
 
 
 def _register() -> None:
     torch.library.register_fake("optlayers::qp_solve")(_qp_solve_fake)
     torch.library.register_fake("optlayers::qp_kkt_solve")(_qp_kkt_solve_fake)
+    torch.library.register_fake("optlayers::qp_backward")(_qp_backward_fake)
     torch.library.register_autograd("optlayers::qp_solve", _backward, setup_context=_setup_context)

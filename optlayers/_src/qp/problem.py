@@ -169,8 +169,14 @@ def canonicalize(
     if b.shape[-1] != p:
         raise ValueError(f"b must have shape (*, p) with p = {p} (rows of A); got {tuple(b.shape)}")
 
+    nonempty = {tuple(v) for v in batches.values() if len(v)}
+    if len(nonempty) <= 1:  # fast path: every batched input has the same batch shape
+        batch_shape = torch.Size(nonempty.pop() if nonempty else ())
+    else:
+        batch_shape = None
     try:
-        batch_shape = torch.broadcast_shapes(*batches.values())
+        if batch_shape is None:
+            batch_shape = torch.broadcast_shapes(*batches.values())
     except RuntimeError:
         listing = ", ".join(f"{k}: {tuple(v)}" for k, v in batches.items() if len(v))
         raise ValueError(f"the batch dimensions of the QP data do not broadcast together ({listing})") from None
@@ -193,7 +199,22 @@ def canonicalize(
 
 
 def _check_values(raw: dict[str, torch.Tensor]) -> None:
-    """Finite entries everywhere; Q symmetric positive semidefinite (within tolerance)."""
+    """Finite entries everywhere; Q symmetric positive semidefinite (within tolerance).
+
+    On CPU with the native ops loaded, one C++ pass does all three checks (the per-call cost of
+    the torch version below dominates small batches); the errors are the same either way.
+    """
+    tol = tolerances_for(raw["q"].dtype)
+    fast = _native_checks(raw, tol.psd_tol)
+    if fast is not None:
+        nonfinite, asym, first_bad = fast
+        for name, bad in zip(_FIELDS, nonfinite):
+            if bad:
+                raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
+        _raise_if_asymmetric(asym, tol)
+        if first_bad >= 0:
+            _raise_indefinite(raw["Q"].detach())
+        return
     # One host sync for all six: max |entry| is non-finite iff some entry is NaN or ±Inf.
     names = [k for k, t in raw.items() if t.numel()]
     peaks = torch.stack([raw[k].detach().abs().amax() for k in names])
@@ -202,21 +223,38 @@ def _check_values(raw: dict[str, torch.Tensor]) -> None:
         if not ok:
             raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
     Q = raw["Q"].detach()
-    tol = tolerances_for(Q.dtype)
     scale = Q.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
-    asym = ((Q - Q.mT).abs() / scale).amax()
-    if float(asym) > tol.symmetry_tol:
-        raise ValueError(
-            f"Q must be symmetric; max |Q - Qᵀ| relative to max |Q| is {float(asym):.2e} "
-            f"(tolerance {tol.symmetry_tol:.0e}). Pass 0.5 * (Q + Q.mT)."
-        )
+    _raise_if_asymmetric(float(((Q - Q.mT).abs() / scale).amax()), tol)
     n = Q.shape[-1]
     eye = torch.eye(n, dtype=Q.dtype, device=Q.device)
     # Cholesky of Q + δI succeeds iff λ_min(Q) > -δ (up to rounding): a cheap PSD test.
     _, info = torch.linalg.cholesky_ex(Q + tol.psd_tol * scale * eye)
     if bool((info > 0).any()):
-        lam_min = float(torch.linalg.eigvalsh(Q).amin())
+        _raise_indefinite(Q)
+
+
+def _native_checks(raw: dict[str, torch.Tensor], psd_tol: float):
+    """The C++ checks when they apply (CPU data, native ops already loaded), else None."""
+    if raw["q"].device.type != "cpu":
+        return None
+    from optlayers._src.native import ops
+
+    if not ops.loaded():
+        return None
+    return ops.check_values(*(raw[f] for f in _FIELDS), psd_tol)
+
+
+def _raise_if_asymmetric(asym: float, tol) -> None:
+    if asym > tol.symmetry_tol:
         raise ValueError(
-            f"Q must be positive semidefinite; its smallest eigenvalue is {lam_min:.3e}. "
-            "The QP is not convex — check the sign of Q or add a multiple of the identity."
+            f"Q must be symmetric; max |Q - Qᵀ| relative to max |Q| is {asym:.2e} "
+            f"(tolerance {tol.symmetry_tol:.0e}). Pass 0.5 * (Q + Q.mT)."
         )
+
+
+def _raise_indefinite(Q: torch.Tensor) -> None:
+    lam_min = float(torch.linalg.eigvalsh(Q).amin())
+    raise ValueError(
+        f"Q must be positive semidefinite; its smallest eigenvalue is {lam_min:.3e}. "
+        "The QP is not convex — check the sign of Q or add a multiple of the identity."
+    )
