@@ -68,18 +68,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_
     const int64_t ws = optlayers::workspace_size(n, m, p);
     std::vector<T> outer;
     const int64_t np = int64_t(n) * (n + 1) / 2;
-    if (sG == 0 && m * np <= kOuterProductsMax) {
-      outer.resize(m * np);
+    const int64_t lanes = 64 / int64_t(sizeof(T));
+    const int64_t onp = (np + lanes - 1) / lanes * lanes;  // packed rows padded to whole SIMD vectors
+    if (sG == 0 && m * onp <= kOuterProductsMax) {
+      outer.assign(m * onp, T(0));
       for (int r = 0; r < m; ++r)
         for (int i = 0; i < n; ++i)
-          for (int j = 0; j <= i; ++j) outer[r * np + int64_t(i) * (i + 1) / 2 + j] = pG[r * n + i] * pG[r * n + j];
+          for (int j = 0; j <= i; ++j) outer[r * onp + int64_t(i) * (i + 1) / 2 + j] = pG[r * n + i] * pG[r * n + j];
     }
     const T* pO = outer.empty() ? nullptr : outer.data();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> work(ws);
       optlayers::SerialGroup g;
       for (int64_t i = begin; i < end; ++i) {
-        optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p, pO};
+        optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p, pO, onp};
         optlayers::solve_qp(g, d, set, work.data(), px + i * n, pl + i * m, pn + i * p, ps + i, pi + i);
       }
     });

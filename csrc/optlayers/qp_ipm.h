@@ -94,6 +94,7 @@ struct Problem {
   // (m × n(n+1)/2), precomputed once when G is shared by the batch, so that Gᵀ diag(w) G is one
   // contiguous pass (m · n(n+1)/2 multiply-adds).
   const T* G_outer = nullptr;
+  int64_t outer_ld = 0;  // stride between the packed rows of G_outer (≥ n(n+1)/2)
 };
 
 struct SerialGroup {
@@ -124,16 +125,22 @@ OL_HD OL_INLINE T ol_sqrt(T v) {
 #endif
 }
 
+// Rows of n scalars padded for the host SIMD loops (see row_ld); an upper bound for any T.
+OL_HD OL_INLINE int64_t ld_bound(int n) { return (int64_t(n) + 15) / 16 * 16; }
+
 // Workspace (in scalars) for one problem; ints are stored in scalar slots.
 OL_HD inline int64_t workspace_size(int n, int m, int p) {
   const int64_t N = int64_t(n) + m + p;  // largest compact KKT system
-  return int64_t(n) * n            // K / Cholesky factor
-         + int64_t(n) * p          // Y = K⁻¹Ãᵀ
+  const int64_t L = ld_bound(n);
+  const int64_t np = int64_t(n) * (n + 1) / 2;
+  return int64_t(n) * L            // K / Cholesky factor (rows padded to L)
+         + int64_t(p) * L          // Z = K-factor⁻¹ Ãᵀ (p rows)
          + int64_t(p) * p          // Schur complement
-         + 4 * int64_t(n) + 4 * int64_t(m) + 4 * int64_t(p)  // x s z y, dx ds dz dy (affine)
-         + 4 * int64_t(n) + 4 * int64_t(m) + 4 * int64_t(p)  // combined step + residuals
-         + 6 * int64_t(m) + 4 * int64_t(n) + 2 * int64_t(p)  // w, scalings, temporaries
-         + N * N + 6 * N + 3 * int64_t(m)                     // polish / KKT: LU, pivots, r, du, rhs, u, act, Gx, set
+         + int64_t(m) * L + int64_t(p) * L  // row-scaled copies G̃, Ã
+         + 8 * L                   // n-vectors: x dxa dx rd tn tn2 (+2 spare)
+         + 16 * int64_t(m) + 8 * int64_t(p)  // m- and p-vectors
+         + (8 * int64_t(m) > np + 16 ? 8 * int64_t(m) : np + 16)  // form_K coefficients / packed sums
+         + N * N + 6 * N + 3 * int64_t(m)    // polish / KKT: LU, pivots, r, du, rhs, u, act, Gx, set
          + 16;
 }
 
@@ -161,6 +168,37 @@ OL_HD OL_INLINE void gemv_t_serial(T* y, const T* a, const T* X, int64_t ld, int
   }
   for (; r < rows; ++r) axpy_serial(y, a[r], X + r * ld, k);
 }
+
+// Leading dimension of the rows of K, G̃, Ã and of the n-vectors in the IPM: the serial (host)
+// path pads n up to a whole 64-byte SIMD vector, so its inner loops run in full vectors over zero
+// padding (no scalar remainders, which dominate at n ≈ 10–50); thread groups use n.
+template <typename T, typename Grp>
+OL_HD OL_INLINE int row_ld(int n) {
+  if constexpr (Grp::kSerial) {
+    constexpr int w = int(64 / sizeof(T));
+    return (n + w - 1) / w * w;
+  } else {
+    return n;
+  }
+}
+
+#if !defined(__CUDACC__)
+// One host SIMD vector (GCC/Clang vector extension): a 64-byte AVX-512 register where the target
+// has one, else 32 bytes (one AVX register, or two SSE ones). Loads/stores go through references
+// (never vectors by value across calls, whose ABI depends on the target).
+template <typename T>
+struct HostVec {
+#if defined(__AVX512F__)
+  static constexpr int kBytes = 64;
+#else
+  static constexpr int kBytes = 32;
+#endif
+  typedef T type __attribute__((vector_size(kBytes)));
+  static constexpr int kLanes = int(kBytes / sizeof(T));
+  static inline __attribute__((always_inline)) void load(type& v, const T* p) { __builtin_memcpy(&v, p, sizeof(type)); }
+  static inline __attribute__((always_inline)) void store(T* p, const type& v) { __builtin_memcpy(p, &v, sizeof(type)); }
+};
+#endif
 
 // ----------------------------------------------------------------------------------------------
 // Small dense kernels (group-cooperative).
@@ -214,6 +252,140 @@ OL_HD void chol_solve(const Grp& g, const T* L, int n, T* r) {
     for (int k = g.rank(); k < i; k += g.size()) r[k] -= L[i * n + k] * xi;
     g.sync();
   }
+}
+
+// The reduced matrix K of the interior point is factored as K = LLᵀ. Serial (host) code stores it
+// as U = Lᵀ in the upper triangle of row-major rows of length ld (padded), which makes every
+// inner loop a contiguous pass over one row: a right-looking Cholesky whose trailing update is a
+// rank-4 "gemv" per row. Thread groups keep the lower layout of `cholesky` above. Only these three
+// functions touch the factor, so each layout is self-consistent.
+template <typename T, typename Grp>
+OL_HD bool reduced_cholesky(const Grp& g, T* K, int n, int ld) {
+  if constexpr (Grp::kSerial) {
+    constexpr int w = int(64 / sizeof(T));
+    for (int jb = 0; jb < n; jb += 4) {
+      const int bs = ol_min(4, n - jb);
+      for (int b = 0; b < bs; ++b) {  // the 4-row panel
+        const int j = jb + b;
+        T* Kj = K + int64_t(j) * ld;
+        const T dj = Kj[j];
+        if (!(dj > T(0))) return false;
+        const T u = ol_sqrt(dj), inv = T(1) / u;
+        Kj[j] = u;
+        for (int c = j + 1; c < n; ++c) Kj[c] *= inv;
+        for (int r = j + 1; r < jb + bs; ++r) {
+          const T a = Kj[r];
+          T* Kr = K + int64_t(r) * ld;
+          for (int c = r; c < n; ++c) Kr[c] -= a * Kj[c];
+        }
+      }
+      // Zero the panel rows' entries left of the diagonal inside their first SIMD vector, so the
+      // trailing update below may start at a vector boundary and read only zeros there.
+      const int cz = jb / w * w;
+      for (int b = 0; b < bs; ++b)
+        for (int c = cz; c < jb + b; ++c) K[int64_t(jb + b) * ld + c] = T(0);
+      const T* K0 = K + int64_t(jb) * ld;
+      const T* K1 = bs > 1 ? K0 + ld : K0;
+      const T* K2 = bs > 2 ? K0 + 2 * int64_t(ld) : K0;
+      const T* K3 = bs > 3 ? K0 + 3 * int64_t(ld) : K0;
+      for (int r = jb + bs; r < n; ++r) {  // trailing update, one row at a time, full vectors
+        const T a0 = K0[r], a1 = bs > 1 ? K1[r] : T(0), a2 = bs > 2 ? K2[r] : T(0), a3 = bs > 3 ? K3[r] : T(0);
+        T* Kr = K + int64_t(r) * ld;
+        for (int c = r / w * w; c < ld; ++c) Kr[c] -= a0 * K0[c] + a1 * K1[c] + a2 * K2[c] + a3 * K3[c];
+      }
+    }
+    return true;
+  } else {
+    (void)ld;
+    return cholesky(g, K, n);
+  }
+}
+
+// r ← L⁻¹ r (serial: Uᵀ-solve, column sweep of contiguous axpys).
+template <typename T, typename Grp>
+OL_HD void reduced_forward(const Grp& g, const T* K, int n, int ld, T* r) {
+  if constexpr (Grp::kSerial) {
+    for (int j = 0; j < n; ++j) {
+      const T* Kj = K + int64_t(j) * ld;
+      const T yj = r[j] / Kj[j];
+      r[j] = yj;
+      for (int c = j + 1; c < n; ++c) r[c] -= yj * Kj[c];
+    }
+  } else {
+    (void)ld;
+    for (int i = 0; i < n; ++i) {
+      if (g.rank() == 0) r[i] /= K[i * n + i];
+      g.sync();
+      const T yi = r[i];
+      for (int k = i + 1 + g.rank(); k < n; k += g.size()) r[k] -= K[k * n + i] * yi;
+      g.sync();
+    }
+  }
+}
+
+// r ← L⁻ᵀ r (serial: U-solve, contiguous dots).
+template <typename T, typename Grp>
+OL_HD void reduced_backward(const Grp& g, const T* K, int n, int ld, T* r) {
+  if constexpr (Grp::kSerial) {
+    for (int j = n - 1; j >= 0; --j) {
+      const T* Kj = K + int64_t(j) * ld;
+      T acc = 0;
+      OL_SIMD_SUM(acc)
+      for (int c = j + 1; c < n; ++c) acc += Kj[c] * r[c];
+      r[j] = (r[j] - acc) / Kj[j];
+    }
+  } else {
+    (void)ld;
+    for (int i = n - 1; i >= 0; --i) {
+      if (g.rank() == 0) r[i] /= K[i * n + i];
+      g.sync();
+      const T xi = r[i];
+      for (int k = g.rank(); k < i; k += g.size()) r[k] -= K[i * n + k] * xi;
+      g.sync();
+    }
+  }
+}
+
+// Products with a row-major matrix M (rows × cols, row stride ld) without scaling:
+// out = M x (rows) and out (+)= Mᵀ v (cols). The IPM calls them on the scaled, padded copies
+// G̃, Ã with cols = ld, so serial passes are whole SIMD vectors.
+template <typename T, typename Grp>
+OL_HD void mat_times(const Grp& g, const T* M, int ld, int rows, int cols, const T* x, T* out) {
+  if constexpr (Grp::kSerial) {
+    int i = 0;
+    for (; i + 4 <= rows; i += 4) {
+      const T *m0 = M + int64_t(i) * ld, *m1 = m0 + ld, *m2 = m1 + ld, *m3 = m2 + ld;
+      T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      OL_SIMD_SUM(a0, a1, a2, a3)
+      for (int j = 0; j < cols; ++j) {
+        a0 += m0[j] * x[j];
+        a1 += m1[j] * x[j];
+        a2 += m2[j] * x[j];
+        a3 += m3[j] * x[j];
+      }
+      out[i] = a0; out[i + 1] = a1; out[i + 2] = a2; out[i + 3] = a3;
+    }
+    for (; i < rows; ++i) out[i] = dot_serial(M + int64_t(i) * ld, x, cols);
+    return;
+  }
+  for (int i = g.rank(); i < rows; i += g.size()) out[i] = dot_serial(M + int64_t(i) * ld, x, cols);
+  g.sync();
+}
+
+template <typename T, typename Grp>
+OL_HD void mat_t_times(const Grp& g, const T* M, int ld, int rows, int cols, const T* v, T* out, bool accumulate) {
+  if constexpr (Grp::kSerial) {
+    if (!accumulate)
+      for (int j = 0; j < cols; ++j) out[j] = 0;
+    gemv_t_serial(out, v, M, ld, rows, cols);
+    return;
+  }
+  for (int j = g.rank(); j < cols; j += g.size()) {
+    T acc = accumulate ? out[j] : T(0);
+    for (int i = 0; i < rows; ++i) acc += M[int64_t(i) * ld + j] * v[i];
+    out[j] = acc;
+  }
+  g.sync();
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -541,75 +713,129 @@ OL_HD void kkt_backward(const Grp& g, const Problem<T>& d, const T* x, const T* 
 
 template <typename T>
 struct IPMState {
-  T *K, *Y, *S;
+  int ld;  // row stride of K, Z, G̃, Ã and length of the n-vectors (row_ld)
+  T *K, *Z, *S, *Gt, *At;
   T *x, *s, *z, *y;
   T *dxa, *dsa, *dza, *dya;
   T *dx, *ds, *dz, *dy;
   T *rd, *rp, *re, *rc;
-  T *w, *gs, *as, *tn, *tn2, *tm, *tm2, *wt, *hs, *bs;
+  T *w, *gs, *as, *tn, *tn2, *tm, *tm2, *wt, *hs, *bs, *tp;
+  T* coef;    // form_K coefficients / packed sums
   T* polish;  // rest: polish workspace
+  int64_t ipm_size;  // scalars before `polish` (zeroed at the start of a solve)
 };
 
 template <typename T>
-OL_HD IPMState<T> carve(T* work, int n, int m, int p) {
+OL_HD IPMState<T> carve(T* work, int n, int m, int p, int ld) {
   IPMState<T> st;
+  st.ld = ld;
   T* c = work;
   auto take = [&](int64_t k) { T* r = c; c += k; return r; };
-  st.K = take(int64_t(n) * n); st.Y = take(int64_t(n) * p); st.S = take(int64_t(p) * p);
-  st.x = take(n); st.s = take(m); st.z = take(m); st.y = take(p);
-  st.dxa = take(n); st.dsa = take(m); st.dza = take(m); st.dya = take(p);
-  st.dx = take(n); st.ds = take(m); st.dz = take(m); st.dy = take(p);
-  st.rd = take(n); st.rp = take(m); st.re = take(p); st.rc = take(m);
-  st.w = take(m); st.gs = take(m); st.as = take(p); st.tn = take(n); st.tn2 = take(n);
-  st.tm = take(m); st.tm2 = take(m); st.wt = take(m); st.hs = take(m); st.bs = take(p);
+  const int64_t L = ld_bound(n);  // ≥ ld; keeps the layout independent of T and the group
+  st.K = take(int64_t(n) * L); st.Z = take(int64_t(p) * L); st.S = take(int64_t(p) * p);
+  st.Gt = take(int64_t(m) * L); st.At = take(int64_t(p) * L);
+  st.x = take(L); st.dxa = take(L); st.dx = take(L); st.rd = take(L); st.tn = take(L); st.tn2 = take(L);
+  take(2 * L);
+  st.s = take(m); st.z = take(m); st.dsa = take(m); st.dza = take(m); st.ds = take(m); st.dz = take(m);
+  st.rp = take(m); st.rc = take(m); st.w = take(m); st.gs = take(m); st.tm = take(m); st.tm2 = take(m);
+  st.wt = take(m); st.hs = take(m); take(2 * int64_t(m));
+  st.y = take(p); st.dya = take(p); st.dy = take(p); st.re = take(p); st.as = take(p); st.bs = take(p);
+  st.tp = take(p); take(p);
+  const int64_t np = int64_t(n) * (n + 1) / 2;
+  st.coef = take(8 * int64_t(m) > np + 16 ? 8 * int64_t(m) : np + 16);
+  st.ipm_size = c - work;
   st.polish = c;
   return st;
 }
 
-// K ← Q + Σ_i wt_i g_i g_iᵀ + δI (lower triangle incl. diagonal), wt = w ∘ gs² (row scaling).
+// K ← Q + G̃ᵀ diag(w) G̃ + δI in the reduced layout (see reduced_cholesky). `wt` = w ∘ gs² weighs
+// the raw rows of G (packed outer products and the thread-group path); `w` weighs G̃.
 template <typename T, typename Grp>
-OL_HD void form_K(const Grp& g, const Problem<T>& d, const T* wt, T delta, T* K, T* tmp) {
-  const int n = d.n, m = d.m;
-  if (d.G_outer != nullptr) {
-    // K = Q + δI + Σ_r wt_r (g_r g_rᵀ) on the lower triangle, from packed outer products
-    // (n(n+1)/2 per row of G: small enough to stay in L1 for grasp-sized problems).
-    const int np = n * (n + 1) / 2;
-    if constexpr (Grp::kSerial) {
-      for (int idx = 0; idx < np; ++idx) K[idx] = 0;
-      gemv_t_serial(K, wt, d.G_outer, np, m, np);
-      // Unpack in place, last row first: row i moves from [i(i+1)/2, +i] to [i·n, +i] (never
-      // onto packed rows still to be read).
-      for (int i = n - 1; i > 0; --i) {
-        const T* src = K + i * (i + 1) / 2;
-        T* dst = K + i * n;
-        for (int j = i; j >= 0; --j) dst[j] = src[j];
+OL_HD void form_K(const Grp& g, const Problem<T>& d, IPMState<T>& st, const T* w, const T* wt, T delta) {
+  const int n = d.n, m = d.m, ld = st.ld;
+  T* K = st.K;
+  if constexpr (Grp::kSerial) {
+    if (d.G_outer != nullptr) {
+      // Packed lower triangles: P = Σ_r wt_r (g_r g_rᵀ), one contiguous pass over G_outer; then
+      // K[j][i] = P(i, j) + Q_ij (upper layout).
+      T* P = st.coef;
+      const int len = int(d.outer_ld);  // np rounded up to whole vectors (zero padding)
+      for (int idx = 0; idx < len; ++idx) P[idx] = 0;
+      gemv_t_serial(P, wt, d.G_outer, d.outer_ld, m, len);
+      for (int i = 0; i < n; ++i) {
+        const T* Pi = P + i * (i + 1) / 2;
+        const T* Qi = d.Q + int64_t(i) * n;
+        for (int j = 0; j <= i; ++j) K[int64_t(j) * ld + i] = Pi[j] + Qi[j];
+        K[int64_t(i) * ld + i] += delta;
       }
-    } else {
-      for (int i = g.rank(); i < n; i += g.size())
-        for (int j = 0; j <= i; ++j) {
-          T acc = 0;
-          for (int r = 0; r < m; ++r) acc += wt[r] * d.G_outer[int64_t(r) * np + i * (i + 1) / 2 + j];
-          K[i * n + j] = acc;
+      return;
+    }
+#if !defined(__CUDACC__)
+    // Register-blocked G̃ᵀ diag(w) G̃: 8 rows of K × one SIMD vector of columns per tile, the
+    // sum over the m rows of G̃ in registers (one vector load + 8 broadcasts per 8 FMAs).
+    using V = HostVec<T>;
+    using vec = typename V::type;
+    constexpr int kW = V::kLanes;
+    T* cf = st.coef;  // cf[r·8 + b] = w_r G̃[r][i0 + b]
+    for (int i0 = 0; i0 < n; i0 += 8) {
+      const int rb = ol_min(8, n - i0);
+      for (int r = 0; r < m; ++r) {
+        const T* Gr = st.Gt + int64_t(r) * ld + i0;
+        for (int b = 0; b < 8; ++b) cf[r * 8 + b] = b < rb ? w[r] * Gr[b] : T(0);
+      }
+      for (int j = i0 / kW * kW; j < ld; j += kW) {
+        vec a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+        const T* Gj = st.Gt + j;
+        for (int r = 0; r < m; ++r) {
+          vec gv;
+          V::load(gv, Gj + int64_t(r) * ld);
+          const T* c = cf + r * 8;
+          a0 += c[0] * gv; a1 += c[1] * gv; a2 += c[2] * gv; a3 += c[3] * gv;
+          a4 += c[4] * gv; a5 += c[5] * gv; a6 += c[6] * gv; a7 += c[7] * gv;
         }
-      g.sync();
+        T* Kj = K + int64_t(i0) * ld + j;
+        V::store(Kj, a0);
+        if (rb > 1) V::store(Kj + ld, a1);
+        if (rb > 2) V::store(Kj + 2 * int64_t(ld), a2);
+        if (rb > 3) V::store(Kj + 3 * int64_t(ld), a3);
+        if (rb > 4) V::store(Kj + 4 * int64_t(ld), a4);
+        if (rb > 5) V::store(Kj + 5 * int64_t(ld), a5);
+        if (rb > 6) V::store(Kj + 6 * int64_t(ld), a6);
+        if (rb > 7) V::store(Kj + 7 * int64_t(ld), a7);
+      }
+      for (int b = 0; b < rb; ++b) {
+        const int i = i0 + b;
+        T* Ki = K + int64_t(i) * ld;
+        const T* Qi = d.Q + int64_t(i) * n;
+        for (int j = i; j < n; ++j) Ki[j] += Qi[j];
+        Ki[i] += delta;
+      }
     }
-    for (int i = g.rank(); i < n; i += g.size()) {
-      for (int j = 0; j <= i; ++j) K[i * n + j] += d.Q[i * n + j];
-      K[i * n + i] += delta;
+#else
+    for (int i = 0; i < n; ++i) {
+      T* Ki = K + int64_t(i) * ld;
+      for (int j = i; j < n; ++j) Ki[j] = d.Q[int64_t(i) * n + j];
+      Ki[i] += delta;
+      for (int r = 0; r < m; ++r) {
+        const T* Gr = st.Gt + int64_t(r) * ld;
+        const T a = w[r] * Gr[i];
+        for (int j = i; j < n; ++j) Ki[j] += a * Gr[j];
+      }
     }
-    g.sync();
+#endif
     return;
   }
-  if constexpr (Grp::kSerial) {
-    // Row i of the lower triangle: K_i[0..i] = Q_i + Σ_r (wt_r G_ri) G_r[0..i], four rows of G per
-    // pass (tmp: m coefficients).
-    for (int i = 0; i < n; ++i) {
-      T* Ki = K + i * n;
-      for (int j = 0; j <= i; ++j) Ki[j] = d.Q[i * n + j];
-      Ki[i] += delta;
-      for (int r = 0; r < m; ++r) tmp[r] = wt[r] * d.G[int64_t(r) * n + i];
-      gemv_t_serial(Ki, tmp, d.G, n, m, i + 1);
-    }
+  // Thread groups: lower triangle, raw G with weights wt (ld = n).
+  if (d.G_outer != nullptr) {
+    const int np = n * (n + 1) / 2;
+    for (int i = g.rank(); i < n; i += g.size())
+      for (int j = 0; j <= i; ++j) {
+        T acc = 0;
+        for (int r = 0; r < m; ++r) acc += wt[r] * d.G_outer[int64_t(r) * d.outer_ld + i * (i + 1) / 2 + j];
+        K[i * n + j] = acc + d.Q[i * n + j] + (i == j ? delta : T(0));
+      }
+    (void)np;
+    g.sync();
     return;
   }
   for (int i = g.rank(); i < n; i += g.size()) {
@@ -626,33 +852,32 @@ OL_HD void form_K(const Grp& g, const Problem<T>& d, const T* wt, T delta, T* K,
   g.sync();
 }
 
-// Factor K (growing the shift once on failure) and, with equalities, Y = K⁻¹Ãᵀ and the
-// Cholesky factor of S = ÃY + δI. Returns false on failure.
+// Factor K (growing the shift once on failure) and, with equalities, Z = L⁻¹Ãᵀ (rows z_e) and the
+// Cholesky factor of the Schur complement S = ZᵀZ + δI = Ã K⁻¹ Ãᵀ + δI. Returns false on failure.
 template <typename T, typename Grp>
-OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, const T* wt, T delta) {
-  const int n = d.n, p = d.p;
-  form_K(g, d, wt, delta, st.K, st.tm2);
-  if (!cholesky(g, st.K, n)) {
-    form_K(g, d, wt, delta, st.K, st.tm2);
+OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, T delta) {
+  const int n = d.n, p = d.p, ld = st.ld;
+  form_K(g, d, st, st.w, st.wt, delta);
+  if (!reduced_cholesky(g, st.K, n, ld)) {
+    form_K(g, d, st, st.w, st.wt, delta);
     T part = 0;
-    for (int i = g.rank(); i < n; i += g.size()) part = ol_max(part, st.K[i * n + i]);
+    for (int i = g.rank(); i < n; i += g.size()) part = ol_max(part, st.K[int64_t(i) * ld + i]);
     const T extra = ol_max(delta * T(kRegGrowth), relative_shift<T>() * g.max(part)) - delta;
     g.sync();
-    for (int i = g.rank(); i < n; i += g.size()) st.K[i * n + i] += extra;
+    for (int i = g.rank(); i < n; i += g.size()) st.K[int64_t(i) * ld + i] += extra;
     g.sync();
-    if (!cholesky(g, st.K, n)) return false;
+    if (!reduced_cholesky(g, st.K, n, ld)) return false;
   }
   if (p == 0) return true;
-  // Y columns: K⁻¹ ã_e. Stored transposed (p×n) for contiguous solves: Yt[e] = K⁻¹ ã_e.
   for (int e = 0; e < p; ++e) {
-    T* Ye = st.Y + int64_t(e) * n;
-    for (int j = g.rank(); j < n; j += g.size()) Ye[j] = st.as[e] * d.A[int64_t(e) * n + j];
+    T* Ze = st.Z + int64_t(e) * ld;
+    for (int j = g.rank(); j < n; j += g.size()) Ze[j] = st.At[int64_t(e) * ld + j];
     g.sync();
-    chol_solve(g, st.K, n, Ye);
+    reduced_forward(g, st.K, n, ld, Ze);
   }
   for (int idx = g.rank(); idx < p * p; idx += g.size()) {
     const int e = idx / p, f = idx % p;
-    st.S[idx] = st.as[e] * dot_serial(d.A + int64_t(e) * n, st.Y + int64_t(f) * n, n) + (e == f ? delta : T(0));
+    st.S[idx] = dot_serial(st.Z + int64_t(e) * ld, st.Z + int64_t(f) * ld, n) + (e == f ? delta : T(0));
   }
   g.sync();
   if (!cholesky(g, st.S, p)) {
@@ -660,7 +885,7 @@ OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, co
     T part = 0;
     for (int idx = g.rank(); idx < p * p; idx += g.size()) {
       const int e = idx / p, f = idx % p;
-      st.S[idx] = st.as[e] * dot_serial(d.A + int64_t(e) * n, st.Y + int64_t(f) * n, n);
+      st.S[idx] = dot_serial(st.Z + int64_t(e) * ld, st.Z + int64_t(f) * ld, n);
       if (e == f) part = ol_max(part, st.S[idx]);
     }
     const T shift = ol_max(delta * T(kRegGrowth), relative_shift<T>() * g.max(part));
@@ -672,33 +897,36 @@ OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, co
   return true;
 }
 
+// Solve the reduced KKT system  [K Ãᵀ; Ã −δI] (v, dy) = (r₁, −re)  in place: v ← K⁻¹(r₁ − Ãᵀdy),
+// dy = S⁻¹(Ã K⁻¹ r₁ + re), through t = L⁻¹r₁:  dy = S⁻¹(Zt + re),  v = L⁻ᵀ(t − Zᵀdy).
+template <typename T, typename Grp>
+OL_HD void reduced_solve(const Grp& g, const Problem<T>& d, IPMState<T>& st, T* v, const T* re, T* dy) {
+  const int n = d.n, p = d.p, ld = st.ld;
+  reduced_forward(g, st.K, n, ld, v);
+  if (p) {
+    mat_times(g, st.Z, ld, p, ld, v, dy);
+    for (int e = g.rank(); e < p; e += g.size()) dy[e] += re[e];
+    g.sync();
+    chol_solve(g, st.S, p, dy);
+    for (int e = g.rank(); e < p; e += g.size()) st.tp[e] = -dy[e];
+    g.sync();
+    mat_t_times(g, st.Z, ld, p, ld, st.tp, v, true);
+  }
+  reduced_backward(g, st.K, n, ld, v);
+}
+
 // Solve the reduced Newton system for residuals (rd, rp, re, rc): outputs dx, ds, dz, dy.
 template <typename T, typename Grp>
 OL_HD void newton_step(const Grp& g, const Problem<T>& d, IPMState<T>& st, const T* rd, const T* rp,
                        const T* re, const T* rc, T* dx, T* ds, T* dz, T* dy) {
-  const int n = d.n, m = d.m, p = d.p;
+  const int n = d.n, m = d.m, ld = st.ld;
   // r₁ = −r_d − G̃ᵀ(W r_p − r_c/s)
-  for (int i = g.rank(); i < m; i += g.size()) st.tm[i] = st.w[i] * rp[i] - rc[i] / st.s[i];
-  g.sync();
+  for (int i = g.rank(); i < m; i += g.size()) st.tm[i] = rc[i] / st.s[i] - st.w[i] * rp[i];
   for (int j = g.rank(); j < n; j += g.size()) dx[j] = -rd[j];
   g.sync();
-  for (int i = g.rank(); i < m; i += g.size()) st.tm2[i] = -st.tm[i];
-  g.sync();
-  rows_transpose_times(g, d.G, st.gs, m, n, st.tm2, dx, true);
-  chol_solve(g, st.K, n, dx);
-  if (p) {
-    rows_times(g, d.A, st.as, p, n, dx, dy);
-    for (int e = g.rank(); e < p; e += g.size()) dy[e] += re[e];
-    g.sync();
-    chol_solve(g, st.S, p, dy);
-    for (int j = g.rank(); j < n; j += g.size()) {
-      T acc = 0;
-      for (int e = 0; e < p; ++e) acc += st.Y[int64_t(e) * n + j] * dy[e];
-      dx[j] -= acc;
-    }
-    g.sync();
-  }
-  rows_times(g, d.G, st.gs, m, n, dx, st.tm);  // G̃ dx
+  mat_t_times(g, st.Gt, ld, m, ld, st.tm, dx, true);
+  reduced_solve(g, d, st, dx, re, dy);
+  mat_times(g, st.Gt, ld, m, ld, dx, st.tm);  // G̃ dx
   for (int i = g.rank(); i < m; i += g.size()) {
     dz[i] = st.w[i] * (st.tm[i] + rp[i]) - rc[i] / st.s[i];
     ds[i] = -rp[i] - st.tm[i];
@@ -840,7 +1068,8 @@ OL_HD void solve_equality_only(const Grp& g, const Problem<T>& d, const Settings
   g.sync();
 }
 
-// `K_override`: optional storage for the n×n reduced matrix (e.g. CUDA shared memory).
+// `K_override`: optional storage for the n×n reduced matrix (e.g. CUDA shared memory; thread
+// groups only, whose rows are not padded).
 template <typename T, typename Grp>
 OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
                     int8_t* status, int32_t* iters, T* K_override = nullptr) {
@@ -849,7 +1078,11 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     solve_equality_only(g, d, set, work, x, nu, status, iters);
     return;
   }
-  IPMState<T> st = carve(work, n, m, p);
+  const int ld = row_ld<T, Grp>(n);
+  IPMState<T> st = carve(work, n, m, p, ld);
+  // Zero the IPM workspace: the padding of rows and vectors must read as zeros.
+  for (int64_t i = g.rank(); i < st.ipm_size; i += g.size()) work[i] = T(0);
+  g.sync();
   if (K_override != nullptr) st.K = K_override;
   // Row scales (1/‖row‖, 1 for zero rows) and the regularization δ on the scaled data.
   T scale = 1;
@@ -865,11 +1098,20 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     st.as[e] = acc > T(0) ? T(1) / ol_sqrt(acc) : T(1);
   }
   g.sync();
+  // The scaled copies G̃ = diag(gs) G, Ã = diag(as) A (rows padded to ld with zeros).
   T part = 0;
   for (int i = g.rank(); i < m; i += g.size())
-    for (int j = 0; j < n; ++j) part = ol_max(part, ol_abs(d.G[int64_t(i) * n + j]) * st.gs[i]);
+    for (int j = 0; j < n; ++j) {
+      const T v = d.G[int64_t(i) * n + j] * st.gs[i];
+      st.Gt[int64_t(i) * ld + j] = v;
+      part = ol_max(part, ol_abs(v));
+    }
   for (int e = g.rank(); e < p; e += g.size())
-    for (int j = 0; j < n; ++j) part = ol_max(part, ol_abs(d.A[int64_t(e) * n + j]) * st.as[e]);
+    for (int j = 0; j < n; ++j) {
+      const T v = d.A[int64_t(e) * n + j] * st.as[e];
+      st.At[int64_t(e) * ld + j] = v;
+      part = ol_max(part, ol_abs(v));
+    }
   scale = ol_max(scale, g.max(part));
   const T delta = set.kkt_reg * scale;
 
@@ -880,27 +1122,19 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   for (int e = g.rank(); e < p; e += g.size()) bs[e] = d.b[e] * st.as[e];
   g.sync();
 
-  // Initial point: W = I.
-  for (int i = g.rank(); i < m; i += g.size()) st.wt[i] = st.gs[i] * st.gs[i];
-  g.sync();
-  bool ok = factor_reduced(g, d, st, st.wt, delta);
-  for (int j = g.rank(); j < n; j += g.size()) st.x[j] = -d.q[j];
-  g.sync();
-  rows_transpose_times(g, d.G, st.gs, m, n, hs, st.x, true);
-  chol_solve(g, st.K, n, st.x);
-  if (p) {
-    rows_times(g, d.A, st.as, p, n, st.x, st.y);
-    for (int e = g.rank(); e < p; e += g.size()) st.y[e] -= bs[e];
-    g.sync();
-    chol_solve(g, st.S, p, st.y);
-    for (int j = g.rank(); j < n; j += g.size()) {
-      T acc = 0;
-      for (int e = 0; e < p; ++e) acc += st.Y[int64_t(e) * n + j] * st.y[e];
-      st.x[j] -= acc;
-    }
-    g.sync();
+  // Initial point: W = I;  x = K⁻¹(−q + G̃ᵀh̃ − Ãᵀy) with Ãx = b̃.
+  for (int i = g.rank(); i < m; i += g.size()) {
+    st.w[i] = T(1);
+    st.wt[i] = st.gs[i] * st.gs[i];
   }
-  rows_times(g, d.G, st.gs, m, n, st.x, st.tm);
+  g.sync();
+  bool ok = factor_reduced(g, d, st, delta);
+  for (int j = g.rank(); j < n; j += g.size()) st.x[j] = -d.q[j];
+  for (int e = g.rank(); e < p; e += g.size()) st.re[e] = -bs[e];
+  g.sync();
+  mat_t_times(g, st.Gt, ld, m, ld, hs, st.x, true);
+  reduced_solve(g, d, st, st.x, st.re, st.y);
+  mat_times(g, st.Gt, ld, m, ld, st.x, st.tm);
   T smin_p = ol_inf<T>();
   for (int i = g.rank(); i < m; i += g.size()) {
     st.s[i] = hs[i] - st.tm[i];
@@ -927,14 +1161,12 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   for (; ok && it <= set.max_iter; ++it) {
     // Residuals.
     T* Qx = st.tn;
-    for (int i = g.rank(); i < n; i += g.size()) Qx[i] = dot_serial(d.Q + i * n, st.x, n);
+    for (int i = g.rank(); i < n; i += g.size()) Qx[i] = dot_serial(d.Q + int64_t(i) * n, st.x, n);
     g.sync();
-    rows_times(g, d.G, st.gs, m, n, st.x, st.tm);     // G̃x
-    rows_times(g, d.A, st.as, p, n, st.x, st.re);     // Ãx
-    for (int j = g.rank(); j < n; j += g.size()) st.tn2[j] = 0;
-    g.sync();
-    rows_transpose_times(g, d.G, st.gs, m, n, st.z, st.tn2, true);
-    rows_transpose_times(g, d.A, st.as, p, n, st.y, st.tn2, true);  // G̃ᵀz + Ãᵀy
+    mat_times(g, st.Gt, ld, m, ld, st.x, st.tm);     // G̃x
+    mat_times(g, st.At, ld, p, ld, st.x, st.re);     // Ãx
+    mat_t_times(g, st.Gt, ld, m, ld, st.z, st.tn2, false);
+    mat_t_times(g, st.At, ld, p, ld, st.y, st.tn2, true);  // G̃ᵀz + Ãᵀy
     const T Gxn = inf_norm(g, st.tm, m), Axn = inf_norm(g, st.re, p), Qxn = inf_norm(g, Qx, n);
     const T Gtzn = inf_norm(g, st.tn2, n);
     T part_ray = 0;
@@ -972,7 +1204,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
       st.wt[i] = st.w[i] * st.gs[i] * st.gs[i];
     }
     g.sync();
-    if (!factor_reduced(g, d, st, st.wt, delta)) { code = kNumericalError; break; }
+    if (!factor_reduced(g, d, st, delta)) { code = kNumericalError; break; }
     // Predictor.
     for (int i = g.rank(); i < m; i += g.size()) st.rc[i] = st.s[i] * st.z[i];
     g.sync();

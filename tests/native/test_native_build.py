@@ -86,3 +86,68 @@ def test_explicit_native_request_when_disabled_is_a_clear_error():
     env = dict(os.environ, OPTLAYERS_NATIVE="0")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "ERR QP backend 'native' is not available: disabled by OPTLAYERS_NATIVE=0" in out.stdout, out.stdout + out.stderr
+
+
+_DRIVER = r"""
+#include "optlayers/qp_ipm.h"
+#include <cstdio>
+#include <vector>
+int main(int argc, char** argv) {
+  FILE* f = std::fopen(argv[1], "rb");
+  long hdr[4];
+  if (std::fread(hdr, 8, 4, f) != 4) return 2;
+  const int B = hdr[0], n = hdr[1], m = hdr[2], p = hdr[3];
+  std::vector<double> Q(B * n * n), q(B * n), G(B * m * n), h(B * m), A(B * p * n), b(B * p);
+  for (auto* v : {&Q, &q, &G, &h, &A, &b})
+    if (std::fread(v->data(), 8, v->size(), f) != v->size()) return 2;
+  optlayers::Settings<double> set{1e-9, 1e-8, 1e-11, 1e-9, 0.99, 50, true};
+  std::vector<double> work(optlayers::workspace_size(n, m, p)), x(n), lam(m), nu(p);
+  int8_t st; int32_t it;
+  optlayers::SerialGroup g;
+  for (int i = 0; i < B; ++i) {
+    optlayers::Problem<double> d{&Q[i * n * n], &q[i * n], &G[i * m * n], &h[i * m], &A[i * p * n], &b[i * p], n, m, p};
+    optlayers::solve_qp(g, d, set, work.data(), x.data(), lam.data(), nu.data(), &st, &it);
+    std::printf("%d", int(st));
+    for (double v : x) std::printf(" %.17g", v);
+    std::printf("\n");
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("flags", [["-O2"], ["-O2", "-mavx2", "-mfma"], ["-O3", "-march=native"]],
+                         ids=["baseline", "avx2", "native"])
+def test_header_solves_planted_qps_on_every_host_simd_path(tmp_path, flags):
+    """The host SIMD paths (AVX-512 registers, 32-byte vectors, plain SSE) solve the same problems:
+    each build of a tiny driver must recover the planted solutions (CI exercises one path only)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    if "-mavx2" in flags and "avx2" not in pathlib.Path("/proc/cpuinfo").read_text():
+        pytest.skip("CPU without AVX2")
+    import numpy as np
+    import torch
+
+    import optlayers as ol
+
+    data = tmp_path / "qp.bin"
+    for B, n, m, p in [(3, 5, 7, 2), (2, 13, 20, 4), (2, 50, 50, 10)]:
+        pr = ol.testing.random_qp(B, n, m, p, dtype=torch.float64, seed=n)
+        with open(data, "wb") as f:
+            np.array([B, n, m, p], dtype=np.int64).tofile(f)
+            for t in (pr.Q, pr.q, pr.G, pr.h, pr.A, pr.b):
+                t.numpy().tofile(f)
+        src = tmp_path / "drv.cpp"
+        src.write_text(_DRIVER)
+        exe = tmp_path / "drv"
+        if not exe.exists():
+            out = subprocess.run([cxx, "-std=c++17", *flags, f"-I{CSRC}", str(src), "-o", str(exe)],
+                                 capture_output=True, text=True)
+            assert out.returncode == 0, out.stderr
+        run = subprocess.run([str(exe), str(data)], capture_output=True, text=True, check=True)
+        rows = [list(map(float, line.split())) for line in run.stdout.strip().splitlines()]
+        assert len(rows) == B
+        for i, row in enumerate(rows):
+            assert row[0] == 0, f"status {row[0]} for problem {i} of {(B, n, m, p)} with {flags}"
+            err = np.abs(np.array(row[1:]) - pr.x[i].numpy()).max()
+            assert err < 1e-9, (flags, (B, n, m, p), i, err)
