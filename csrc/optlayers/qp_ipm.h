@@ -305,11 +305,21 @@ OL_HD bool reduced_cholesky(const Grp& g, T* K, int n, int ld) {
 template <typename T, typename Grp>
 OL_HD void reduced_forward(const Grp& g, const T* K, int n, int ld, T* r) {
   if constexpr (Grp::kSerial) {
-    for (int j = 0; j < n; ++j) {
-      const T* Kj = K + int64_t(j) * ld;
-      const T yj = r[j] / Kj[j];
-      r[j] = yj;
-      for (int c = j + 1; c < n; ++c) r[c] -= yj * Kj[c];
+    // Blocked by 4 rows of U: a 4×4 triangular solve, then one rank-4 pass over the rest of r.
+    for (int jb = 0; jb < n; jb += 4) {
+      const int bs = ol_min(4, n - jb);
+      T y[4] = {T(0), T(0), T(0), T(0)};
+      for (int b = 0; b < bs; ++b) {
+        T v = r[jb + b];
+        for (int b2 = 0; b2 < b; ++b2) v -= y[b2] * K[int64_t(jb + b2) * ld + jb + b];
+        y[b] = v / K[int64_t(jb + b) * ld + jb + b];
+        r[jb + b] = y[b];
+      }
+      const T* U0 = K + int64_t(jb) * ld;
+      const T* U1 = bs > 1 ? U0 + ld : U0;
+      const T* U2 = bs > 2 ? U0 + 2 * int64_t(ld) : U0;
+      const T* U3 = bs > 3 ? U0 + 3 * int64_t(ld) : U0;
+      for (int c = jb + bs; c < n; ++c) r[c] -= y[0] * U0[c] + y[1] * U1[c] + y[2] * U2[c] + y[3] * U3[c];
     }
   } else {
     (void)ld;
@@ -489,30 +499,86 @@ struct KKTWork {
   T* du;    // N correction
 };
 
+// Serial LU with partial pivoting of the N×N row-major M (LAPACK getrf conventions: whole rows are
+// swapped, piv[c] = row swapped with c, unit lower L below the diagonal, U on and above). Blocked
+// by 4 columns: factor a 4-column panel, finish the panel's U rows, then update each trailing row
+// with one rank-4 pass (contiguous, one load/store of the row per 4 multiply-adds). A zero pivot
+// gives zero multipliers (as in the group version), so a singular M fails softly.
+template <typename T>
+OL_HD void lu_factor_serial(T* M, T* piv, int N) {
+  for (int c0 = 0; c0 < N; c0 += 4) {
+    const int cb = ol_min(4, N - c0), c1 = c0 + cb;
+    for (int c = c0; c < c1; ++c) {  // panel: columns c0..c1 of rows ≥ c
+      int best = c;
+      T bv = ol_abs(M[int64_t(c) * N + c]);
+      for (int r = c + 1; r < N; ++r) {
+        const T v = ol_abs(M[int64_t(r) * N + c]);
+        if (v > bv) { bv = v; best = r; }
+      }
+      piv[c] = T(best);
+      if (best != c) {
+        T* a = M + int64_t(c) * N;
+        T* b = M + int64_t(best) * N;
+        for (int j = 0; j < N; ++j) { const T t = a[j]; a[j] = b[j]; b[j] = t; }
+      }
+      const T* Mc = M + int64_t(c) * N;
+      const T pivot = Mc[c];
+      const T inv = pivot != T(0) ? T(1) / pivot : T(0);
+      for (int r = c + 1; r < N; ++r) {
+        T* Mr = M + int64_t(r) * N;
+        const T f = Mr[c] * inv;
+        Mr[c] = f;
+        for (int j = c + 1; j < c1; ++j) Mr[j] -= f * Mc[j];
+      }
+    }
+    if (c1 >= N) break;
+    // U rows of the panel: row c's trailing part minus the earlier panel rows (unit lower solve).
+    for (int c = c0 + 1; c < c1; ++c) {
+      T* Mc = M + int64_t(c) * N;
+      for (int b = c0; b < c; ++b) {
+        const T f = Mc[b];
+        const T* Mb = M + int64_t(b) * N;
+        for (int j = c1; j < N; ++j) Mc[j] -= f * Mb[j];
+      }
+    }
+    const T* U0 = M + int64_t(c0) * N;
+    const T* U1 = cb > 1 ? U0 + N : U0;
+    const T* U2 = cb > 2 ? U0 + 2 * int64_t(N) : U0;
+    const T* U3 = cb > 3 ? U0 + 3 * int64_t(N) : U0;
+    for (int r = c1; r < N; ++r) {
+      T* Mr = M + int64_t(r) * N;
+      const T l0 = Mr[c0], l1 = cb > 1 ? Mr[c0 + 1] : T(0), l2 = cb > 2 ? Mr[c0 + 2] : T(0),
+              l3 = cb > 3 ? Mr[c0 + 3] : T(0);
+      for (int j = c1; j < N; ++j) Mr[j] -= l0 * U0[j] + l1 * U1[j] + l2 * U2[j] + l3 * U3[j];
+    }
+  }
+}
+
 template <typename T, typename Grp>
 OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act, int k, T delta,
                                KKTWork<T> w) {
   const int n = d.n, p = d.p, N = n + k + p;
   T* M = w.LU;
-  for (int idx = g.rank(); idx < N * N; idx += g.size()) {
-    const int i = idx / N, j = idx % N;
-    T v = 0;
-    if (i < n && j < n) {
-      v = d.Q[i * n + j] + (i == j ? delta : T(0));
-    } else if (i < n && j < n + k) {
-      v = d.G[int64_t(act[j - n]) * n + i];
-    } else if (i < n) {
-      v = d.A[int64_t(j - n - k) * n + i];
-    } else if (j < n && i < n + k) {
-      v = d.G[int64_t(act[i - n]) * n + j];
-    } else if (j < n) {
-      v = d.A[int64_t(i - n - k) * n + j];
-    } else if (i == j) {
-      v = -delta;
+  if constexpr (Grp::kSerial) {
+    // Row by row (no index arithmetic per entry), then a blocked LU.
+    for (int i = 0; i < n; ++i) {
+      T* Mi = M + int64_t(i) * N;
+      const T* Qi = d.Q + int64_t(i) * n;
+      for (int j = 0; j < n; ++j) Mi[j] = Qi[j];
+      Mi[i] += delta;
+      for (int a = 0; a < k; ++a) Mi[n + a] = d.G[int64_t(act[a]) * n + i];
+      for (int e = 0; e < p; ++e) Mi[n + k + e] = d.A[int64_t(e) * n + i];
     }
-    M[idx] = v;
+    for (int r = n; r < N; ++r) {
+      T* Mr = M + int64_t(r) * N;
+      const T* src = r < n + k ? d.G + int64_t(act[r - n]) * n : d.A + int64_t(r - n - k) * n;
+      for (int j = 0; j < n; ++j) Mr[j] = src[j];
+      for (int j = n; j < N; ++j) Mr[j] = T(0);
+      Mr[r] = -delta;
+    }
+    lu_factor_serial(M, w.piv, N);
+    return;
   }
-  g.sync();
   // LU with partial pivoting (Doolittle, right-looking).
   for (int c = 0; c < N; ++c) {
     if (g.rank() == 0) {
@@ -542,6 +608,21 @@ OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act
 
 template <typename T, typename Grp>
 OL_HD void lu_solve(const Grp& g, const T* LU, const T* piv, int N, T* r) {
+  if constexpr (Grp::kSerial) {  // row-oriented sweeps: contiguous dots
+    for (int c = 0; c < N; ++c) {
+      const int pc = int(piv[c]);
+      if (pc != c) { const T t = r[c]; r[c] = r[pc]; r[pc] = t; }
+    }
+    for (int i = 1; i < N; ++i) r[i] -= dot_serial(LU + int64_t(i) * N, r, i);
+    for (int i = N - 1; i >= 0; --i) {
+      const T* Ui = LU + int64_t(i) * N;
+      T acc = 0;
+      OL_SIMD_SUM(acc)
+      for (int j = i + 1; j < N; ++j) acc += Ui[j] * r[j];
+      r[i] = Ui[i] != T(0) ? (r[i] - acc) / Ui[i] : T(0);
+    }
+    return;
+  }
   if (g.rank() == 0) {
     for (int c = 0; c < N; ++c) {
       const int pc = int(piv[c]);
