@@ -228,14 +228,17 @@ def test_warm_start_reuses_previous_solution():
 
 def test_solver_args_are_parsed_and_validated():
     case = problems.qp()
-    layer = CvxpyLayer(case.problem, case.parameters, case.variables, return_solution=True)
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, solver="scs", return_solution=True)
     values = [torch.tensor(v) for v in case.sample(np.random.default_rng(10))]
     loose = layer(*values, solver_args={"eps": 1e-3})
     tight = layer(*values, solver_args={"solve_method": "SCS", "eps_abs": 1e-10, "eps_rel": 1e-10,
                                         "acceleration_lookback": 5, "n_jobs_forward": 1})
+    assert loose.backend == tight.backend == "scs"
     assert int(loose.iterations) < int(tight.iterations)
     with pytest.raises(ValueError, match="'epsilon' is not a scs setting"):
         layer(*values, solver_args={"epsilon": 1e-3})
+    with pytest.raises(ValueError, match="'epsilon' is not a scs or qp setting"):
+        CvxpyLayer(case.problem, case.parameters, case.variables)(*values, solver_args={"epsilon": 1e-3})
     with pytest.raises(ValueError, match="eps_abs"):
         layer(*values, solver_args={"eps_abs": -1.0})
     with pytest.raises(ValueError, match="solver must be"):

@@ -27,7 +27,8 @@ from optlayers._src.conic import backends
 from optlayers._src.conic import options as _opt
 from optlayers._src.conic.canon import ConeProgram, canonicalize
 from optlayers._src.conic.derivative import DerivativeSystem, ProgramIndex, jvp, refine, vjp
-from optlayers._src.conic.options import BackwardMode, ConicOptions, parse_solver_args
+from optlayers._src.conic.options import BackwardMode, ConicOptions, ConicSolver, parse_solver_args
+from optlayers._src.conic.qp_route import QPPlan, not_qp_reason
 from optlayers._src.qp.options import Backend
 from optlayers._src.status import OnFailure, Status, apply_failure_policy
 
@@ -157,17 +158,10 @@ class ConicSolution:
         return self.status == Status.SOLVED
 
 
-def _resolve_solver(solver) -> Backend:
-    """``None``/``"scs"``/``cp.SCS``/``"diffcp"`` (cvxpylayers' default, SCS underneath) → SCS;
-    ``"clarabel"``/``cp.CLARABEL`` → Clarabel."""
-    if solver is None:
-        return Backend.SCS
-    if isinstance(solver, str) and solver.lower() == "diffcp":
-        return Backend.SCS
-    backend = Backend.resolve(solver)
-    if backend not in (Backend.SCS, Backend.CLARABEL):
-        raise ValueError(f"solver must be 'scs' or 'clarabel' for a CvxpyLayer; got {solver!r}")
-    return backend
+def _resolve_solver(solver) -> ConicSolver:
+    """``None``/``"auto"`` → AUTO; ``"qp"``; ``"scs"``/``cp.SCS``/``"diffcp"`` (cvxpylayers'
+    default, SCS underneath) → SCS; ``"clarabel"``/``cp.CLARABEL`` → Clarabel."""
+    return ConicSolver.resolve(solver)
 
 
 def _flatten_f(t: torch.Tensor, lead: int) -> torch.Tensor:
@@ -187,6 +181,9 @@ def _unflatten_f(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return r.permute([0] + list(range(len(shape), 0, -1)))
 
 
+_UNSET = object()
+
+
 class CvxpyLayer(torch.nn.Module):
     r"""A DPP CVXPY problem as a differentiable layer — drop-in for ``cvxpylayers.torch.CvxpyLayer``.
 
@@ -197,10 +194,13 @@ class CvxpyLayer(torch.nn.Module):
               \text{s.t.}\ A(\theta)x + s = b(\theta),\ s \in \mathcal K
 
     whose data are affine in the parameters θ and stored as one sparse matrix; each call
-    assembles the batch with one sparse matmul, solves it with SCS (default) or Clarabel in
-    parallel threads, and returns the requested variables (and constraint duals). Gradients
-    flow to every parameter tensor through our implicit derivative of the cone program's
-    residual map (``optlayers/_src/conic/derivative.py``): reverse and forward mode.
+    assembles the batch with one sparse matmul, solves it — LPs/QPs (zero and nonnegative
+    cones only) with the batched dense interior point ``ol.solve_qp`` in one call (the "qp"
+    route, ``qp_route.py``), other programs with SCS or Clarabel in parallel threads — and
+    returns the requested variables (and constraint duals). Gradients flow to every parameter
+    tensor, reverse and forward mode: through ``solve_qp``'s KKT backward on the qp route, else
+    through our implicit derivative of the cone program's residual map
+    (``optlayers/_src/conic/derivative.py``).
 
     Args:
         problem: a ``cvxpy.Problem`` that is DPP (``problem.is_dpp()``; with ``gp=True``,
@@ -214,8 +214,12 @@ class CvxpyLayer(torch.nn.Module):
         gp: the problem is a log-log convex (geometric) program; parameters are passed in
             natural (positive) units, log-transformed inside, and primal outputs are
             exponentiated back (duals are those of the log-log transformed problem).
-        solver: ``"scs"`` (default) or ``"clarabel"`` (strings or ``ol.Backend``). cvxpylayers'
-            ``cp.SCS`` / ``cp.CLARABEL`` spellings are accepted.
+        solver: ``"auto"`` (default), ``"qp"``, ``"scs"`` or ``"clarabel"`` (strings,
+            :class:`~optlayers.conic.ConicSolver` or ``ol.Backend``; cvxpylayers' ``cp.SCS`` /
+            ``cp.CLARABEL`` / ``"diffcp"`` spellings are accepted). ``"auto"`` solves LP/QP
+            programs (zero and nonnegative cones only) of moderate size with the batched dense
+            interior point ``ol.solve_qp`` (``"qp"``, differentiated through its KKT backward)
+            and everything else with SCS; see ``docs/conic.md``.
         solver_args: default solver settings (the same keys as per call, see ``forward``).
         backward: ``"auto"`` (default), ``"dense"`` or ``"iterative"`` (see
             :class:`~optlayers._src.conic.options.BackwardMode`).
@@ -243,7 +247,7 @@ class CvxpyLayer(torch.nn.Module):
         parameters: Sequence,
         variables: Sequence,
         gp: bool = False,
-        solver: Backend | str | None = None,
+        solver: ConicSolver | Backend | str | None = None,
         solver_args: dict[str, Any] | None = None,
         *,
         backward: BackwardMode | str = "auto",
@@ -266,11 +270,23 @@ class CvxpyLayer(torch.nn.Module):
         self._solver_cache = backends.SolverCache()
         self._warm: tuple | None = None
         self._scs_scale: float | None = None
+        self._qp_plan: Any = _UNSET
+        if self.options.backend in (ConicSolver.AUTO, ConicSolver.QP):
+            self._route(self.options)  # builds the QP plan; a 'qp' layer of an SOCP fails here
 
     # -- helpers ----------------------------------------------------------------------------
     def extra_repr(self) -> str:
         p = self.program
-        return (f"n={p.n}, m={p.m}, cones={p.dims.describe()}, solver={self.options.backend.value!r}, "
+        solver = repr(self.options.backend.value)
+        try:
+            chosen = self._route(self.options).backend
+        except ValueError:  # pragma: no cover - the constructor already checked
+            chosen = self.options.backend
+        if chosen is not self.options.backend:
+            solver += f" -> {chosen.value!r}"
+        if chosen is ConicSolver.QP:
+            solver += f" ({self.qp_plan().describe()})"
+        return (f"n={p.n}, m={p.m}, cones={p.dims.describe()}, solver={solver}, "
                 f"backward={self.options.backward.value!r}, on_failure={self.on_failure.value!r}")
 
     def _index_on(self, device: torch.device) -> ProgramIndex:
@@ -317,14 +333,16 @@ class CvxpyLayer(torch.nn.Module):
 
         ``solver_args`` (per call, overriding the layer's): ``eps`` (both ``eps_abs`` and
         ``eps_rel``), ``eps_abs``, ``eps_rel``, ``eps_infeas``, ``max_iters``,
-        ``solve_method``/``solver`` (``"SCS"``, ``"Clarabel"``), ``mode``/``backward``
-        (``"dense"``, ``"iterative"``; diffcp's ``"lsqr"``/``"lsmr"`` mean iterative),
-        ``n_jobs``, ``warm_start``, ``verbose``, and any setting of the solver itself.
+        ``solve_method``/``solver`` (``"auto"``, ``"qp"``, ``"SCS"``, ``"Clarabel"``),
+        ``mode``/``backward`` (``"dense"``, ``"iterative"``; diffcp's ``"lsqr"``/``"lsmr"``
+        mean iterative), ``n_jobs``, ``warm_start``, ``verbose``, and any setting of the solver
+        itself.
         """
         options = self.options.with_args(solver_args)
         if warm_start is not None:
             options = dataclasses.replace(options, warm_start=bool(warm_start))
-        if options.backend is Backend.SCS and self._scs_scale is not None and "scale" not in options.extra_dict():
+        options = self._route(options)
+        if options.backend is ConicSolver.SCS and self._scs_scale is not None and "scale" not in options.extra_dict():
             options = dataclasses.replace(options, extra=options.extra + (("scale", self._scs_scale),))
         prog = self.program
         values, batch_shape, dtype, device = self._check(params)
@@ -353,37 +371,10 @@ class CvxpyLayer(torch.nn.Module):
         if prog.P_rows is None:
             P = None
 
-        # Solve (outside autograd).
-        with torch.no_grad():
-            raw = self._solve(c, A, b, P, B, options)
-        x = torch.as_tensor(raw.x, dtype=torch.float64, device=device)
-        y = torch.as_tensor(raw.y, dtype=torch.float64, device=device)
-        s = torch.as_tensor(raw.s, dtype=torch.float64, device=device)
-        status = torch.as_tensor(raw.status, device=device)
-        ok = status == Status.SOLVED
-        self._remember_scale(raw)
-        refine_steps = torch.zeros(B, dtype=torch.int32, device=device)
-        if options.refine:
-            # Problems the solver left "inaccurate" (iteration limit with a solution estimate) are
-            # refined too, and count as solved when the refinement certifies them.
-            rescue = torch.as_tensor(raw.inexact, device=device) & ~ok
-            with torch.no_grad():
-                x, y, s, refine_steps, rel = refine(
-                    self._index_on(device), c.detach(), A.detach(), b.detach(),
-                    None if P is None else P.detach(), x, y, s, ok | rescue, options.backward,
-                )
-            certified = rescue & (rel <= _opt.REFINE_TOL)
-            if bool(certified.any()):
-                status = torch.where(certified, torch.full_like(status, Status.SOLVED), status)
-                ok = status == Status.SOLVED
-        if options.warm_start:
-            self._warm = tuple(t.detach().cpu().numpy().copy() for t in (x, y, s))
-        if not bool(ok.all()):
-            x = torch.where(ok.unsqueeze(1), x, torch.zeros_like(x))
-            y = torch.where(ok.unsqueeze(1), y, torch.zeros_like(y))
-            s = torch.where(ok.unsqueeze(1), s, torch.zeros_like(s))
-        if self._needs_derivative(c, A, b, P):
-            x, y = ConeSolutionMap.apply(c, A, b, P, x, y, s, ok, self._index_on(device), options.backward)
+        if options.backend is ConicSolver.QP:
+            x, y, status, iterations, refine_steps, solver_status = self._forward_qp(c, A, b, P, B, options)
+        else:
+            x, y, status, iterations, refine_steps, solver_status = self._forward_cone(c, A, b, P, B, options)
 
         outs = []
         for om in prog.outputs:
@@ -400,10 +391,113 @@ class CvxpyLayer(torch.nn.Module):
             return tuple(outs)
         return ConicSolution(
             values=tuple(outs), status=status,
-            iterations=torch.as_tensor(raw.iterations, device=device).reshape(tuple(batch_shape)),
+            iterations=iterations.to(device=device, dtype=torch.int32).reshape(tuple(batch_shape)),
             refine_steps=refine_steps.reshape(tuple(batch_shape)),
-            solver_status=list(raw.solver_status), backend=options.backend.value,
+            solver_status=list(solver_status), backend=options.backend.value,
         )
+
+    # -- routes -----------------------------------------------------------------------------
+    def qp_plan(self) -> QPPlan | None:
+        """The program as a dense QP (``qp_route.QPPlan``), or ``None`` if it has other cones."""
+        if self._qp_plan is _UNSET:
+            self._qp_plan = None if not_qp_reason(self.program) else QPPlan(self.program)
+        return self._qp_plan
+
+    def _route(self, options: ConicOptions) -> ConicOptions:
+        """Resolve ``"auto"`` (and check ``"qp"``) for this program; returns the options with the
+        concrete solver."""
+        solver = options.backend
+        if solver is ConicSolver.QP:
+            if self.qp_plan() is None:
+                raise ValueError(not_qp_reason(self.program))
+            return options
+        if solver is not ConicSolver.AUTO:
+            return options
+        scs_only, qp_keys = options.scs_only_settings(), options.qp_settings()
+        if scs_only and qp_keys:
+            raise ValueError(
+                f"solver_args mixes SCS settings {scs_only} with qp settings {qp_keys}; pass "
+                "solver='scs' or solver='qp' and only that solver's settings"
+            )
+        if qp_keys:
+            if self.qp_plan() is None:
+                raise ValueError(f"solver_args {qp_keys} are settings of the qp solver, but " + not_qp_reason(self.program))
+            return dataclasses.replace(options, backend=ConicSolver.QP)
+        plan = self.qp_plan()
+        if not scs_only and plan is not None and plan.fits_auto():
+            return dataclasses.replace(options, backend=ConicSolver.QP)
+        return dataclasses.replace(options, backend=ConicSolver.SCS)
+
+    def _forward_qp(self, c, A, b, P, B: int, options: ConicOptions):
+        """The qp route (``qp_route.py``): one batched ``solve_qp``, differentiable as is.
+
+        Problems it leaves at the iteration limit or with a numerical error (no certificate) are
+        re-solved by SCS, so that they get SCS's infeasibility/unboundedness certificates or its
+        solution (then differentiated by ``derivative.py``)."""
+        device = c.device
+        x, y, status, iterations, kernel = self.qp_plan().solve(c, A, b, P, B, options)
+        st = status.cpu().numpy()
+        solver_status = [f"qp/{kernel}: {Status(int(v)).name.lower()}" for v in st]
+        refine_steps = torch.zeros(B, dtype=torch.int32, device=device)
+        retry = np.nonzero((st == Status.MAX_ITER) | (st == Status.NUMERICAL_ERROR))[0]
+        if retry.size:
+            sel = torch.as_tensor(retry, device=device)
+
+            def rows(t):
+                return t if t is None or t.shape[0] == 1 else t[sel]
+
+            scs_opts = dataclasses.replace(
+                options, backend=ConicSolver.SCS, warm_start=False,
+                extra=tuple((k, v) for k, v in options.extra if k in _opt.SCS_SETTINGS),
+            )
+            xs, ys, sts, its, rs, ss = self._forward_cone(rows(c), rows(A), rows(b), rows(P), int(retry.size), scs_opts,
+                                                          remember=False)
+            x = x.index_copy(0, sel, xs)
+            y = y.index_copy(0, sel, ys)
+            status = status.index_copy(0, sel, sts.to(status.dtype))
+            iterations = iterations.index_copy(0, sel, its.to(device=device, dtype=iterations.dtype))
+            refine_steps = refine_steps.index_copy(0, sel, rs)
+            for k, i in enumerate(retry):
+                solver_status[i] += f" -> scs: {ss[k]}"
+        return x, y, status, iterations, refine_steps, solver_status
+
+    def _forward_cone(self, c, A, b, P, B: int, options: ConicOptions, remember: bool = True):
+        """SCS / Clarabel on every problem (threads), Newton refinement, and the implicit
+        derivative of ``derivative.py`` attached by :class:`ConeSolutionMap`."""
+        device = c.device
+        with torch.no_grad():
+            raw = self._solve(c, A, b, P, B, options)
+        x = torch.as_tensor(raw.x, dtype=torch.float64, device=device)
+        y = torch.as_tensor(raw.y, dtype=torch.float64, device=device)
+        s = torch.as_tensor(raw.s, dtype=torch.float64, device=device)
+        status = torch.as_tensor(raw.status, device=device)
+        ok = status == Status.SOLVED
+        if remember:
+            self._remember_scale(raw)
+        refine_steps = torch.zeros(B, dtype=torch.int32, device=device)
+        if options.refine:
+            # Problems the solver left "inaccurate" (iteration limit with a solution estimate) are
+            # refined too, and count as solved when the refinement certifies them.
+            rescue = torch.as_tensor(raw.inexact, device=device) & ~ok
+            with torch.no_grad():
+                x, y, s, refine_steps, rel = refine(
+                    self._index_on(device), c.detach(), A.detach(), b.detach(),
+                    None if P is None else P.detach(), x, y, s, ok | rescue, options.backward,
+                )
+            certified = rescue & (rel <= _opt.REFINE_TOL)
+            if bool(certified.any()):
+                status = torch.where(certified, torch.full_like(status, Status.SOLVED), status)
+                ok = status == Status.SOLVED
+        if options.warm_start and remember:
+            self._warm = tuple(t.detach().cpu().numpy().copy() for t in (x, y, s))
+        if not bool(ok.all()):
+            x = torch.where(ok.unsqueeze(1), x, torch.zeros_like(x))
+            y = torch.where(ok.unsqueeze(1), y, torch.zeros_like(y))
+            s = torch.where(ok.unsqueeze(1), s, torch.zeros_like(s))
+        if self._needs_derivative(c, A, b, P):
+            x, y = ConeSolutionMap.apply(c, A, b, P, x, y, s, ok, self._index_on(device), options.backward)
+        iterations = torch.as_tensor(raw.iterations)
+        return x, y, status, iterations, refine_steps, list(raw.solver_status)
 
     def _remember_scale(self, raw) -> None:
         """Scale memory (SCS): the next call starts at this call's median adapted scale."""

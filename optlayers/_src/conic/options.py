@@ -54,6 +54,22 @@ SCS_SCALE_GRID = 4
 # (its own defaults are 1e-8); its iteration cap:
 CLARABEL_MAX_ITER = 200
 
+# The "qp" route (``qp_route.py``): programs with only zero and nonnegative cones (LPs and QPs)
+# are solved by the library's batched dense interior point ``ol.solve_qp`` (native kernel when
+# built) and differentiated through its active-set KKT backward. Its relative tolerance is
+# min(eps_abs, eps_rel, QP_TOL) — the polish then takes float64 solutions to ~1e-14, so a loose
+# SCS-style ``eps`` never makes it less accurate; its iteration cap is ``max_iters`` if given,
+# else QP_MAX_ITER (interior-point iterations: 8-30 on our problems).
+QP_TOL = 1e-9
+QP_MAX_ITER = 50
+# solver="auto" (the default) takes the qp route when the program has only zero/nonnegative
+# cones and its reduced dense QP (after eliminating CVXPY's auxiliary variables) has at most
+# QP_AUTO_MAX_N variables and QP_AUTO_MAX_ROWS constraint rows; the dense interior point costs
+# O(n³ + rows·n²) per iteration and problem, whatever the sparsity, so large sparse programs stay
+# with SCS (measured: see docs/conic.md).
+QP_AUTO_MAX_N = 256
+QP_AUTO_MAX_ROWS = 1024
+
 # Backward pass. "auto" uses the dense direct mode when the derivative system (N = n + m
 # unknowns per problem) is at most DENSE_MAX_DIM; each dense chunk of the batch holds at most
 # DENSE_MAX_BYTES of float64 matrices (the batch is processed in chunks below that).
@@ -125,6 +141,40 @@ class BackwardMode(str, enum.Enum):
             raise ValueError(f"backward must be one of {choices}; got {value!r}") from None
 
 
+class ConicSolver(str, enum.Enum):
+    """Which solver a :class:`~optlayers.CvxpyLayer` uses (strings accepted everywhere).
+
+    ``"auto"`` (default): ``"qp"`` when the cone program is an LP/QP (zero and nonnegative cones
+    only) of moderate size (``QP_AUTO_MAX_N``, ``QP_AUTO_MAX_ROWS``) and no SCS-only setting was
+    passed, else ``"scs"``. ``"qp"``: the batched dense interior point ``ol.solve_qp``,
+    differentiated through its own KKT backward (LP/QP programs only). ``"scs"``, ``"clarabel"``:
+    the conic solvers, differentiated by ``derivative.py``. cvxpylayers' spellings ``cp.SCS``,
+    ``cp.CLARABEL`` and ``"diffcp"`` (SCS underneath) are accepted, and so are the matching
+    :class:`~optlayers.Backend` members.
+    """
+
+    AUTO = "auto"
+    QP = "qp"
+    SCS = "scs"
+    CLARABEL = "clarabel"
+
+    @classmethod
+    def resolve(cls, value: "ConicSolver | Backend | str | None") -> "ConicSolver":
+        if value is None:
+            return cls.AUTO
+        if isinstance(value, cls):
+            return value
+        key = str(value.value if isinstance(value, enum.Enum) else value).lower()
+        if key == "diffcp":
+            return cls.SCS
+        try:
+            return cls(key)
+        except ValueError:
+            choices = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"solver must be one of {choices} for a CvxpyLayer; got {value!r}") from None
+
+
+# Kept for callers that listed the conic solvers by Backend member.
 CONIC_BACKENDS = (Backend.SCS, Backend.CLARABEL)
 
 # Settings forwarded verbatim to each solver (validated here so a typo is a clear error).
@@ -145,6 +195,15 @@ CLARABEL_SETTINGS = frozenset({
     "iterative_refinement_reltol", "iterative_refinement_abstol", "iterative_refinement_max_iter",
     "iterative_refinement_stop_ratio", "presolve_enable", "time_limit", "max_threads",
 })
+# Settings of the qp route: ``polish`` (solve_qp's active-set polish, default True) and
+# ``qp_backend`` (solve_qp's ``backend``: "auto" (default), "native", "torch").
+QP_SETTINGS = frozenset({"polish", "qp_backend"})
+_SETTINGS = {
+    ConicSolver.SCS: SCS_SETTINGS,
+    ConicSolver.CLARABEL: CLARABEL_SETTINGS,
+    ConicSolver.QP: QP_SETTINGS,
+    ConicSolver.AUTO: SCS_SETTINGS | QP_SETTINGS,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,25 +211,30 @@ class ConicOptions:
     """Everything that configures a solve and its derivative.
 
     Attributes:
-        backend: ``"scs"`` (default) or ``"clarabel"``.
+        backend: the :class:`ConicSolver`: ``"auto"`` (default), ``"qp"``, ``"scs"`` or
+            ``"clarabel"``.
         eps_abs, eps_rel: stopping tolerances (default 1e-7 both, then Newton refinement, see
             ``refine``): SCS ``eps_abs``/``eps_rel``;
-            Clarabel ``tol_gap_abs`` = ``tol_feas`` = ``eps_abs``, ``tol_gap_rel`` = ``eps_rel``.
+            Clarabel ``tol_gap_abs`` = ``tol_feas`` = ``eps_abs``, ``tol_gap_rel`` = ``eps_rel``;
+            qp route: ``tol`` = min(eps_abs, eps_rel, ``QP_TOL``).
         eps_infeas: SCS infeasibility-certificate tolerance.
-        max_iters: iteration cap (SCS: ADMM iterations; Clarabel: interior-point iterations).
-            ``None`` uses the backend's default (20 000 for SCS, 200 for Clarabel).
+        max_iters: iteration cap (SCS: ADMM iterations; Clarabel, qp: interior-point
+            iterations). ``None`` uses the backend's default (20 000 for SCS, 200 for Clarabel,
+            50 for qp).
         backward: :class:`BackwardMode` of the derivative solve.
         n_jobs: worker threads solving the batch (SCS releases the GIL while solving);
-            ``None`` means ``os.cpu_count()``, ``1`` solves sequentially.
+            ``None`` means ``os.cpu_count()``, ``1`` solves sequentially. (The qp route runs
+            one batched solve; its native kernel uses torch's intra-op threads.)
         warm_start: start SCS from the previous call's solution of the same batch index
-            (when the previous call had the same batch size).
+            (when the previous call had the same batch size); interior points (Clarabel, qp)
+            ignore it.
         refine: polish the solver's point by Newton steps on the residual map when its
             residual is above ``REFINE_TRIGGER`` (see ``derivative.refine``).
         verbose: print the solver's log.
         extra: further solver-specific settings (names checked against the solver's own).
     """
 
-    backend: Backend = Backend.SCS
+    backend: ConicSolver = ConicSolver.AUTO
     eps_abs: float = SCS_EPS_ABS
     eps_rel: float = SCS_EPS_REL
     eps_infeas: float = SCS_EPS_INFEAS
@@ -183,9 +247,7 @@ class ConicOptions:
     extra: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.backend not in CONIC_BACKENDS:
-            names = ", ".join(repr(b.value) for b in CONIC_BACKENDS)
-            raise ValueError(f"solver must be one of {names} for a CvxpyLayer; got {self.backend.value!r}")
+        object.__setattr__(self, "backend", ConicSolver.resolve(self.backend))
         for name in ("eps_abs", "eps_rel", "eps_infeas"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 < float(v) < 1.0):
@@ -194,13 +256,23 @@ class ConicOptions:
             raise ValueError(f"solver_args['max_iters'] must be a positive int; got {self.max_iters!r}")
         if self.n_jobs is not None and (not isinstance(self.n_jobs, int) or self.n_jobs < 1):
             raise ValueError(f"n_jobs must be a positive int or None; got {self.n_jobs!r}")
-        allowed = SCS_SETTINGS if self.backend is Backend.SCS else CLARABEL_SETTINGS
-        for key, _ in self.extra:
+        allowed = _SETTINGS[self.backend]
+        for key, value in self.extra:
             if key not in allowed:
+                which = "scs or qp" if self.backend is ConicSolver.AUTO else self.backend.value
                 raise ValueError(
-                    f"solver_args: {key!r} is not a {self.backend.value} setting; accepted: "
-                    f"{sorted(_GENERIC_KEYS)} and the {self.backend.value} settings {sorted(allowed)}"
+                    f"solver_args: {key!r} is not a {which} setting; accepted: "
+                    f"{sorted(_GENERIC_KEYS)} and the {which} settings {sorted(allowed)}"
                 )
+            if key == "qp_backend" and str(getattr(value, "value", value)).lower() not in ("auto", "native", "torch"):
+                raise ValueError(f"solver_args['qp_backend'] must be 'auto', 'native' or 'torch'; got {value!r}")
+
+    def scs_only_settings(self) -> list[str]:
+        """The extra settings that only SCS understands (they make ``"auto"`` choose SCS)."""
+        return [k for k, _ in self.extra if k in SCS_SETTINGS and k not in QP_SETTINGS]
+
+    def qp_settings(self) -> list[str]:
+        return [k for k, _ in self.extra if k in QP_SETTINGS]
 
     def extra_dict(self) -> dict[str, Any]:
         return dict(self.extra)
@@ -223,12 +295,14 @@ _GENERIC_KEYS = frozenset({
 def parse_solver_args(solver_args: Mapping[str, Any], base: ConicOptions | None = None) -> ConicOptions:
     """Parse a cvxpylayers-compatible ``solver_args`` dict into :class:`ConicOptions`.
 
-    Accepted keys: ``solve_method``/``solver`` (``"SCS"``, ``"Clarabel"``), ``eps`` (sets both
+    Accepted keys: ``solve_method``/``solver`` (``"auto"``, ``"qp"``, ``"SCS"``, ``"Clarabel"``), ``eps`` (sets both
     ``eps_abs`` and ``eps_rel``), ``eps_abs``, ``eps_rel``, ``eps_infeas``, ``max_iters``,
     ``mode``/``backward`` (``"dense"``, ``"iterative"``, diffcp's ``"lsqr"``/``"lsmr"``),
     ``n_jobs``/``n_jobs_forward``, ``n_jobs_backward`` (ignored: the backward is batched),
     ``warm_start``, ``refine``, ``verbose``, and any setting of the chosen solver (e.g.
-    ``acceleration_lookback`` for SCS, ``tol_feas`` for Clarabel).
+    ``acceleration_lookback`` for SCS, ``tol_feas`` for Clarabel, ``polish`` / ``qp_backend``
+    for qp; with ``"auto"`` the SCS and qp settings are accepted, and an SCS-only setting makes
+    it choose SCS).
     """
     if not isinstance(solver_args, Mapping):
         raise ValueError(f"solver_args must be a dict; got {type(solver_args).__name__}")
@@ -238,9 +312,10 @@ def parse_solver_args(solver_args: Mapping[str, Any], base: ConicOptions | None 
     backend = base.backend
     for key in ("solver", "solve_method"):
         if key in solver_args:
-            backend = Backend.resolve(solver_args[key])
+            backend = ConicSolver.resolve(solver_args[key])
             if backend != base.backend:
-                extra = {}  # settings of the other solver do not carry over
+                # settings of the other solver do not carry over
+                extra = {k: v for k, v in extra.items() if k in _SETTINGS[backend]}
     fields["backend"] = backend
     for key, value in solver_args.items():
         if key in ("solver", "solve_method", "n_jobs_backward"):

@@ -157,14 +157,16 @@ def run_chunks(B: int, n_jobs: int | None, work: Callable[[range], None]) -> Non
         f.result()
 
 
-def get(backend: Backend) -> ConeBackend:
-    """The backend object for a :class:`Backend` member (``SCS`` or ``CLARABEL``)."""
-    if backend is Backend.SCS:
+def get(backend) -> ConeBackend:
+    """The backend object for ``"scs"`` or ``"clarabel"`` (a ``ConicSolver`` or ``Backend`` member
+    or its string)."""
+    name = str(getattr(backend, "value", backend)).lower()
+    if name == Backend.SCS.value:
         from optlayers._src.conic.backends.scs import SCSBackend
 
         return SCSBackend()
-    if backend is Backend.CLARABEL:
+    if name == Backend.CLARABEL.value:
         from optlayers._src.conic.backends.clarabel import ClarabelBackend
 
         return ClarabelBackend()
-    raise ValueError(f"{backend.value!r} is not a conic backend; use 'scs' or 'clarabel'")
+    raise ValueError(f"{name!r} is not a conic backend; use 'scs' or 'clarabel'")
