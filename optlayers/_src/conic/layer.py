@@ -265,7 +265,8 @@ class CvxpyLayer(torch.nn.Module):
         self.on_failure = OnFailure.resolve(on_failure)
         self.return_solution = bool(return_solution)
         self.program: ConeProgram = canonicalize(problem, list(parameters), list(variables), gp=bool(gp))
-        self._mats_cache: dict[tuple[bool, ...], tuple] = {}
+        self._mats_cache: dict[tuple, tuple] = {}
+        self._lower: dict[tuple, Any] = {}
         self._index: dict[torch.device, ProgramIndex] = {}
         self._solver_cache = backends.SolverCache()
         self._warm: tuple | None = None
@@ -295,9 +296,20 @@ class CvxpyLayer(torch.nn.Module):
             idx = self._index[device] = ProgramIndex.of(self.program, device)
         return idx
 
-    def _mats(self, batched: tuple[bool, ...]):
-        """Sparse maps of the batched and of the shared parameter columns (cached per pattern)."""
-        got = self._mats_cache.get(batched)
+    def _orders(self, batched: tuple[bool, ...]) -> tuple[list[int], list[int]]:
+        """Parameters entering θ's batched and shared column groups, in parameter order."""
+        params = self.program.params
+        order_b = [i for i, is_b in enumerate(batched) if is_b and params[i].col is not None]
+        order_s = [i for i, is_b in enumerate(batched) if not is_b and params[i].col is not None]
+        return order_b, order_s
+
+    def _mats(self, batched: tuple[bool, ...], qp: bool):
+        """Sparse maps of the batched and of the shared parameter columns, for the cone
+        program's data (c, vals(A), b, vals(P)) or, with ``qp``, for the qp route's blocks
+        (``QPPlan.data_map``); cached per pattern. Returns ``(Mb, Ms, sizes, varying)``:
+        ``varying[k]`` tells whether block k depends on a batched parameter."""
+        key = (batched, qp)
+        got = self._mats_cache.get(key)
         if got is not None:
             return got
         prog = self.program
@@ -308,23 +320,32 @@ class CvxpyLayer(torch.nn.Module):
             rng = list(range(slot.col, slot.col + slot.lower.size))
             (cols_b if is_b else cols_s).extend(rng)
         cols_s.append(prog.n_theta - 1)  # the constant column
-        Mc = prog.M.tocsc()
+        if qp:
+            M, sizes = self.qp_plan().data_map()
+        else:
+            M, sizes = prog.M, prog.split_sizes()
+        Mc = M.tocsc()
         Mb = _SparseMats(Mc[:, cols_b]) if cols_b else None
         Ms = _SparseMats(Mc[:, cols_s])
-        # Which data blocks (c, A, b, P) vary across the batch.
-        sizes = prog.split_sizes()
-        bounds = np.cumsum([0] + sizes)
-        varying = [False] * 4
+        bounds = np.cumsum([0] + list(sizes))
+        varying = [False] * len(sizes)
         if Mb is not None:
             rows = np.unique(Mb.M.tocoo().row)
-            for k in range(4):
+            for k in range(len(sizes)):
                 varying[k] = bool(((rows >= bounds[k]) & (rows < bounds[k + 1])).any())
-        order_b = [i for i, is_b in enumerate(batched) if is_b and prog.params[i].col is not None]
-        order_s = [i for i, is_b in enumerate(batched) if not is_b and prog.params[i].col is not None]
-        # Columns are stacked slot by slot in parameter order; M's columns were taken in the same order.
-        got = (Mb, Ms, tuple(varying), order_b, order_s)
-        self._mats_cache[batched] = got
+        got = (Mb, Ms, list(sizes), tuple(varying))
+        self._mats_cache[key] = got
         return got
+
+    def _assemble(self, theta_s, theta_b, batched, qp: bool) -> list[torch.Tensor]:
+        """θ̄ → data blocks with one sparse matmul per column group; a block is (B, k) if it
+        depends on a batched parameter, else (1, k)."""
+        Mb, Ms, sizes, varying = self._mats(batched, qp)
+        data_s = SparseAffine.apply(theta_s, Ms).split(sizes, 1)                  # (1, ·)
+        if Mb is None:
+            return list(data_s)
+        data_b = SparseAffine.apply(theta_b, Mb).split(sizes, 1)                  # (B, ·)
+        return [ds + db if v else ds for ds, db, v in zip(data_s, data_b, varying)]
 
     # -- call -------------------------------------------------------------------------------
     def forward(self, *params: torch.Tensor, solver_args: dict[str, Any] | None = None,
@@ -349,31 +370,19 @@ class CvxpyLayer(torch.nn.Module):
         B = math.prod(batch_shape) if batch_shape else 1
         batched = tuple(v.dim() > len(slot.shape) for v, slot in zip(values, prog.params))
 
-        # θ̄ → data with one sparse matmul per group (batched columns, shared columns).
-        Mb, Ms, varying, order_b, order_s = self._mats(batched)
-        theta_s = [self._column_values(values[i], i, 0) for i in order_s]
+        # θ̄ = (θ_batched | θ_shared, 1) → data with one sparse matmul per column group.
+        order_b, order_s = self._orders(batched)
         one = torch.ones(1, 1, dtype=torch.float64, device=device)
-        theta_s = torch.cat(theta_s + [one], 1) if theta_s else one
-        data_s = SparseAffine.apply(theta_s, Ms)                                   # (1, R)
-        if Mb is not None:
-            theta_b = torch.cat([self._column_values(values[i], i, B) for i in order_b], 1)
-            data_b = SparseAffine.apply(theta_b, Mb)                               # (B, R)
-        blocks = []
-        start = 0
-        for k, size in enumerate(prog.split_sizes()):
-            sl = slice(start, start + size)
-            blk = data_s[:, sl]
-            if varying[k]:
-                blk = blk + data_b[:, sl]
-            blocks.append(blk)
-            start += size
-        c, A, b, P = blocks
-        if prog.P_rows is None:
-            P = None
+        theta_s = torch.cat([self._column_values(values[i], i, 0) for i in order_s] + [one], 1)
+        theta_b = torch.cat([self._column_values(values[i], i, B) for i in order_b], 1) if order_b else None
+        self._check_finite(theta_s, theta_b, values)
 
         if options.backend is ConicSolver.QP:
-            x, y, status, iterations, refine_steps, solver_status = self._forward_qp(c, A, b, P, B, options)
+            x, y, status, iterations, refine_steps, solver_status = self._forward_qp(theta_s, theta_b, batched, B, options)
         else:
+            c, A, b, P = self._assemble(theta_s, theta_b, batched, qp=False)
+            if prog.P_rows is None:
+                P = None
             x, y, status, iterations, refine_steps, solver_status = self._forward_cone(c, A, b, P, B, options)
 
         outs = []
@@ -428,30 +437,30 @@ class CvxpyLayer(torch.nn.Module):
             return dataclasses.replace(options, backend=ConicSolver.QP)
         return dataclasses.replace(options, backend=ConicSolver.SCS)
 
-    def _forward_qp(self, c, A, b, P, B: int, options: ConicOptions):
+    def _forward_qp(self, theta_s, theta_b, batched, B: int, options: ConicOptions):
         """The qp route (``qp_route.py``): one batched ``solve_qp``, differentiable as is.
 
         Problems it leaves at the iteration limit or with a numerical error (no certificate) are
         re-solved by SCS, so that they get SCS's infeasibility/unboundedness certificates or its
         solution (then differentiated by ``derivative.py``)."""
-        device = c.device
-        x, y, status, iterations, kernel = self.qp_plan().solve(c, A, b, P, B, options)
+        device = theta_s.device
+        plan = self.qp_plan()
+        blocks = self._assemble(theta_s, theta_b, batched, qp=True)
+        x, y, status, iterations, kernel = plan.solve(blocks, B, options)
         st = status.cpu().numpy()
         solver_status = [f"qp/{kernel}: {Status(int(v)).name.lower()}" for v in st]
         refine_steps = torch.zeros(B, dtype=torch.int32, device=device)
         retry = np.nonzero((st == Status.MAX_ITER) | (st == Status.NUMERICAL_ERROR))[0]
         if retry.size:
             sel = torch.as_tensor(retry, device=device)
-
-            def rows(t):
-                return t if t is None or t.shape[0] == 1 else t[sel]
-
+            c, A, b, P = (t if t.shape[0] == 1 else t[sel] for t in self._assemble(theta_s, theta_b, batched, qp=False))
+            if self.program.P_rows is None:
+                P = None
             scs_opts = dataclasses.replace(
                 options, backend=ConicSolver.SCS, warm_start=False,
                 extra=tuple((k, v) for k, v in options.extra if k in _opt.SCS_SETTINGS),
             )
-            xs, ys, sts, its, rs, ss = self._forward_cone(rows(c), rows(A), rows(b), rows(P), int(retry.size), scs_opts,
-                                                          remember=False)
+            xs, ys, sts, its, rs, ss = self._forward_cone(c, A, b, P, int(retry.size), scs_opts, remember=False)
             x = x.index_copy(0, sel, xs)
             y = y.index_copy(0, sel, ys)
             status = status.index_copy(0, sel, sts.to(status.dtype))
@@ -531,13 +540,27 @@ class CvxpyLayer(torch.nn.Module):
     def _column_values(self, value: torch.Tensor, i: int, B: int) -> torch.Tensor:
         """Parameter i's entries as columns of θ: (B, k) batched (B > 0) or (1, k) shared."""
         slot = self.program.params[i]
-        v = value.to(torch.float64)
-        if B:
-            v = v.reshape((B,) + slot.shape)
-        else:
-            v = v.reshape((1,) + slot.shape)
-        flat = _flatten_f(v, 1)[:, torch.as_tensor(slot.lower, device=v.device)]
+        v = value.to(torch.float64).reshape((B or 1,) + slot.shape)
+        flat = _flatten_f(v, 1)
+        key = (i, v.device)
+        lower = self._lower.get(key)
+        if lower is None:
+            full = np.array_equal(slot.lower, np.arange(flat.shape[1]))
+            lower = self._lower[key] = False if full else torch.as_tensor(slot.lower, device=v.device)
+        if lower is not False:
+            flat = flat[:, lower]
         return torch.log(flat) if slot.log else flat
+
+    def _check_finite(self, theta_s, theta_b, values) -> None:
+        """Non-finite parameter values raise, naming the parameter (checked on θ, two
+        reductions, instead of once per parameter)."""
+        fine = bool(torch.isfinite(theta_s).all()) and (theta_b is None or bool(torch.isfinite(theta_b).all()))
+        slots = self.program.params
+        if fine and all(slot.col is not None for slot in slots):
+            return
+        for i, (t, slot) in enumerate(zip(values, slots)):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"params[{i}] ({slot.name}) has non-finite entries (NaN or Inf)")
 
     def _check(self, params: Sequence) -> tuple[list[torch.Tensor], tuple[int, ...], torch.dtype, torch.device]:
         """Validate the call's tensors; broadcast batched ones to the common batch shape."""
@@ -563,7 +586,7 @@ class CvxpyLayer(torch.nn.Module):
             batches.append(tuple(t.shape[: t.dim() - k]))
             dtypes.add(t.dtype)
             devices.add(t.device)
-            if not bool(torch.isfinite(t).all()):
+            if slot.log and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{label} has non-finite entries (NaN or Inf)")
             if slot.log and not bool((t > 0).all()):
                 raise ValueError(f"{label} must be positive: gp=True takes the log of this parameter")

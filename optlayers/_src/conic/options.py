@@ -67,8 +67,8 @@ QP_MAX_ITER = 50
 # QP_AUTO_MAX_N variables and QP_AUTO_MAX_ROWS constraint rows; the dense interior point costs
 # O(n³ + rows·n²) per iteration and problem, whatever the sparsity, so large sparse programs stay
 # with SCS (measured: see docs/conic.md).
-QP_AUTO_MAX_N = 256
-QP_AUTO_MAX_ROWS = 1024
+QP_AUTO_MAX_N = 512
+QP_AUTO_MAX_ROWS = 2048
 
 # Backward pass. "auto" uses the dense direct mode when the derivative system (N = n + m
 # unknowns per problem) is at most DENSE_MAX_DIM; each dense chunk of the batch holds at most

@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from optlayers._src.conic import options as _opt
@@ -97,7 +98,7 @@ class QPPlan:
         if reason is not None:  # pragma: no cover - callers check first
             raise ValueError(reason)
         n, m, z = prog.n, prog.m, prog.dims.zero
-        self.n, self.m = n, m
+        self.prog, self.n, self.m = prog, n, m
         T, E, d = _eliminable(prog)
         self.T = np.asarray(T, dtype=np.int64)
         self.E = np.asarray(E, dtype=np.int64)
@@ -148,6 +149,7 @@ class QPPlan:
             ppos[tt] = poff[2] + ((pi[tt] - nR) if self.TT_diag else (pi[tt] - nR) * nT + (pj[tt] - nR))
             self.P_pos, self.P_sizes = ppos, psizes
         self._index: dict[torch.device, dict[str, torch.Tensor]] = {}
+        self._data_map: tuple | None = None
 
     def describe(self) -> str:
         return (f"QP with {self.n_r} variables, {self.m_r} inequalities, {self.p_r} equalities "
@@ -157,37 +159,68 @@ class QPPlan:
         """Small enough for the dense interior point to be the better choice (``"auto"``)."""
         return self.n_r <= _opt.QP_AUTO_MAX_N and self.m_r + self.p_r <= _opt.QP_AUTO_MAX_ROWS
 
+    def data_map(self) -> tuple[sp.csr_matrix, list[int]]:
+        """The parameter map of the reduced QP's data blocks, ``M_qp = S M`` (S selects / places
+        the cone program's data entries), and the block sizes::
+
+            [c_R (nR), c_T (nT), A[E,R] (nT·nR), A[K,R] (nK·nR), A[K,T] (nK·nT), b_E (nT), b_K (nK),
+             P[R,R] (nR²), P[R,T] (nR·nT), P[T,T] (nT, or nT² if not diagonal)]
+
+        (the P blocks only when the program has a quadratic term). One sparse matmul with θ̄
+        then yields every block of a batch directly (``CvxpyLayer._assemble``)."""
+        if self._data_map is not None:
+            return self._data_map
+        prog = self.prog
+        n, m, nnz_A = self.n, self.m, prog.nnz_A
+        nR, nT, nK = self.n_r, self.T.size, self.p_r + self.m_r
+        K = np.concatenate([self.Ez, self.I])
+        sizes = [nR, nT] + list(self.A_sizes) + [nT, nK]
+        off = np.cumsum([0] + sizes)
+        dest, src = [np.arange(n)], [self.c_perm]                   # c_R, c_T
+        keep = self.A_pos < sum(self.A_sizes)
+        dest.append(off[2] + self.A_pos[keep])
+        src.append(n + np.nonzero(keep)[0])
+        dest.append(off[5] + np.arange(nT + nK))                    # b_E, b_K
+        src.append(n + nnz_A + np.concatenate([self.E, K]))
+        if self.P_pos is not None:
+            sizes += list(self.P_sizes)
+            keep = self.P_pos < sum(self.P_sizes)
+            dest.append(off[-1] + self.P_pos[keep])
+            src.append(n + nnz_A + m + np.nonzero(keep)[0])
+        dest, src = np.concatenate(dest), np.concatenate(src)
+        S = sp.csr_matrix((np.ones(dest.size), (dest, src)), shape=(sum(sizes), prog.M.shape[0]))
+        self._data_map = (sp.csr_matrix(S @ prog.M), sizes)
+        return self._data_map
+
     def index(self, device: torch.device) -> dict[str, torch.Tensor]:
         got = self._index.get(device)
         if got is None:
-            arrays = dict(A_pos=self.A_pos, P_pos=self.P_pos, c_perm=self.c_perm, b_perm=self.b_perm,
-                          x_order=self.x_order, y_order=self.y_order)
+            arrays = dict(x_order=self.x_order, y_order=self.y_order)
             got = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in arrays.items() if v is not None}
             got["d"] = torch.as_tensor(self.d, dtype=torch.float64, device=device)
             self._index[device] = got
         return got
 
     # -- the solve ----------------------------------------------------------------------------
-    def solve(self, c, A, b, P, B: int, options: ConicOptions):
-        """Solve the batch; differentiable in (c, A, b, P) through ``solve_qp``.
+    def solve(self, blocks: list[torch.Tensor], B: int, options: ConicOptions):
+        """Solve the batch; differentiable in the data blocks through ``solve_qp``.
 
-        ``c`` (B|1, n), ``A`` (B|1, nnz_A), ``b`` (B|1, m), ``P`` (B|1, nnz_P) or ``None``
-        (float64, any device). Returns ``(x (B, n), y (B, m), status (B,) int8, iterations (B,)
+        ``blocks``: the blocks of :meth:`data_map` (float64, any device), each (B, k) or (1, k)
+        (shared by the batch). Returns ``(x (B, n), y (B, m), status (B,) int8, iterations (B,)
         int32, the solve_qp backend's name)``; problems that did not solve hold zeros in x and y
         (and get zero gradients).
         """
         from optlayers._src.qp.api import solve_qp
 
-        ix = self.index(c.device)
+        ix = self.index(blocks[0].device)
         nR, nT, nK, p_r = self.n_r, self.T.size, self.p_r + self.m_r, self.p_r
-        blocks = _scatter(A, ix["A_pos"], self.A_sizes)
-        A_ER, A_KR, A_KT = (blk.reshape(A.shape[0], r, k) for blk, (r, k) in
-                            zip(blocks, ((nT, nR), (nK, nR), (nK, nT))))
-        cR, cT = c.index_select(1, ix["c_perm"]).split([nR, nT], 1)
-        bE, bK = b.index_select(1, ix["b_perm"]).split([nT, nK], 1)
+        cR, cT, A_ER, A_KR, A_KT, bE, bK = blocks[:7]
+        A_ER, A_KR, A_KT = (blk.reshape(blk.shape[0], r, k) for blk, (r, k) in
+                            zip((A_ER, A_KR, A_KT), ((nT, nR), (nK, nR), (nK, nT))))
+        P = None if len(blocks) == 7 else blocks[7:]
         PRR = PRT = PTT = None
         if P is not None:
-            PRR, PRT, PTT = _scatter(P, ix["P_pos"], self.P_sizes)
+            PRR, PRT, PTT = P
             PRR = PRR.reshape(-1, nR, nR) if self.has_RR else None
             PRT = PRT.reshape(-1, nR, nT) if self.has_RT else None
             PTT = PTT if self.TT_diag else PTT.reshape(-1, nT, nT)
@@ -263,58 +296,40 @@ class QPPlan:
         return x, y, status.to(torch.int8), iterations.to(torch.int32), sol.backend
 
 
-def _scatter(vals: torch.Tensor, pos: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """Scatter the stored entries ``vals`` (k, nnz) to flat positions ``pos`` of a zero buffer
-    (k, sum(sizes) + 1) — the last slot takes the entries nobody reads — and split it into
-    blocks of the given sizes (views)."""
-    total = sum(sizes)
-    out = vals.new_zeros(vals.shape[0], total + 1).index_copy(1, pos, vals)
-    return list(out[:, :total].split(sizes, 1))
-
-
-def _eliminable(prog: ConeProgram) -> tuple[list[int], list[int], list[float]]:
-    """Greedy choice of (variables T, equality rows E, pivots d) with A[E, T] = diag(d) constant.
+def _eliminable(prog: ConeProgram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Choice of (variables T, equality rows E, pivots d) with A[E, T] = diag(d) constant.
 
     A stored entry of A is *constant* when its row of the parameter map M has no parameter
-    column. Candidates: variables whose column has a constant entry in an equality row; taken in
-    order as long as the chosen rows and variables keep A[E, T] diagonal.
+    column. Each equality row proposes its constant entry (of pivot size, ``ELIM_PIVOT_RATIO``)
+    whose variable appears in the fewest rows (CVXPY's auxiliary variables appear in one), each
+    variable keeps the first row proposing it, and pairs whose row holds another chosen
+    variable are dropped until none does (dropping only removes entries, so this ends with
+    A[E, T] diagonal). Vectorized: construction stays cheap for large programs.
     """
-    n, z, nnz = prog.n, prog.dims.zero, prog.nnz_A
+    n, m, z, nnz = prog.n, prog.m, prog.dims.zero, prog.nnz_A
+    if z == 0 or nnz == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
     MA = prog.M[n:n + nnz].tocsc()
     const_col = prog.n_theta - 1
     constant = MA[:, :const_col].getnnz(axis=1) == 0
     value = np.asarray(MA[:, const_col].todense()).ravel()
     rows, cols = prog.A_rows, prog.A_cols
-    # Entries per row and per column (positions into the stored entries).
-    by_row: dict[int, list[int]] = {}
-    for k in range(nnz):
-        by_row.setdefault(int(rows[k]), []).append(k)
-    by_col: dict[int, list[int]] = {}
-    for k in range(nnz):
-        by_col.setdefault(int(cols[k]), []).append(k)
-    row_max = {i: max(abs(value[k]) for k in ks if constant[k]) if any(constant[k] for k in ks) else 0.0
-               for i, ks in by_row.items()}
-    T, E, d = [], [], []
-    chosen_vars: set[int] = set()
-    chosen_rows: set[int] = set()
-    for j in range(n):
-        ks = by_col.get(j, [])
-        # j must not appear in an already chosen row (A[E, T] stays diagonal).
-        if any(int(rows[k]) in chosen_rows for k in ks):
-            continue
-        for k in ks:
-            i = int(rows[k])
-            if i >= z or not constant[k] or value[k] == 0.0:
-                continue
-            if abs(value[k]) < ELIM_PIVOT_RATIO * row_max[i]:
-                continue
-            # No already eliminated variable may appear in row i.
-            if any(int(cols[kk]) in chosen_vars for kk in by_row[i]):
-                continue
-            T.append(j)
-            E.append(i)
-            d.append(float(value[k]))
-            chosen_vars.add(j)
-            chosen_rows.add(i)
+    row_max = np.zeros(m)
+    np.maximum.at(row_max, rows[constant], np.abs(value[constant]))
+    cand = (rows < z) & constant & (value != 0) & (np.abs(value) >= ELIM_PIVOT_RATIO * row_max[rows])
+    k = np.nonzero(cand)[0]
+    col_count = np.bincount(cols, minlength=n)
+    k = k[np.lexsort((cols[k], col_count[cols[k]], rows[k]))]     # by row, then fewest rows, then index
+    k = k[np.unique(rows[k], return_index=True)[1]]                # one proposal per row
+    k = k[np.unique(cols[k], return_index=True)[1]]                # one row per variable
+    while k.size:
+        chosen = np.zeros(n, dtype=bool)
+        chosen[cols[k]] = True
+        per_row = np.bincount(rows[chosen[cols]], minlength=m)      # chosen variables per row
+        bad = per_row[rows[k]] > 1
+        if not bad.any():
             break
-    return T, E, d
+        k = k[~bad]
+    k = k[np.argsort(cols[k], kind="stable")]
+    return cols[k].astype(np.int64), rows[k].astype(np.int64), value[k].astype(np.float64)
