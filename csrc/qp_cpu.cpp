@@ -1,6 +1,7 @@
 // CPU implementation and schema registration of the native QP ops.
 //
-//   optlayers::qp_solve(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, max_iter, polish)
+//   optlayers::qp_solve(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, polish_start,
+//                       step_to_boundary, max_iter, polish)
 //       -> (x (B,n), lam (B,m), nu (B,p), status (B,) int8, iterations (B,) int32)
 //   optlayers::qp_kkt_solve(Q, G, A, mask, rhs, kkt_reg) -> u (B, n+m+p)
 //   optlayers::qp_check(Q, q, G, h, A, b, psd_tol) -> float64 [8] (see qp_check_cpu)
@@ -43,7 +44,8 @@ void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cpu(
     const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
     const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
-    double kkt_reg, double polish_tol, double step_to_boundary, int64_t max_iter, bool polish) {
+    double kkt_reg, double polish_tol, double polish_start, double step_to_boundary, int64_t max_iter,
+    bool polish) {
   const auto st = q_.scalar_type();
   check_data(Q_, "Q", 2, batch, st); check_data(q_, "q", 1, batch, st);
   check_data(G_, "G", 2, batch, st); check_data(h_, "h", 1, batch, st);
@@ -57,7 +59,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_
   auto iters = at::empty({batch}, opts.dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(st, "optlayers_qp_solve_cpu", [&] {
     using T = scalar_t;
-    const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter), polish};
+    const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter),
+                                     polish, T(polish_start)};
     const int64_t sQ = stride_of(Q, 2), sq = stride_of(q, 1), sG = stride_of(G, 2), sh = stride_of(h, 1);
     const int64_t sA = stride_of(A, 2), sb = stride_of(b, 1);
     const T *pQ = Q.data_ptr<T>(), *pq = q.data_ptr<T>(), *pG = G.data_ptr<T>(), *ph = h.data_ptr<T>();
@@ -258,7 +261,8 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
 
 TORCH_LIBRARY(optlayers, m) {
   m.def("qp_solve(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, int batch, float tol, "
-        "float inf_tol, float kkt_reg, float polish_tol, float step_to_boundary, int max_iter, bool polish) "
+        "float inf_tol, float kkt_reg, float polish_tol, float polish_start, float step_to_boundary, int max_iter, "
+        "bool polish) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("qp_kkt_solve(Tensor Q, Tensor G, Tensor A, Tensor mask, Tensor rhs, float kkt_reg) -> Tensor");
   m.def("qp_check(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, float psd_tol) -> Tensor");

@@ -26,7 +26,8 @@ optlayers::QPBatch<T> batch_of(const at::Tensor& Q, const at::Tensor& q, const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cuda(
     const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
     const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
-    double kkt_reg, double polish_tol, double step_to_boundary, int64_t max_iter, bool polish) {
+    double kkt_reg, double polish_tol, double polish_start, double step_to_boundary, int64_t max_iter,
+    bool polish) {
   c10::cuda::CUDAGuard guard(q_.device());
   auto Q = Q_.contiguous(), q = q_.contiguous(), G = G_.contiguous(), h = h_.contiguous();
   auto A = A_.contiguous(), b = b_.contiguous();
@@ -40,7 +41,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_
     using T = scalar_t;
     const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T));
     auto work = at::empty({plan.groups * plan.workspace_per_group}, opts);
-    const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter), polish};
+    const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter),
+                                     polish, T(polish_start)};
     const optlayers::QPOut<T> out{x.data_ptr<T>(), lam.data_ptr<T>(), nu.data_ptr<T>(), status.data_ptr<int8_t>(),
                                   iters.data_ptr<int32_t>()};
     const auto err = optlayers::launch_qp_solve<T>(batch_of<T>(Q, q, G, h, A, b, batch, n, m, p), set, out,

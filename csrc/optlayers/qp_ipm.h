@@ -78,6 +78,7 @@ struct Settings {
   T step_to_boundary;  // fraction of the distance to the boundary taken by a step
   int max_iter;
   bool polish;
+  T polish_start = T(0);  // first polish attempt once residuals and gap are below this (0: only at the end)
 };
 
 // Pointers to one problem's data (shared data: the same pointers for every problem).
@@ -1019,10 +1020,10 @@ OL_HD void newton_step(const Grp& g, const Problem<T>& d, IPMState<T>& st, const
 // guessed active set; accept if primal feasible with non-negative multipliers; otherwise correct
 // the guess (drop rows with negative multipliers, add violated rows) up to kPolishRounds − 1 times.
 template <typename T, typename Grp>
-OL_HD void polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
+OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
                   int8_t* status) {
   const int n = d.n, m = d.m, p = d.p;
-  if (!((*status == kSolved) || (*status == kMaxIter))) return;
+  if (!((*status == kSolved) || (*status == kMaxIter))) return false;
   const int64_t N0 = int64_t(n) + m + p;
   KKTWork<T> w{work, work + N0 * N0, work + N0 * N0 + N0, work + N0 * N0 + 2 * N0};
   T* rhs = work + N0 * N0 + 3 * N0;
@@ -1084,7 +1085,7 @@ OL_HD void polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
       for (int a = g.rank(); a < k; a += g.size()) lam[act[a]] = ol_max(u[n + a], T(0));
       if (g.rank() == 0) *status = kSolved;
       g.sync();
-      return;
+      return true;
     }
     // Correct the guess: violated inactive rows join, active rows with negative multipliers leave.
     for (int i = g.rank(); i < m; i += g.size())
@@ -1094,6 +1095,7 @@ OL_HD void polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
       if (u[n + a] < T(0)) inset[act[a]] = 0;
     g.sync();
   }
+  return false;
 }
 
 // Equality-only problems (m = 0): one KKT solve, status from the residuals.
@@ -1238,6 +1240,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   int it = 0;
   T best = ol_inf<T>();
   int stall = 0;
+  T loose = set.polish_start;  // next early-polish threshold (≤ tol: none)
   if (!ok) code = kNumericalError;
   for (; ok && it <= set.max_iter; ++it) {
     // Residuals.
@@ -1273,6 +1276,23 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     const bool broken = !(ol_abs(total) < ol_inf<T>());
     if (broken) { code = kNumericalError; break; }
     if (converged) { code = kSolved; break; }
+    // Early polish: once the iterate meets a loose tolerance its active set is usually final, and
+    // the polish (same acceptance test as at the end: primal feasible, dual sign, KKT residual to
+    // polish_tol) then finishes the solve exactly, saving the last interior-point iterations. If
+    // it is not accepted, the iteration goes on and tries again once 1000× tighter.
+    if (set.polish && loose > set.tol && pres <= loose && dres <= loose && gap <= loose) {
+      loose *= T(1e-3);
+      for (int j = g.rank(); j < n; j += g.size()) x[j] = st.x[j];
+      for (int i = g.rank(); i < m; i += g.size()) lam[i] = st.z[i] * st.gs[i];
+      for (int e = g.rank(); e < p; e += g.size()) nu[e] = st.y[e] * st.as[e];
+      if (g.rank() == 0) *status = kMaxIter;
+      g.sync();
+      if (polish(g, d, set, st.polish, x, lam, nu, status)) {
+        if (g.rank() == 0) *iters = it;
+        g.sync();
+        return;
+      }
+    }
     if (primal_inf) { code = kPrimalInfeasible; break; }
     if (dual_inf) { code = kDualInfeasible; break; }
     const T merit = ol_max(ol_max(pres, dres), gap);

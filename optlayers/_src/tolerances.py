@@ -31,6 +31,11 @@ class Tolerances:
     # in float32, where 0.99 lets complementary pairs collapse before the iterate is centred
     # (measured: 4 of 512 random float32 problems stalled at 0.99, none at 0.95).
     step_to_boundary: float
+    # Native kernel: first polish attempt once the relative residuals and gap are below this
+    # (then again 1000× tighter, then at the end). An attempt is accepted only if it passes the
+    # same test as the final polish, so this trades iterations for LU solves, not accuracy:
+    # measured on random planted QPs (n = 12…200) it saves 3–4 of 7–12 iterations, same errors.
+    polish_start: float
 
 
 _TOLERANCES = {
@@ -43,6 +48,7 @@ _TOLERANCES = {
         polish_tol=1e-9,
         tiny=1e-300,
         step_to_boundary=0.99,
+        polish_start=1e-3,
     ),
     torch.float32: Tolerances(
         ipm_tol=1e-5,
@@ -53,6 +59,7 @@ _TOLERANCES = {
         polish_tol=5e-5,
         tiny=1e-30,
         step_to_boundary=0.95,
+        polish_start=1e-2,
     ),
 }
 

@@ -142,7 +142,7 @@ def test_opcheck_qp_solve_and_kkt_solve():
     P = ol.testing.random_qp(3, 5, 6, 2, seed=9, shared=("G",))
     d = canonicalize(*P.data())
     args = (*(t.clone().requires_grad_() for t in d.tensors()), d.B, 1e-9, tl.infeasibility_tol, tl.kkt_reg,
-            tl.polish_tol, tl.step_to_boundary, 50, True)
+            tl.polish_tol, tl.polish_start, tl.step_to_boundary, 50, True)
     torch.library.opcheck(torch.ops.optlayers.qp_solve.default, args)
     N = d.n + d.m + d.p
     mask = (P.active.to(torch.float64))

@@ -66,7 +66,8 @@ def solve(data: QPData, tol: float, max_iter: int, polish: bool, *, differentiab
     the op's registered autograd, without its per-call Python overhead of ~0.3 ms each way).
     """
     tl = tolerances_for(data.dtype)
-    args = (*data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, tl.step_to_boundary,
+    args = (*data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, tl.polish_start,
+            tl.step_to_boundary,
             max_iter, polish)
     if differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in data.tensors()):
         return _QPSolveFunction.apply(*args)
@@ -78,7 +79,8 @@ def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
     return torch.ops.optlayers.qp_kkt_solve(data.Q, data.G, data.A, mask, rhs, tolerances_for(data.dtype).kkt_reg)
 
 
-def _qp_solve_fake(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, step_to_boundary, max_iter, polish):
+def _qp_solve_fake(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, polish_start, step_to_boundary, max_iter,
+                   polish):
     n, m, p = q.shape[-1], h.shape[-1], b.shape[-1]
     return (
         q.new_empty(batch, n),
@@ -106,6 +108,7 @@ def _setup_context(ctx, inputs, output):
     Q, q, G, h, A, b, batch = inputs[:7]
     x, lam, nu, status, _ = output
     ctx.batch = batch
+    ctx.n_options = len(inputs) - 6  # batch, tolerances, max_iter, polish: no gradients
     ctx.mark_non_differentiable(output[3], output[4])
     ctx.save_for_backward(Q, q, G, h, A, b, x, lam, nu, status)
 
@@ -119,7 +122,7 @@ def _backward(ctx, gx, glam, gnu, _gstatus, _giters):
         grads = torch.ops.optlayers.qp_backward(
             Q, q, G, h, A, b, x, lam, nu, status, gx, glam, gnu, tolerances_for(x.dtype).kkt_reg
         )
-        return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 8
+        return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * ctx.n_options
     data = data_of(Q, q, G, h, A, b, ctx.batch)
     # Problems that did not solve contribute zero gradient (their outputs may be garbage).
     ok = (status == 0).unsqueeze(-1)
@@ -130,7 +133,7 @@ def _backward(ctx, gx, glam, gnu, _gstatus, _giters):
     )
     mask = kkt.classify_active(lam, (h - mv(G, x)))
     grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, lambda r: kkt_solve(data, mask, r), needs)
-    return grads + (None,) * 8
+    return grads + (None,) * ctx.n_options
 
 
 class _QPSolveFunction(torch.autograd.Function):
