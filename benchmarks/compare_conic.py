@@ -21,7 +21,10 @@ canonicalization at construction is timed separately). Accuracy is measured on t
               contestants' derivative code.
 
 Contestants:
-    optlayers            ol.CvxpyLayer defaults (SCS eps 1e-9, dense reduced derivative)
+    optlayers            ol.CvxpyLayer defaults (solver="auto": the "qp" route — one batched
+                         ol.solve_qp call, its KKT backward — for LP/QP programs, else SCS at
+                         eps 1e-7 + Newton refinement and the dense reduced derivative)
+    optlayers-scs        ol.CvxpyLayer(solver="scs") (only on LP/QP problems, where it differs)
     optlayers-clarabel   ol.CvxpyLayer(solver="clarabel") (interior point + Newton refinement)
     cvxpylayers          cvxpylayers.torch.CvxpyLayer defaults (diffcp + SCS, diffcp defaults)
     cvxpylayers-tight    same, solver_args eps=1e-9, max_iters=1e5, mode="dense" (matched accuracy)
@@ -136,6 +139,8 @@ def _contestants(case, quick: bool) -> list[tuple[str, Callable]]:
         return build
 
     out.append(("optlayers", ours()))
+    if ol.CvxpyLayer(case.problem, case.parameters, case.variables).qp_plan() is not None:
+        out.append(("optlayers-scs", ours(solver="scs")))
     out.append(("optlayers-clarabel", ours(solver="clarabel")))
 
     def theirs(solver=None, solver_args=None, note=""):

@@ -209,8 +209,9 @@ def test_degenerate_lp_gives_finite_gradients():
 
 
 def test_property_agrees_with_the_dense_qp_layer():
-    """Random feasible QPs (hypothesis): the conic layer and the dense QP layer (an independent
-    interior point + active-set KKT backward) give the same solutions and gradients."""
+    """Random feasible QPs (hypothesis): the conic layer's SCS route and the dense QP layer (an
+    independent interior point + active-set KKT backward) give the same solutions and gradients.
+    (solver="scs": the default "auto" would solve these QPs with the dense QP layer itself.)"""
     hypothesis = pytest.importorskip("hypothesis")
     from hypothesis import given, settings, strategies as st
 
@@ -223,7 +224,7 @@ def test_property_agrees_with_the_dense_qp_layer():
         key = (n, m, p)
         if key not in layers:
             case = problems.dense_qp(n, m, max(p, 1))
-            layers[key] = (case, CvxpyLayer(case.problem, case.parameters, case.variables))
+            layers[key] = (case, CvxpyLayer(case.problem, case.parameters, case.variables, solver="scs"))
         case, layer = layers[key]
         vals = case.sample(np.random.default_rng(seed))
         L, q, G, h, A, b = (torch.tensor(v, requires_grad=True) for v in vals)

@@ -441,8 +441,9 @@ class CvxpyLayer(torch.nn.Module):
         """The qp route (``qp_route.py``): one batched ``solve_qp``, differentiable as is.
 
         Problems it leaves at the iteration limit or with a numerical error (no certificate) are
-        re-solved by SCS, so that they get SCS's infeasibility/unboundedness certificates or its
-        solution (then differentiated by ``derivative.py``)."""
+        re-solved by SCS (with SCS's default iteration cap), so that they get SCS's
+        infeasibility/unboundedness certificates or its solution (then differentiated by
+        ``derivative.py``)."""
         device = theta_s.device
         plan = self.qp_plan()
         blocks = self._assemble(theta_s, theta_b, batched, qp=True)
@@ -456,8 +457,9 @@ class CvxpyLayer(torch.nn.Module):
             c, A, b, P = (t if t.shape[0] == 1 else t[sel] for t in self._assemble(theta_s, theta_b, batched, qp=False))
             if self.program.P_rows is None:
                 P = None
+            # (SCS's own iteration cap: an interior-point cap means nothing to ADMM.)
             scs_opts = dataclasses.replace(
-                options, backend=ConicSolver.SCS, warm_start=False,
+                options, backend=ConicSolver.SCS, warm_start=False, max_iters=None,
                 extra=tuple((k, v) for k, v in options.extra if k in _opt.SCS_SETTINGS),
             )
             xs, ys, sts, its, rs, ss = self._forward_cone(c, A, b, P, int(retry.size), scs_opts, remember=False)
