@@ -61,6 +61,8 @@ constexpr int kRefinementSteps = 3;
 constexpr int kStallIters = 5;
 // Active-set guesses tried by the polish (the first plus corrections).
 constexpr int kPolishRounds = 3;
+// Rounds of an early polish attempt (a failure there only costs time: the iteration goes on).
+constexpr int kEarlyPolishRounds = 2;
 constexpr double kStallDecrease = 0.9;
 
 // Second-try Cholesky shift relative to the largest diagonal entry: √ε of the precision. Near the
@@ -1021,7 +1023,7 @@ OL_HD void newton_step(const Grp& g, const Problem<T>& d, IPMState<T>& st, const
 // the guess (drop rows with negative multipliers, add violated rows) up to kPolishRounds − 1 times.
 template <typename T, typename Grp>
 OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
-                  int8_t* status) {
+                  int8_t* status, int rounds = kPolishRounds) {
   const int n = d.n, m = d.m, p = d.p;
   if (!((*status == kSolved) || (*status == kMaxIter))) return false;
   const int64_t N0 = int64_t(n) + m + p;
@@ -1038,7 +1040,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
   T part_h = 0;
   for (int i = g.rank(); i < m; i += g.size()) part_h = ol_max(part_h, ol_abs(d.h[i]));
   const T hn = g.max(part_h);
-  for (int round = 0; round < kPolishRounds; ++round) {
+  for (int round = 0; round < rounds; ++round) {
     int k = 0;
     if (g.rank() == 0)
       for (int i = 0; i < m; ++i)
@@ -1287,7 +1289,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
       for (int e = g.rank(); e < p; e += g.size()) nu[e] = st.y[e] * st.as[e];
       if (g.rank() == 0) *status = kMaxIter;
       g.sync();
-      if (polish(g, d, set, st.polish, x, lam, nu, status)) {
+      if (polish(g, d, set, st.polish, x, lam, nu, status, kEarlyPolishRounds)) {
         if (g.rank() == 0) *iters = it;
         g.sync();
         return;
