@@ -9,12 +9,16 @@
 //       -> (dQ, dq, dG, dh, dA, db), each shaped like its input (shared inputs get the batch sum)
 //
 // Data tensors are either batched (leading dim B) or shared (no batch dim; read from one copy).
-// The batch is split across threads with at::parallel_for; each thread owns one workspace.
+// The batch is shared out dynamically (for_each_dynamic): each of at::parallel_for's threads owns one
+// workspace and takes the next block of problems from an atomic counter, so problems that need
+// more iterations, or a thread the OS deschedules on a busy machine, do not leave the others
+// waiting at the end (a static split measured 2.4× slower than one thread on a loaded 2-core box).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <array>
 #include <optional>
@@ -27,6 +31,25 @@ namespace {
 // A shared G gets its row outer products precomputed (m·n(n+1)/2 numbers, packed lower
 // triangles) up to this size (2 MiB in float64, about an L2 cache); see Problem::G_outer.
 constexpr int64_t kOuterProductsMax = int64_t(1) << 18;
+
+// Calls body(i, work) for i in [0, count) on at::parallel_for's threads, handing out blocks of
+// indices dynamically; `work` is a per-thread buffer of `ws` scalars.
+template <typename T, typename F>
+void for_each_dynamic(int64_t count, int64_t ws, const F& body) {
+  if (count <= 0) return;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t block = std::max<int64_t>(1, count / (threads * 16));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, count), 1, [&](int64_t, int64_t) {
+    std::vector<T> work(std::max<int64_t>(ws, 1));
+    for (;;) {
+      const int64_t i0 = next.fetch_add(block);
+      if (i0 >= count) break;
+      const int64_t i1 = std::min(count, i0 + block);
+      for (int64_t i = i0; i < i1; ++i) body(i, work.data());
+    }
+  });
+}
 
 int64_t stride_of(const at::Tensor& t, int64_t core_dims) {
   return t.dim() > core_dims ? t.numel() / t.size(0) : 0;
@@ -80,13 +103,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_
           for (int j = 0; j <= i; ++j) outer[r * onp + int64_t(i) * (i + 1) / 2 + j] = pG[r * n + i] * pG[r * n + j];
     }
     const T* pO = outer.empty() ? nullptr : outer.data();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> work(ws);
+    for_each_dynamic<T>(batch, ws, [&](int64_t i, T* work) {
       optlayers::SerialGroup g;
-      for (int64_t i = begin; i < end; ++i) {
-        optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p, pO, onp};
-        optlayers::solve_qp(g, d, set, work.data(), px + i * n, pl + i * m, pn + i * p, ps + i, pi + i);
-      }
+      optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p, pO, onp};
+      optlayers::solve_qp(g, d, set, work, px + i * n, pl + i * m, pn + i * p, ps + i, pi + i);
     });
   });
   return {x, lam, nu, status, iters};
@@ -111,13 +131,10 @@ at::Tensor qp_kkt_solve_cpu(const at::Tensor& Q_, const at::Tensor& G_, const at
     T* pu = u.data_ptr<T>();
     const int64_t N = n + m + p;
     const int64_t ws = optlayers::workspace_size(n, m, p);
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> work(ws);
+    for_each_dynamic<T>(batch, ws, [&](int64_t i, T* work) {
       optlayers::SerialGroup g;
-      for (int64_t i = begin; i < end; ++i) {
-        optlayers::Problem<T> d{pQ + i * sQ, nullptr, pG + i * sG, nullptr, pA + i * sA, nullptr, n, m, p};
-        optlayers::kkt_solve(g, d, pm + i * m, T(kkt_reg), pr + i * N, pu + i * N, work.data());
-      }
+      optlayers::Problem<T> d{pQ + i * sQ, nullptr, pG + i * sG, nullptr, pA + i * sA, nullptr, n, m, p};
+      optlayers::kkt_solve(g, d, pm + i * m, T(kkt_reg), pr + i * N, pu + i * N, work);
     });
   });
   return u;
@@ -176,23 +193,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t chunks = shared_elems > 0 ? std::min<int64_t>(batch, 32) : std::min<int64_t>(batch, 1024);
     std::vector<T> acc(shared_elems > 0 ? chunks * shared_elems : 0, T(0));
     const int64_t ws = optlayers::backward_workspace_size(n, m, p);
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      std::vector<T> work(ws);
+    for_each_dynamic<T>(chunks, ws, [&](int64_t c, T* work) {
       optlayers::SerialGroup g;
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t i0 = batch * c / chunks, i1 = batch * (c + 1) / chunks;
-        T* buf = acc.empty() ? nullptr : acc.data() + c * shared_elems;
-        for (int64_t i = i0; i < i1; ++i) {
-          if (ps[i] != 0) continue;
-          std::array<T*, 6> o;
-          for (int k = 0; k < 6; ++k) o[k] = stride[k] ? out_ptr[k] + i * stride[k] : buf + shared_off[k];
-          optlayers::Problem<T> d{in_ptr[0] + i * stride[0], in_ptr[1] + i * stride[1], in_ptr[2] + i * stride[2],
-                                  in_ptr[3] + i * stride[3], in_ptr[4] + i * stride[4], in_ptr[5] + i * stride[5],
-                                  n, m, p};
-          optlayers::kkt_backward(g, d, px + i * n, pl + i * m, pn + i * p, pgx ? pgx + i * n : nullptr,
-                                  pgl ? pgl + i * m : nullptr, pgn ? pgn + i * p : nullptr, T(kkt_reg), o[0], o[1],
-                                  o[2], o[3], o[4], o[5], work.data());
-        }
+      const int64_t i0 = batch * c / chunks, i1 = batch * (c + 1) / chunks;
+      T* buf = acc.empty() ? nullptr : acc.data() + c * shared_elems;
+      for (int64_t i = i0; i < i1; ++i) {
+        if (ps[i] != 0) continue;
+        std::array<T*, 6> o;
+        for (int k = 0; k < 6; ++k) o[k] = stride[k] ? out_ptr[k] + i * stride[k] : buf + shared_off[k];
+        optlayers::Problem<T> d{in_ptr[0] + i * stride[0], in_ptr[1] + i * stride[1], in_ptr[2] + i * stride[2],
+                                in_ptr[3] + i * stride[3], in_ptr[4] + i * stride[4], in_ptr[5] + i * stride[5],
+                                n, m, p};
+        optlayers::kkt_backward(g, d, px + i * n, pl + i * m, pn + i * p, pgx ? pgx + i * n : nullptr,
+                                pgl ? pgl + i * m : nullptr, pgn ? pgn + i * p : nullptr, T(kkt_reg), o[0], o[1],
+                                o[2], o[3], o[4], o[5], work);
       }
     });
     for (int k = 0; k < 6; ++k) {
