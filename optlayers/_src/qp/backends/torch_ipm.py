@@ -13,7 +13,7 @@ are followed by Newton steps. Eliminating ds and dz (W = diag(z/s)) leaves the r
     (Q + GᵀWG) dx + Aᵀdν = r₁ := −r_d − Gᵀ(W r_p − r_c/s),      A dx = −r_e,
 
 solved by a Cholesky factor L of K = Q + GᵀWG (+δI) and, for the equalities, a Cholesky factor
-of the Schur complement S = A K⁻¹ Aᵀ (+δI). Then dz = W(G dx + r_p) − r_c/s, ds = −r_p − G dx.
+of the Schur complement S = A K⁻¹ Aᵀ = VᵀV with V = L⁻¹Aᵀ (+δI). Then dz = W(G dx + r_p) − r_c/s, ds = −r_p − G dx.
 Mehrotra's predictor (r_c = s∘z) gives σ = (μ_aff/μ)³; the corrector uses
 r_c = s∘z + ds_aff∘dz_aff − σμ1 with the same factors (Nocedal & Wright, Alg. 16.4 / §14.2).
 
@@ -24,9 +24,9 @@ batch, so finished problems stop costing work. At the end, an active-set *polish
 to the backward pass.
 
 Infeasibility certificates (checked on the iterates, which diverge along them):
-  primal: z ≥ 0, ν with ‖Gᵀz + Aᵀν‖_∞ ≤ ε·t where t = −(hᵀz + bᵀν) > 0 — by weak duality no
-          feasible point of norm ‖x‖₁ < 1/ε exists;
-  dual:   x with ‖Qx‖_∞, ‖Ax‖_∞, max(Gx)₊ ≤ ε·t where t = −qᵀx > 0 — a descent ray.
+  primal: z ≥ 0, ν with ‖Gᵀz + Aᵀν‖_∞ < ε·t where t = −(hᵀz + bᵀν) (so t > 0) — by weak
+          duality no feasible point of norm ‖x‖₁ < 1/ε exists;
+  dual:   x with ‖Qx‖_∞, ‖Ax‖_∞, max(Gx)₊ < ε·t where t = −qᵀx (so t > 0) — a descent ray.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ import torch
 
 from optlayers._src.qp import kkt
 from optlayers._src.qp.backends import RawSolution
-from optlayers._src.qp.linalg import WeightedGram, inf_norm, mtv, mv
+from optlayers._src.qp.linalg import OUTER_PRODUCTS_MAX, inf_norm, mtv, mv
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import QPData
+from optlayers._src.qp.threads import intra_op_threads
 from optlayers._src.status import Status
 from optlayers._src.tolerances import tolerances_for
 
@@ -69,7 +70,8 @@ class TorchIPMBackend:
         return True
 
     def solve(self, data: QPData, options: QPOptions) -> RawSolution:
-        return interior_point(data, options)
+        with intra_op_threads(data):
+            return interior_point(data, options)
 
 
 def _row_norms(M: torch.Tensor) -> torch.Tensor:
@@ -98,87 +100,188 @@ def _cholesky(K: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch
     L, info = torch.linalg.cholesky_ex(K)
     failed = info > 0
     if bool(failed.any()):
-        rel = torch.finfo(K.dtype).eps ** 0.5
-        shift = torch.maximum(REG_GROWTH * delta, rel * diag.amax(-1)) - delta
-        diag += shift.unsqueeze(-1)
-        L2, info2 = torch.linalg.cholesky_ex(K)
-        L = torch.where(failed[:, None, None], L2, L)
-        return L, ~(failed & (info2 > 0))
+        return _regrow(K, delta, L, failed)
     return L, torch.ones_like(failed)
 
 
-def _chol_solve_mat(L: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-    """(L Lᵀ)⁻¹ R for R of shape (B, n, k). Two triangular solves: on CPU they are ~2× faster
-    than ``torch.cholesky_solve`` for batches of small matrices."""
-    Y = torch.linalg.solve_triangular(L, R, upper=False)
-    return torch.linalg.solve_triangular(L.mT, Y, upper=True)
+def _regrow(K: torch.Tensor, delta: torch.Tensor, L: torch.Tensor, failed: torch.Tensor):
+    """Second try for the problems whose Cholesky of ``K`` (already shifted by δ) failed."""
+    diag = K.diagonal(dim1=-2, dim2=-1)
+    rel = torch.finfo(K.dtype).eps ** 0.5
+    shift = torch.maximum(REG_GROWTH * delta, rel * diag.amax(-1)) - delta
+    diag += shift.unsqueeze(-1)
+    L2, info2 = torch.linalg.cholesky_ex(K)
+    L = torch.where(failed[:, None, None], L2, L)
+    return L, ~(failed & (info2 > 0))
 
 
-def _chol_solve(L: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    return _chol_solve_mat(L, r.unsqueeze(-1)).squeeze(-1)
+def _mv_col(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``M v`` for a column ``v`` (B, c, 1) → (B, r) (M shared (r, c) or batched)."""
+    if M.dim() == 2:
+        return torch.mm(v.squeeze(-1), M.t())
+    return torch.bmm(M, v).squeeze(-1)
 
 
-def _max_step(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
-    """Largest α ∈ (0, ∞] with v + α dv ≥ 0, per problem (v > 0)."""
-    ratio = torch.where(dv < 0, -v / dv, torch.full_like(v, float("inf")))
-    return ratio.amin(-1)
+def _neg_rhs(c: torch.Tensor, Mt: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``−c − Mᵀv`` as a column (B, cols, 1), for c: (B, cols), v: (B, rows); ``Mt`` = Mᵀ
+    (shared (cols, rows) or batched)."""
+    if Mt.dim() == 2:
+        return torch.addmm(c, v, Mt.t(), beta=-1, alpha=-1).unsqueeze(-1)
+    return torch.baddbmm(c.unsqueeze(-1), Mt, v.unsqueeze(-1), beta=-1, alpha=-1)
 
 
-class _Newton:
-    """Factorization of the reduced Newton system at the current iterate, reused by both steps."""
+class _Factor:
+    """Factors of the reduced Newton matrix, shared by every right-hand side of an iteration.
 
-    def __init__(self, d: QPData, gram: WeightedGram, s: torch.Tensor, z: torch.Tensor, delta: torch.Tensor):
-        self.d = d
-        self.s = s
-        self.w = z / s
-        K = d.Q + gram(self.w)  # (B, n, n): W is per problem
-        self.L, ok = _cholesky(K, delta)
-        self.ok = ok
-        if d.p:
-            At = d.A.mT.expand(s.shape[0], -1, -1) if d.A.dim() == 2 else d.A.mT
-            self.Y = _chol_solve_mat(self.L, At)  # K⁻¹ Aᵀ, (B, n, p)
-            S = d.A @ self.Y
-            self.Ls, ok_s = _cholesky(S, delta)
-            self.ok = self.ok & ok_s
+    ``K`` = Q + GᵀWG + δI (a fresh (B, n, n) tensor, consumed) and ``A`` (shared or batched).
+    L Lᵀ = K; with equalities, V = L⁻¹Aᵀ and Ls Lsᵀ = S + δI with the Schur complement
+    S = A K⁻¹ Aᵀ = VᵀV (symmetric positive semidefinite by construction). ``ok``: None when
+    every factorization succeeded, else (B,) bool (False where even the grown shift failed).
+    """
 
-    def step(self, rd, rp, re, rc):
-        d, w, s = self.d, self.w, self.s
-        r1 = -rd - mtv(d.G, w * rp - rc / s)
-        dx = _chol_solve(self.L, r1)
-        if d.p:
-            dy = _chol_solve(self.Ls, mv(d.A, dx) + re)
-            dx = dx - (self.Y @ dy.unsqueeze(-1)).squeeze(-1)
+    def __init__(self, K: torch.Tensor, w: "_Work"):
+        self.p = p = w.At.shape[-1]
+        self.ok = None
+        # Both Cholesky factorizations first, then one host sync for both (the common case).
+        L, info = torch.linalg.cholesky_ex(K)
+        if p:
+            V = torch.linalg.solve_triangular(L, w.At, upper=False)
+            Ls, info_s = torch.linalg.cholesky_ex(torch.baddbmm(w.Dp, V.mT, V))
+            info = info + info_s
+        if bool(info.any()):  # rare: redo with the grown shift where needed
+            delta = w.delta
+            K.diagonal(dim1=-2, dim2=-1).sub_(delta.unsqueeze(-1))
+            L, ok = _cholesky(K, delta)
+            if p:
+                V = torch.linalg.solve_triangular(L, w.At, upper=False)
+                Ls, ok_s = _cholesky(torch.bmm(V.mT, V), delta)
+                ok = ok & ok_s
+            self.ok = ok
+        self.L, self.Lt = L, L.mT
+        if p:
+            self.V, self.Vt, self.Ls, self.Lst = V, V.mT, Ls, Ls.mT
+
+    def solve(self, g: torch.Tensor, re: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dx, dy) solving  K dx + Aᵀdy = g,  A dx = re  (g: column (B, n, 1), re: (B, p)).
+
+        With K = LLᵀ, a = L⁻¹g: dy = S⁻¹(Vᵀa − re) and dx = L⁻ᵀ(a − V dy). Returns dx as a
+        column (B, n, 1) and dy: (B, p).
+        """
+        a = torch.linalg.solve_triangular(self.L, g, upper=False)
+        if self.p:
+            c = torch.baddbmm(re.unsqueeze(-1), self.Vt, a, beta=-1)
+            dy = torch.linalg.solve_triangular(
+                self.Lst, torch.linalg.solve_triangular(self.Ls, c, upper=False), upper=True
+            )
+            a = torch.baddbmm(a, self.V, dy, alpha=-1)
+            dy = dy.squeeze(-1)
         else:
-            dy = rd.new_zeros(rd.shape[0], 0)
-        Gdx = mv(d.G, dx)
-        dz = w * (Gdx + rp) - rc / s
-        ds = -rp - Gdx
-        return dx, ds, dz, dy
+            dy = re
+        return torch.linalg.solve_triangular(self.Lt, a, upper=True), dy
 
 
-def _initial_point(d: QPData, gram: WeightedGram, delta: torch.Tensor):
-    """x, ν from the Newton system with W = I; s = h − Gx, z = −s, both shifted to be ≥ 1."""
-    B = delta.shape[0]
-    ones = d.h.new_ones(B, d.m)
-    K = d.Q + gram(ones)
-    L, _ = _cholesky(K, delta)
-    r1 = -d.q + mtv(d.G, d.h.expand(B, -1) if d.h.dim() == 1 else d.h)
-    if r1.dim() == 1:
-        r1 = r1.expand(B, -1)
-    x = _chol_solve(L, r1)
-    if d.p:
-        At = d.A.mT.expand(B, -1, -1) if d.A.dim() == 2 else d.A.mT
-        Y = _chol_solve_mat(L, At)
-        Ls, _ = _cholesky(d.A @ Y, delta)
-        y = _chol_solve(Ls, mv(d.A, x) - d.b)
-        x = x - (Y @ y.unsqueeze(-1)).squeeze(-1)
-    else:
-        y = x.new_zeros(B, 0)
-    s = d.h - mv(d.G, x)
-    z = -s
-    s = s + (1.0 - s.amin(-1, keepdim=True)).clamp_min(0.0)
-    z = z + (1.0 - z.amin(-1, keepdim=True)).clamp_min(0.0)
-    return x, s, z, y
+def _gram_plus(Qd: torch.Tensor, G: torch.Tensor, outer: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
+    """``Qd + Gᵀ diag(w) G`` per problem, a fresh (B, n, n) tensor (cf. linalg.WeightedGram).
+
+    A shared G with precomputed outer products O (rows g_k g_kᵀ flattened) needs one GEMM,
+    ``w @ O``; otherwise one batched product ``Gᵀ (w ∘ G)``.
+    """
+    B, n = w.shape[0], G.shape[-1]
+    if outer is not None:
+        return torch.addmm(Qd.reshape(-1, n * n).squeeze(0), w, outer).view(B, n, n)
+    Gt = G.mT if G.dim() == 3 else G.mT.expand(B, -1, -1)
+    return torch.baddbmm(Qd, Gt, w.unsqueeze(-1) * G)
+
+
+# The stopping test reads every quantity it needs off one vector per problem,
+#
+#     out = (rd, Qx, Gᵀz+Aᵀy, q,  rpe, Cx, hb, hb,  qᵀx, hᵀz+bᵀy)     rpe = (Gx+s−h, Ax−b)
+#
+# with C = [G; A] and hb = (h, b), so that the ∞-norms come from two reductions over views of
+# |out|: (B, 4, n) → (‖rd‖, ‖Qx‖, ‖Gᵀz+Aᵀy‖, ‖q‖) and (B, 4, m+p), split into its m and p
+# columns → (‖rp‖, ‖Gx‖, ‖h‖, ‖h‖) and (‖re‖, ‖Ax‖, ‖b‖, ‖b‖). For small problems ``out`` is
+# one product ``c₀ + R u`` of the iterate u = (x, s, z, y) with a fixed matrix R (rows of zeros
+# where ``out`` repeats data); above FUSED_RESIDUAL_MAX numbers of R it is assembled from the
+# separate products instead (R would be several times the size of the data).
+FUSED_RESIDUAL_MAX = 1 << 19
+
+
+class _Work:
+    """The working batch: every per-problem tensor that compaction must index, and views of them.
+
+    ``C = [G; A]`` (shared (m+p, n) or batched), so ``Cx = (Gx, Ax)`` and ``Cᵀ(z, y) = Gᵀz + Aᵀy``
+    are one product each. ``Qd = Q + δI``; ``Dp = δI`` of size p (S + δI = baddbmm(Dp, Vᵀ, V)).
+    ``hb = (h, b)``. ``R``, ``c0``: the fused residual operator (or None), see above.
+    ``Gs``: G for the products (shared (m, n) when G is, else a view of C).
+    """
+
+    def __init__(self, Q, Qd, C, G_shared, q, hb, delta, Dp, R, c0, n, m):
+        self.Q, self.Qd, self.C, self.G_shared, self.q, self.hb = Q, Qd, C, G_shared, q, hb
+        self.delta, self.Dp, self.R, self.c0, self.n, self.m = delta, Dp, R, c0, n, m
+        self.Gs = G_shared if G_shared is not None else C[:, :m]
+        self.Gst = self.Gs.mT
+        A = C[..., m:, :]
+        self.At = A.mT if A.dim() == 3 else A.mT.expand(q.shape[0], -1, -1)
+
+    def take(self, kept: torch.Tensor) -> "_Work":
+        def t(v, core: int):
+            return v[kept] if v is not None and v.dim() > core else v
+
+        return _Work(t(self.Q, 2), t(self.Qd, 2), t(self.C, 2), self.G_shared, self.q[kept], self.hb[kept],
+                     self.delta[kept], t(self.Dp, 2), t(self.R, 2), t(self.c0, 1), self.n, self.m)
+
+    def residuals(self, u: torch.Tensor) -> torch.Tensor:
+        """The vector ``out`` (B, 4n + 4(m+p) + 2) at the iterate u = (x, s, z, y) (see above)."""
+        if self.R is not None:
+            if self.R.dim() == 2:
+                return torch.addmm(self.c0, u, self.R.t())
+            return torch.baddbmm(self.c0.unsqueeze(-1), self.R, u.unsqueeze(-1)).squeeze(-1)
+        n, m = self.n, self.m
+        x, s, zy = u[:, :n], u[:, n:n + m], u[:, n + m:]
+        Qx, Cx, GAz = mv(self.Q, x), mv(self.C, x), mtv(self.C, zy)
+        rpe = Cx - self.hb
+        rpe[:, :m] += s
+        dots = torch.stack([(x * self.q).sum(-1), (self.hb * zy).sum(-1)], -1)
+        return torch.cat([Qx + GAz + self.q, Qx, GAz, self.q, rpe, Cx, self.hb, self.hb, dots], -1)
+
+
+def _work_of(d: QPData, delta: torch.Tensor) -> _Work:
+    B, n, m, p = d.B, d.n, d.m, d.p
+    mats_batched = d.is_batched("Q") or d.is_batched("G") or d.is_batched("A")
+    if mats_batched:
+        Qd = d.Q + torch.diag_embed(delta.unsqueeze(-1).expand(B, n))
+    else:  # every matrix shared: so is the data scale, hence δ
+        Qd = d.Q + delta[0] * torch.eye(n, dtype=d.dtype, device=d.device)
+    G, A = d.G, d.A
+    if G.dim() != A.dim():
+        G, A = G.expand(B, -1, -1), A.expand(B, -1, -1)
+    C = torch.cat([G, A], -2)
+    eye_p = torch.eye(p, dtype=d.dtype, device=d.device)
+    Dp = delta[:, None, None] * eye_p if mats_batched else delta[0] * eye_p
+    q, h, b = _expand_vec(d.q, B), _expand_vec(d.h, B), _expand_vec(d.b, B)
+    hb = torch.cat([h, b], -1)
+    R = c0 = None
+    mp, nu = m + p, n + 2 * m + p
+    nr = 4 * n + 4 * mp + 2
+    vecs_batched = d.is_batched("q") or d.is_batched("h") or d.is_batched("b")
+    if (B if mats_batched or vecs_batched else 1) * nr * nu <= FUSED_RESIDUAL_MAX:
+        R = d.q.new_zeros((B, nr, nu) if mats_batched or vecs_batched else (nr, nu))
+        xs, ss, zs, ys = slice(0, n), slice(n, n + m), slice(n + m, n + 2 * m), slice(n + 2 * m, nu)
+        o = 4 * n
+        for rows in (slice(0, n), slice(n, 2 * n)):  # rd, Qx
+            R[..., rows, xs] = d.Q
+        for rows in (slice(0, n), slice(2 * n, 3 * n)):  # rd, Gᵀz + Aᵀy
+            R[..., rows, zs] = d.G.mT
+            R[..., rows, ys] = d.A.mT
+        for rows in (slice(o, o + mp), slice(o + mp, o + 2 * mp)):  # rpe, Cx
+            R[..., rows, xs] = C
+        R[..., o:o + m, ss].diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        R[..., nr - 2, xs] = d.q
+        R[..., nr - 1, zs] = d.h
+        R[..., nr - 1, ys] = d.b
+        zn, zmp = q.new_zeros(B, 2 * n), q.new_zeros(B, mp)
+        c0 = torch.cat([q, zn, q, -hb, zmp, hb, hb, q.new_zeros(B, 2)], -1)
+    return _Work(d.Q, Qd, C, None if d.G.dim() == 3 else d.G, q, hb, delta, Dp, R, c0, n, m)
 
 
 def _expand_vec(v: torch.Tensor, B: int) -> torch.Tensor:
@@ -186,107 +289,140 @@ def _expand_vec(v: torch.Tensor, B: int) -> torch.Tensor:
 
 
 def interior_point(data: QPData, options: QPOptions) -> RawSolution:
-    """Solve every problem of ``data`` (detached, canonical). See the module docstring."""
+    """Solve every problem of ``data`` (detached, canonical). See the module docstring.
+
+    Implementation notes — on CPU, small batches cost per-op overhead, so the loop is written in
+    few ops: the iterate is one tensor u = (x, s, z, y); the stopping test reads off one vector
+    (see ``_Work``); the step to the boundary is α = 1 / max(1, max_i(−dv_i / v_i)) over v = (s, z)
+    (the same number as min over dv_i < 0 of −v_i / dv_i); both Cholesky factorizations of an
+    iteration share one host sync, and the loop has one more (did any problem finish?).
+    """
     B, n, m, p = data.B, data.n, data.m, data.p
     dtype, device = data.dtype, data.device
     tol = options.tol_for(dtype)
     tols = tolerances_for(dtype)
+    eps_inf = tols.infeasibility_tol
+    step_frac = tols.step_to_boundary
 
     if m == 0:
         return _equality_only(data)
 
     sdata, gnorm, anorm = _scaled(data)
-    delta_full = tols.kkt_reg * kkt._data_scale(sdata)
+    delta = (tols.kkt_reg * kkt._data_scale(sdata)).contiguous()
+    w = _work_of(sdata, delta)
+    outer = None
+    if w.Gs.dim() == 2 and m * n * n <= OUTER_PRODUCTS_MAX:
+        outer = (w.Gs.unsqueeze(-1) * w.Gs.unsqueeze(-2)).reshape(m, n * n)
+    mp = m + p
+    o_cx, o_ax = 4 * n + mp, 4 * n + mp + m  # offsets of Cx and Ax in `out`
+    sz_cols = slice(n, n + 2 * m)
 
-    x_out = data.q.new_zeros(B, n)
-    z_out = data.q.new_zeros(B, m)
-    y_out = data.q.new_zeros(B, p)
+    # Initial point: x, y from the Newton system with W = I and right-hand side (−q + Gᵀh, b);
+    # s = h − Gx, z = −s, both shifted to be ≥ 1.
+    fac = _Factor(_gram_plus(w.Qd, w.Gs, outer, w.hb.new_ones(B, m)), w)
+    h_w, b_w = w.hb[:, :m], w.hb[:, m:]
+    x, y = fac.solve(_neg_rhs(w.q, w.Gst, -h_w), b_w)
+    x = x.squeeze(-1)
+    s = h_w - mv(w.Gs, x)
+    z = -s
+    s = s + (1.0 - s.amin(-1, keepdim=True)).clamp_min(0.0)
+    z = z + (1.0 - z.amin(-1, keepdim=True)).clamp_min(0.0)
+    u = torch.cat([x, s, z, y], -1)  # (B, n + 2m + p)
+
+    u_out = data.q.new_zeros(B, n + 2 * m + p)
     status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=device)
     iters = torch.zeros(B, dtype=torch.int32, device=device)
-
     idx = torch.arange(B, device=device)
-    d = sdata
-    delta = delta_full
-    gram = WeightedGram(d.G)
-    x, s, z, y = _initial_point(d, gram, delta)
-    q_w, h_w, b_w = _expand_vec(d.q, B), _expand_vec(d.h, B), _expand_vec(d.b, B)
-    qn, hn, bn = inf_norm(q_w), inf_norm(h_w), inf_norm(b_w)
     best = torch.full((B,), float("inf"), dtype=dtype, device=device)
-    stall = torch.zeros(B, dtype=torch.int32, device=device)
+    nstall = torch.zeros(B, dtype=dtype, device=device)
+    # Right-hand sides of the exit test (see the loop): columns 1-2 are written per iteration.
+    tol_up = torch.nextafter(torch.tensor(tol, dtype=dtype), torch.tensor(float("inf"), dtype=dtype))
+    rhs = torch.tensor([float(tol_up), 0.0, 0.0, 0.5 - STALL_ITERS], dtype=dtype, device=device).repeat(B, 1)
+    rhs_cert = rhs[:, 1:3]
 
     for it in range(options.max_iter + 1):
-        Qx, Gx, Ax = mv(d.Q, x), mv(d.G, x), mv(d.A, x)
-        Gtz, Aty = mtv(d.G, z), mtv(d.A, y)
-        rd = Qx + d.q + Gtz + Aty
-        rp = Gx + s - d.h
-        re = Ax - d.b
-        sz = (s * z).sum(-1)
-        mu = sz / m
-        qx = (x * q_w).sum(-1)
-        gap = sz / (1 + (0.5 * (x * Qx).sum(-1) + qx).abs())
-        Gtz_Aty = Gtz + Aty
-        nGx, nAx, nQx, nGA = inf_norm(Gx), inf_norm(Ax), inf_norm(Qx), inf_norm(Gtz_Aty)
-        pres = torch.maximum(inf_norm(rp) / (1 + torch.maximum(hn, nGx)), inf_norm(re) / (1 + torch.maximum(bn, nAx)))
-        dres = inf_norm(rd) / (1 + torch.maximum(torch.maximum(qn, nQx), nGA))
-        converged = (pres <= tol) & (dres <= tol) & (gap <= tol)
-        # Certificates (see module docstring).
-        t_p = -((h_w * z).sum(-1) + (b_w * y).sum(-1))
-        primal_inf = (t_p > 0) & (nGA <= tols.infeasibility_tol * t_p)
-        ray = torch.maximum(torch.maximum(nQx, nAx), Gx.amax(-1).clamp_min(0))
-        dual_inf = (qx < 0) & (ray <= tols.infeasibility_tol * -qx)
-        # NaN/Inf anywhere in the iterate makes this sum non-finite.
-        broken = ~torch.isfinite(sz + x.sum(-1) + y.sum(-1) + s.sum(-1))
-        merit = torch.maximum(torch.maximum(pres, dres), gap)
+        out = w.residuals(u)
+        aout = out.abs()
+        nd = aout[:, :4 * n].view(-1, 4, n).amax(-1)  # ‖rd‖, ‖Qx‖, ‖Gᵀz+Aᵀy‖, ‖q‖
+        T = aout[:, 4 * n:4 * n + 4 * mp].view(-1, 4, mp)
+        # (B, 2 or 3, 4): rows (rd, Qx, Gᵀz+Aᵀy, q), (rp, Gx, h, h), (re, Ax, b, b)
+        N = torch.stack([nd, T[..., :m].amax(-1)] + ([T[..., m:].amax(-1)] if p else []), 1)
+        # dres = ‖rd‖ / (1 + max(‖Qx‖, ‖Gᵀz+Aᵀy‖, ‖q‖)), pres = max over the rp and re rows.
+        rel = N[..., 0] / (1 + N[..., 1:].amax(-1))
+        x, s, z = u[:, :n], u[:, n:n + m], u[:, n + m:n + 2 * m]
+        sz = torch.linalg.vecdot(s, z)
+        # gap = sᵀz / (1 + |½xᵀQx + qᵀx|)
+        gap = sz / (1 + (0.5 * torch.linalg.vecdot(x, out[:, n:2 * n]) + out[:, -2]).abs())
+        # Broken iterates (NaN/Inf anywhere in u) get a NaN merit: 0·(non-finite) = NaN.
+        merit = torch.maximum(rel.amax(-1), gap) + 0 * u.sum(-1)
         improved = merit < STALL_DECREASE * best
         best = torch.where(improved, merit, best)
-        stall = torch.where(improved, torch.zeros_like(stall), stall + 1)
-        done = converged | primal_inf | dual_inf | broken | (stall >= STALL_ITERS)
-        if it == options.max_iter:
-            done = torch.ones_like(done)
-        if bool(done.any()):
+        nstall = (nstall - 1).masked_fill_(improved, 0)  # −(iterations without progress)
+        # Certificates (see module docstring) with t_p = −(hᵀz + bᵀy) and t_d = −qᵀx:
+        # primal  ‖Gᵀz + Aᵀy‖ < ε t_p,  dual  max(‖Qx‖, ‖Ax‖, max(Gx)₊) < ε t_d.
+        ray = torch.maximum(N[:, 0::2, 1].amax(-1), out[:, o_cx:o_ax].amax(-1).clamp_min(0))
+        # One comparison decides whether a problem goes on; every column must hold:
+        #   merit > tol (not converged; False for a NaN merit),  ray ≥ ε t_d,
+        #   ‖Gᵀz + Aᵀy‖ ≥ ε t_p,  stall < STALL_ITERS.
+        torch.mul(out[:, -2:], -eps_inf, out=rhs_cert)  # rhs columns 1-2; 0 and 3 are constants
+        go_on = torch.stack([merit, ray, nd[:, 2], nstall], -1) >= rhs
+        going = go_on.all(-1)
+        if it == options.max_iter or not bool(going.all()):
+            done = ~going if it < options.max_iter else torch.ones_like(going)
+            converged, dual_inf, primal_inf = (~go_on[:, :3]).unbind(-1)
             # Precedence: breakdown > solved > primal infeasible > dual infeasible > max iter.
             code = torch.full_like(done, int(Status.MAX_ITER), dtype=torch.int8)
             code[dual_inf] = int(Status.DUAL_INFEASIBLE)
             code[primal_inf] = int(Status.PRIMAL_INFEASIBLE)
             code[converged] = int(Status.SOLVED)
-            code[broken] = int(Status.NUMERICAL_ERROR)
+            code[merit.isnan()] = int(Status.NUMERICAL_ERROR)
+            kept = torch.nonzero(~done).squeeze(-1)
+            if kept.numel() == 0 and idx.numel() == B:  # everything finished together
+                u_out, status = u, code
+                iters.fill_(it)
+                break
             gi = idx[done]
-            x_out[gi], z_out[gi], y_out[gi] = x[done], z[done], y[done]
+            u_out[gi] = u[done]
             status[gi] = code[done]
             iters[gi] = it
-            keep = ~done
-            if not bool(keep.any()):
+            if kept.numel() == 0:
                 break
             # Compact the working batch: finished problems cost nothing from here on.
-            kept = torch.nonzero(keep).squeeze(-1)
-            idx = idx[kept]
-            x, s, z, y = x[kept], s[kept], z[kept], y[kept]
-            d = d.take(kept)
-            gram = gram.take(kept)
-            delta = delta[kept]
-            q_w, h_w, b_w = q_w[kept], h_w[kept], b_w[kept]
-            qn, hn, bn = qn[kept], hn[kept], bn[kept]
-            best, stall = best[kept], stall[kept]
-            rd, rp, re, mu = rd[kept], rp[kept], re[kept], mu[kept]
+            idx, u, out, sz = idx[kept], u[kept], out[kept], sz[kept]
+            best, nstall, rhs = best[kept], nstall[kept], rhs[kept]
+            rhs_cert = rhs[:, 1:3]
+            w = w.take(kept)
+            s, z = u[:, n:n + m], u[:, n + m:n + 2 * m]
 
-        newton = _Newton(d, gram, s, z, delta)
-        # Predictor (affine scaling) step.
-        dx_a, ds_a, dz_a, dy_a = newton.step(rd, rp, re, s * z)
-        alpha_a = torch.minimum(_max_step(s, ds_a), _max_step(z, dz_a)).clamp_max(1.0)
-        mu_aff = ((s + alpha_a[:, None] * ds_a) * (z + alpha_a[:, None] * dz_a)).sum(-1) / m
-        sigma = (mu_aff / mu).clamp(0.0, 1.0) ** 3
-        # Corrector step.
-        rc = s * z + ds_a * dz_a - (sigma * mu)[:, None]
-        dx, ds, dz, dy = newton.step(rd, rp, re, rc)
-        alpha = (tols.step_to_boundary * torch.minimum(_max_step(s, ds), _max_step(z, dz))).clamp_max(1.0)
-        # A failed factorization poisons the iterate so the problem is reported, not hidden.
-        alpha = torch.where(newton.ok, alpha, torch.full_like(alpha, float("nan")))
-        a = alpha[:, None]
-        x, s, z, y = x + a * dx, s + a * ds, z + a * dz, y + a * dy
+        rd, rp, re = out[:, :n], out[:, 4 * n:4 * n + m], out[:, 4 * n + m:4 * n + mp]
+        wt = z / s
+        fac = _Factor(_gram_plus(w.Qd, w.Gs, outer, wt), w)
+        vsz = u[:, sz_cols]
+        nrp = -rp
+        # Predictor (affine scaling) step, r_c = s∘z: t = W r_p − r_c/s = W r_p − z, and the
+        # reduced system  K dx + Aᵀdy = −r_d − Gᵀt,  A dx = −r_e.
+        t_a = wt * rp - z
+        dx, dy = fac.solve(_neg_rhs(rd, w.Gst, t_a), -re if p else re)
+        Gdx = _mv_col(w.Gs, dx)
+        # (ds, dz) = (−r_p − G dx, W G dx + t)  (dz = W(G dx + r_p) − r_c/s)
+        dsz = torch.cat([nrp - Gdx, torch.addcmul(t_a, wt, Gdx)], -1)
+        alpha_a = (-(dsz / vsz).amin(-1)).clamp_min(1.0).reciprocal()
+        v_a = torch.addcmul(vsz, alpha_a.unsqueeze(-1), dsz).view(-1, 2, m)
+        sigma = (v_a.prod(1).sum(-1) / sz).clamp(0.0, 1.0) ** 3  # (μ_aff / μ)³
+        # Corrector step: r_c = s∘z + ds_aff∘dz_aff − σμ1, so t = t_a − (ds_aff∘dz_aff − σμ)/s.
+        t = torch.addcdiv(t_a, dsz.view(-1, 2, m).prod(1) - (sigma * sz / m).unsqueeze(-1), s, value=-1)
+        dx, dy = fac.solve(_neg_rhs(rd, w.Gst, t), -re if p else re)
+        Gdx = _mv_col(w.Gs, dx)
+        du = torch.cat([dx.squeeze(-1), nrp - Gdx, torch.addcmul(t, wt, Gdx), dy], -1)
+        alpha = step_frac / (-(du[:, sz_cols] / vsz).amin(-1)).clamp_min(step_frac)  # min(1, 0.99 α_max)
+        if fac.ok is not None:
+            # A failed factorization poisons the iterate so the problem is reported, not hidden.
+            alpha = torch.where(fac.ok, alpha, torch.full_like(alpha, float("nan")))
+        u = torch.addcmul(u, alpha.unsqueeze(-1), du)
 
-    lam = z_out / gnorm
-    nu = y_out / anorm
-    sol = RawSolution(x=x_out, lam=lam, nu=nu, status=status, iterations=iters)
+    lam = u_out[:, n + m:n + 2 * m] / gnorm
+    nu = u_out[:, n + 2 * m:] / anorm
+    sol = RawSolution(x=u_out[:, :n], lam=lam, nu=nu, status=status, iterations=iters)
     if options.polish:
         sol = polish(data, sol)
     return sol
