@@ -1018,6 +1018,96 @@ OL_HD void newton_step(const Grp& g, const Problem<T>& d, IPMState<T>& st, const
   g.sync();
 }
 
+// Multiplier repair of a polish round (serial only). At a degenerate solution the active rows can
+// be linearly dependent (e.g. a contact with zero force: all its friction facets and its normal
+// bound are active on 3 variables). Then the active-set KKT system fixes x but not the
+// multipliers, and its regularized solution may give some of them a negative sign although a
+// nonnegative choice exists. Given the polished x, find y = (λ_𝒜 ≥ 0, ν free) minimizing
+// ‖C_𝒜ᵀλ + Aᵀν + Qx + q‖ by Lawson–Hanson NNLS (ν always passive). Returns true, with y written to
+// u[n…n+k+p), when the stationarity residual is ≤ tol; `scratch` holds (k+p)² + 6(k+p) + n scalars.
+template <typename T>
+OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol, T* u, T* scratch) {
+  const int n = d.n, p = d.p, c = k + p;
+  T* gram = scratch;              // c×c Cholesky of the passive-set Gram matrix (compacted)
+  T* y = gram + int64_t(c) * c;   // current multipliers
+  T* sol = y + c;                 // LS solution
+  T* wv = sol + c;                // negative gradient
+  T* inP = wv + c;                // passive flags
+  int* idx = reinterpret_cast<int*>(inP + c);  // passive index list (c ints in 2c scalars)
+  T* r = inP + 3 * c;             // residual Mᵀy + g (n)
+  const T* x = u;
+  auto row = [&](int j) { return j < k ? d.G + int64_t(act[j]) * n : d.A + int64_t(j - k) * n; };
+  T gn = 0;
+  for (int i = 0; i < n; ++i) gn = ol_max(gn, ol_abs(dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i]));
+  auto residual = [&]() {
+    for (int i = 0; i < n; ++i) r[i] = dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i];
+    for (int j = 0; j < c; ++j)
+      if (y[j] != T(0)) axpy_serial(r, y[j], row(j), n);
+  };
+  // LS on the passive set: (M_P M_Pᵀ) s_P = −M_P g, by Cholesky; false if singular.
+  auto solve_passive = [&]() {
+    int np = 0;
+    for (int j = 0; j < c; ++j)
+      if (inP[j] > T(0.5)) idx[np++] = j;
+    for (int a = 0; a < np; ++a)
+      for (int b = 0; b <= a; ++b) gram[a * np + b] = dot_serial(row(idx[a]), row(idx[b]), n);
+    for (int j = 0; j < c; ++j) sol[j] = 0;
+    if (np == 0) return true;
+    if (!cholesky(SerialGroup{}, gram, np)) return false;
+    T* rhs_ = wv;  // reuse: −M_P g
+    for (int a = 0; a < np; ++a) {
+      T acc = 0;
+      for (int i = 0; i < n; ++i) acc += row(idx[a])[i] * (dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i]);
+      rhs_[a] = -acc;
+    }
+    chol_solve(SerialGroup{}, gram, np, rhs_);
+    for (int a = 0; a < np; ++a) sol[idx[a]] = rhs_[a];
+    return true;
+  };
+  for (int j = 0; j < c; ++j) { y[j] = 0; inP[j] = j >= k ? T(1) : T(0); }
+  if (p > 0) {
+    if (!solve_passive()) return false;
+    for (int j = 0; j < c; ++j) y[j] = sol[j];
+  }
+  const T wtol = tol * (1 + gn) * T(1e-3);
+  for (int outer = 0; outer < 3 * c; ++outer) {
+    residual();
+    int t = -1;
+    T best = wtol;
+    for (int j = 0; j < k; ++j) {
+      if (inP[j] > T(0.5)) continue;
+      const T wj = -dot_serial(row(j), r, n);
+      if (wj > best) { best = wj; t = j; }
+    }
+    if (t < 0) break;
+    inP[t] = 1;
+    for (int inner = 0; inner <= c; ++inner) {
+      if (!solve_passive()) return false;
+      bool feasible = true;
+      T alpha = 1;
+      for (int j = 0; j < k; ++j)
+        if (inP[j] > T(0.5) && !(sol[j] > T(0))) {
+          feasible = false;
+          const T den = y[j] - sol[j];
+          if (den > T(0)) alpha = ol_min(alpha, y[j] / den);
+        }
+      if (feasible) {
+        for (int j = 0; j < c; ++j) y[j] = sol[j];
+        break;
+      }
+      for (int j = 0; j < c; ++j) y[j] += alpha * (sol[j] - y[j]);
+      for (int j = 0; j < k; ++j)
+        if (inP[j] > T(0.5) && !(y[j] > T(0))) { inP[j] = 0; y[j] = 0; }
+    }
+  }
+  residual();
+  T rn = 0;
+  for (int i = 0; i < n; ++i) rn = ol_max(rn, ol_abs(r[i]));
+  if (!(rn <= tol)) return false;
+  for (int j = 0; j < c; ++j) u[n + j] = j < k ? ol_max(y[j], T(0)) : y[j];
+  return true;
+}
+
 // Polish (see optlayers/_src/qp/backends/torch_ipm.py::polish): solve the KKT system of the
 // guessed active set; accept if primal feasible with non-negative multipliers; otherwise correct
 // the guess (drop rows with negative multipliers, add violated rows) up to kPolishRounds − 1 times.
@@ -1076,8 +1166,15 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
       part_ln = ol_max(part_ln, ol_abs(u[n + a]));
     }
     const T neg = g.max(part_lmin), ln = g.max(part_ln);
-    const bool accept = finite && viol <= set.polish_tol * (1 + hn) && neg <= set.polish_tol * (1 + ln) &&
-                        res <= set.polish_tol * (1 + rhs_n);
+    bool accept = finite && viol <= set.polish_tol * (1 + hn) && neg <= set.polish_tol * (1 + ln) &&
+                  res <= set.polish_tol * (1 + rhs_n);
+    if constexpr (Grp::kSerial) {
+      // Right x, wrong-signed multipliers (dependent active rows): look for nonnegative ones.
+      const int64_t need = int64_t(k + p) * (k + p) + 6 * int64_t(k + p) + n;
+      if (!accept && finite && viol <= set.polish_tol * (1 + hn) && res <= set.polish_tol * (1 + rhs_n) &&
+          need <= N0 * N0)
+        accept = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU);
+    }
     g.sync();
     if (accept) {
       for (int i = g.rank(); i < n; i += g.size()) x[i] = u[i];
