@@ -13,7 +13,7 @@ same element of the generalized Jacobian as the QP layer's at degenerate ones.
 
 **Eliminating CVXPY's auxiliary variables.** CVXPY canonicalizes ``sum_squares(L x − b)`` (and
 other quadratic atoms with parametric data) by introducing ``t = L x − b`` with a quadratic
-term on ``t``: the dense QP QP-layer benchmark (n = 20, 20 inequalities, 5 equalities) becomes
+term on ``t``: the QP-layer benchmark's dense QP (n = 20, 20 inequalities, 5 equalities) becomes
 a cone program with 40 variables and 25 equality rows, 8× the interior-point work per
 iteration. We eliminate such variables exactly. A variable ``t_j`` is *eliminable* when it has
 a stored entry with a constant (parameter-free) coefficient ``d_j ≠ 0`` in some equality row
@@ -44,7 +44,6 @@ row is ``solve_qp``'s ``lam ≥ 0`` and of a zero row its ``nu``.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import scipy.sparse as sp
@@ -86,11 +85,11 @@ class QPPlan:
         R, T, E, Ez, I: index arrays (see the module docstring), ``K = (Ez, I)``; ``d`` the
             pivots.
 
-    The stored entries of A (and P) are scattered straight into the blocks the reduced QP needs —
-    A[E, R], A[K, R], A[K, T] (and P[R, R], P[R, T], P[T, T]) — by one ``index_copy`` into one
-    flat buffer per call; the pivots A[E, T] = diag(d) and P[T, R] (the transpose of P[R, T])
-    land in a discarded slot. Blocks with no stored entry are skipped, and a diagonal P[T, T]
-    (CVXPY's ``sum_squares`` lifting) is kept as a vector.
+    The blocks the reduced QP needs — c_R, c_T, A[E, R], A[K, R], A[K, T], b_E, b_K (and P[R, R],
+    P[R, T], P[T, T]) — are dense row blocks of one parameter map (:meth:`data_map`), so a call
+    reads them from θ̄ by one sparse product; the pivots A[E, T] = diag(d) are constants and
+    P[T, R] is the transpose of P[R, T]. Blocks with no stored entry are skipped in the
+    arithmetic, and a diagonal P[T, T] (CVXPY's ``sum_squares`` lifting) is kept as a vector.
     """
 
     def __init__(self, prog: ConeProgram):
