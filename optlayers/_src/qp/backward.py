@@ -30,6 +30,7 @@ so the torch LU factor and the native C++ solve (csrc/) feed the same code.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -38,6 +39,7 @@ from torch.autograd.function import once_differentiable
 from optlayers._src.qp import kkt
 from optlayers._src.qp.linalg import mtv, mv, outer, reduce_to
 from optlayers._src.qp.problem import QPData
+from optlayers._src.qp.threads import intra_op_threads
 
 
 KKTSolve = Callable[[torch.Tensor], torch.Tensor]
@@ -133,7 +135,8 @@ class QPSolutionMap(torch.autograd.Function):
         Q, q, G, h, A, b, x, lam, nu, mask, lu, pivots, delta = ctx.saved_tensors
         data = data_of(Q, q, G, h, A, b, x.shape[0])
         solve = kkt_solver(ctx.kind, data, mask, lu, pivots, delta)
-        grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, solve, ctx.needs_input_grad[:6])
+        with _threads(ctx.kind, data):
+            grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, solve, ctx.needs_input_grad[:6])
         return grads + (None,) * 8
 
     @staticmethod
@@ -141,4 +144,11 @@ class QPSolutionMap(torch.autograd.Function):
         Q, q, G, h, A, b, x, lam, nu, mask, lu, pivots, delta = ctx.saved_tensors
         data = data_of(Q, q, G, h, A, b, x.shape[0])
         solve = kkt_solver(ctx.kind, data, mask, lu, pivots, delta)
-        return kkt_jvp(data, x, lam, nu, mask, (dQ, dq, dG, dh, dA, db), solve)
+        with _threads(ctx.kind, data):
+            return kkt_jvp(data, x, lam, nu, mask, (dQ, dq, dG, dh, dA, db), solve)
+
+
+def _threads(kind: str, data: QPData):
+    """The PyTorch backend's thread policy (``threads.py``) for its K-solve; the native op
+    schedules its own threads."""
+    return intra_op_threads(data) if kind == "torch" else contextlib.nullcontext()

@@ -28,7 +28,8 @@ which is nonsingular for any δ > 0 when Q ⪰ 0 (even if K itself is singular: 
 constraints, Q singular on their null space), then run a few steps of iterative refinement against
 the exact K. When K is nonsingular this converges to the exact solution (contraction factor
 ≈ δ‖K⁻¹‖); when K is singular it returns a finite, regularized (minimum-norm-like) solution —
-the documented element of the generalized Jacobian at degenerate points.
+the documented element of the generalized Jacobian at degenerate points. Refinement stops early
+once every residual is at rounding level (see ``REFINE_STOP``): further steps cannot improve it.
 """
 
 from __future__ import annotations
@@ -39,10 +40,16 @@ import torch
 
 from optlayers._src.qp.linalg import mtv, mv
 from optlayers._src.qp.problem import QPData
+from optlayers._src.qp.threads import intra_op_threads
 from optlayers._src.tolerances import tolerances_for
 
-# Refinement steps against the exact K. Each step costs one triangular solve pair + one matvec.
+# Refinement steps against the exact K (at most). Each step costs one LU solve + one matvec.
 REFINEMENT_STEPS = 3
+# Refinement stops after a step where every problem has ‖r‖∞ ≤ REFINE_STOP·√N·ε·(‖rhs‖∞ + s‖u‖∞)
+# (s = max |entry| of the data, ε = machine epsilon): a residual at the rounding level of K u,
+# which more steps do not reduce. Measured on random QPs (N = 23…450): after one step the
+# residual is 0.3…9 ε(‖rhs‖ + s‖u‖), and steps two and three leave it there.
+REFINE_STOP = 2.0
 # On CPU with more than one thread, torch's *batched* LU (MKL getrf inside at::parallel_for)
 # printed "Parameter 6 was incorrect on entry to DLASWP" and hung for batches of 16 matrices of
 # size ≥ ~200 (torch 2.13.0 CPU wheel, 2 threads; sizes ≤ 150 were fine). From this size on we
@@ -55,16 +62,19 @@ class ActiveKKTFactor:
     """LU factorization of the regularized active-set KKT matrix ``K_δ`` (batched).
 
     ``lu``: (B, N, N), ``pivots``: (B, N) int32, ``mask``: (B, m) 0/1 in the data dtype,
-    ``delta``: (B,) regularization used. N = n + m + p.
+    ``delta``: (B,) regularization used. N = n + m + p. ``K``: the exact matrix K (B, N, N) when
+    the factorization kept it (refinement then needs one product instead of the data matvec).
     """
 
     lu: torch.Tensor
     pivots: torch.Tensor
     mask: torch.Tensor
     delta: torch.Tensor
+    K: torch.Tensor | None = None
 
     def take(self, idx: torch.Tensor) -> "ActiveKKTFactor":
-        return ActiveKKTFactor(self.lu[idx], self.pivots[idx], self.mask[idx], self.delta[idx])
+        K = None if self.K is None else self.K[idx]
+        return ActiveKKTFactor(self.lu[idx], self.pivots[idx], self.mask[idx], self.delta[idx], K)
 
 
 def classify_active(lam: torch.Tensor, slack: torch.Tensor) -> torch.Tensor:
@@ -102,16 +112,17 @@ def assemble(data: QPData, mask: torch.Tensor, delta: torch.Tensor | None = None
     K[:, :n, n:n + m] = MG.mT
     K[:, n + m:, :n] = data.A
     K[:, :n, n + m:] = data.A.mT
-    idx_m = torch.arange(n, n + m, device=K.device)
-    K[:, idx_m, idx_m] = 1.0 - mask
+    diag = K.diagonal(dim1=-2, dim2=-1)
+    diag[:, n:n + m] = 1.0 - mask
     if delta is not None:
-        d = delta.unsqueeze(-1)
-        idx_n = torch.arange(n, device=K.device)
-        K[:, idx_n, idx_n] += d
-        K[:, idx_m, idx_m] -= d * mask
-        idx_p = torch.arange(n + m, N, device=K.device)
-        K[:, idx_p, idx_p] -= d
+        diag += _regularization(delta, mask, n, p)
     return K
+
+
+def _regularization(delta: torch.Tensor, mask: torch.Tensor, n: int, p: int) -> torch.Tensor:
+    """The diagonal (δ1_n, −δM, −δ1_p) of K_δ − K, (B, N)."""
+    d = delta.unsqueeze(-1)
+    return torch.cat([d.expand(-1, n), -d * mask, (-d).expand(-1, p)], -1)
 
 
 def matvec(data: QPData, mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -124,12 +135,15 @@ def matvec(data: QPData, mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, mid, bot], dim=-1)
 
 
-def factor(data: QPData, mask: torch.Tensor) -> ActiveKKTFactor:
-    """LU-factor ``K_δ`` for the active-set mask (B, m)."""
+def factor(data: QPData, mask: torch.Tensor, keep_matrix: bool = True) -> ActiveKKTFactor:
+    """LU-factor ``K_δ`` for the active-set mask (B, m); ``keep_matrix`` keeps K for refinement."""
     tol = tolerances_for(data.dtype)
-    delta = tol.kkt_reg * _data_scale(data)
-    lu, pivots = _lu_factor(assemble(data, mask, delta))
-    return ActiveKKTFactor(lu=lu, pivots=pivots, mask=mask, delta=delta)
+    with intra_op_threads(data):
+        delta = tol.kkt_reg * _data_scale(data)
+        K = assemble(data, mask)
+        Kd = K + torch.diag_embed(_regularization(delta, mask, data.n, data.p))
+        lu, pivots = _lu_factor(Kd)
+    return ActiveKKTFactor(lu=lu, pivots=pivots, mask=mask, delta=delta, K=K if keep_matrix else None)
 
 
 def _lu_factor(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,11 +159,38 @@ def _lu_factor(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def solve(data: QPData, fac: ActiveKKTFactor, rhs: torch.Tensor, refine: int = REFINEMENT_STEPS) -> torch.Tensor:
     """Solve ``K u = rhs`` (rhs, u: (B, N)) with the factor of K_δ plus iterative refinement."""
+    return _refined(data, fac, rhs, refine, want_residual=False)[0]
 
-    def lu_solve(r: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.lu_solve(fac.lu, fac.pivots, r.unsqueeze(-1)).squeeze(-1)
 
-    u = lu_solve(rhs)
-    for _ in range(refine):
-        u = u + lu_solve(rhs - matvec(data, fac.mask, u))
-    return u
+def solve_with_residual(
+    data: QPData, fac: ActiveKKTFactor, rhs: torch.Tensor, refine: int = REFINEMENT_STEPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``solve`` that also returns the residual ``rhs − K u`` (B, N) of the returned u."""
+    return _refined(data, fac, rhs, refine, want_residual=True)
+
+
+def _refined(data: QPData, fac: ActiveKKTFactor, rhs: torch.Tensor, refine: int, want_residual: bool):
+    b = rhs.unsqueeze(-1)
+
+    def residual(u: torch.Tensor) -> torch.Tensor:
+        if fac.K is not None:
+            return torch.baddbmm(b, fac.K, u, alpha=-1)
+        return b - matvec(data, fac.mask, u.squeeze(-1)).unsqueeze(-1)
+
+    u = torch.linalg.lu_solve(fac.lu, fac.pivots, b)
+    r = residual(u) if refine or want_residual else None
+    if refine:
+        scale = fac.delta / tolerances_for(rhs.dtype).kkt_reg  # s = max |entry| of the data (≥ 1)
+        stop = REFINE_STOP * rhs.shape[-1] ** 0.5 * torch.finfo(rhs.dtype).eps
+        rhs_norm = rhs.abs().amax(-1)
+        for k in range(refine):  # at least one step: the first solve carries the δ error
+            u += torch.linalg.lu_solve(fac.lu, fac.pivots, r)
+            last = k + 1 == refine
+            if last and not want_residual:
+                break
+            r = residual(u)
+            if not last:
+                small = r.abs().amax((-2, -1)) <= stop * torch.addcmul(rhs_norm, scale, u.abs().amax((-2, -1)))
+                if bool(small.all()):
+                    break
+    return u.squeeze(-1), (r.squeeze(-1) if want_residual else None)
