@@ -23,22 +23,23 @@ DIFFCP_RTOL = 1e-6
 
 
 def coupled(n: int = 4, k: int = 3) -> problems.ProblemCase:
-    """A QP whose auxiliary variable t = Lx − b (i) is a user variable, (ii) appears in an
-    inequality (t ≤ 1: the A[K, T] block) and (iii) is coupled to x by a dense, constant
-    quadratic term (P[R, T] and a non-diagonal P[T, T])."""
-    x, t = cp.Variable(n, name="x"), cp.Variable(k, name="t")
+    """A QP whose lifted variable t = Lx − b (i) is part of a user variable z = (x, t), (ii)
+    appears in an inequality (t ≤ 0.5: the A[K, T] block) and (iii) is coupled to x by a dense,
+    constant quadratic term (P[R, R], P[R, T] and a non-diagonal P[T, T])."""
+    z = cp.Variable(n + k, name="z")
+    x, t = z[:n], z[n:]
     L, b, q = cp.Parameter((k, n), name="L"), cp.Parameter(k, name="b"), cp.Parameter(n, name="q")
     M = np.random.default_rng(0).normal(size=(n + k, n + k))
     S = M @ M.T / (n + k) + 0.3 * np.eye(n + k)
     cons = [t == L @ x - b, t <= 0.5, x >= -1, cp.sum(x) == 1]
-    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(cp.hstack([x, t]), S) + q @ x), cons)
+    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(z, S) + q @ x), cons)
 
     def draw(rng, given):
         Lv = given[0] if given[0] is not None else rng.normal(size=(k, n))
         x0 = rng.dirichlet(np.ones(n))        # feasible: x0 ≥ 0, 1ᵀx0 = 1, t0 = L x0 − b ≤ 0.3
         return [Lv, Lv @ x0 + rng.uniform(-0.3, 0.6, size=k), 2 * rng.normal(size=n)]
 
-    return problems.ProblemCase("coupled", prob, [L, b, q], [x, t], draw, (False, True, True))
+    return problems.ProblemCase("coupled", prob, [L, b, q], [z], draw, (False, True, True))
 
 
 def unconstrained(n: int = 4, k: int = 6) -> problems.ProblemCase:
@@ -120,7 +121,16 @@ def test_elimination_removes_cvxpys_auxiliary_variables():
     assert (layer.program.n, plan.n_r, plan.T.size, plan.p_r, plan.m_r) == (10, 5, 5, 2, 6)
     assert isinstance(plan, QPPlan) and plan.TT_diag and not plan.has_KT
     plan_c = CvxpyLayer(*(lambda c: (c.problem, c.parameters, c.variables))(coupled())).qp_plan()
-    assert plan_c.T.size >= 3 and plan_c.has_KT and plan_c.has_RT and not plan_c.TT_diag
+    assert (plan_c.n_r, plan_c.T.size) == (4, 3)
+    assert plan_c.has_KT and plan_c.has_RT and plan_c.has_RR and not plan_c.TT_diag
+    # sum(x) == 1 has constant coefficients on x too, but x appears in the rows of t = A x − b:
+    # x must not be eliminated at the expense of the four t's.
+    n = 5
+    x = cp.Variable(n)
+    S, A, b = cp.Parameter((n, n), PSD=True), cp.Parameter((4, n)), cp.Parameter(4)
+    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, S) + cp.sum_squares(A @ x - b)), [x >= -0.5, cp.sum(x) == 1])
+    plan = CvxpyLayer(prob, [S, A, b], [x]).qp_plan()
+    assert (plan.n_r, plan.T.size, plan.p_r, plan.has_RR) == (5, 4, 1, True)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -193,16 +203,17 @@ def test_forward_mode_matches_reverse_mode():
     case = coupled()
     rng = np.random.default_rng(6)
     L, b, q = (torch.tensor(v) for v in case.sample(rng, batch=3))
-    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    ineq = case.problem.constraints[1]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables + [ineq])
     dL, db, dq = torch.randn_like(L), torch.randn_like(b), torch.randn_like(q)
     with forward_ad.dual_level():
-        x, t = layer(*(forward_ad.make_dual(v, d) for v, d in ((L, dL), (b, db), (q, dq))))
-        jx, jt = forward_ad.unpack_dual(x).tangent, forward_ad.unpack_dual(t).tangent
-    ux, ut = torch.randn_like(jx), torch.randn_like(jt)
+        z, lam = layer(*(forward_ad.make_dual(v, d) for v, d in ((L, dL), (b, db), (q, dq))))
+        jz, jl = forward_ad.unpack_dual(z).tangent, forward_ad.unpack_dual(lam).tangent
+    uz, ul = torch.randn_like(jz), torch.randn_like(jl)
     ts = [v.clone().requires_grad_() for v in (L, b, q)]
-    x2, t2 = layer(*ts)
-    ((x2 * ux).sum() + (t2 * ut).sum()).backward()
-    lhs = float((ux * jx).sum() + (ut * jt).sum())
+    z2, l2 = layer(*ts)
+    ((z2 * uz).sum() + (l2 * ul).sum()).backward()
+    lhs = float((uz * jz).sum() + (ul * jl).sum())
     rhs = float(sum((v.grad * d).sum() for v, d in zip(ts, (dL, db, dq))))
     assert abs(lhs - rhs) <= 1e-9 * max(1.0, abs(lhs))
 

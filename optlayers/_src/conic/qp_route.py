@@ -301,9 +301,9 @@ def _eliminable(prog: ConeProgram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     A stored entry of A is *constant* when its row of the parameter map M has no parameter
     column. Each equality row proposes its constant entry (of pivot size, ``ELIM_PIVOT_RATIO``)
     whose variable appears in the fewest rows (CVXPY's auxiliary variables appear in one), each
-    variable keeps the first row proposing it, and pairs whose row holds another chosen
-    variable are dropped until none does (dropping only removes entries, so this ends with
-    A[E, T] diagonal). Vectorized: construction stays cheap for large programs.
+    variable keeps the first row proposing it, and every chosen variable that also appears in
+    another chosen row is dropped (then A[E, T] is diagonal). Vectorized: construction stays
+    cheap for large programs.
     """
     n, m, z, nnz = prog.n, prog.m, prog.dims.zero, prog.nnz_A
     if z == 0 or nnz == 0:
@@ -322,13 +322,17 @@ def _eliminable(prog: ConeProgram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     k = k[np.lexsort((cols[k], col_count[cols[k]], rows[k]))]     # by row, then fewest rows, then index
     k = k[np.unique(rows[k], return_index=True)[1]]                # one proposal per row
     k = k[np.unique(cols[k], return_index=True)[1]]                # one row per variable
-    while k.size:
-        chosen = np.zeros(n, dtype=bool)
-        chosen[cols[k]] = True
-        per_row = np.bincount(rows[chosen[cols]], minlength=m)      # chosen variables per row
-        bad = per_row[rows[k]] > 1
-        if not bad.any():
-            break
-        k = k[~bad]
+    # A chosen variable that also appears in another chosen row breaks diagonality: drop it
+    # (such "intruders" are the user's variables appearing in many rows, e.g. x in sum(x) == 1
+    # next to t = L x − b; CVXPY's auxiliaries appear in one row and are kept). One round removes
+    # every conflict (only intruders cause them, and dropping pairs adds none).
+    row_of = np.full(m, -1, dtype=np.int64)
+    row_of[rows[k]] = cols[k]                                      # chosen row → its variable
+    owner = row_of[rows]                                           # per stored entry
+    intruder_entry = (owner >= 0) & (owner != cols)
+    chosen = np.zeros(n, dtype=bool)
+    chosen[cols[k]] = True
+    intruders = np.unique(cols[intruder_entry & chosen[cols]])
+    k = k[~np.isin(cols[k], intruders)]
     k = k[np.argsort(cols[k], kind="stable")]
     return cols[k].astype(np.int64), rows[k].astype(np.int64), value[k].astype(np.float64)
