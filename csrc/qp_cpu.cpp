@@ -1,11 +1,12 @@
 // CPU implementation and schema registration of the native QP ops.
 //
 //   optlayers::qp_solve(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, polish_start,
-//                       step_to_boundary, max_iter, polish)
-//       -> (x (B,n), lam (B,m), nu (B,p), status (B,) int8, iterations (B,) int32)
+//                       step_to_boundary, max_iter, polish, keep_factor)
+//       -> (x (B,n), lam (B,m), nu (B,p), status (B,) int8, iterations (B,) int32,
+//           factor (B, factor_size) with keep_factor (the polish LU, reused by qp_backward), else (0,))
 //   optlayers::qp_kkt_solve(Q, G, A, mask, rhs, kkt_reg) -> u (B, n+m+p)
 //   optlayers::qp_check(Q, q, G, h, A, b, psd_tol) -> float64 [8] (see qp_check_cpu)
-//   optlayers::qp_backward(Q, q, G, h, A, b, x, lam, nu, status, gx?, glam?, gnu?, kkt_reg)
+//   optlayers::qp_backward(Q, q, G, h, A, b, x, lam, nu, status, factor, gx?, glam?, gnu?, kkt_reg)
 //       -> (dQ, dq, dG, dh, dA, db), each shaped like its input (shared inputs get the batch sum)
 //
 // Data tensors are either batched (leading dim B) or shared (no batch dim; read from one copy).
@@ -64,11 +65,11 @@ void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_
               " but q has ", st);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cpu(
     const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
     const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
     double kkt_reg, double polish_tol, double polish_start, double step_to_boundary, int64_t max_iter,
-    bool polish) {
+    bool polish, bool keep_factor) {
   const auto st = q_.scalar_type();
   check_data(Q_, "Q", 2, batch, st); check_data(q_, "q", 1, batch, st);
   check_data(G_, "G", 2, batch, st); check_data(h_, "h", 1, batch, st);
@@ -80,6 +81,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_
   auto x = at::empty({batch, n}, opts), lam = at::empty({batch, m}, opts), nu = at::empty({batch, p}, opts);
   auto status = at::empty({batch}, opts.dtype(at::kChar));
   auto iters = at::empty({batch}, opts.dtype(at::kInt));
+  const int64_t fs = optlayers::factor_size(n, m, p);
+  auto factor = keep_factor ? at::empty({batch, fs}, opts) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(st, "optlayers_qp_solve_cpu", [&] {
     using T = scalar_t;
     const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter),
@@ -103,13 +106,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_
           for (int j = 0; j <= i; ++j) outer[r * onp + int64_t(i) * (i + 1) / 2 + j] = pG[r * n + i] * pG[r * n + j];
     }
     const T* pO = outer.empty() ? nullptr : outer.data();
+    T* pf = keep_factor ? factor.data_ptr<T>() : nullptr;
     for_each_dynamic<T>(batch, ws, [&](int64_t i, T* work) {
       optlayers::SerialGroup g;
       optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p, pO, onp};
-      optlayers::solve_qp(g, d, set, work, px + i * n, pl + i * m, pn + i * p, ps + i, pi + i);
+      optlayers::solve_qp(g, d, set, work, px + i * n, pl + i * m, pn + i * p, ps + i, pi + i, static_cast<T*>(nullptr),
+                          pf ? pf + i * fs : nullptr);
     });
   });
-  return {x, lam, nu, status, iters};
+  return {x, lam, nu, status, iters, factor};
 }
 
 at::Tensor qp_kkt_solve_cpu(const at::Tensor& Q_, const at::Tensor& G_, const at::Tensor& A_,
@@ -148,7 +153,7 @@ at::Tensor qp_kkt_solve_cpu(const at::Tensor& Q_, const at::Tensor& G_, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_backward_cpu(
     const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
     const at::Tensor& A_, const at::Tensor& b_, const at::Tensor& x_, const at::Tensor& lam_,
-    const at::Tensor& nu_, const at::Tensor& status_, const std::optional<at::Tensor>& gx_,
+    const at::Tensor& nu_, const at::Tensor& status_, const at::Tensor& factor_, const std::optional<at::Tensor>& gx_,
     const std::optional<at::Tensor>& glam_, const std::optional<at::Tensor>& gnu_, double kkt_reg) {
   const auto st = x_.scalar_type();
   const int64_t batch = x_.size(0);
@@ -158,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(status_.scalar_type() == at::kChar && status_.numel() == batch, "optlayers native: bad status");
   auto Q = Q_.contiguous(), q = q_.contiguous(), G = G_.contiguous(), h = h_.contiguous();
   auto A = A_.contiguous(), b = b_.contiguous(), x = x_.contiguous(), lam = lam_.contiguous();
-  auto nu = nu_.contiguous(), status = status_.contiguous();
+  auto nu = nu_.contiguous(), status = status_.contiguous(), factor = factor_.contiguous();
   auto opt = [](const std::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); };
   auto gx = opt(gx_), glam = opt(glam_), gnu = opt(gnu_);
   const int n = x.size(1), m = lam.size(1), p = nu.size(1);
@@ -180,6 +185,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
     const T *px = x.data_ptr<T>(), *pl = lam.data_ptr<T>(), *pn = nu.data_ptr<T>();
     const int8_t* ps = status.data_ptr<int8_t>();
+    const int64_t fs = optlayers::factor_size(n, m, p);
+    TORCH_CHECK(factor.numel() == 0 || (factor.dim() == 2 && factor.size(0) == batch && factor.size(1) == fs &&
+                                        factor.scalar_type() == st),
+                "optlayers native: factor must be empty or (batch, ", fs, ")");
+    const T* pf = factor.numel() ? factor.data_ptr<T>() : nullptr;
     const T* pgx = gx.defined() ? gx.data_ptr<T>() : nullptr;
     const T* pgl = glam.defined() ? glam.data_ptr<T>() : nullptr;
     const T* pgn = gnu.defined() ? gnu.data_ptr<T>() : nullptr;
@@ -206,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                 n, m, p};
         optlayers::kkt_backward(g, d, px + i * n, pl + i * m, pn + i * p, pgx ? pgx + i * n : nullptr,
                                 pgl ? pgl + i * m : nullptr, pgn ? pgn + i * p : nullptr, T(kkt_reg), o[0], o[1],
-                                o[2], o[3], o[4], o[5], work);
+                                o[2], o[3], o[4], o[5], work, pf ? pf + i * fs : nullptr);
       }
     });
     for (int k = 0; k < 6; ++k) {
@@ -276,12 +286,12 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
 TORCH_LIBRARY(optlayers, m) {
   m.def("qp_solve(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, int batch, float tol, "
         "float inf_tol, float kkt_reg, float polish_tol, float polish_start, float step_to_boundary, int max_iter, "
-        "bool polish) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "bool polish, bool keep_factor) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("qp_kkt_solve(Tensor Q, Tensor G, Tensor A, Tensor mask, Tensor rhs, float kkt_reg) -> Tensor");
   m.def("qp_check(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, float psd_tol) -> Tensor");
   m.def("qp_backward(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, Tensor x, Tensor lam, "
-        "Tensor nu, Tensor status, Tensor? gx, Tensor? glam, Tensor? gnu, float kkt_reg) "
+        "Tensor nu, Tensor status, Tensor factor, Tensor? gx, Tensor? glam, Tensor? gnu, float kkt_reg) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

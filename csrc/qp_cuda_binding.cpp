@@ -23,11 +23,14 @@ optlayers::QPBatch<T> batch_of(const at::Tensor& Q, const at::Tensor& q, const a
                                stride_of(G, 2), stride_of(h, 1), stride_of(A, 2), stride_of(b, 1), batch, n, m, p};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cuda(
     const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
     const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
     double kkt_reg, double polish_tol, double polish_start, double step_to_boundary, int64_t max_iter,
-    bool polish) {
+    bool polish, bool keep_factor) {
+  // The CUDA kernels do not keep the polish factor (keep_factor is a CPU optimization): the
+  // backward refactors through qp_kkt_solve.
+  (void)keep_factor;
   c10::cuda::CUDAGuard guard(q_.device());
   auto Q = Q_.contiguous(), q = q_.contiguous(), G = G_.contiguous(), h = h_.contiguous();
   auto A = A_.contiguous(), b = b_.contiguous();
@@ -49,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_
                                                    work.data_ptr<T>(), plan, at::cuda::getCurrentCUDAStream());
     TORCH_CHECK(err == cudaSuccess, "optlayers qp_solve CUDA launch failed: ", cudaGetErrorString(err));
   });
-  return {x, lam, nu, status, iters};
+  return {x, lam, nu, status, iters, at::empty({0}, opts)};
 }
 
 at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const at::Tensor& A_,

@@ -743,6 +743,42 @@ OL_HD void kkt_solve(const Grp& g, const Problem<T>& d, const T* mask, T kkt_reg
   g.sync();
 }
 
+// kkt_solve with a kept polish factor (see keep_factor), if it is for the same active mask.
+// Returns false (nothing written) when there is no usable factor or the masks differ.
+template <typename T, typename Grp>
+OL_HD bool kkt_solve_kept(const Grp& g, const Problem<T>& d, const T* mask, const T* keep, const T* rhs, T* u,
+                          T* work) {
+  const int n = d.n, m = d.m, p = d.p;
+  const int64_t N0 = int64_t(n) + m + p;
+  const int k = int(keep[N0 * N0 + N0 + m]);
+  if (k < 0) return false;
+  const T* kmask = keep + N0 * N0 + N0;
+  for (int i = 0; i < m; ++i)
+    if ((mask[i] > T(0.5)) != (kmask[i] > T(0.5))) return false;
+  KKTWork<T> w{const_cast<T*>(keep), const_cast<T*>(keep + N0 * N0), work + N0 * N0 + N0, work + N0 * N0 + 2 * N0};
+  T* rc = work + N0 * N0 + 3 * N0;
+  T* uc = rc + N0;
+  int* act = reinterpret_cast<int*>(uc + N0);
+  if (g.rank() == 0) {
+    int a = 0;
+    for (int i = 0; i < m; ++i)
+      if (mask[i] > T(0.5)) act[a++] = i;
+  }
+  g.sync();
+  for (int i = g.rank(); i < n; i += g.size()) rc[i] = rhs[i];
+  for (int a = g.rank(); a < k; a += g.size()) rc[n + a] = rhs[n + act[a]];
+  for (int e = g.rank(); e < p; e += g.size()) rc[n + k + e] = rhs[n + m + e];
+  g.sync();
+  kkt_refined_solve(g, d, act, k, w, rc, uc);
+  for (int i = g.rank(); i < n; i += g.size()) u[i] = uc[i];
+  for (int i = g.rank(); i < m; i += g.size()) u[n + i] = mask[i] > T(0.5) ? T(0) : rhs[n + i];
+  for (int e = g.rank(); e < p; e += g.size()) u[n + m + e] = uc[n + k + e];
+  g.sync();
+  for (int a = g.rank(); a < k; a += g.size()) u[n + act[a]] = uc[n + a];
+  g.sync();
+  return true;
+}
+
 // Workspace (scalars) of kkt_backward: kkt_solve's plus rhs, u (n+m+p each) and the mask (m).
 OL_HD inline int64_t backward_workspace_size(int n, int m, int p) {
   return workspace_size(n, m, p) + 2 * (int64_t(n) + m + p) + m;
@@ -758,7 +794,7 @@ OL_HD inline int64_t backward_workspace_size(int n, int m, int p) {
 template <typename T, typename Grp>
 OL_HD void kkt_backward(const Grp& g, const Problem<T>& d, const T* x, const T* lam, const T* nu, const T* gx,
                         const T* glam, const T* gnu, T kkt_reg, T* dQ, T* dq, T* dG, T* dh, T* dA, T* db,
-                        T* work) {
+                        T* work, const T* keep = nullptr) {
   const int n = d.n, m = d.m, p = d.p;
   const int64_t N0 = int64_t(n) + m + p;
   T* rhs = work + workspace_size(n, m, p);
@@ -770,7 +806,7 @@ OL_HD void kkt_backward(const Grp& g, const Problem<T>& d, const T* x, const T* 
   for (int i = g.rank(); i < m; i += g.size()) rhs[n + i] = glam ? mask[i] * glam[i] : T(0);
   for (int e = g.rank(); e < p; e += g.size()) rhs[n + m + e] = gnu ? gnu[e] : T(0);
   g.sync();
-  kkt_solve(g, d, mask, kkt_reg, rhs, u, work);
+  if (!(keep != nullptr && kkt_solve_kept(g, d, mask, keep, rhs, u, work))) kkt_solve(g, d, mask, kkt_reg, rhs, u, work);
   const T* ux = u;
   const T* ul = u + n;
   const T* un = u + n + m;
@@ -1018,6 +1054,25 @@ OL_HD void newton_step(const Grp& g, const Problem<T>& d, IPMState<T>& st, const
   g.sync();
 }
 
+// A kept polish factor (forward → backward, so the backward need not refactor): the compact LU of
+// the accepted active set (N×N with N = n + k + p, stride N, in the first N0² slots), its pivots
+// (N0 slots), the 0/1 active mask (m) and k (last slot; −1 when there is no usable factor).
+OL_HD inline int64_t factor_size(int n, int m, int p) {
+  const int64_t N0 = int64_t(n) + m + p;
+  return N0 * N0 + N0 + m + 1;
+}
+
+template <typename T, typename Grp>
+OL_HD void keep_factor(const Grp& g, const KKTWork<T>& w, const T* inset, int n, int m, int p, int k, bool repaired,
+                       T* keep) {
+  const int64_t N0 = int64_t(n) + m + p, N = int64_t(n) + k + p;
+  for (int64_t i = g.rank(); i < N * N; i += g.size()) keep[i] = w.LU[i];
+  for (int64_t i = g.rank(); i < N; i += g.size()) keep[N0 * N0 + i] = w.piv[i];
+  for (int i = g.rank(); i < m; i += g.size()) keep[N0 * N0 + N0 + i] = inset[i];
+  g.sync();
+  if (g.rank() == 0) keep[N0 * N0 + N0 + m] = repaired ? T(-1) : T(k);
+}
+
 // Multiplier repair of a polish round (serial only). At a degenerate solution the active rows can
 // be linearly dependent (e.g. a contact with zero force: all its friction facets and its normal
 // bound are active on 3 variables). Then the active-set KKT system fixes x but not the
@@ -1113,7 +1168,7 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
 // the guess (drop rows with negative multipliers, add violated rows) up to kPolishRounds − 1 times.
 template <typename T, typename Grp>
 OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
-                  int8_t* status, int rounds = kPolishRounds) {
+                  int8_t* status, int rounds = kPolishRounds, T* keep = nullptr) {
   const int n = d.n, m = d.m, p = d.p;
   if (!((*status == kSolved) || (*status == kMaxIter))) return false;
   const int64_t N0 = int64_t(n) + m + p;
@@ -1166,6 +1221,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
       part_ln = ol_max(part_ln, ol_abs(u[n + a]));
     }
     const T neg = g.max(part_lmin), ln = g.max(part_ln);
+    bool repaired = false;
     bool accept = finite && viol <= set.polish_tol * (1 + hn) && neg <= set.polish_tol * (1 + ln) &&
                   res <= set.polish_tol * (1 + rhs_n);
     if constexpr (Grp::kSerial) {
@@ -1173,7 +1229,10 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
       const int64_t need = int64_t(k + p) * (k + p) + 6 * int64_t(k + p) + n;
       if (!accept && finite && viol <= set.polish_tol * (1 + hn) && res <= set.polish_tol * (1 + rhs_n) &&
           need <= N0 * N0)
+      {
         accept = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU);
+        repaired = accept;  // w.LU now holds the repair's scratch, not the factor
+      }
     }
     g.sync();
     if (accept) {
@@ -1183,6 +1242,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
       g.sync();
       for (int a = g.rank(); a < k; a += g.size()) lam[act[a]] = ol_max(u[n + a], T(0));
       if (g.rank() == 0) *status = kSolved;
+      if (keep != nullptr) keep_factor(g, w, inset, n, m, p, k, repaired, keep);
       g.sync();
       return true;
     }
@@ -1254,8 +1314,14 @@ OL_HD void solve_equality_only(const Grp& g, const Problem<T>& d, const Settings
 // groups only, whose rows are not padded).
 template <typename T, typename Grp>
 OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* work, T* x, T* lam, T* nu,
-                    int8_t* status, int32_t* iters, T* K_override = nullptr) {
+                    int8_t* status, int32_t* iters, T* K_override = nullptr, T* keep = nullptr) {
   const int n = d.n, m = d.m, p = d.p;
+  if (keep != nullptr) {  // no factor (yet); zeros elsewhere keep the output deterministic
+    const int64_t fs = factor_size(n, m, p);
+    for (int64_t i = g.rank(); i < fs - 1; i += g.size()) keep[i] = T(0);
+    if (g.rank() == 0) keep[fs - 1] = T(-1);
+    g.sync();
+  }
   if (m == 0) {
     solve_equality_only(g, d, set, work, x, nu, status, iters);
     return;
@@ -1386,7 +1452,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
       for (int e = g.rank(); e < p; e += g.size()) nu[e] = st.y[e] * st.as[e];
       if (g.rank() == 0) *status = kMaxIter;
       g.sync();
-      if (polish(g, d, set, st.polish, x, lam, nu, status, kEarlyPolishRounds)) {
+      if (polish(g, d, set, st.polish, x, lam, nu, status, kEarlyPolishRounds, keep)) {
         if (g.rank() == 0) *iters = it;
         g.sync();
         return;
@@ -1432,7 +1498,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   for (int e = g.rank(); e < p; e += g.size()) nu[e] = st.y[e] * st.as[e];
   if (g.rank() == 0) { *status = code; *iters = it; }
   g.sync();
-  if (set.polish) polish(g, d, set, st.polish, x, lam, nu, status);
+  if (set.polish) polish(g, d, set, st.polish, x, lam, nu, status, kPolishRounds, keep);
 }
 
 }  // namespace optlayers

@@ -31,10 +31,10 @@ def test_solver_header_compiles_as_plain_cpp(tmp_path):
         '#include "optlayers/qp_ipm.h"\n'
         "template void optlayers::solve_qp<double, optlayers::SerialGroup>(const optlayers::SerialGroup&,"
         " const optlayers::Problem<double>&, const optlayers::Settings<double>&, double*, double*, double*,"
-        " double*, int8_t*, int32_t*, double*);\n"
+        " double*, int8_t*, int32_t*, double*, double*);\n"
         "template void optlayers::solve_qp<float, optlayers::SerialGroup>(const optlayers::SerialGroup&,"
         " const optlayers::Problem<float>&, const optlayers::Settings<float>&, float*, float*, float*,"
-        " float*, int8_t*, int32_t*, float*);\n"
+        " float*, int8_t*, int32_t*, float*, float*);\n"
     )
     out = subprocess.run([cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", f"-I{CSRC}", str(src)],
                          capture_output=True, text=True)

@@ -47,5 +47,5 @@ def test_cuda_opcheck():
     P = ol.testing.random_qp(4, 6, 8, 2, seed=1, device="cuda")
     d = canonicalize(*P.data())
     args = (*(t.clone().requires_grad_() for t in d.tensors()), d.B, 1e-9, tl.infeasibility_tol, tl.kkt_reg,
-            tl.polish_tol, tl.polish_start, tl.step_to_boundary, 50, True)
+            tl.polish_tol, tl.polish_start, tl.step_to_boundary, 50, True, False)
     torch.library.opcheck(torch.ops.optlayers.qp_solve.default, args)

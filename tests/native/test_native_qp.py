@@ -137,15 +137,36 @@ def test_failed_problem_gives_zero_gradient_to_shared_inputs():
     assert float(q.grad[0].abs().max()) == 0.0
 
 
-def test_opcheck_qp_solve_and_kkt_solve():
+@pytest.mark.parametrize("keep_factor", [False, True])
+def test_opcheck_qp_solve_and_kkt_solve(keep_factor):
     tl = tolerances_for(torch.float64)
     P = ol.testing.random_qp(3, 5, 6, 2, seed=9, shared=("G",))
     d = canonicalize(*P.data())
     args = (*(t.clone().requires_grad_() for t in d.tensors()), d.B, 1e-9, tl.infeasibility_tol, tl.kkt_reg,
-            tl.polish_tol, tl.polish_start, tl.step_to_boundary, 50, True)
+            tl.polish_tol, tl.polish_start, tl.step_to_boundary, 50, True, keep_factor)
     torch.library.opcheck(torch.ops.optlayers.qp_solve.default, args)
     N = d.n + d.m + d.p
     mask = (P.active.to(torch.float64))
     rhs = torch.randn(3, N, dtype=torch.float64)
     torch.library.opcheck(torch.ops.optlayers.qp_kkt_solve.default,
                           (d.Q, d.G, d.A, mask, rhs, tl.kkt_reg), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_backward_with_kept_polish_factor_equals_refactoring():
+    """qp_backward given the forward's polish LU (keep_factor) returns the same gradients as when it
+    refactors the active-set KKT matrix itself (empty factor)."""
+    tl = tolerances_for(torch.float64)
+    P = ol.testing.random_qp(6, 30, 40, 5, seed=4, shared=("G",))
+    d = canonicalize(*P.data())
+    out = torch.ops.optlayers.qp_solve(*d.tensors(), d.B, 1e-9, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol,
+                                       tl.polish_start, tl.step_to_boundary, 50, True, True)
+    x, lam, nu, status, _, factor = out
+    assert factor.shape == (6, (30 + 40 + 5) ** 2 + (30 + 40 + 5) + 40 + 1)
+    assert bool((factor[:, -1] >= 0).all())  # every problem polished and kept its factor
+    g = torch.Generator().manual_seed(0)
+    gx, glam, gnu = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (x, lam, nu))
+    kept = torch.ops.optlayers.qp_backward(*d.tensors(), x, lam, nu, status, factor, gx, glam, gnu, tl.kkt_reg)
+    fresh = torch.ops.optlayers.qp_backward(*d.tensors(), x, lam, nu, status, factor.new_empty(0), gx, glam, gnu,
+                                            tl.kkt_reg)
+    for a, b in zip(kept, fresh):
+        assert float((a - b).abs().max()) <= 1e-10 * (1 + float(b.abs().max()))

@@ -66,12 +66,25 @@ def solve(data: QPData, tol: float, max_iter: int, polish: bool, *, differentiab
     the op's registered autograd, without its per-call Python overhead of ~0.3 ms each way).
     """
     tl = tolerances_for(data.dtype)
+    grad = differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in data.tensors())
     args = (*data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, tl.polish_start,
-            tl.step_to_boundary,
-            max_iter, polish)
-    if differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in data.tensors()):
-        return _QPSolveFunction.apply(*args)
-    return torch.ops.optlayers.qp_solve(*args)
+            tl.step_to_boundary, max_iter, polish, grad and polish and _keep_factor(data))
+    if grad:
+        return _QPSolveFunction.apply(*args)[:5]
+    return torch.ops.optlayers.qp_solve(*args)[:5]
+
+
+# Keep the polish LU for the backward (one factorization less per problem) when it is worth its
+# memory: from N = n + m + p ≥ 48 on (below, refactoring costs less than ~10 µs a problem) and up
+# to 2²⁴ scalars for the batch (128 MiB in float64). CPU only (the CUDA kernels refactor).
+_KEEP_MIN_N = 48
+_KEEP_MAX_SCALARS = 1 << 24
+
+
+def _keep_factor(data: QPData) -> bool:
+    N = data.n + data.m + data.p
+    size = N * N + N + data.m + 1
+    return data.device.type == "cpu" and N >= _KEEP_MIN_N and data.B * size <= _KEEP_MAX_SCALARS
 
 
 def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -80,14 +93,16 @@ def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
 
 
 def _qp_solve_fake(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, polish_start, step_to_boundary, max_iter,
-                   polish):
+                   polish, keep_factor):
     n, m, p = q.shape[-1], h.shape[-1], b.shape[-1]
+    N = n + m + p
     return (
         q.new_empty(batch, n),
         q.new_empty(batch, m),
         q.new_empty(batch, p),
         q.new_empty(batch, dtype=torch.int8),
         q.new_empty(batch, dtype=torch.int32),
+        q.new_empty(batch, N * N + N + m + 1) if keep_factor else q.new_empty(0),
     )
 
 
@@ -95,7 +110,7 @@ def _qp_kkt_solve_fake(Q, G, A, mask, rhs, kkt_reg):
     return torch.empty_like(rhs)
 
 
-def _qp_backward_fake(Q, q, G, h, A, b, x, lam, nu, status, gx, glam, gnu, kkt_reg):
+def _qp_backward_fake(Q, q, G, h, A, b, x, lam, nu, status, factor, gx, glam, gnu, kkt_reg):
     return tuple(torch.empty_like(t) for t in (Q, q, G, h, A, b))
 
 
@@ -106,21 +121,21 @@ def _has_fused_backward(device: torch.device) -> bool:
 
 def _setup_context(ctx, inputs, output):
     Q, q, G, h, A, b, batch = inputs[:7]
-    x, lam, nu, status, _ = output
+    x, lam, nu, status, _, factor = output
     ctx.batch = batch
-    ctx.n_options = len(inputs) - 6  # batch, tolerances, max_iter, polish: no gradients
-    ctx.mark_non_differentiable(output[3], output[4])
-    ctx.save_for_backward(Q, q, G, h, A, b, x, lam, nu, status)
+    ctx.n_options = len(inputs) - 6  # batch, tolerances, max_iter, polish, keep_factor: no gradients
+    ctx.mark_non_differentiable(output[3], output[4], output[5])
+    ctx.save_for_backward(Q, q, G, h, A, b, x, lam, nu, status, factor)
 
 
-def _backward(ctx, gx, glam, gnu, _gstatus, _giters):
-    Q, q, G, h, A, b, x, lam, nu, status = ctx.saved_tensors
+def _backward(ctx, gx, glam, gnu, _gstatus, _giters, _gfactor):
+    Q, q, G, h, A, b, x, lam, nu, status, factor = ctx.saved_tensors
     needs = ctx.needs_input_grad[:6]
     if _has_fused_backward(x.device):
         # One C++ pass per problem: active set, KKT solve and the gradient outer products
         # (csrc/optlayers/qp_ipm.h::kkt_backward, the fused form of backward.kkt_vjp).
         grads = torch.ops.optlayers.qp_backward(
-            Q, q, G, h, A, b, x, lam, nu, status, gx, glam, gnu, tolerances_for(x.dtype).kkt_reg
+            Q, q, G, h, A, b, x, lam, nu, status, factor, gx, glam, gnu, tolerances_for(x.dtype).kkt_reg
         )
         return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * ctx.n_options
     data = data_of(Q, q, G, h, A, b, ctx.batch)
