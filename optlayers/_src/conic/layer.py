@@ -365,6 +365,14 @@ class CvxpyLayer(torch.nn.Module):
             rows = np.unique(Mb.M.tocoo().row)
             for k in range(len(sizes)):
                 varying[k] = bool(((rows >= bounds[k]) & (rows < bounds[k + 1])).any())
+            if len(cols_s) == 1:
+                # Every parameter is batched: fold the constant column into the batched map
+                # (θ_b gets a column of ones) when that keeps it a selection — then the varying
+                # blocks need no "+ shared part" and the constant blocks are cached constants.
+                folded = _SparseMats(Mc[:, cols_b + cols_s])
+                if folded._select is not None:
+                    Mb = folded
+                    Ms = None
         got = (Mb, Ms, list(sizes), tuple(varying))
         self._mats_cache[key] = got
         return got
@@ -373,11 +381,24 @@ class CvxpyLayer(torch.nn.Module):
         """θ̄ → data blocks with one sparse matmul per column group; a block is (B, k) if it
         depends on a batched parameter, else (1, k)."""
         Mb, Ms, sizes, varying = self._mats(batched, qp)
+        if Ms is None:  # constant column folded into Mb (see _mats); theta_s is [[1]]
+            data_b = _affine(torch.cat([theta_b, theta_s.expand(theta_b.shape[0], 1)], 1), Mb).split(sizes, 1)
+            const = self._constant_blocks(batched, qp, Mb, sizes, theta_s.device)
+            return [db if v else cs for db, cs, v in zip(data_b, const, varying)]
         data_s = _affine(theta_s, Ms).split(sizes, 1)                             # (1, ·)
         if Mb is None:
             return list(data_s)
         data_b = _affine(theta_b, Mb).split(sizes, 1)                             # (B, ·)
         return [ds + db if v else ds for ds, db, v in zip(data_s, data_b, varying)]
+
+    def _constant_blocks(self, batched, qp: bool, Mb: _SparseMats, sizes, device) -> tuple:
+        """The (1, k) data blocks of a folded map at θ_b = 0 (its constant column), cached."""
+        key = ("const", batched, qp, device)
+        got = self._lower.get(key)
+        if got is None:
+            const = np.asarray(Mb.M[:, -1].todense()).reshape(1, -1)
+            got = self._lower[key] = torch.as_tensor(const, dtype=torch.float64, device=device).split(sizes, 1)
+        return got
 
     # -- call -------------------------------------------------------------------------------
     def forward(self, *params: torch.Tensor, solver_args: dict[str, Any] | None = None,
@@ -599,7 +620,8 @@ class CvxpyLayer(torch.nn.Module):
     def _check_finite(self, theta_s, theta_b, values) -> None:
         """Non-finite parameter values raise, naming the parameter (checked on θ, two
         reductions, instead of once per parameter)."""
-        fine = bool(torch.isfinite(theta_s).all()) and (theta_b is None or bool(torch.isfinite(theta_b).all()))
+        ok = torch.isfinite(theta_s).all()
+        fine = bool(ok if theta_b is None else ok & torch.isfinite(theta_b).all())
         slots = self.program.params
         if fine and all(slot.col is not None for slot in slots):
             return
