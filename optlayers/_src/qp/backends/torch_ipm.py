@@ -304,6 +304,10 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
     eps_inf = tols.infeasibility_tol
     step_frac = tols.step_to_boundary
 
+    if B == 0:
+        z = data.q.new_zeros
+        return RawSolution(x=z(0, n), lam=z(0, m), nu=z(0, p), status=torch.zeros(0, dtype=torch.int8, device=device),
+                           iterations=torch.zeros(0, dtype=torch.int32, device=device))
     if m == 0:
         return _equality_only(data)
 
