@@ -33,10 +33,12 @@ import ctypes
 import torch
 
 # Work measure: B·N³ with N = n + m + p, the flops (up to a constant) of the largest batched
-# factorization of a solve (the active-set LU of the polish and the backward). Up to this (about
-# 8 problems with N = 500, or 128 with N = 200) the kernels are too small for intra-op threads to
-# pay for their fork/join when the cores are shared (measurements above).
-SINGLE_THREAD_MAX_WORK = 1 << 30
+# factorization of a solve (the active-set LU of the polish and the backward). Up to this (e.g.
+# 128 problems with N = 110, 1 with N = 640) the ops are too small for intra-op threads to pay
+# for their fork/join. Above it they pay on free cores: measured for 8 problems with N = 450
+# (B·N³ ≈ 2^29.4), fwd+bwd 304 ms with 2 threads vs 391 ms with 1 on a quiet 2-core machine —
+# but on a loaded one 2 threads cost up to 10× (measurements above); we keep torch's setting there.
+SINGLE_THREAD_MAX_WORK = 1 << 28
 
 _UNSET = object()
 _omp_set = _UNSET
