@@ -2,8 +2,8 @@
 
 The ops are compiled on first use with ``torch.utils.cpp_extension.load`` against the torch
 that is already installed (no pip build isolation, so no second torch download) and cached in
-``$OPTLAYERS_CACHE`` (default ``~/.cache/optlayers``), keyed by torch version; ninja rebuilds
-only when a source changes. ``python -m optlayers.native build`` builds ahead of time.
+``$OPTLAYERS_CACHE`` (default ``~/.cache/optlayers``), keyed by torch version and a hash of the
+kernel sources (a changed source builds into a new directory). ``python -m optlayers.native build`` builds ahead of time.
 
 If anything fails (no compiler, no sources, ``OPTLAYERS_NATIVE=0``), :func:`availability`
 reports why, one warning is emitted, and ``backend="auto"`` uses the PyTorch backend.
@@ -12,6 +12,7 @@ reports why, one warning is emitted, and ``backend="auto"`` uses the PyTorch bac
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pathlib
 import warnings
@@ -51,7 +52,15 @@ def _load(verbose: bool = False) -> tuple[bool, str]:
         return False, f"torch.utils.cpp_extension unavailable: {exc}"
     cache = pathlib.Path(os.environ.get(_ENV_CACHE, pathlib.Path.home() / ".cache" / "optlayers"))
     cuda = _cuda_buildable()
-    tag = f"torch{torch.__version__.replace('+', '_').replace('.', '_')}" + ("_cuda" if cuda else "_cpu")
+    # Keyed by torch version, device kind and a hash of the kernel sources, so two checkouts (or two
+    # versions of the ops' schemas) never build over each other's library.
+    digest = hashlib.sha1()
+    for f in sorted(src.rglob("*")):
+        if f.suffix in (".h", ".cpp", ".cu") and f.is_file():
+            digest.update(f.relative_to(src).as_posix().encode())
+            digest.update(f.read_bytes())
+    tag = (f"torch{torch.__version__.replace('+', '_').replace('.', '_')}" + ("_cuda" if cuda else "_cpu")
+           + f"_{digest.hexdigest()[:12]}")
     build_dir = cache / f"native_{tag}"
     build_dir.mkdir(parents=True, exist_ok=True)
     sources = [str(src / "qp_cpu.cpp")]
