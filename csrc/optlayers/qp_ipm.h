@@ -361,7 +361,7 @@ OL_HD void reduced_backward(const Grp& g, const T* K, int n, int ld, T* r) {
 
 // Products with a row-major matrix M (rows × cols, row stride ld) without scaling:
 // out = M x (rows) and out (+)= Mᵀ v (cols). The IPM calls them on the scaled, padded copies
-// G̃, Ã with cols = ld, so serial passes are whole SIMD vectors.
+// G̃, Ã with cols = ld (serial passes in whole SIMD vectors); polish and backward on the raw data.
 template <typename T, typename Grp>
 OL_HD void mat_times(const Grp& g, const T* M, int ld, int rows, int cols, const T* x, T* out) {
   if constexpr (Grp::kSerial) {
@@ -402,66 +402,7 @@ OL_HD void mat_t_times(const Grp& g, const T* M, int ld, int rows, int cols, con
 }
 
 // ----------------------------------------------------------------------------------------------
-// Products with the row-scaled data G̃ = diag(gs) G, Ã = diag(as) A (scales may be null = 1).
-
-template <typename T, typename Grp>
-OL_HD void rows_times(const Grp& g, const T* M, const T* scale, int rows, int n, const T* x, T* out) {
-  if constexpr (Grp::kSerial) {
-    int i = 0;
-    for (; i + 4 <= rows; i += 4) {  // four rows per pass over x
-      const T *m0 = M + int64_t(i) * n, *m1 = m0 + n, *m2 = m1 + n, *m3 = m2 + n;
-      T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-      OL_SIMD_SUM(a0, a1, a2, a3)
-      for (int j = 0; j < n; ++j) {
-        a0 += m0[j] * x[j];
-        a1 += m1[j] * x[j];
-        a2 += m2[j] * x[j];
-        a3 += m3[j] * x[j];
-      }
-      out[i] = scale ? scale[i] * a0 : a0;
-      out[i + 1] = scale ? scale[i + 1] * a1 : a1;
-      out[i + 2] = scale ? scale[i + 2] * a2 : a2;
-      out[i + 3] = scale ? scale[i + 3] * a3 : a3;
-    }
-    for (; i < rows; ++i) {
-      const T acc = dot_serial(M + int64_t(i) * n, x, n);
-      out[i] = scale ? scale[i] * acc : acc;
-    }
-    return;
-  }
-  for (int i = g.rank(); i < rows; i += g.size()) {
-    const T acc = dot_serial(M + int64_t(i) * n, x, n);
-    out[i] = scale ? scale[i] * acc : acc;
-  }
-  g.sync();
-}
-
-// out (+)= Mᵀ diag(scale) v  (n-vector); accumulate if `accumulate`.
-template <typename T, typename Grp>
-OL_HD void rows_transpose_times(const Grp& g, const T* M, const T* scale, int rows, int n, const T* v,
-                                T* out, bool accumulate) {
-  if constexpr (Grp::kSerial) {
-    if (!accumulate)
-      for (int j = 0; j < n; ++j) out[j] = 0;
-    if (scale == nullptr) {
-      gemv_t_serial(out, v, M, n, rows, n);
-      return;
-    }
-    int i = 0;
-    for (; i + 4 <= rows; i += 4) {
-      const T c[4] = {scale[i] * v[i], scale[i + 1] * v[i + 1], scale[i + 2] * v[i + 2], scale[i + 3] * v[i + 3]};
-      gemv_t_serial(out, c, M + int64_t(i) * n, n, 4, n);
-    }
-    for (; i < rows; ++i) axpy_serial(out, scale[i] * v[i], M + int64_t(i) * n, n);
-    return;
-  }
-  for (int j = g.rank(); j < n; j += g.size()) {
-    T acc = accumulate ? out[j] : T(0);
-    for (int i = 0; i < rows; ++i) acc += M[int64_t(i) * n + j] * (scale ? scale[i] * v[i] : v[i]);
-    out[j] = acc;
-  }
-  g.sync();
-}
+// Reductions and step lengths.
 
 template <typename T, typename Grp>
 OL_HD T inf_norm(const Grp& g, const T* v, int k) {
@@ -714,7 +655,7 @@ OL_HD T data_scale(const Problem<T>& d) {
 // inactive rows are identities (u_λi = rhs_λi), active ones form the compact system.
 template <typename T, typename Grp>
 OL_HD void kkt_solve(const Grp& g, const Problem<T>& d, const T* mask, T kkt_reg, const T* rhs, T* u,
-                     T* work) {
+                     T* work, const T* keep = nullptr) {
   const int n = d.n, m = d.m, p = d.p;
   const int64_t N0 = int64_t(n) + m + p;
   KKTWork<T> w{work, work + N0 * N0, work + N0 * N0 + N0, work + N0 * N0 + 2 * N0};
@@ -728,43 +669,15 @@ OL_HD void kkt_solve(const Grp& g, const Problem<T>& d, const T* mask, T kkt_reg
   g.sync();
   k = 0;
   for (int i = 0; i < m; ++i) k += mask[i] > T(0.5) ? 1 : 0;
-  const T delta = kkt_reg * data_scale(d);
-  kkt_assemble_factor(g, d, act, k, delta, w);
-  for (int i = g.rank(); i < n; i += g.size()) rc[i] = rhs[i];
-  for (int a = g.rank(); a < k; a += g.size()) rc[n + a] = rhs[n + act[a]];
-  for (int e = g.rank(); e < p; e += g.size()) rc[n + k + e] = rhs[n + m + e];
-  g.sync();
-  kkt_refined_solve(g, d, act, k, w, rc, uc);
-  for (int i = g.rank(); i < n; i += g.size()) u[i] = uc[i];
-  for (int i = g.rank(); i < m; i += g.size()) u[n + i] = mask[i] > T(0.5) ? T(0) : rhs[n + i];
-  for (int e = g.rank(); e < p; e += g.size()) u[n + m + e] = uc[n + k + e];
-  g.sync();
-  for (int a = g.rank(); a < k; a += g.size()) u[n + act[a]] = uc[n + a];
-  g.sync();
-}
-
-// kkt_solve with a kept polish factor (see keep_factor), if it is for the same active mask.
-// Returns false (nothing written) when there is no usable factor or the masks differ.
-template <typename T, typename Grp>
-OL_HD bool kkt_solve_kept(const Grp& g, const Problem<T>& d, const T* mask, const T* keep, const T* rhs, T* u,
-                          T* work) {
-  const int n = d.n, m = d.m, p = d.p;
-  const int64_t N0 = int64_t(n) + m + p;
-  const int k = int(keep[N0 * N0 + N0 + m]);
-  if (k < 0) return false;
-  const T* kmask = keep + N0 * N0 + N0;
-  for (int i = 0; i < m; ++i)
-    if ((mask[i] > T(0.5)) != (kmask[i] > T(0.5))) return false;
-  KKTWork<T> w{const_cast<T*>(keep), const_cast<T*>(keep + N0 * N0), work + N0 * N0 + N0, work + N0 * N0 + 2 * N0};
-  T* rc = work + N0 * N0 + 3 * N0;
-  T* uc = rc + N0;
-  int* act = reinterpret_cast<int*>(uc + N0);
-  if (g.rank() == 0) {
-    int a = 0;
-    for (int i = 0; i < m; ++i)
-      if (mask[i] > T(0.5)) act[a++] = i;
+  // A kept polish factor (see keep_factor) replaces the factorization when it is for this mask.
+  bool reuse = keep != nullptr && int(keep[N0 * N0 + N0 + m]) == k;
+  for (int i = 0; reuse && i < m; ++i) reuse = (mask[i] > T(0.5)) == (keep[N0 * N0 + N0 + i] > T(0.5));
+  if (reuse) {
+    w.LU = const_cast<T*>(keep);  // only read by the solves below
+    w.piv = const_cast<T*>(keep + N0 * N0);
+  } else {
+    kkt_assemble_factor(g, d, act, k, kkt_reg * data_scale(d), w);
   }
-  g.sync();
   for (int i = g.rank(); i < n; i += g.size()) rc[i] = rhs[i];
   for (int a = g.rank(); a < k; a += g.size()) rc[n + a] = rhs[n + act[a]];
   for (int e = g.rank(); e < p; e += g.size()) rc[n + k + e] = rhs[n + m + e];
@@ -776,7 +689,6 @@ OL_HD bool kkt_solve_kept(const Grp& g, const Problem<T>& d, const T* mask, cons
   g.sync();
   for (int a = g.rank(); a < k; a += g.size()) u[n + act[a]] = uc[n + a];
   g.sync();
-  return true;
 }
 
 // Workspace (scalars) of kkt_backward: kkt_solve's plus rhs, u (n+m+p each) and the mask (m).
@@ -800,13 +712,13 @@ OL_HD void kkt_backward(const Grp& g, const Problem<T>& d, const T* x, const T* 
   T* rhs = work + workspace_size(n, m, p);
   T* u = rhs + N0;
   T* mask = u + N0;
-  rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, x, u);  // G x (u as scratch)
+  mat_times(g, d.G, n, m, n, x, u);  // G x (u as scratch)
   for (int i = g.rank(); i < m; i += g.size()) mask[i] = lam[i] > d.h[i] - u[i] ? T(1) : T(0);
   for (int j = g.rank(); j < n; j += g.size()) rhs[j] = gx ? gx[j] : T(0);
   for (int i = g.rank(); i < m; i += g.size()) rhs[n + i] = glam ? mask[i] * glam[i] : T(0);
   for (int e = g.rank(); e < p; e += g.size()) rhs[n + m + e] = gnu ? gnu[e] : T(0);
   g.sync();
-  if (!(keep != nullptr && kkt_solve_kept(g, d, mask, keep, rhs, u, work))) kkt_solve(g, d, mask, kkt_reg, rhs, u, work);
+  kkt_solve(g, d, mask, kkt_reg, rhs, u, work, keep);
   const T* ux = u;
   const T* ul = u + n;
   const T* un = u + n + m;
@@ -1178,7 +1090,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
   int* act = reinterpret_cast<int*>(u + N0);
   T* gx = u + N0 + m;   // G x (m)
   T* inset = gx + m;    // 0/1 active-set guess (m)
-  rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, x, gx);
+  mat_times(g, d.G, n, m, n, x, gx);
   for (int i = g.rank(); i < m; i += g.size()) inset[i] = lam[i] > d.h[i] - gx[i] ? T(1) : T(0);
   g.sync();
   const T delta = set.kkt_reg * data_scale(d);
@@ -1211,7 +1123,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     }
     const T res = g.max(part_res), rhs_n = g.max(part_rhs);
     const bool finite = g.max(part_finite ? T(0) : T(1)) == T(0);
-    rows_times(g, d.G, static_cast<const T*>(nullptr), m, n, u, gx);  // G xp
+    mat_times(g, d.G, n, m, n, u, gx);  // G xp
     T part_viol = 0;
     for (int i = g.rank(); i < m; i += g.size()) part_viol = ol_max(part_viol, gx[i] - d.h[i]);
     const T viol = g.max(part_viol);
@@ -1274,7 +1186,7 @@ OL_HD void solve_equality_only(const Grp& g, const Problem<T>& d, const Settings
   kkt_refined_solve(g, d, static_cast<const int*>(nullptr), 0, w, rhs, u);
   // Stationarity and feasibility residuals.
   T* r = w.r;
-  rows_transpose_times(g, d.A, static_cast<const T*>(nullptr), p, n, u + n, r, false);
+  mat_t_times(g, d.A, n, p, n, u + n, r, false);
   T part_st = 0, part_q = 0;
   bool part_finite = true;
   for (int i = g.rank(); i < n; i += g.size()) {
@@ -1284,7 +1196,7 @@ OL_HD void solve_equality_only(const Grp& g, const Problem<T>& d, const Settings
     part_q = ol_max(part_q, ol_abs(d.q[i]));
     part_finite = part_finite && (u[i] == u[i]) && ol_abs(u[i]) < ol_inf<T>();
   }
-  rows_times(g, d.A, static_cast<const T*>(nullptr), p, n, u, w.du);
+  mat_times(g, d.A, n, p, n, u, w.du);
   T part_pr = 0, part_b = 0;
   for (int e = g.rank(); e < p; e += g.size()) {
     part_pr = ol_max(part_pr, ol_abs(w.du[e] - d.b[e]));

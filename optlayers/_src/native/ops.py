@@ -81,10 +81,16 @@ _KEEP_MIN_N = 48
 _KEEP_MAX_SCALARS = 1 << 24
 
 
+def _factor_size(n: int, m: int, p: int) -> int:
+    """Scalars per problem of a kept factor (csrc/optlayers/qp_ipm.h::factor_size)."""
+    N = n + m + p
+    return N * N + N + m + 1
+
+
 def _keep_factor(data: QPData) -> bool:
     N = data.n + data.m + data.p
-    size = N * N + N + data.m + 1
-    return data.device.type == "cpu" and N >= _KEEP_MIN_N and data.B * size <= _KEEP_MAX_SCALARS
+    fits = data.B * _factor_size(data.n, data.m, data.p) <= _KEEP_MAX_SCALARS
+    return data.device.type == "cpu" and N >= _KEEP_MIN_N and fits
 
 
 def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -95,14 +101,13 @@ def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
 def _qp_solve_fake(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, polish_start, step_to_boundary, max_iter,
                    polish, keep_factor):
     n, m, p = q.shape[-1], h.shape[-1], b.shape[-1]
-    N = n + m + p
     return (
         q.new_empty(batch, n),
         q.new_empty(batch, m),
         q.new_empty(batch, p),
         q.new_empty(batch, dtype=torch.int8),
         q.new_empty(batch, dtype=torch.int32),
-        q.new_empty(batch, N * N + N + m + 1) if keep_factor else q.new_empty(0),
+        q.new_empty(batch, _factor_size(n, m, p)) if keep_factor else q.new_empty(0),
     )
 
 
