@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a machine with an NVIDIA GPU (the project's lent H100/H200):
-# builds the native CUDA op, runs the GPU tests and the GPU benchmark, writes everything to $OUT.
+# One-shot GPU check for a machine with an NVIDIA GPU (the project's lent H100/H200): builds the
+# native CUDA op, runs the CUDA tests, the GPU benchmark and the grasp benchmark on the GPU, and
+# writes a few files under $OUT. Each step has its own time limit, so a hang cannot eat the rest.
 #   OUT=/some/dir bash benchmarks/gpu_check.sh
+# Works without installing the package (PYTHONPATH=repo root; no network, no pip). qpth, if
+# carried (a copy of the package under .whl/qpth), is benchmarked on the same GPU; its import of
+# cvxpy (unused by its PDIPM solver) is satisfied by an empty stub in the benchmark processes only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$(pwd)/out}
+ROOT=$(pwd)
+OUT=${OUT:-$ROOT/out}
 mkdir -p "$OUT"
-export OPTLAYERS_CACHE="$OUT/cache"
+export OPTLAYERS_CACHE=/tmp/optlayers_cache PYTHONPATH=$ROOT PYTHONUNBUFFERED=1
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
+PY=${PYTHON:-python3}
+t0=$(date +%s)
+stamp() { echo "[gpu_check +$(( $(date +%s) - t0 ))s] $*"; }
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  nproc; nvcc --version | tail -2
 } > "$OUT/gpu_info.txt" 2>&1
-pip install --quiet --no-deps -e . > "$OUT/install.log" 2>&1
-python -m optlayers.native build > "$OUT/build.log" 2>&1; echo "build rc=$?" >> "$OUT/build.log"
-python -m pytest -q tests/native > "$OUT/tests_native.txt" 2>&1; echo "tests rc=$?" >> "$OUT/tests_native.txt"
-python benchmarks/gpu_bench.py --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.txt" 2>&1; echo "bench rc=$?" >> "$OUT/gpu_bench.txt"
-tail -n 5 "$OUT"/*.txt "$OUT/build.log"
+stamp "build" | tee "$OUT/build.log"
+timeout 420 $PY -c "
+import time, optlayers as ol
+from optlayers._src.native import build, ops
+t = time.time(); ok, why = build.build(verbose=True); print('build', ok, why, f'{time.time() - t:.1f}s')
+print('cuda kernels:', ops.cuda_available())
+" >> "$OUT/build.log" 2>&1; echo "build rc=$?" >> "$OUT/build.log"
+stamp "tests" | tee -a "$OUT/build.log"
+timeout 300 $PY -m pytest -q -p no:cacheprovider -x --timeout 120 tests/native/test_native_cuda.py > "$OUT/tests_cuda.txt" 2>&1
+echo "tests rc=$?" >> "$OUT/tests_cuda.txt"
+stamp "bench" | tee -a "$OUT/build.log"
+mkdir -p /tmp/stub && : > /tmp/stub/cvxpy.py
+BENCH_PATH=$ROOT:$ROOT/.whl:/tmp/stub
+PYTHONPATH=$BENCH_PATH timeout 300 $PY benchmarks/gpu_bench.py ${GPU_BENCH_ARGS:-} --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.txt" 2>&1
+echo "bench rc=$?" >> "$OUT/gpu_bench.txt"
+stamp "grasp" | tee -a "$OUT/build.log"
+PYTHONPATH=$BENCH_PATH timeout 200 $PY benchmarks/grasp_qp.py --device cuda --contacts 4 --batches 4800,48000 \
+  --only optlayers,qpth --max-cell-s 15 --target-s 0.5 --json "$OUT/grasp_gpu.json" > "$OUT/grasp_gpu.txt" 2>&1
+echo "grasp rc=$?" >> "$OUT/grasp_gpu.txt"
+stamp "done" | tee -a "$OUT/build.log"
+tail -n 4 "$OUT/tests_cuda.txt"; tail -n 12 "$OUT/gpu_bench.txt"; tail -n 25 "$OUT/grasp_gpu.txt"

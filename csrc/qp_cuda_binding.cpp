@@ -1,5 +1,5 @@
 // CUDA implementations of the native QP ops (torch side): allocate outputs and per-group
-// workspaces, then call the torch-free launchers of qp_cuda.cu on the current stream.
+// workspaces, then call the torch-free launchers (csrc/qp_cuda_{float,double}.cu) on the current stream.
 // Built only when torch sees a GPU and the CUDA toolkit (optlayers/_src/native/build.py).
 #include <torch/library.h>
 #include <ATen/ATen.h>

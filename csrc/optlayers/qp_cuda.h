@@ -1,4 +1,4 @@
-// Torch-free interface between the CUDA kernels (qp_cuda.cu) and the torch binding
+// Torch-free interface between the CUDA kernels (optlayers/qp_cuda_kernels.cuh) and the torch binding
 // (qp_cuda_binding.cpp). Only plain pointers, strides and a launch plan cross it.
 #pragma once
 
@@ -41,7 +41,36 @@ struct LaunchPlan {
   int64_t shared_bytes;
 };
 
-LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, int scalar_bytes);
+constexpr int kWarpsPerBlock = 4;
+constexpr int kBlockThreads = 128;
+
+// Host code (used by the torch binding): the grid for a batch on a device with sm_count SMs.
+inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, int scalar_bytes) {
+  LaunchPlan plan;
+  plan.use_warp = n <= kWarpMaxN;
+  plan.workspace_per_group = workspace_size(n, m, p);
+  if (plan.use_warp) {
+    const int64_t groups_wanted = batch;
+    const int64_t max_groups = int64_t(sm_count) * 32;  // 32 resident warps per SM is plenty here
+    const int64_t groups = groups_wanted < max_groups ? groups_wanted : max_groups;
+    plan.blocks = int((groups + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    plan.threads = kWarpsPerBlock * 32;
+    plan.groups = int64_t(plan.blocks) * kWarpsPerBlock;
+    plan.shared_bytes = 0;
+    plan.k_in_shared = false;
+  } else {
+    const int64_t max_groups = int64_t(sm_count) * 4;
+    plan.blocks = int(batch < max_groups ? batch : max_groups);
+    plan.threads = kBlockThreads;
+    plan.groups = plan.blocks;
+    const int64_t k_bytes = int64_t(n) * n * scalar_bytes;
+    plan.k_in_shared = k_bytes <= kSharedKMaxBytes;
+    plan.shared_bytes = 33 * sizeof(double) + (plan.k_in_shared ? k_bytes : 0);
+  }
+  if (plan.blocks < 1) plan.blocks = 1;
+  return plan;
+}
+
 
 template <typename T>
 cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,

@@ -57,7 +57,8 @@ enum : int8_t {
 constexpr double kRegGrowth = 1e4;
 constexpr int kRefinementSteps = 3;
 // Stall rule (as in the PyTorch backend): leave the loop as kMaxIter when the merit
-// max(pres, dres, gap) has not dropped below kStallDecrease × its best for kStallIters iterations.
+// max(pres, dres, gap) and sᵀz have both not dropped below kStallDecrease × their best for
+// kStallIters iterations.
 constexpr int kStallIters = 5;
 // Active-set guesses tried by the polish (the first plus corrections).
 constexpr int kPolishRounds = 3;
@@ -523,6 +524,26 @@ OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act
     lu_factor_serial(M, w.piv, N);
     return;
   }
+  // Thread groups: assemble entry by entry (strided over the group), then factor.
+  for (int64_t idx = g.rank(); idx < int64_t(N) * N; idx += g.size()) {
+    const int i = int(idx / N), j = int(idx % N);
+    T v = 0;
+    if (i < n && j < n) {
+      v = d.Q[int64_t(i) * n + j] + (i == j ? delta : T(0));
+    } else if (i < n && j < n + k) {
+      v = d.G[int64_t(act[j - n]) * n + i];
+    } else if (i < n) {
+      v = d.A[int64_t(j - n - k) * n + i];
+    } else if (j < n && i < n + k) {
+      v = d.G[int64_t(act[i - n]) * n + j];
+    } else if (j < n) {
+      v = d.A[int64_t(i - n - k) * n + j];
+    } else if (i == j) {
+      v = -delta;
+    }
+    M[idx] = v;
+  }
+  g.sync();
   // LU with partial pivoting (Doolittle, right-looking).
   for (int c = 0; c < N; ++c) {
     if (g.rank() == 0) {
@@ -1315,7 +1336,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   const T qn = inf_norm(g, d.q, n), hn = inf_norm(g, hs, m), bn = inf_norm(g, bs, p);
   int8_t code = kMaxIter;
   int it = 0;
-  T best = ol_inf<T>();
+  T best = ol_inf<T>(), best_sz = ol_inf<T>();
   int stall = 0;
   T loose = set.polish_start;  // next early-polish threshold (≤ tol: none)
   if (!ok) code = kNumericalError;
@@ -1372,8 +1393,16 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     }
     if (primal_inf) { code = kPrimalInfeasible; break; }
     if (dual_inf) { code = kDualInfeasible; break; }
+    // Progress: the merit or sᵀz fell by kStallDecrease (the gap term of the merit is relative to
+    // 1 + |f(x)| and can rise while f(x) moves towards a small optimum although sᵀz falls).
     const T merit = ol_max(ol_max(pres, dres), gap);
-    if (merit < T(kStallDecrease) * best) { best = merit; stall = 0; } else { ++stall; }
+    if (merit < T(kStallDecrease) * best || sz < T(kStallDecrease) * best_sz) {
+      best = ol_min(best, merit);
+      best_sz = ol_min(best_sz, sz);
+      stall = 0;
+    } else {
+      ++stall;
+    }
     if (it == set.max_iter || stall >= kStallIters) { code = kMaxIter; break; }
 
     // Factor the reduced system at W = Z S⁻¹.

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
-TORCH_FREE = ["optlayers/qp_ipm.h", "optlayers/qp_cuda.h", "qp_cuda.cu"]
+TORCH_FREE = ["optlayers/qp_ipm.h", "optlayers/qp_cuda.h", "optlayers/qp_cuda_kernels.cuh", "qp_cuda_float.cu",
+              "qp_cuda_double.cu"]
 
 
 @pytest.mark.parametrize("name", TORCH_FREE)
@@ -41,18 +42,45 @@ def test_solver_header_compiles_as_plain_cpp(tmp_path):
     assert out.returncode == 0, out.stderr
 
 
-def test_cuda_kernels_compile_with_nvcc(tmp_path):
+@pytest.mark.parametrize("unit", ["qp_cuda_float.cu", "qp_cuda_double.cu"])
+def test_cuda_kernels_compile_with_nvcc(tmp_path, unit):
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
     if nvcc is None:
         pytest.skip("nvcc not installed")
     ptx = tmp_path / "qp_cuda.ptx"
     # PTX with cicc at -O0: full front end and code generation in ~1 s (the -O3 build takes minutes).
     out = subprocess.run([nvcc, "-std=c++17", f"-I{CSRC}", "-arch=sm_90", "-Xcicc", "-O0", "--ptx",
-                          str(CSRC / "qp_cuda.cu"), "-o", str(ptx)], capture_output=True, text=True)
+                          str(CSRC / unit), "-o", str(ptx)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     entries = re.findall(r"\.entry\s+(\S+)", ptx.read_text())
-    # 4 kernels (solve/kkt × warp/block) × {float, double}
-    assert len(entries) == 8, entries
+    # 4 kernels (solve/kkt × warp/block) of this unit's scalar type
+    assert len(entries) == 4, entries
+
+
+def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
+    """qp_cuda.h (launch plan, launcher declarations) is what the torch binding, a host C++ file,
+    includes: it must compile with the host compiler and give sane plans."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    cuda_inc = next((p for p in ("/usr/local/cuda/include", "/usr/local/cuda/targets/x86_64-linux/include")
+                     if os.path.exists(os.path.join(p, "cuda_runtime.h"))), None)
+    if cxx is None or cuda_inc is None:
+        pytest.skip("no C++ compiler or CUDA headers")
+    src = tmp_path / "plan.cpp"
+    src.write_text(
+        '#include "optlayers/qp_cuda.h"\n#include <cstdio>\n'
+        "int main() {\n"
+        "  auto w = optlayers::plan_launch(16, 55, 0, 100000, 132, 4);\n"
+        "  auto b = optlayers::plan_launch(100, 200, 0, 10000, 132, 8);\n"
+        "  auto s = optlayers::plan_launch(60, 80, 10, 8, 132, 8);\n"
+        '  std::printf("%d %lld %d %d %lld %d %lld\\n", w.use_warp, (long long)w.groups, b.use_warp, b.k_in_shared,\n'
+        "              (long long)b.groups, s.k_in_shared, (long long)s.shared_bytes);\n"
+        "}\n")
+    exe = tmp_path / "plan"
+    out = subprocess.run([cxx, "-std=c++17", f"-I{CSRC}", f"-I{cuda_inc}", str(src), "-o", str(exe)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    vals = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    assert vals == ["1", str(132 * 32), "0", "0", str(132 * 4), "1", str(33 * 8 + 60 * 60 * 8)], vals
 
 
 def test_disabled_native_falls_back_with_one_warning():

@@ -49,3 +49,58 @@ def test_cuda_opcheck():
     args = (*(t.clone().requires_grad_() for t in d.tensors()), d.B, 1e-9, tl.infeasibility_tol, tl.kkt_reg,
             tl.polish_tol, tl.polish_start, tl.step_to_boundary, 50, True, False)
     torch.library.opcheck(torch.ops.optlayers.qp_solve.default, args)
+
+
+@pytest.mark.parametrize("B,n,m,p,shared", [
+    (10_000, 12, 41, 0, ("G",)),   # warp kernel, grasp-sized, one G for the batch
+    (6, 40, 60, 8, ()),            # block kernel, K in shared memory
+    (3, 100, 200, 0, ()),          # block kernel, K in global memory
+    (257, 33, 20, 4, ("Q", "A")),  # first size past the warp limit, shared Q and A
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_recovers_planted_solutions(B, n, m, p, shared, dtype):
+    P = ol.testing.random_qp(B, n, m, p, seed=B + n, shared=shared, dtype=dtype, device="cuda")
+    sol = ol.solve_qp(*P.data(), backend="native", return_solution=True)
+    tol = 1e-7 if dtype == torch.float64 else 2e-3
+    assert bool((sol.status == 0).all()), torch.bincount(sol.status.long().cpu())
+    err = (sol.x - P.x).abs().amax(-1) / (1 + P.x.abs().amax(-1))
+    assert float(err.max()) < tol, float(err.max())
+
+
+def test_cuda_equality_only_and_unbounded():
+    d = torch.float64
+    n = 4
+    Q = torch.eye(n, dtype=d, device="cuda").expand(2, n, n).clone()
+    Q[1] = 0  # second problem: Q = 0 with a free direction → unbounded
+    q = -torch.ones(2, n, dtype=d, device="cuda")
+    A = torch.zeros(2, 1, n, dtype=d, device="cuda")
+    A[:, 0, 0] = 1
+    sol = ol.solve_qp(Q, q, A=A, b=torch.ones(2, 1, dtype=d, device="cuda"), backend="native", on_failure="nan",
+                      return_solution=True)
+    assert sol.status.tolist() == [ol.Status.SOLVED, ol.Status.DUAL_INFEASIBLE]
+    assert torch.allclose(sol.x[0].cpu(), torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=d))
+
+
+def test_torch_backend_on_cuda_equals_cpu():
+    P = ol.testing.random_qp(16, 10, 15, 3, seed=3)
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        data = [t.to(dev).clone().requires_grad_() for t in P.data()]
+        sol = ol.solve_qp(*data, backend="torch", return_solution=True)
+        sol.x.sum().backward()
+        outs[dev] = [sol.x.detach().cpu()] + [t.grad.cpu() for t in data]
+    for a, b in zip(outs["cpu"], outs["cuda"]):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-7), float((a - b).abs().max())
+
+
+def test_auto_prefers_native_on_cuda():
+    P = ol.testing.random_qp(8, 6, 8, 2, seed=2, device="cuda")
+    assert ol.solve_qp(*P.data(), return_solution=True).backend == "native"
+
+
+def test_cuda_gradients_match_finite_differences():
+    P = ol.testing.random_qp(3, 8, 10, 2, seed=5, device="cuda")
+    q = P.q.clone().requires_grad_()
+    h = P.h.clone().requires_grad_()
+    rep = ol.testing.check_grad(lambda q, h: ol.solve_qp(P.Q, q, P.G, h, P.A, P.b, backend="native"), (q, h))
+    assert rep.ok, rep

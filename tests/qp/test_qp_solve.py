@@ -263,3 +263,17 @@ def test_degenerate_and_near_degenerate_problems_solve(backend, shift):
         f"problems {bad}: status {sol.status[bad].tolist()}, "
         f"x error {[f'{e:.1e}' for e in err[bad].tolist()]}"
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vertex_solutions_are_not_mistaken_for_a_stall(backend, dtype):
+    """Planted problems whose solution is a vertex (here n = 50 active rows of m = 100) where the
+    gap term of the merit, relative to 1 + |f(x)|, rises for several iterations while f(x) moves
+    towards a small optimum although sᵀz falls geometrically. Before the stall rule also counted
+    progress in sᵀz, problems 6 and 214 of this batch (float64) and more in float32 stopped as
+    MAX_ITER after 5 iterations on both backends."""
+    P = ol.testing.random_qp(256, 50, 100, 0, seed=0, dtype=dtype)
+    sol = ol.solve_qp(*P.data(), backend=backend, return_solution=True, on_failure="nan")
+    assert int((sol.status != ol.Status.SOLVED).sum()) == 0, (sol.status != 0).nonzero().flatten().tolist()
+    tol = 1e-8 if dtype == torch.float64 else 5e-3
+    assert float((sol.x - P.x).abs().max()) <= tol

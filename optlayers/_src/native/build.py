@@ -56,7 +56,7 @@ def _load(verbose: bool = False) -> tuple[bool, str]:
     # versions of the ops' schemas) never build over each other's library.
     digest = hashlib.sha1()
     for f in sorted(src.rglob("*")):
-        if f.suffix in (".h", ".cpp", ".cu") and f.is_file():
+        if f.suffix in (".h", ".cuh", ".cpp", ".cu") and f.is_file():
             digest.update(f.relative_to(src).as_posix().encode())
             digest.update(f.read_bytes())
     tag = (f"torch{torch.__version__.replace('+', '_').replace('.', '_')}" + ("_cuda" if cuda else "_cpu")
@@ -65,7 +65,8 @@ def _load(verbose: bool = False) -> tuple[bool, str]:
     build_dir.mkdir(parents=True, exist_ok=True)
     sources = [str(src / "qp_cpu.cpp")]
     if cuda:
-        sources += [str(src / "qp_cuda.cu"), str(src / "qp_cuda_binding.cpp")]
+        # One translation unit per scalar type: the two -O3 device compilations run in parallel.
+        sources += [str(src / "qp_cuda_float.cu"), str(src / "qp_cuda_double.cu"), str(src / "qp_cuda_binding.cpp")]
     try:
         cpp_extension.load(
             name=f"optlayers_native_{tag}",

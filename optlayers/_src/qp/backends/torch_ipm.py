@@ -44,9 +44,9 @@ from optlayers._src.qp.threads import intra_op_threads
 from optlayers._src.status import Status
 from optlayers._src.tolerances import tolerances_for
 
-# A problem whose merit max(pres, dres, gap) has not dropped below STALL_DECREASE × its best value
-# for STALL_ITERS consecutive iterations leaves the loop as MAX_ITER (then polish may still
-# solve it). This matters in float32, where rounding floors the residuals near ~1e-5.
+# A problem whose merit max(pres, dres, gap) and complementarity sᵀz have both not dropped below
+# STALL_DECREASE × their best values for STALL_ITERS consecutive iterations leaves the loop as
+# MAX_ITER (then polish may still solve it). This matters in float32, where rounding floors the residuals near ~1e-5.
 STALL_ITERS = 5
 STALL_DECREASE = 0.9
 # Active-set guesses tried by the polish (the first plus corrections); same in csrc/.
@@ -338,6 +338,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
     iters = torch.zeros(B, dtype=torch.int32, device=device)
     idx = torch.arange(B, device=device)
     best = torch.full((B,), float("inf"), dtype=dtype, device=device)
+    best_sz = torch.full((B,), float("inf"), dtype=dtype, device=device)
     nstall = torch.zeros(B, dtype=dtype, device=device)
     # Right-hand sides of the exit test (see the loop): columns 1-2 are written per iteration.
     tol_up = torch.nextafter(torch.tensor(tol, dtype=dtype), torch.tensor(float("inf"), dtype=dtype))
@@ -359,8 +360,12 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         gap = sz / (1 + (0.5 * torch.linalg.vecdot(x, out[:, n:2 * n]) + out[:, -2]).abs())
         # Broken iterates (NaN/Inf anywhere in u) get a NaN merit: 0·(non-finite) = NaN.
         merit = torch.maximum(rel.amax(-1), gap) + 0 * u.sum(-1)
-        improved = merit < STALL_DECREASE * best
-        best = torch.where(improved, merit, best)
+        # Progress: the merit or the complementarity sᵀz fell by STALL_DECREASE. (The merit alone is
+        # not enough: its gap term is normalized by 1 + |f(x)|, and while f(x) moves towards a
+        # small optimal value it can rise although sᵀz falls geometrically.)
+        improved = (merit < STALL_DECREASE * best) | (sz < STALL_DECREASE * best_sz)
+        best = torch.where(improved, torch.minimum(merit, best), best)
+        best_sz = torch.where(improved, torch.minimum(sz, best_sz), best_sz)
         nstall = (nstall - 1).masked_fill_(improved, 0)  # −(iterations without progress)
         # Certificates (see module docstring) with t_p = −(hᵀz + bᵀy) and t_d = −qᵀx:
         # primal  ‖Gᵀz + Aᵀy‖ < ε t_p,  dual  max(‖Qx‖, ‖Ax‖, max(Gx)₊) < ε t_d.
@@ -393,7 +398,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
                 break
             # Compact the working batch: finished problems cost nothing from here on.
             idx, u, out, sz = idx[kept], u[kept], out[kept], sz[kept]
-            best, nstall, rhs = best[kept], nstall[kept], rhs[kept]
+            best, best_sz, nstall, rhs = best[kept], best_sz[kept], nstall[kept], rhs[kept]
             rhs_cert = rhs[:, 1:3]
             w = w.take(kept)
             s, z = u[:, n:n + m], u[:, n + m:n + 2 * m]

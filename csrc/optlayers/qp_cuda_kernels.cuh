@@ -1,5 +1,7 @@
-// CUDA kernels of the native QP ops — torch-free, so `nvcc -c` can check this file on any machine
-// with the CUDA toolkit (tests/native/test_native_build.py does), with or without a GPU.
+// CUDA kernels of the native QP ops — torch-free, so nvcc can check them on any machine with the
+// CUDA toolkit (tests/native/test_native_build.py does), with or without a GPU. Templates only:
+// csrc/qp_cuda_float.cu and csrc/qp_cuda_double.cu instantiate them, one scalar type per
+// translation unit, so the two (slow, -O3) device compilations run in parallel.
 //
 // The per-problem solver is the same template as on the CPU (optlayers/qp_ipm.h); here a thread
 // group cooperates on each problem:
@@ -8,12 +10,14 @@
 //     the reduced KKT matrix K (n×n) in dynamic shared memory when it fits (kSharedKMaxBytes).
 // Workspaces live in global memory, one per resident group (grid-stride over problems), so memory
 // does not grow with the batch. Shared data (one Q/G/A for the batch) is read through stride 0.
+#pragma once
+
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
-#include "optlayers/qp_ipm.h"
 #include "optlayers/qp_cuda.h"
+#include "optlayers/qp_ipm.h"
 
 namespace optlayers {
 
@@ -158,37 +162,6 @@ __global__ void kkt_solve_block_kernel(QPBatch<T> a, const T* mask, const T* rhs
     kkt_solve(g, problem_at(a, i), mask + i * a.m, kkt_reg, rhs + i * N, u + i * N, work + blockIdx.x * ws);
 }
 
-namespace {
-constexpr int kWarpsPerBlock = 4;
-constexpr int kBlockThreads = 128;
-}  // namespace
-
-LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, int scalar_bytes) {
-  LaunchPlan plan;
-  plan.use_warp = n <= kWarpMaxN;
-  plan.workspace_per_group = workspace_size(n, m, p);
-  if (plan.use_warp) {
-    const int64_t groups_wanted = batch;
-    const int64_t max_groups = int64_t(sm_count) * 32;  // 32 resident warps per SM is plenty here
-    const int64_t groups = groups_wanted < max_groups ? groups_wanted : max_groups;
-    plan.blocks = int((groups + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    plan.threads = kWarpsPerBlock * 32;
-    plan.groups = int64_t(plan.blocks) * kWarpsPerBlock;
-    plan.shared_bytes = 0;
-    plan.k_in_shared = false;
-  } else {
-    const int64_t max_groups = int64_t(sm_count) * 4;
-    plan.blocks = int(batch < max_groups ? batch : max_groups);
-    plan.threads = kBlockThreads;
-    plan.groups = plan.blocks;
-    const int64_t k_bytes = int64_t(n) * n * scalar_bytes;
-    plan.k_in_shared = k_bytes <= kSharedKMaxBytes;
-    plan.shared_bytes = 33 * sizeof(double) + (plan.k_in_shared ? k_bytes : 0);
-  }
-  if (plan.blocks < 1) plan.blocks = 1;
-  return plan;
-}
-
 template <typename T>
 cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,
                             const LaunchPlan& plan, cudaStream_t stream) {
@@ -216,13 +189,11 @@ cudaError_t launch_kkt_solve(const QPBatch<T>& a, const T* mask, const T* rhs, T
   return cudaGetLastError();
 }
 
-template cudaError_t launch_qp_solve<float>(const QPBatch<float>&, const Settings<float>&, const QPOut<float>&,
-                                            float*, const LaunchPlan&, cudaStream_t);
-template cudaError_t launch_qp_solve<double>(const QPBatch<double>&, const Settings<double>&,
-                                             const QPOut<double>&, double*, const LaunchPlan&, cudaStream_t);
-template cudaError_t launch_kkt_solve<float>(const QPBatch<float>&, const float*, const float*, float*, float,
-                                             float*, const LaunchPlan&, cudaStream_t);
-template cudaError_t launch_kkt_solve<double>(const QPBatch<double>&, const double*, const double*, double*,
-                                              double, double*, const LaunchPlan&, cudaStream_t);
+// One scalar type's launchers (used by qp_cuda_float.cu / qp_cuda_double.cu).
+#define OPTLAYERS_INSTANTIATE_CUDA(T)                                                                         \
+  template cudaError_t launch_qp_solve<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&, T*,       \
+                                          const LaunchPlan&, cudaStream_t);                                 \
+  template cudaError_t launch_kkt_solve<T>(const QPBatch<T>&, const T*, const T*, T*, T, T*, const LaunchPlan&, \
+                                           cudaStream_t);
 
 }  // namespace optlayers

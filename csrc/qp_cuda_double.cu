@@ -1,0 +1,6 @@
+// double instantiation of the native QP CUDA kernels (csrc/optlayers/qp_cuda_kernels.cuh); torch-free.
+#include "optlayers/qp_cuda_kernels.cuh"
+
+namespace optlayers {
+OPTLAYERS_INSTANTIATE_CUDA(double)
+}  // namespace optlayers

@@ -1,0 +1,107 @@
+"""The thread-group (CUDA) code path of the per-problem solver, run on the host.
+
+The CUDA kernels (csrc/optlayers/qp_cuda_kernels.cuh) run csrc/optlayers/qp_ipm.h with a warp or a block cooperating
+on each problem; without a GPU they cannot run here, but their algorithm can:
+tests/native/cpp/group_emulation.cpp runs the same template with a group of real threads (barrier
+for ``sync``, shared slots for ``sum``/``max``), the semantics of WarpGroup/BlockGroup. Each problem
+is solved (and differentiated, gx = 1) by the serial CPU path and by the group path; statuses must
+match and solutions and gradients agree to the solver tolerance.
+"""
+
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import optlayers as ol
+
+HERE = pathlib.Path(__file__).resolve().parent
+CSRC = HERE.parents[1] / "csrc"
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path_factory.mktemp("group") / "group_emulation"
+    out = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", f"-I{CSRC}", str(HERE / "cpp" / "group_emulation.cpp"),
+                          "-o", str(exe)], capture_output=True, text=True)
+    if out.returncode != 0 and ("barrier" in out.stderr or "c++20" in out.stderr):
+        pytest.skip("compiler without C++20 <barrier>")
+    assert out.returncode == 0, out.stderr
+    return exe
+
+
+def _problems():
+    """(name, n, m, p, Q, q, G, h, A, b, planted x or None, expected status)."""
+    out = []
+    for B, n, m, p in [(2, 3, 4, 0), (2, 5, 7, 2), (2, 12, 41, 0), (1, 20, 20, 5), (1, 40, 60, 8)]:
+        P = ol.testing.random_qp(B, n, m, p, dtype=torch.float64, seed=n)
+        for i in range(B):
+            out.append((f"planted{i}-n{n}m{m}p{p}", n, m, p, P.Q[i], P.q[i], P.G[i], P.h[i], P.A[i], P.b[i],
+                        P.x[i], 0))
+    d = torch.float64
+    # Equality-only (m = 0): min ½‖x‖² − 1ᵀx s.t. 1ᵀx = 1.
+    n = 4
+    out.append(("eq-only", n, 0, 1, torch.eye(n, dtype=d), -torch.ones(n, dtype=d), torch.zeros(0, n, dtype=d),
+                torch.zeros(0, dtype=d), torch.ones(1, n, dtype=d), torch.ones(1, dtype=d),
+                torch.full((n,), 0.25, dtype=d), 0))
+    # Primal infeasible: x ≥ 1 and x ≤ −1.
+    out.append(("infeasible", 1, 2, 0, torch.eye(1, dtype=d), torch.zeros(1, dtype=d),
+                torch.tensor([[-1.0], [1.0]], dtype=d), torch.tensor([-1.0, -1.0], dtype=d),
+                torch.zeros(0, 1, dtype=d), torch.zeros(0, dtype=d), None, 1))
+    # Dual infeasible (unbounded): min −x₁ s.t. x₂ ≤ 1, Q = 0.
+    out.append(("unbounded", 2, 1, 0, torch.zeros(2, 2, dtype=d), torch.tensor([-1.0, 0.0], dtype=d),
+                torch.tensor([[0.0, 1.0]], dtype=d), torch.ones(1, dtype=d), torch.zeros(0, 2, dtype=d),
+                torch.zeros(0, dtype=d), None, 2))
+    # Degenerate (dependent active rows): x ≥ 0 twice, min ½‖x − c‖² with c < 0 in one coordinate.
+    out.append(("degenerate", 2, 3, 0, torch.eye(2, dtype=d), torch.tensor([1.0, -1.0], dtype=d),
+                torch.tensor([[-1.0, 0.0], [-2.0, 0.0], [0.0, -1.0]], dtype=d), torch.zeros(3, dtype=d),
+                torch.zeros(0, 2, dtype=d), torch.zeros(0, dtype=d), torch.tensor([0.0, 1.0], dtype=d), 0))
+    return out
+
+
+def _write(path, problems):
+    with open(path, "wb") as f:
+        np.array([len(problems)], dtype=np.int64).tofile(f)
+        for _, n, m, p, *data in problems:
+            np.array([n, m, p], dtype=np.int64).tofile(f)
+            for t in data[:6]:
+                t.numpy().astype(np.float64).tofile(f)
+
+
+def _parse(stdout):
+    rows = {}
+    for line in stdout.strip().splitlines():
+        tag, idx, status, *vals = line.split()
+        rows[(tag, int(idx))] = (int(status), np.array(vals, dtype=float))
+    return rows
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("lanes,k_shared", [(1, 0), (3, 1), (32, 0)], ids=["1-lane", "3-lanes-Kshared", "warp"])
+def test_group_path_matches_serial_path(driver, tmp_path, lanes, k_shared, dtype):
+    problems = _problems()
+    data = tmp_path / "qps.bin"
+    _write(data, problems)
+    run = subprocess.run([str(driver), str(data), str(lanes), str(k_shared), str(int(dtype == "float32"))],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = _parse(run.stdout)
+    tol = 2e-3 if dtype == "float32" else 1e-7
+    for idx, (name, n, m, p, *_rest, x_star, expected) in enumerate(problems):
+        s_status, s_vals = rows[("serial", idx)]
+        g_status, g_vals = rows[("group", idx)]
+        assert g_status == s_status == expected, (name, s_status, g_status)
+        if expected != 0:
+            continue
+        sol = slice(0, n + m + p)
+        scale = 1 + np.abs(s_vals).max()
+        assert np.abs(g_vals[sol] - s_vals[sol]).max() <= tol * scale, (name, g_vals[sol], s_vals[sol])
+        assert np.abs(g_vals[:n] - x_star.numpy()).max() <= tol * (1 + x_star.abs().max().item()), name
+        # Gradients dq, dh, db (gx = 1): the same active set and KKT solve on both paths.
+        assert np.abs(g_vals[n + m + p:] - s_vals[n + m + p:]).max() <= 10 * tol * scale, name
