@@ -3,15 +3,38 @@
 // Built only when torch sees a GPU and the CUDA toolkit (optlayers/_src/native/build.py).
 #include <torch/library.h>
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 
 #include "optlayers/qp_cuda.h"
 
 namespace {
 
+// SM count of the current device from the CUDA runtime (not ATen/cuda/CUDAContext.h, whose
+// cuSPARSE/cuBLAS includes would tie this file to the full toolkit; this way it also compiles,
+// for a syntax check, against the bare CUDA runtime headers: tests/native/test_native_build.py).
+int sm_count() {
+  int dev = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return sms;
+}
+
 int64_t stride_of(const at::Tensor& t, int64_t core_dims) {
   return t.dim() > core_dims ? t.numel() / t.size(0) : 0;
+}
+
+// Same contract as the CPU op (csrc/qp_cpu.cpp::check_data), plus: every tensor on q's device.
+void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_t batch, const at::Tensor& ref) {
+  TORCH_CHECK(t.dim() == core_dims || t.dim() == core_dims + 1, "optlayers native: ", name,
+              " must have ", core_dims, " (shared) or ", core_dims + 1, " (batched) dims; got ", t.dim());
+  TORCH_CHECK(t.dim() == core_dims || t.size(0) == batch, "optlayers native: ", name,
+              " has batch size ", t.size(0), " but batch is ", batch);
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "optlayers native: ", name, " has dtype ", t.scalar_type(),
+              " but ", ref.scalar_type(), " was expected");
+  TORCH_CHECK(t.device() == ref.device(), "optlayers native: ", name, " is on ", t.device(), " but ",
+              ref.device(), " was expected");
 }
 
 template <typename T>
@@ -31,6 +54,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // The CUDA kernels do not keep the polish factor (keep_factor is a CPU optimization): the
   // backward refactors through qp_kkt_solve.
   (void)keep_factor;
+  check_data(Q_, "Q", 2, batch, q_); check_data(q_, "q", 1, batch, q_);
+  check_data(G_, "G", 2, batch, q_); check_data(h_, "h", 1, batch, q_);
+  check_data(A_, "A", 2, batch, q_); check_data(b_, "b", 1, batch, q_);
   c10::cuda::CUDAGuard guard(q_.device());
   auto Q = Q_.contiguous(), q = q_.contiguous(), G = G_.contiguous(), h = h_.contiguous();
   auto A = A_.contiguous(), b = b_.contiguous();
@@ -39,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto x = at::empty({batch, n}, opts), lam = at::empty({batch, m}, opts), nu = at::empty({batch, p}, opts);
   auto status = at::empty({batch}, opts.dtype(at::kChar));
   auto iters = at::empty({batch}, opts.dtype(at::kInt));
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int sms = sm_count();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_solve_cuda", [&] {
     using T = scalar_t;
     const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T));
@@ -49,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const optlayers::QPOut<T> out{x.data_ptr<T>(), lam.data_ptr<T>(), nu.data_ptr<T>(), status.data_ptr<int8_t>(),
                                   iters.data_ptr<int32_t>()};
     const auto err = optlayers::launch_qp_solve<T>(batch_of<T>(Q, q, G, h, A, b, batch, n, m, p), set, out,
-                                                   work.data_ptr<T>(), plan, at::cuda::getCurrentCUDAStream());
+                                                   work.data_ptr<T>(), plan, c10::cuda::getCurrentCUDAStream());
     TORCH_CHECK(err == cudaSuccess, "optlayers qp_solve CUDA launch failed: ", cudaGetErrorString(err));
   });
   return {x, lam, nu, status, iters, at::empty({0}, opts)};
@@ -57,13 +83,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const at::Tensor& A_,
                              const at::Tensor& mask_, const at::Tensor& rhs_, double kkt_reg) {
+  TORCH_CHECK(rhs_.dim() == 2, "optlayers native: rhs must be (batch, n + m + p)");
+  const int64_t batch_ = rhs_.size(0);
+  check_data(Q_, "Q", 2, batch_, rhs_); check_data(G_, "G", 2, batch_, rhs_); check_data(A_, "A", 2, batch_, rhs_);
+  check_data(mask_, "mask", 1, batch_, rhs_);
+  TORCH_CHECK(mask_.dim() == 2 && rhs_.size(1) == Q_.size(-1) + G_.size(-2) + A_.size(-2),
+              "optlayers native: rhs must be (batch, n + m + p) and mask (batch, m)");
   c10::cuda::CUDAGuard guard(rhs_.device());
   auto Q = Q_.contiguous(), G = G_.contiguous(), A = A_.contiguous(), mask = mask_.contiguous();
   auto rhs = rhs_.contiguous();
   const int64_t batch = rhs.size(0);
   const int n = Q.size(-1), m = G.size(-2), p = A.size(-2);
   auto u = at::empty_like(rhs);
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int sms = sm_count();
   AT_DISPATCH_FLOATING_TYPES(rhs.scalar_type(), "optlayers_qp_kkt_solve_cuda", [&] {
     using T = scalar_t;
     const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T));
@@ -72,7 +104,7 @@ at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const a
     const auto err = optlayers::launch_kkt_solve<T>(batch_of<T>(Q, empty, G, empty, A, empty, batch, n, m, p),
                                                     mask.data_ptr<T>(), rhs.data_ptr<T>(), u.data_ptr<T>(),
                                                     T(kkt_reg), work.data_ptr<T>(), plan,
-                                                    at::cuda::getCurrentCUDAStream());
+                                                    c10::cuda::getCurrentCUDAStream());
     TORCH_CHECK(err == cudaSuccess, "optlayers qp_kkt_solve CUDA launch failed: ", cudaGetErrorString(err));
   });
   return u;
