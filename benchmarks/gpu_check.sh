@@ -29,7 +29,7 @@ t = time.time(); ok, why = build.build(verbose=True); print('build', ok, why, f'
 print('cuda kernels:', ops.cuda_available())
 " >> "$OUT/build.log" 2>&1; echo "build rc=$?" >> "$OUT/build.log"
 stamp "tests" | tee -a "$OUT/build.log"
-timeout 150 $PY -m pytest -q -p no:cacheprovider -x --timeout 90 tests/native/test_native_cuda.py > "$OUT/tests_cuda.txt" 2>&1
+timeout 150 $PY -m pytest -q -p no:cacheprovider --timeout 90 tests/native/test_native_cuda.py > "$OUT/tests_cuda.txt" 2>&1
 echo "tests rc=$?" >> "$OUT/tests_cuda.txt"
 stamp "bench" | tee -a "$OUT/build.log"
 mkdir -p /tmp/stub && : > /tmp/stub/cvxpy.py
