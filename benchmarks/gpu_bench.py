@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -40,6 +41,19 @@ def timed(fn, reps=5):
 
 
 def case(name, B, n, m, p, dtype, shared=(), backend="native", reps=5):
+    """One row. ``backend`` is "torch", "native" (the kernel plan_launch picks) or "native-<kernel>"
+    (thread, warp, block: forced through OPTLAYERS_CUDA_KERNEL)."""
+    os.environ.pop("OPTLAYERS_CUDA_KERNEL", None)
+    if backend.startswith("native-"):
+        os.environ["OPTLAYERS_CUDA_KERNEL"] = backend.split("-", 1)[1]
+    try:
+        return _case(name, B, n, m, p, dtype, shared, backend, reps)
+    finally:
+        os.environ.pop("OPTLAYERS_CUDA_KERNEL", None)
+
+
+def _case(name, B, n, m, p, dtype, shared, label, reps):
+    backend = "native" if label.startswith("native") else label
     P = ol.testing.random_qp(B, n, m, p, seed=0, shared=shared, dtype=dtype, device="cuda")
     q = P.q.clone().requires_grad_()
     h = P.h.clone().requires_grad_()
@@ -58,7 +72,7 @@ def case(name, B, n, m, p, dtype, shared=(), backend="native", reps=5):
     first = time.perf_counter() - t0
     reps = reps if first < 2.0 else 1
     err = float((sol.x - P.x).abs().nan_to_num(float("inf")).max())
-    row = {"case": name, "backend": backend, "B": B, "n": n, "m": m, "p": p, "dtype": str(dtype).split(".")[-1],
+    row = {"case": name, "backend": label, "B": B, "n": n, "m": m, "p": p, "dtype": str(dtype).split(".")[-1],
            "fwd_ms": timed(fwd, reps), "fwd_bwd_ms": timed(fwd_bwd, reps), "x_err": err,
            "solved": int((sol.status == 0).sum()), "mean_iters": float(sol.iterations.float().mean())}
     print(row, flush=True)
@@ -102,37 +116,44 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--skip-torch", action="store_true", help="native rows only")
+    ap.add_argument("--budget-s", type=float, default=150.0, help="start no new row after this many seconds")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device")
     props = torch.cuda.get_device_properties(0)
     print("GPU:", torch.cuda.get_device_name(), f"({props.multi_processor_count} SMs)", "| torch", torch.__version__,
           "| native:", ol.native.status(), flush=True)
-    backends = ["native"] if args.skip_torch else ["native", "torch"]
+    small = ["native", "native-warp"] + ([] if args.skip_torch else ["torch"])
+    large = ["native", "native-thread"] + ([] if args.skip_torch else ["torch"])
     specs = [
-        ("B=10k n=100 m=200 f64", 10_000, 100, 200, 0, torch.float64, ()),
-        ("B=100k grasp n=16 m=55 f32 shared G", 100_000, 16, 55, 0, torch.float32, ("G",)),
-        ("B=48k grasp n=12 m=41 f64 shared G", 48_000, 12, 41, 0, torch.float64, ("G",)),
-        ("B=48k grasp n=12 m=41 f32 shared G", 48_000, 12, 41, 0, torch.float32, ("G",)),
+        ("B=10k n=100 m=200 f64", 10_000, 100, 200, 0, torch.float64, (), large),
+        ("B=100k grasp n=16 m=55 f32 shared G", 100_000, 16, 55, 0, torch.float32, ("G",), small),
+        ("B=48k grasp n=12 m=41 f64 shared G", 48_000, 12, 41, 0, torch.float64, ("G",), small),
+        ("B=48k grasp n=12 m=41 f32 shared G", 48_000, 12, 41, 0, torch.float32, ("G",), small),
+        ("B=4800 grasp n=12 m=41 f64 shared G", 4_800, 12, 41, 0, torch.float64, ("G",), small),
+        ("B=128 n=20 m=20 p=5 f64", 128, 20, 20, 5, torch.float64, (), small),
+        ("B=1024 n=20 m=20 p=5 f64", 1024, 20, 20, 5, torch.float64, (), small + ["qpth"]),
+        ("B=4096 n=20 m=20 p=5 f64", 4096, 20, 20, 5, torch.float64, (), small + ["qpth"]),
+        ("B=1024 n=50 m=50 p=10 f64", 1024, 50, 50, 10, torch.float64, (), large),
     ]
     rows = []
-    for spec in specs:
-        for be in backends:
-            try:
-                rows.append(case(*spec[:6], shared=spec[6], backend=be))
-            except Exception as exc:  # noqa: BLE001 - report and go on: one broken row must not lose the rest
-                rows.append({"case": spec[0], "backend": be, "error": f"{type(exc).__name__}: {exc}"[:300]})
+    t_start = time.perf_counter()
+    for name, B, n, m, p, dtype, shared, variants in specs:
+        for be in variants:
+            if time.perf_counter() - t_start > args.budget_s:
+                rows.append({"case": name, "backend": be, "skipped": f"over --budget-s {args.budget_s:g}"})
                 print(rows[-1], flush=True)
-    for B in (1024, 4096):
-        name = f"B={B} n=20 m=20 p=5 f64"
-        for be in backends:
+                continue
             try:
-                rows.append(case(name, B, 20, 20, 5, torch.float64, backend=be))
-            except Exception as exc:  # noqa: BLE001
+                if be == "qpth":
+                    rows.append(qpth_case(name, B, n, m, p))
+                else:
+                    rows.append(case(name, B, n, m, p, dtype, shared=shared, backend=be))
+            except Exception as exc:  # noqa: BLE001 - report and go on: one broken row must not lose the rest
                 rows.append({"case": name, "backend": be, "error": f"{type(exc).__name__}: {exc}"[:300]})
-        rows.append(qpth_case(name, B, 20, 20, 5))
+                print(rows[-1], flush=True)
 
-    print("\nSummary (fwd+bwd ms; ratio = other / native):")
+    print("\nSummary (fwd+bwd ms; ratio = other / native; native = the kernel chosen by default):")
     by_case = {}
     for r in rows:
         by_case.setdefault(r["case"], {})[r["backend"]] = r

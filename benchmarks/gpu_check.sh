@@ -22,23 +22,23 @@ stamp() { echo "[gpu_check +$(( $(date +%s) - t0 ))s] $*"; }
   nproc; nvcc --version | tail -2
 } > "$OUT/gpu_info.txt" 2>&1
 stamp "build" | tee "$OUT/build.log"
-timeout 300 $PY -c "
+timeout 240 $PY -c "
 import time, optlayers as ol
 from optlayers._src.native import build, ops
 t = time.time(); ok, why = build.build(verbose=True); print('build', ok, why, f'{time.time() - t:.1f}s')
 print('cuda kernels:', ops.cuda_available())
 " >> "$OUT/build.log" 2>&1; echo "build rc=$?" >> "$OUT/build.log"
 stamp "tests" | tee -a "$OUT/build.log"
-timeout 150 $PY -m pytest -q -p no:cacheprovider --timeout 90 tests/native/test_native_cuda.py > "$OUT/tests_cuda.txt" 2>&1
+timeout 150 $PY -m pytest -q -p no:cacheprovider --timeout 90 --durations=5 tests/native/test_native_cuda.py > "$OUT/tests_cuda.txt" 2>&1
 echo "tests rc=$?" >> "$OUT/tests_cuda.txt"
 stamp "bench" | tee -a "$OUT/build.log"
 mkdir -p /tmp/stub && : > /tmp/stub/cvxpy.py
 BENCH_PATH=$ROOT:$ROOT/.whl:/tmp/stub
-PYTHONPATH=$BENCH_PATH timeout 180 $PY benchmarks/gpu_bench.py ${GPU_BENCH_ARGS:-} --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.txt" 2>&1
+PYTHONPATH=$BENCH_PATH timeout 170 $PY benchmarks/gpu_bench.py --budget-s 120 ${GPU_BENCH_ARGS:-} --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.txt" 2>&1
 echo "bench rc=$?" >> "$OUT/gpu_bench.txt"
 stamp "grasp" | tee -a "$OUT/build.log"
-PYTHONPATH=$BENCH_PATH timeout 120 $PY benchmarks/grasp_qp.py --device cuda --contacts 4 --batches 4800,48000 \
-  --only optlayers,qpth --max-cell-s 15 --target-s 0.5 --json "$OUT/grasp_gpu.json" > "$OUT/grasp_gpu.txt" 2>&1
+PYTHONPATH=$BENCH_PATH timeout 100 $PY benchmarks/grasp_qp.py --device cuda --contacts 4 --batches 4800,48000 \
+  --only optlayers-native,optlayers-value,qpth --max-cell-s 10 --target-s 0.5 --json "$OUT/grasp_gpu.json" > "$OUT/grasp_gpu.txt" 2>&1
 echo "grasp rc=$?" >> "$OUT/grasp_gpu.txt"
 stamp "done" | tee -a "$OUT/build.log"
 tail -n 4 "$OUT/tests_cuda.txt"; tail -n 12 "$OUT/gpu_bench.txt"; tail -n 25 "$OUT/grasp_gpu.txt"

@@ -128,7 +128,7 @@ def our_backends() -> list[str]:
             ol.solve_qp(*probe.data(), backend=member.value)
         except ValueError:        # not a dense QP backend (osqp, scs, clarabel)
             continue
-        except RuntimeError:      # registered but unavailable: its row says so
+        except (RuntimeError, ImportError):  # registered but unavailable (e.g. osqp not installed): its row says so
             pass
         names.append(member.value)
     return names

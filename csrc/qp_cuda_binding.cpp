@@ -7,6 +7,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "optlayers/qp_cuda.h"
 
 namespace {
@@ -14,6 +17,18 @@ namespace {
 // SM count of the current device from the CUDA runtime (not ATen/cuda/CUDAContext.h, whose
 // cuSPARSE/cuBLAS includes would tie this file to the full toolkit; this way it also compiles,
 // for a syntax check, against the bare CUDA runtime headers: tests/native/test_native_build.py).
+// OPTLAYERS_CUDA_KERNEL=thread|warp|block forces one kernel (benchmarks, tests); unset: plan_launch
+// chooses by size.
+int forced_kernel() {
+  const char* v = std::getenv("OPTLAYERS_CUDA_KERNEL");
+  if (v == nullptr || *v == 0) return -1;
+  const std::string s(v);
+  if (s == "thread") return 0;
+  if (s == "warp") return 1;
+  if (s == "block") return 2;
+  TORCH_CHECK(false, "OPTLAYERS_CUDA_KERNEL must be thread, warp or block; got '", s, "'");
+}
+
 int sm_count() {
   int dev = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
@@ -65,10 +80,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto x = at::empty({batch, n}, opts), lam = at::empty({batch, m}, opts), nu = at::empty({batch, p}, opts);
   auto status = at::empty({batch}, opts.dtype(at::kChar));
   auto iters = at::empty({batch}, opts.dtype(at::kInt));
-  const int sms = sm_count();
+  const int sms = sm_count(), forced = forced_kernel();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_solve_cuda", [&] {
     using T = scalar_t;
-    const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T));
+    const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced);
     auto work = at::empty({plan.groups * plan.workspace_per_group}, opts);
     const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter),
                                      polish, T(polish_start)};
@@ -95,10 +110,10 @@ at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const a
   const int64_t batch = rhs.size(0);
   const int n = Q.size(-1), m = G.size(-2), p = A.size(-2);
   auto u = at::empty_like(rhs);
-  const int sms = sm_count();
+  const int sms = sm_count(), forced = forced_kernel();
   AT_DISPATCH_FLOATING_TYPES(rhs.scalar_type(), "optlayers_qp_kkt_solve_cuda", [&] {
     using T = scalar_t;
-    const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T));
+    const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced);
     auto work = at::empty({plan.groups * plan.workspace_per_group}, rhs.options());
     auto empty = at::empty({0}, rhs.options());
     const auto err = optlayers::launch_kkt_solve<T>(batch_of<T>(Q, empty, G, empty, A, empty, batch, n, m, p),

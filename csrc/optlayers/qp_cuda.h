@@ -10,10 +10,22 @@
 
 namespace optlayers {
 
-// One warp per problem up to this many variables; one block per problem beyond.
-constexpr int kWarpMaxN = 32;
+// Three kernels solve a batch, each with one "thread group" per problem (csrc/optlayers/qp_ipm.h):
+//   kThread  one CUDA thread per problem: the serial (CPU) code path, no synchronization at all;
+//            many problems in flight, each one slow — for large batches of small problems;
+//   kWarp    one warp per problem (shuffles, __syncwarp);
+//   kBlock   one block per problem (__syncthreads, shared-memory reductions, K in shared memory
+//            when it fits) — for larger problems.
+enum class Kernel : int { kThread = 0, kWarp = 1, kBlock = 2 };
+
+// Default choice (plan_launch): problems with n ≤ kSmallMaxN use the thread kernel once the batch
+// has at least kThreadMinBatch problems, else the warp kernel; larger n use the block kernel.
+constexpr int kSmallMaxN = 32;
+constexpr int64_t kThreadMinBatch = 0;
 // The block kernel keeps K (n×n) in dynamic shared memory up to this size (n ≤ 78 in float64).
 constexpr int64_t kSharedKMaxBytes = 48 * 1024;
+// Cap on the thread kernel's workspaces (one per resident thread) for the whole grid.
+constexpr int64_t kThreadWorkspaceMaxBytes = int64_t(4) << 30;
 
 // Batched problem data: per-problem stride (in scalars) of each array, 0 for shared data.
 template <typename T>
@@ -32,7 +44,7 @@ struct QPOut {
 };
 
 struct LaunchPlan {
-  bool use_warp;
+  Kernel kernel;
   bool k_in_shared;
   int blocks;
   int threads;
@@ -45,19 +57,34 @@ constexpr int kWarpsPerBlock = 4;
 constexpr int kBlockThreads = 128;
 
 // Host code (used by the torch binding): the grid for a batch on a device with sm_count SMs.
-inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, int scalar_bytes) {
+// `forced` (0, 1, 2 = Kernel; −1: choose) overrides the choice, e.g. for benchmarks.
+inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, int scalar_bytes, int forced = -1) {
   LaunchPlan plan;
-  plan.use_warp = n <= kWarpMaxN;
+  if (forced >= 0 && forced <= 2) {
+    plan.kernel = Kernel(forced);
+  } else if (n <= kSmallMaxN) {
+    plan.kernel = batch >= kThreadMinBatch ? Kernel::kThread : Kernel::kWarp;
+  } else {
+    plan.kernel = Kernel::kBlock;
+  }
   plan.workspace_per_group = workspace_size(n, m, p);
-  if (plan.use_warp) {
-    const int64_t groups_wanted = batch;
+  plan.shared_bytes = 0;
+  plan.k_in_shared = false;
+  if (plan.kernel == Kernel::kThread) {
+    // Small blocks while the batch is small, so that the problems spread over all SMs.
+    plan.threads = batch < int64_t(sm_count) * 128 ? 32 : 128;
+    int64_t groups = batch < int64_t(sm_count) * 1024 ? batch : int64_t(sm_count) * 1024;
+    const int64_t by_memory = kThreadWorkspaceMaxBytes / (plan.workspace_per_group * scalar_bytes);
+    if (groups > by_memory) groups = by_memory;
+    if (groups < 1) groups = 1;
+    plan.blocks = int((groups + plan.threads - 1) / plan.threads);
+    plan.groups = int64_t(plan.blocks) * plan.threads;
+  } else if (plan.kernel == Kernel::kWarp) {
     const int64_t max_groups = int64_t(sm_count) * 32;  // 32 resident warps per SM is plenty here
-    const int64_t groups = groups_wanted < max_groups ? groups_wanted : max_groups;
+    const int64_t groups = batch < max_groups ? batch : max_groups;
     plan.blocks = int((groups + kWarpsPerBlock - 1) / kWarpsPerBlock);
     plan.threads = kWarpsPerBlock * 32;
     plan.groups = int64_t(plan.blocks) * kWarpsPerBlock;
-    plan.shared_bytes = 0;
-    plan.k_in_shared = false;
   } else {
     const int64_t max_groups = int64_t(sm_count) * 4;
     plan.blocks = int(batch < max_groups ? batch : max_groups);
@@ -68,9 +95,9 @@ inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, 
     plan.shared_bytes = 33 * sizeof(double) + (plan.k_in_shared ? k_bytes : 0);
   }
   if (plan.blocks < 1) plan.blocks = 1;
+  if (plan.groups < 1) plan.groups = 1;
   return plan;
 }
-
 
 template <typename T>
 cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,

@@ -3,9 +3,10 @@
 // csrc/qp_cuda_float.cu and csrc/qp_cuda_double.cu instantiate them, one scalar type per
 // translation unit, so the two (slow, -O3) device compilations run in parallel.
 //
-// The per-problem solver is the same template as on the CPU (optlayers/qp_ipm.h); here a thread
-// group cooperates on each problem:
-//   - WarpGroup  (32 lanes, shuffles)          for n ≤ kWarpMaxN: each warp loops over problems;
+// The per-problem solver is the same template as on the CPU (optlayers/qp_ipm.h), run by one
+// "thread group" per problem (the choice: plan_launch in qp_cuda.h):
+//   - SerialGroup (one thread: the CPU's serial code path) for large batches of small problems;
+//   - WarpGroup  (32 lanes, shuffles);
 //   - BlockGroup (blockDim threads, __syncthreads, shared-memory reductions) for larger n, with
 //     the reduced KKT matrix K (n×n) in dynamic shared memory when it fits (kSharedKMaxBytes).
 // Workspaces live in global memory, one per resident group (grid-stride over problems), so memory
@@ -114,6 +115,18 @@ __device__ Problem<T> problem_at(const QPBatch<T>& a, int64_t i) {
 }
 
 template <typename T>
+__global__ void qp_solve_thread_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out, T* work, int64_t ws) {
+  const int64_t gid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t groups = int64_t(gridDim.x) * blockDim.x;
+  SerialGroup g;
+  T* w = work + gid * ws;
+  for (int64_t i = gid; i < a.batch; i += groups) {
+    const Problem<T> d = problem_at(a, i);
+    solve_qp(g, d, set, w, out.x + i * a.n, out.lam + i * a.m, out.nu + i * a.p, out.status + i, out.iters + i);
+  }
+}
+
+template <typename T>
 __global__ void qp_solve_warp_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out, T* work, int64_t ws) {
   const int64_t warps_per_block = blockDim.x / 32;
   const int64_t gid = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / 32;
@@ -138,6 +151,17 @@ __global__ void qp_solve_block_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> ou
     solve_qp(g, d, set, w, out.x + i * a.n, out.lam + i * a.m, out.nu + i * a.p, out.status + i, out.iters + i,
              kshared);
   }
+}
+
+template <typename T>
+__global__ void kkt_solve_thread_kernel(QPBatch<T> a, const T* mask, const T* rhs, T* u, T kkt_reg, T* work,
+                                        int64_t ws) {
+  const int64_t gid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t groups = int64_t(gridDim.x) * blockDim.x;
+  const int64_t N = int64_t(a.n) + a.m + a.p;
+  SerialGroup g;
+  for (int64_t i = gid; i < a.batch; i += groups)
+    kkt_solve(g, problem_at(a, i), mask + i * a.m, kkt_reg, rhs + i * N, u + i * N, work + gid * ws);
 }
 
 template <typename T>
@@ -166,7 +190,9 @@ template <typename T>
 cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,
                             const LaunchPlan& plan, cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
-  if (plan.use_warp) {
+  if (plan.kernel == Kernel::kThread) {
+    qp_solve_thread_kernel<T><<<plan.blocks, plan.threads, 0, stream>>>(a, set, out, work, plan.workspace_per_group);
+  } else if (plan.kernel == Kernel::kWarp) {
     qp_solve_warp_kernel<T><<<plan.blocks, plan.threads, 0, stream>>>(a, set, out, work, plan.workspace_per_group);
   } else {
     qp_solve_block_kernel<T><<<plan.blocks, plan.threads, plan.shared_bytes, stream>>>(
@@ -179,7 +205,10 @@ template <typename T>
 cudaError_t launch_kkt_solve(const QPBatch<T>& a, const T* mask, const T* rhs, T* u, T kkt_reg, T* work,
                              const LaunchPlan& plan, cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
-  if (plan.use_warp) {
+  if (plan.kernel == Kernel::kThread) {
+    kkt_solve_thread_kernel<T><<<plan.blocks, plan.threads, 0, stream>>>(a, mask, rhs, u, kkt_reg, work,
+                                                                         plan.workspace_per_group);
+  } else if (plan.kernel == Kernel::kWarp) {
     kkt_solve_warp_kernel<T><<<plan.blocks, plan.threads, 0, stream>>>(a, mask, rhs, u, kkt_reg, work,
                                                                        plan.workspace_per_group);
   } else {

@@ -544,17 +544,26 @@ OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act
     M[idx] = v;
   }
   g.sync();
-  // LU with partial pivoting (Doolittle, right-looking).
+  // LU with partial pivoting (Doolittle, right-looking). The pivot search and the row swap are
+  // spread over the group: the first row of largest |M[r][c]| (the serial rule), found by a max
+  // of the values and then a max of −(row index) among the members holding that value.
   for (int c = 0; c < N; ++c) {
-    if (g.rank() == 0) {
-      int best = c;
-      T bv = ol_abs(M[c * N + c]);
-      for (int r = c + 1; r < N; ++r)
-        if (ol_abs(M[r * N + c]) > bv) { bv = ol_abs(M[r * N + c]); best = r; }
-      w.piv[c] = T(best);
-      if (best != c)
-        for (int j = 0; j < N; ++j) { T t = M[c * N + j]; M[c * N + j] = M[best * N + j]; M[best * N + j] = t; }
+    T part_v = T(-1);
+    int part_i = N;
+    for (int r = c + g.rank(); r < N; r += g.size()) {
+      const T v = ol_abs(M[int64_t(r) * N + c]);
+      if (v > part_v) { part_v = v; part_i = r; }
     }
+    const T bv = g.max(part_v);
+    int best = int(-g.max(part_v == bv ? -T(part_i) : -T(N)));
+    if (best >= N) best = c;  // no comparable entry (NaN column): no swap, as the serial search
+    if (g.rank() == 0) w.piv[c] = T(best);
+    if (best != c)
+      for (int j = g.rank(); j < N; j += g.size()) {
+        const T t = M[int64_t(c) * N + j];
+        M[int64_t(c) * N + j] = M[int64_t(best) * N + j];
+        M[int64_t(best) * N + j] = t;
+      }
     g.sync();
     const T pivot = M[c * N + c];
     const T inv = pivot != T(0) ? T(1) / pivot : T(0);
@@ -663,13 +672,14 @@ OL_HD void kkt_refined_solve(const Grp& g, const Problem<T>& d, const int* act, 
   }
 }
 
-template <typename T>
-OL_HD T data_scale(const Problem<T>& d) {
+// max(1, |Q|, |G|, |A|) (entrywise), the scale of the static KKT regularization.
+template <typename T, typename Grp>
+OL_HD T data_scale(const Grp& g, const Problem<T>& d) {
   T s = 1;
-  for (int i = 0; i < d.n * d.n; ++i) s = ol_max(s, ol_abs(d.Q[i]));
-  for (int i = 0; i < d.m * d.n; ++i) s = ol_max(s, ol_abs(d.G[i]));
-  for (int i = 0; i < d.p * d.n; ++i) s = ol_max(s, ol_abs(d.A[i]));
-  return s;
+  for (int64_t i = g.rank(); i < int64_t(d.n) * d.n; i += g.size()) s = ol_max(s, ol_abs(d.Q[i]));
+  for (int64_t i = g.rank(); i < int64_t(d.m) * d.n; i += g.size()) s = ol_max(s, ol_abs(d.G[i]));
+  for (int64_t i = g.rank(); i < int64_t(d.p) * d.n; i += g.size()) s = ol_max(s, ol_abs(d.A[i]));
+  return g.max(s);
 }
 
 // Backward / JVP solve: K u = rhs for the full-size layout (n + m + p) and an active mask:
@@ -697,7 +707,7 @@ OL_HD void kkt_solve(const Grp& g, const Problem<T>& d, const T* mask, T kkt_reg
     w.LU = const_cast<T*>(keep);  // only read by the solves below
     w.piv = const_cast<T*>(keep + N0 * N0);
   } else {
-    kkt_assemble_factor(g, d, act, k, kkt_reg * data_scale(d), w);
+    kkt_assemble_factor(g, d, act, k, kkt_reg * data_scale(g, d), w);
   }
   for (int i = g.rank(); i < n; i += g.size()) rc[i] = rhs[i];
   for (int a = g.rank(); a < k; a += g.size()) rc[n + a] = rhs[n + act[a]];
@@ -1114,7 +1124,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
   mat_times(g, d.G, n, m, n, x, gx);
   for (int i = g.rank(); i < m; i += g.size()) inset[i] = lam[i] > d.h[i] - gx[i] ? T(1) : T(0);
   g.sync();
-  const T delta = set.kkt_reg * data_scale(d);
+  const T delta = set.kkt_reg * data_scale(g, d);
   T part_h = 0;
   for (int i = g.rank(); i < m; i += g.size()) part_h = ol_max(part_h, ol_abs(d.h[i]));
   const T hn = g.max(part_h);
@@ -1199,7 +1209,7 @@ OL_HD void solve_equality_only(const Grp& g, const Problem<T>& d, const Settings
   KKTWork<T> w{work, work + N0 * N0, work + N0 * N0 + N0, work + N0 * N0 + 2 * N0};
   T* rhs = work + N0 * N0 + 3 * N0;
   T* u = rhs + N0;
-  const T delta = set.kkt_reg * data_scale(d);
+  const T delta = set.kkt_reg * data_scale(g, d);
   kkt_assemble_factor(g, d, static_cast<const int*>(nullptr), 0, delta, w);
   for (int i = g.rank(); i < n; i += g.size()) rhs[i] = -d.q[i];
   for (int e = g.rank(); e < p; e += g.size()) rhs[n + e] = d.b[e];
@@ -1266,8 +1276,8 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   g.sync();
   if (K_override != nullptr) st.K = K_override;
   // Row scales (1/‖row‖, 1 for zero rows) and the regularization δ on the scaled data.
-  T scale = 1;
-  for (int i = 0; i < n * n; ++i) scale = ol_max(scale, ol_abs(d.Q[i]));
+  T scale = 1;  // max(1, |Q|, |G̃|, |Ã|): this member's part, reduced below
+  for (int64_t i = g.rank(); i < int64_t(n) * n; i += g.size()) scale = ol_max(scale, ol_abs(d.Q[i]));
   for (int i = g.rank(); i < m; i += g.size()) {
     T acc = 0;
     for (int j = 0; j < n; ++j) acc += d.G[int64_t(i) * n + j] * d.G[int64_t(i) * n + j];
@@ -1293,7 +1303,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
       st.At[int64_t(e) * ld + j] = v;
       part = ol_max(part, ol_abs(v));
     }
-  scale = ol_max(scale, g.max(part));
+  scale = g.max(ol_max(scale, part));
   const T delta = set.kkt_reg * scale;
 
   // Scaled right-hand sides h̃, b̃.

@@ -53,8 +53,8 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path, unit):
                           str(CSRC / unit), "-o", str(ptx)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     entries = re.findall(r"\.entry\s+(\S+)", ptx.read_text())
-    # 4 kernels (solve/kkt × warp/block) of this unit's scalar type
-    assert len(entries) == 4, entries
+    # 6 kernels (solve/kkt × thread/warp/block) of this unit's scalar type
+    assert len(entries) == 6, entries
 
 
 def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
@@ -69,18 +69,25 @@ def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
     src.write_text(
         '#include "optlayers/qp_cuda.h"\n#include <cstdio>\n'
         "int main() {\n"
-        "  auto w = optlayers::plan_launch(16, 55, 0, 100000, 132, 4);\n"
+        "  auto t = optlayers::plan_launch(16, 55, 0, 100000, 132, 4);\n"
+        "  auto w = optlayers::plan_launch(16, 55, 0, 100000, 132, 4, 1);\n"
         "  auto b = optlayers::plan_launch(100, 200, 0, 10000, 132, 8);\n"
         "  auto s = optlayers::plan_launch(60, 80, 10, 8, 132, 8);\n"
-        '  std::printf("%d %lld %d %d %lld %d %lld\\n", w.use_warp, (long long)w.groups, b.use_warp, b.k_in_shared,\n'
-        "              (long long)b.groups, s.k_in_shared, (long long)s.shared_bytes);\n"
+        "  auto u = optlayers::plan_launch(12, 41, 0, 100, 132, 8);\n"
+        '  std::printf("%d %lld %d %d %lld %d %d %lld %d %d %lld\\n", int(t.kernel), (long long)t.groups,\n'
+        "              int(w.kernel), (long long)w.groups, int(b.kernel), b.k_in_shared, (long long)b.groups,\n"
+        "              (long long)s.shared_bytes, int(u.kernel), u.threads, (long long)u.groups);\n"
         "}\n")
     exe = tmp_path / "plan"
     out = subprocess.run([cxx, "-std=c++17", f"-I{CSRC}", f"-I{cuda_inc}", str(src), "-o", str(exe)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    vals = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
-    assert vals == ["1", str(132 * 32), "0", "0", str(132 * 4), "1", str(33 * 8 + 60 * 60 * 8)], vals
+    vals = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
+    t_kernel, t_groups, w_kernel, w_groups, b_kernel, b_kshared, b_groups, s_shared, u_kernel, u_threads, u_groups = vals
+    assert (t_kernel, w_kernel, b_kernel, u_kernel) == (0, 1, 2, 0)  # thread, forced warp, block, thread
+    assert t_groups >= 100_000 and w_groups == 132 * 32 and b_groups == 132 * 4 and not b_kshared
+    assert s_shared == 33 * 8 + 60 * 60 * 8          # K of n = 60 in shared memory
+    assert u_threads == 32 and u_groups == 128         # a small batch: 32-thread blocks over several SMs
 
 
 def test_disabled_native_falls_back_with_one_warning():

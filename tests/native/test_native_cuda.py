@@ -8,6 +8,19 @@ from optlayers._src.native.ops import cuda_available
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
+# The three CUDA kernels (one thread / one warp / one block per problem; csrc/optlayers/qp_cuda.h),
+# forced through OPTLAYERS_CUDA_KERNEL, and the default choice by size.
+KERNELS = ["auto", "thread", "warp", "block"]
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    if request.param == "auto":
+        monkeypatch.delenv("OPTLAYERS_CUDA_KERNEL", raising=False)
+    else:
+        monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", request.param)
+    return request.param
+
 
 def test_cuda_kernels_were_built():
     assert cuda_available(), "torch sees a GPU but the native library has no CUDA kernels"
@@ -15,7 +28,7 @@ def test_cuda_kernels_were_built():
 
 @pytest.mark.parametrize("B,n,m,p,shared", [(64, 12, 41, 0, ("G",)), (32, 20, 20, 5, ()), (8, 60, 80, 10, ())])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cuda_equals_cpu_with_gradients(B, n, m, p, shared, dtype):
+def test_cuda_equals_cpu_with_gradients(B, n, m, p, shared, dtype, kernel):
     P = ol.testing.random_qp(B, n, m, p, seed=n, shared=shared, dtype=dtype)
     tol = 1e-9 if dtype == torch.float64 else 1e-3
     outs = {}
@@ -30,7 +43,7 @@ def test_cuda_equals_cpu_with_gradients(B, n, m, p, shared, dtype):
         assert torch.allclose(a, b, rtol=tol, atol=tol), float((a - b).abs().max())
 
 
-def test_cuda_statuses():
+def test_cuda_statuses(kernel):
     d = torch.float64
     G = torch.tensor([[1.0], [-1.0]], dtype=d, device="cuda")
     h = torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=d, device="cuda")
@@ -58,7 +71,9 @@ def test_cuda_opcheck():
     (257, 33, 20, 4, ("Q", "A")),  # first size past the warp limit, shared Q and A
 ])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cuda_recovers_planted_solutions(B, n, m, p, shared, dtype):
+def test_cuda_recovers_planted_solutions(B, n, m, p, shared, dtype, kernel):
+    if kernel == "block" and B > 1000:
+        pytest.skip("one block per grasp-sized problem: slow, covered by the smaller cases")
     P = ol.testing.random_qp(B, n, m, p, seed=B + n, shared=shared, dtype=dtype, device="cuda")
     sol = ol.solve_qp(*P.data(), backend="native", return_solution=True)
     tol = 1e-7 if dtype == torch.float64 else 2e-3
@@ -67,7 +82,7 @@ def test_cuda_recovers_planted_solutions(B, n, m, p, shared, dtype):
     assert float(err.max()) < tol, float(err.max())
 
 
-def test_cuda_equality_only_and_unbounded():
+def test_cuda_equality_only_and_unbounded(kernel):
     d = torch.float64
     n = 4
     Q = torch.eye(n, dtype=d, device="cuda").expand(2, n, n).clone()
@@ -98,9 +113,16 @@ def test_auto_prefers_native_on_cuda():
     assert ol.solve_qp(*P.data(), return_solution=True).backend == "native"
 
 
-def test_cuda_gradients_match_finite_differences():
+def test_cuda_gradients_match_finite_differences(kernel):
     P = ol.testing.random_qp(3, 8, 10, 2, seed=5, device="cuda")
     q = P.q.clone().requires_grad_()
     h = P.h.clone().requires_grad_()
     rep = ol.testing.check_grad(lambda q, h: ol.solve_qp(P.Q, q, P.G, h, P.A, P.b, backend="native"), (q, h))
     assert rep.ok, rep
+
+
+def test_unknown_kernel_name_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "grid")
+    P = ol.testing.random_qp(2, 4, 5, 1, device="cuda")
+    with pytest.raises(RuntimeError, match="OPTLAYERS_CUDA_KERNEL must be thread, warp or block"):
+        ol.solve_qp(*P.data(), backend="native")
