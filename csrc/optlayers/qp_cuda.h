@@ -12,16 +12,19 @@ namespace optlayers {
 
 // Three kernels solve a batch, each with one "thread group" per problem (csrc/optlayers/qp_ipm.h):
 //   kThread  one CUDA thread per problem: the serial (CPU) code path, no synchronization at all;
-//            many problems in flight, each one slow — for large batches of small problems;
+//            many problems in flight, each one slow (forced only, see below);
 //   kWarp    one warp per problem (shuffles, __syncwarp);
 //   kBlock   one block per problem (__syncthreads, shared-memory reductions, K in shared memory
 //            when it fits) — for larger problems.
 enum class Kernel : int { kThread = 0, kWarp = 1, kBlock = 2 };
 
-// Default choice (plan_launch): problems with n ≤ kSmallMaxN use the thread kernel once the batch
-// has at least kThreadMinBatch problems, else the warp kernel; larger n use the block kernel.
+// Default choice (plan_launch): the warp kernel for n ≤ kSmallMaxN, the block kernel above. The
+// thread kernel is only used when forced (OPTLAYERS_CUDA_KERNEL=thread): measured on an H100 it is
+// 1.2-7× slower than the warp kernel on every small-problem case of benchmarks/gpu_bench.py (e.g.
+// 48,000 grasp QPs, float64: 106 vs 57 ms fwd+bwd; 1,024 QPs n = 20: 17 vs 3.5 ms), because each
+// thread's workspace (tens of KB) is touched uncoalesced and far exceeds its share of L1, whereas
+// a warp's fits (benchmarks/results/gpu_h100.txt).
 constexpr int kSmallMaxN = 32;
-constexpr int64_t kThreadMinBatch = 0;
 // The block kernel keeps K (n×n) in dynamic shared memory up to this size (n ≤ 78 in float64).
 constexpr int64_t kSharedKMaxBytes = 48 * 1024;
 // Cap on the thread kernel's workspaces (one per resident thread) for the whole grid.
@@ -63,7 +66,7 @@ inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, 
   if (forced >= 0 && forced <= 2) {
     plan.kernel = Kernel(forced);
   } else if (n <= kSmallMaxN) {
-    plan.kernel = batch >= kThreadMinBatch ? Kernel::kThread : Kernel::kWarp;
+    plan.kernel = Kernel::kWarp;
   } else {
     plan.kernel = Kernel::kBlock;
   }

@@ -5,7 +5,7 @@
 //
 // The per-problem solver is the same template as on the CPU (optlayers/qp_ipm.h), run by one
 // "thread group" per problem (the choice: plan_launch in qp_cuda.h):
-//   - SerialGroup (one thread: the CPU's serial code path) for large batches of small problems;
+//   - SerialGroup (one thread: the CPU's serial code path), only when forced (slower, see qp_cuda.h);
 //   - WarpGroup  (32 lanes, shuffles);
 //   - BlockGroup (blockDim threads, __syncthreads, shared-memory reductions) for larger n, with
 //     the reduced KKT matrix K (n×n) in dynamic shared memory when it fits (kSharedKMaxBytes).

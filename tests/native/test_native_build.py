@@ -69,11 +69,11 @@ def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
     src.write_text(
         '#include "optlayers/qp_cuda.h"\n#include <cstdio>\n'
         "int main() {\n"
-        "  auto t = optlayers::plan_launch(16, 55, 0, 100000, 132, 4);\n"
-        "  auto w = optlayers::plan_launch(16, 55, 0, 100000, 132, 4, 1);\n"
+        "  auto t = optlayers::plan_launch(16, 55, 0, 100000, 132, 4, 0);\n"
+        "  auto w = optlayers::plan_launch(16, 55, 0, 100000, 132, 4);\n"
         "  auto b = optlayers::plan_launch(100, 200, 0, 10000, 132, 8);\n"
         "  auto s = optlayers::plan_launch(60, 80, 10, 8, 132, 8);\n"
-        "  auto u = optlayers::plan_launch(12, 41, 0, 100, 132, 8);\n"
+        "  auto u = optlayers::plan_launch(12, 41, 0, 100, 132, 8, 0);\n"
         '  std::printf("%d %lld %d %d %lld %d %d %lld %d %d %lld\\n", int(t.kernel), (long long)t.groups,\n'
         "              int(w.kernel), (long long)w.groups, int(b.kernel), b.k_in_shared, (long long)b.groups,\n"
         "              (long long)s.shared_bytes, int(u.kernel), u.threads, (long long)u.groups);\n"
@@ -84,10 +84,10 @@ def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
     assert out.returncode == 0, out.stderr
     vals = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
     t_kernel, t_groups, w_kernel, w_groups, b_kernel, b_kshared, b_groups, s_shared, u_kernel, u_threads, u_groups = vals
-    assert (t_kernel, w_kernel, b_kernel, u_kernel) == (0, 1, 2, 0)  # thread, forced warp, block, thread
+    assert (t_kernel, w_kernel, b_kernel, u_kernel) == (0, 1, 2, 0)  # forced thread, warp, block, forced thread
     assert t_groups >= 100_000 and w_groups == 132 * 32 and b_groups == 132 * 4 and not b_kshared
     assert s_shared == 33 * 8 + 60 * 60 * 8          # K of n = 60 in shared memory
-    assert u_threads == 32 and u_groups == 128         # a small batch: 32-thread blocks over several SMs
+    assert u_threads == 32 and u_groups == 128         # thread kernel, small batch: 32-thread blocks on several SMs
 
 
 def test_disabled_native_falls_back_with_one_warning():

@@ -170,3 +170,19 @@ def test_backward_with_kept_polish_factor_equals_refactoring():
                                             tl.kkt_reg)
     for a, b in zip(kept, fresh):
         assert float((a - b).abs().max()) <= 1e-10 * (1 + float(b.abs().max()))
+
+
+def test_auto_routing_limits_by_device():
+    """"auto" sends CPU problems up to n = 300 and CUDA problems up to n = 64 to the native kernel
+    (measured crossovers: optlayers/_src/native/backend.py), larger ones to the PyTorch backend."""
+    from types import SimpleNamespace
+
+    from optlayers._src.native.backend import CPU_AUTO_MAX_N, CUDA_AUTO_MAX_N, NativeBackend
+
+    be = NativeBackend()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert be.auto_eligible(SimpleNamespace(n=CPU_AUTO_MAX_N, device=cpu))
+    assert not be.auto_eligible(SimpleNamespace(n=CPU_AUTO_MAX_N + 1, device=cpu))
+    assert be.auto_eligible(SimpleNamespace(n=50, device=cuda))
+    assert not be.auto_eligible(SimpleNamespace(n=100, device=cuda))
+    assert CUDA_AUTO_MAX_N < CPU_AUTO_MAX_N

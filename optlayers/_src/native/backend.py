@@ -6,10 +6,14 @@ from optlayers._src.qp.backends import RawSolution
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import QPData
 
-# On CUDA, problems with n + m + p above this use the PyTorch backend under "auto": the native
-# CUDA kernel keeps each problem's KKT workspace ((n+m+p)² scalars) in global memory and one block
-# per problem; beyond this size the batched cuSOLVER path of the PyTorch backend is faster.
+# CUDA: the native kernels take problems up to n + m + p = CUDA_MAX_KKT_SIZE (each problem's KKT
+# workspace, (n+m+p)² scalars per resident thread group, lives in global memory). "auto" uses them
+# up to n = CUDA_AUTO_MAX_N and the PyTorch backend (batched cuBLAS/cuSOLVER) above. Measured on an
+# H100 (benchmarks/results/gpu_h100.txt, fwd+bwd, float64): B=1,024, n=50 (block kernel, K in
+# shared memory) native 22.8 ms vs torch 47.7 ms; B=10,000, n=100, m=200 (K in global memory)
+# native 3,240 ms vs torch 400 ms. The crossover between n = 50 and 100 was not measured.
 CUDA_MAX_KKT_SIZE = 512
+CUDA_AUTO_MAX_N = 64
 # On CPU the native kernel solves one problem per thread with SIMD loops over padded rows. Measured
 # (fwd+bwd, float64, same run, 2 cores): native 122 ms vs torch 286 ms at B=8, n=200, m=200, p=50 and
 # 166 vs 287 ms at B=4, n=300. Beyond the measured range the PyTorch backend's multi-threaded
@@ -36,7 +40,7 @@ class NativeBackend:
         return False
 
     def auto_eligible(self, data: QPData) -> bool:
-        return data.device.type != "cpu" or data.n <= CPU_AUTO_MAX_N
+        return data.n <= (CPU_AUTO_MAX_N if data.device.type == "cpu" else CUDA_AUTO_MAX_N)
 
     def solve(self, data: QPData, options: QPOptions) -> RawSolution:
         from optlayers._src.native import ops
