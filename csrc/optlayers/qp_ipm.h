@@ -1016,7 +1016,7 @@ OL_HD void keep_factor(const Grp& g, const KKTWork<T>& w, const T* inset, int n,
   if (g.rank() == 0) keep[N0 * N0 + N0 + m] = repaired ? T(-1) : T(k);
 }
 
-// Multiplier repair of a polish round (serial only). At a degenerate solution the active rows can
+// Multiplier repair of a polish round (serial code; a thread group runs it on one member). At a degenerate solution the active rows can
 // be linearly dependent (e.g. a contact with zero force: all its friction facets and its normal
 // bound are active on 3 variables). Then the active-set KKT system fixes x but not the
 // multipliers, and its regularized solution may give some of them a negative sign although a
@@ -1167,15 +1167,23 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     bool repaired = false;
     bool accept = finite && viol <= set.polish_tol * (1 + hn) && neg <= set.polish_tol * (1 + ln) &&
                   res <= set.polish_tol * (1 + rhs_n);
-    if constexpr (Grp::kSerial) {
-      // Right x, wrong-signed multipliers (dependent active rows): look for nonnegative ones.
-      const int64_t need = int64_t(k + p) * (k + p) + 6 * int64_t(k + p) + n;
-      if (!accept && finite && viol <= set.polish_tol * (1 + hn) && res <= set.polish_tol * (1 + rhs_n) &&
-          need <= N0 * N0)
-      {
+    // Right x, wrong-signed multipliers (dependent active rows): look for nonnegative ones. The
+    // repair is serial; in a thread group its first member runs it while the others wait, and
+    // the verdict goes to all through a workspace slot (w.du is free once the solve is done).
+    const int64_t need = int64_t(k + p) * (k + p) + 6 * int64_t(k + p) + n;
+    if (!accept && finite && viol <= set.polish_tol * (1 + hn) && res <= set.polish_tol * (1 + rhs_n) &&
+        need <= N0 * N0)
+    {
+      if constexpr (Grp::kSerial) {
         accept = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU);
-        repaired = accept;  // w.LU now holds the repair's scratch, not the factor
+      } else {
+        g.sync();  // every member is done reading u and w.du
+        if (g.rank() == 0) w.du[0] = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU) ? T(1) : T(0);
+        g.sync();
+        accept = w.du[0] > T(0.5);
+        g.sync();
       }
+      repaired = accept;  // w.LU now holds the repair's scratch, not the factor
     }
     g.sync();
     if (accept) {
