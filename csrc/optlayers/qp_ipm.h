@@ -57,8 +57,8 @@ enum : int8_t {
 constexpr double kRegGrowth = 1e4;
 constexpr int kRefinementSteps = 3;
 // Stall rule (as in the PyTorch backend): leave the loop as kMaxIter when the merit
-// max(pres, dres, gap) and sᵀz have both not dropped below kStallDecrease × their best for
-// kStallIters iterations.
+// max(pres, dres, gap), sᵀz and the infeasibility-certificate ratio have all not dropped below
+// kStallDecrease × their best for kStallIters iterations.
 constexpr int kStallIters = 5;
 // Active-set guesses tried by the polish (the first plus corrections).
 constexpr int kPolishRounds = 3;
@@ -1354,7 +1354,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   const T qn = inf_norm(g, d.q, n), hn = inf_norm(g, hs, m), bn = inf_norm(g, bs, p);
   int8_t code = kMaxIter;
   int it = 0;
-  T best = ol_inf<T>(), best_sz = ol_inf<T>();
+  T best = ol_inf<T>(), best_sz = ol_inf<T>(), best_cert = ol_inf<T>();
   int stall = 0;
   T loose = set.polish_start;  // next early-polish threshold (≤ tol: none)
   if (!ok) code = kNumericalError;
@@ -1413,10 +1413,14 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     if (dual_inf) { code = kDualInfeasible; break; }
     // Progress: the merit or sᵀz fell by kStallDecrease (the gap term of the merit is relative to
     // 1 + |f(x)| and can rise while f(x) moves towards a small optimum although sᵀz falls).
+    // Progress towards an infeasibility certificate counts too (on an infeasible problem the merit
+    // grows while these ratios fall geometrically).
     const T merit = ol_max(ol_max(pres, dres), gap);
-    if (merit < T(kStallDecrease) * best || sz < T(kStallDecrease) * best_sz) {
+    const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
+    if (merit < T(kStallDecrease) * best || sz < T(kStallDecrease) * best_sz || cert < T(kStallDecrease) * best_cert) {
       best = ol_min(best, merit);
       best_sz = ol_min(best_sz, sz);
+      best_cert = ol_min(best_cert, cert);
       stall = 0;
     } else {
       ++stall;

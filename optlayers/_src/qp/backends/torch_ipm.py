@@ -44,9 +44,10 @@ from optlayers._src.qp.threads import intra_op_threads
 from optlayers._src.status import Status
 from optlayers._src.tolerances import tolerances_for
 
-# A problem whose merit max(pres, dres, gap) and complementarity sᵀz have both not dropped below
-# STALL_DECREASE × their best values for STALL_ITERS consecutive iterations leaves the loop as
-# MAX_ITER (then polish may still solve it). This matters in float32, where rounding floors the residuals near ~1e-5.
+# A problem whose merit max(pres, dres, gap), complementarity sᵀz and infeasibility-certificate
+# ratio have all not dropped below STALL_DECREASE × their best values for STALL_ITERS consecutive
+# iterations leaves the loop as MAX_ITER (then polish may still solve it). This matters in
+# float32, where rounding floors the residuals near ~1e-5.
 STALL_ITERS = 5
 STALL_DECREASE = 0.9
 # Active-set guesses tried by the polish (the first plus corrections); same in csrc/.
@@ -339,6 +340,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
     idx = torch.arange(B, device=device)
     best = torch.full((B,), float("inf"), dtype=dtype, device=device)
     best_sz = torch.full((B,), float("inf"), dtype=dtype, device=device)
+    best_cert = torch.full((B,), float("inf"), dtype=dtype, device=device)
     nstall = torch.zeros(B, dtype=dtype, device=device)
     # Right-hand sides of the exit test (see the loop): columns 1-2 are written per iteration.
     tol_up = torch.nextafter(torch.tensor(tol, dtype=dtype), torch.tensor(float("inf"), dtype=dtype))
@@ -363,13 +365,20 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         # Progress: the merit or the complementarity sᵀz fell by STALL_DECREASE. (The merit alone is
         # not enough: its gap term is normalized by 1 + |f(x)|, and while f(x) moves towards a
         # small optimal value it can rise although sᵀz falls geometrically.)
-        improved = (merit < STALL_DECREASE * best) | (sz < STALL_DECREASE * best_sz)
-        best = torch.where(improved, torch.minimum(merit, best), best)
-        best_sz = torch.where(improved, torch.minimum(sz, best_sz), best_sz)
-        nstall = (nstall - 1).masked_fill_(improved, 0)  # −(iterations without progress)
         # Certificates (see module docstring) with t_p = −(hᵀz + bᵀy) and t_d = −qᵀx:
         # primal  ‖Gᵀz + Aᵀy‖ < ε t_p,  dual  max(‖Qx‖, ‖Ax‖, max(Gx)₊) < ε t_d.
         ray = torch.maximum(N[:, 0::2, 1].amax(-1), out[:, o_cx:o_ax].amax(-1).clamp_min(0))
+        # Progress towards a certificate counts too: on an infeasible problem the merit grows
+        # while these ratios fall geometrically (without this, the stall rule stopped such
+        # problems as MAX_ITER an iteration or two before the certificate reached ε).
+        t_d, t_p = (-out[:, -2:]).unbind(-1)
+        inf = torch.full_like(merit, float("inf"))
+        cert = torch.minimum(torch.where(t_p > 0, nd[:, 2] / t_p, inf), torch.where(t_d > 0, ray / t_d, inf))
+        improved = (merit < STALL_DECREASE * best) | (sz < STALL_DECREASE * best_sz) | (cert < STALL_DECREASE * best_cert)
+        best = torch.where(improved, torch.minimum(merit, best), best)
+        best_sz = torch.where(improved, torch.minimum(sz, best_sz), best_sz)
+        best_cert = torch.where(improved, torch.minimum(cert, best_cert), best_cert)
+        nstall = (nstall - 1).masked_fill_(improved, 0)  # −(iterations without progress)
         # One comparison decides whether a problem goes on; every column must hold:
         #   merit > tol (not converged; False for a NaN merit),  ray ≥ ε t_d,
         #   ‖Gᵀz + Aᵀy‖ ≥ ε t_p,  stall < STALL_ITERS.
@@ -398,7 +407,8 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
                 break
             # Compact the working batch: finished problems cost nothing from here on.
             idx, u, out, sz = idx[kept], u[kept], out[kept], sz[kept]
-            best, best_sz, nstall, rhs = best[kept], best_sz[kept], nstall[kept], rhs[kept]
+            best, best_sz, best_cert = best[kept], best_sz[kept], best_cert[kept]
+            nstall, rhs = nstall[kept], rhs[kept]
             rhs_cert = rhs[:, 1:3]
             w = w.take(kept)
             s, z = u[:, n:n + m], u[:, n + m:n + 2 * m]
