@@ -1016,13 +1016,14 @@ OL_HD void keep_factor(const Grp& g, const KKTWork<T>& w, const T* inset, int n,
   if (g.rank() == 0) keep[N0 * N0 + N0 + m] = repaired ? T(-1) : T(k);
 }
 
-// Multiplier repair of a polish round (serial code; a thread group runs it on one member). At a degenerate solution the active rows can
-// be linearly dependent (e.g. a contact with zero force: all its friction facets and its normal
-// bound are active on 3 variables). Then the active-set KKT system fixes x but not the
-// multipliers, and its regularized solution may give some of them a negative sign although a
-// nonnegative choice exists. Given the polished x, find y = (λ_𝒜 ≥ 0, ν free) minimizing
-// ‖C_𝒜ᵀλ + Aᵀν + Qx + q‖ by Lawson–Hanson NNLS (ν always passive). Returns true, with y written to
-// u[n…n+k+p), when the stationarity residual is ≤ tol; `scratch` holds (k+p)² + 6(k+p) + n scalars.
+// Multiplier repair of a polish round (serial code; a thread group runs it on one member). At a
+// degenerate solution the active rows can be linearly dependent (e.g. a contact with zero force:
+// all its friction facets and its normal bound are active on 3 variables). Then the active-set KKT
+// system fixes x but not the multipliers, and its regularized solution may give some of them a
+// negative sign although a nonnegative choice exists. Given the polished x, find y = (λ_𝒜 ≥ 0, ν
+// free) minimizing ‖C_𝒜ᵀλ + Aᵀν + Qx + q‖ by Lawson–Hanson NNLS (ν always passive). Returns true,
+// with y written to u[n…n+k+p), when the stationarity residual is ≤ tol; `scratch` holds (k+p)² +
+// 6(k+p) + n scalars.
 template <typename T>
 OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol, T* u, T* scratch) {
   const int n = d.n, p = d.p, c = k + p;

@@ -381,19 +381,19 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         gap = sz / (1 + (0.5 * torch.linalg.vecdot(x, out[:, n:2 * n]) + out[:, -2]).abs())
         # Broken iterates (NaN/Inf anywhere in u) get a NaN merit: 0·(non-finite) = NaN.
         merit = torch.maximum(rel.amax(-1), gap) + 0 * u.sum(-1)
-        # Progress: the merit or the complementarity sᵀz fell by STALL_DECREASE. (The merit alone is
-        # not enough: its gap term is normalized by 1 + |f(x)|, and while f(x) moves towards a
-        # small optimal value it can rise although sᵀz falls geometrically.)
         # Certificates (see module docstring) with t_p = −(hᵀz + bᵀy) and t_d = −qᵀx:
         # primal  ‖Gᵀz + Aᵀy‖ < ε t_p,  dual  max(‖Qx‖, ‖Ax‖, max(Gx)₊) < ε t_d.
         ray = torch.maximum(N[:, 0::2, 1].amax(-1), out[:, o_cx:o_ax].amax(-1).clamp_min(0))
-        # Progress towards a certificate counts too: on an infeasible problem the merit grows
-        # while these ratios fall geometrically (without this, the stall rule stopped such
-        # problems as MAX_ITER an iteration or two before the certificate reached ε).
         t_d, t_p = (-out[:, -2:]).unbind(-1)
         inf = torch.full_like(merit, float("inf"))
         cert = torch.minimum(torch.where(t_p > 0, nd[:, 2] / t_p, inf), torch.where(t_d > 0, ray / t_d, inf))
-        improved = (merit < STALL_DECREASE * best) | (sz < STALL_DECREASE * best_sz) | (cert < STALL_DECREASE * best_cert)
+        # Progress: the merit, sᵀz or the certificate ratio fell by STALL_DECREASE. The merit alone
+        # is not enough: its gap term is relative to 1 + |f(x)| and can rise while f(x) moves
+        # towards a small optimum although sᵀz falls geometrically; and on an infeasible problem
+        # the merit grows while the certificate ratio falls (without these, vertex solutions and
+        # infeasible problems were stopped as MAX_ITER).
+        improved = ((merit < STALL_DECREASE * best) | (sz < STALL_DECREASE * best_sz)
+                    | (cert < STALL_DECREASE * best_cert))
         best = torch.where(improved, torch.minimum(merit, best), best)
         best_sz = torch.where(improved, torch.minimum(sz, best_sz), best_sz)
         best_cert = torch.where(improved, torch.minimum(cert, best_cert), best_cert)
