@@ -38,6 +38,7 @@ import torch
 from optlayers._src.qp import kkt
 from optlayers._src.qp.backends import RawSolution
 from optlayers._src.qp.linalg import OUTER_PRODUCTS_MAX, inf_norm, mtv, mv
+from optlayers._src.qp.multiplier_repair import repair_multipliers
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import QPData
 from optlayers._src.qp.threads import intra_op_threads
@@ -415,7 +416,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
                 trial = RawSolution(x=uc[:, :n], lam=uc[:, n + m:n + 2 * m] / gn_i, nu=uc[:, n + 2 * m:] / an_i,
                                     status=torch.full_like(gi, int(Status.MAX_ITER), dtype=torch.int8),
                                     iterations=iters[gi])
-                xp, lp, yp, st, parts = _polish(data.take(gi), trial, EARLY_POLISH_ROUNDS)
+                xp, lp, yp, st, parts = _polish(data.take(gi), trial, EARLY_POLISH_ROUNDS, repair=False)
                 ok = st == int(Status.SOLVED)
                 loose[ci] = torch.where(ok, loose[ci], torch.zeros_like(loose[ci]))  # one attempt each
                 accepted = int(ok.sum())
@@ -526,9 +527,14 @@ def polish(data: QPData, sol: RawSolution) -> RawSolution:
     return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=sol.iterations, factor=factor)
 
 
-def _polish(data: QPData, sol: RawSolution, rounds: int):
+def _polish(data: QPData, sol: RawSolution, rounds: int, repair: bool = True):
     """The rounds of :func:`polish`: ``(x, lam, nu, status, parts)`` with ``parts`` a list of
-    ``(indices, factor)`` — the accepted problems of each round and their KKT factors."""
+    ``(indices, factor)`` — the accepted problems of each round and their KKT factors.
+
+    With ``repair``, a problem whose polished point is primal feasible with a small KKT residual
+    but has wrong-signed multipliers (dependent active rows) gets nonnegative ones by NNLS
+    (:mod:`optlayers._src.qp.multiplier_repair`) and is accepted; it has no factor part (the
+    backward then refactors at its active set)."""
     tol = tolerances_for(data.dtype).polish_tol
     B, n, m = data.B, data.n, data.m
     h_all = _expand_vec(data.h, B)
@@ -555,8 +561,21 @@ def _polish(data: QPData, sol: RawSolution, rounds: int):
         na = torch.stack([excess.clamp_min(0), h, lp], 1).abs().amax(-1)
         nb = torch.stack([r, rhs], 1).abs().amax(-1)
         lhs = torch.stack([na[:, 0], -lp.amin(-1), nb[:, 0] + 0 * u.sum(-1)], -1)
-        ok = (lhs <= tol * (1 + torch.stack([na[:, 1], na[:, 2], nb[:, 1]], -1))).all(-1)
-        if whole and round_ == 0 and bool(ok.all()):  # the common case: all accepted at once
+        passes = lhs <= tol * (1 + torch.stack([na[:, 1], na[:, 2], nb[:, 1]], -1))
+        ok = passes.all(-1)
+        repaired = torch.zeros_like(ok)
+        sign_only = ~ok & passes[:, 0] & passes[:, 2] if repair else repaired
+        if bool(sign_only.any()):
+            js = torch.nonzero(sign_only).squeeze(-1)
+            dj = d.take(js)
+            gj = mv(dj.Q, xp[js]) + q[js]
+            y, fixed = repair_multipliers(dj.G, dj.A, gj, mask[js] > 0, tol * (1 + nb[js, 1]))
+            jf = js[fixed]
+            lp, yp = lp.clone(), yp.clone()
+            lp[jf], yp[jf] = y[fixed, :m], y[fixed, m:]
+            ok[jf] = True
+            repaired[jf] = True
+        if whole and round_ == 0 and bool(ok.all()) and not bool(repaired.any()):  # the common case
             status = torch.full_like(status, int(Status.SOLVED))
             return xp, lp.clamp_min(0), yp, status, [(pending, fac)]
         if round_ == 0:
@@ -564,10 +583,11 @@ def _polish(data: QPData, sol: RawSolution, rounds: int):
         done = pending[ok]
         x[done], lam[done], nu[done] = xp[ok], lp[ok].clamp_min(0), yp[ok]
         status[done] = int(Status.SOLVED)
-        factors.append((done, fac.take(torch.nonzero(ok).squeeze(-1))))
+        with_factor = ok & ~repaired
+        factors.append((pending[with_factor], fac.take(torch.nonzero(with_factor).squeeze(-1))))
         # Correct the guess of the rejected ones and try again.
         bad = ~ok
-        corrected = ((mask > 0) & (lp >= 0)) | ((mask == 0) & (excess > 0))
+        corrected = ((mask > 0) & (lp >= 0)) | ((mask == 0) & (excess > 0))  # (ok rows: not used)
         mask_all[pending[bad]] = corrected[bad].to(mask.dtype)
         pending = pending[bad]
     return x, lam, nu, status, factors
