@@ -64,6 +64,7 @@ Usage:
     python benchmarks/compare_qp.py --quick --sizes 0      # CI smoke: one repeat per cell
     python benchmarks/compare_qp.py --sizes 16x30x30x5     # a custom B x n x m x p size
     python benchmarks/compare_qp.py --json results.json --threads 1
+    python benchmarks/compare_qp.py --isolate               # each row in its own process
 """
 
 from __future__ import annotations
@@ -380,6 +381,33 @@ def select(contestants: list[Contestant], only: str | None) -> list[Contestant]:
     return [c for c in contestants if any(c.name == t or c.name.startswith(t + "-") for t in tokens)]
 
 
+def run_isolated(name: str, spec: Spec, args) -> dict:
+    """One cell (``name`` at ``spec``) timed by a child process of this script; its JSON row.
+
+    The child builds the same seeded problem and reference, so errors are comparable; what it does
+    not share is the parent's state: earlier rows' thread pools (OpenMP, rayon, MKL spinning or
+    sleeping), caches and allocator, which on a 2-core machine measurably slow the next rows."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cell.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--sizes", f"{spec.B}x{spec.n}x{spec.m}x{spec.p}",
+               "--exactly", name, "--json", out, "--seed", str(args.seed), "--target-s", str(args.target_s),
+               "--min-repeats", str(args.min_repeats), "--max-repeats", str(args.max_repeats)]
+        if args.quick:
+            cmd.append("--quick")
+        if args.threads is not None:
+            cmd += ["--threads", str(args.threads)]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0 or not os.path.exists(out):
+            tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+            return {"name": name, "ours": name.startswith("optlayers"), "skipped": f"child failed: {tail[0][:200]}"}
+        with open(out) as f:
+            rows = json.load(f)["sizes"][0]["results"]
+    return rows[0] if rows else {"name": name, "ours": name.startswith("optlayers"), "skipped": "not run"}
+
+
 def metadata(argv: list[str]) -> dict:
     versions = {}
     for pkg in PACKAGES:
@@ -418,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-repeats", type=int, default=3)
     ap.add_argument("--max-repeats", type=int, default=50)
     ap.add_argument("--baseline", help="optlayers row the ratios divide by (default: fastest optlayers fwd+bwd)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="time each contestant of each size in a fresh Python process (no thread pools, "
+                         "caches or allocator state left over from the rows before it)")
+    ap.add_argument("--exactly", help=argparse.SUPPRESS)  # one contestant by exact name (used by --isolate)
     args = ap.parse_args(argv[1:])
     try:
         sizes = parse_sizes(args.sizes)
@@ -431,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
 
     contestants, notes = all_contestants()
     contestants = select(contestants, args.only)
+    if args.exactly:
+        contestants = [c for c in contestants if c.name == args.exactly]
     meta = metadata(argv)
     print("\n".join(header_lines(args, meta, contestants, notes)), flush=True)
 
@@ -441,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         ref = reference_grads(prob, c)
         results = []
         for con in contestants:
-            results.append(run_cell(con, spec, prob, c, ref, timing))
+            if args.isolate:
+                results.append(run_isolated(con.name, spec, args))
+            else:
+                results.append(run_cell(con, spec, prob, c, ref, timing))
         ran = [r for r in results if r["ours"] and "skipped" not in r]
         if args.baseline:
             baseline = args.baseline if any(r["name"] == args.baseline for r in ran) else None
