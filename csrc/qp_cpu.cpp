@@ -22,10 +22,12 @@
 #include <atomic>
 #include <cmath>
 #include <array>
+#include <cstdlib>
 #include <optional>
 #include <vector>
 
 #include "optlayers/qp_ipm.h"
+#include "optlayers/qp_lanes.h"
 
 namespace {
 
@@ -48,6 +50,41 @@ void for_each_dynamic(int64_t count, int64_t ws, const F& body) {
       if (i0 >= count) break;
       const int64_t i1 = std::min(count, i0 + block);
       for (int64_t i = i0; i < i1; ++i) body(i, work.data());
+    }
+  });
+}
+
+// Batch-interleaved interior point (optlayers/qp_lanes.h) for inequality-only problems: used
+// when n ≤ kLanesMaxN and the batch fills at least two blocks of lanes. OPTLAYERS_CPU_LANES=0
+// turns it off, =1 forces it for every inequality-only batch (tests, benchmarks).
+constexpr int kLanesMaxN = 32;
+
+bool use_lanes(int n, int m, int p, int64_t batch, int width) {
+  if (p != 0 || m == 0) return false;
+  const char* v = std::getenv("OPTLAYERS_CPU_LANES");
+  if (v != nullptr && v[0] == '0') return false;
+  if (v != nullptr && v[0] == '1') return true;
+  return n <= kLanesMaxN && batch >= 2 * int64_t(width);
+}
+
+// Calls body(block, vec_work, scalar_work) for the blocks [0, blocks) on at::parallel_for's
+// threads, handed out dynamically as in for_each_dynamic; each thread owns an aligned vector
+// workspace (`nv` SIMD vectors) and a scalar one (`ns` scalars).
+template <typename T, typename F>
+void for_each_block(int64_t blocks, int64_t nv, int64_t ns, const F& body) {
+  using V = typename optlayers::lanes::Vec<T>::type;
+  if (blocks <= 0) return;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t grab = std::max<int64_t>(1, blocks / (threads * 16));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, blocks), 1, [&](int64_t, int64_t) {
+    std::vector<V> vw(std::max<int64_t>(nv, 1));  // over-aligned element type: aligned allocation (C++17)
+    std::vector<T> sw(std::max<int64_t>(ns, 1));
+    for (;;) {
+      const int64_t b0 = next.fetch_add(grab);
+      if (b0 >= blocks) break;
+      const int64_t b1 = std::min(blocks, b0 + grab);
+      for (int64_t b = b0; b < b1; ++b) body(b, vw.data(), sw.data());
     }
   });
 }
@@ -107,6 +144,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
     const T* pO = outer.empty() ? nullptr : outer.data();
     T* pf = keep_factor ? factor.data_ptr<T>() : nullptr;
+    constexpr int W = optlayers::lanes::width<T>();
+    if (use_lanes(n, m, p, batch, W)) {
+      const optlayers::lanes::BatchData<T> bd{pQ, pq, pG, ph, sQ, sq, sG, sh, n, m};
+      for_each_block<T>((batch + W - 1) / W, optlayers::lanes::block_vectors(n, m),
+                        optlayers::lanes::polish_scalars(n, m), [&](int64_t blk, auto* vw, T* sw) {
+        const int64_t i0 = blk * W;
+        const int count = int(std::min<int64_t>(W, batch - i0));
+        optlayers::lanes::solve_block<T>(bd, i0, count, set, vw, sw, px + i0 * n, pl + i0 * m, ps + i0, pi + i0,
+                                         pf ? pf + i0 * fs : nullptr);
+      });
+      return;
+    }
     for_each_dynamic<T>(batch, ws, [&](int64_t i, T* work) {
       optlayers::SerialGroup g;
       optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p, pO, onp};

@@ -654,11 +654,14 @@ OL_HD void kkt_matvec(const Grp& g, const Problem<T>& d, const int* act, int k, 
   g.sync();
 }
 
-// Solve K u = rhs (compact, size N) with the factor + kRefinementSteps of refinement. u ← solution.
+// Solve K u = rhs (compact, size N) with the factor + up to kRefinementSteps of refinement against
+// the exact matrix. Refinement stops once a correction is below the rounding of u itself
+// (max|du| ≤ ε·max|u|): further steps could not change u. u ← solution.
 template <typename T, typename Grp>
 OL_HD void kkt_refined_solve(const Grp& g, const Problem<T>& d, const int* act, int k, KKTWork<T> w,
                              const T* rhs, T* u) {
   const int N = d.n + k + d.p;
+  const T eps = sizeof(T) == 4 ? T(1.2e-7) : T(2.3e-16);
   for (int i = g.rank(); i < N; i += g.size()) u[i] = rhs[i];
   g.sync();
   lu_solve(g, w.LU, w.piv, N, u);
@@ -667,8 +670,15 @@ OL_HD void kkt_refined_solve(const Grp& g, const Problem<T>& d, const int* act, 
     for (int i = g.rank(); i < N; i += g.size()) w.du[i] = rhs[i] - w.r[i];
     g.sync();
     lu_solve(g, w.LU, w.piv, N, w.du);
-    for (int i = g.rank(); i < N; i += g.size()) u[i] += w.du[i];
+    T part_du = 0, part_u = 0;
+    for (int i = g.rank(); i < N; i += g.size()) {
+      part_du = ol_max(part_du, ol_abs(w.du[i]));
+      u[i] += w.du[i];
+      part_u = ol_max(part_u, ol_abs(u[i]));
+    }
+    const T dn = g.max(part_du), un = g.max(part_u);
     g.sync();
+    if (dn <= eps * un) break;
   }
 }
 
@@ -1023,7 +1033,7 @@ OL_HD void keep_factor(const Grp& g, const KKTWork<T>& w, const T* inset, int n,
 // negative sign although a nonnegative choice exists. Given the polished x, find y = (λ_𝒜 ≥ 0, ν
 // free) minimizing ‖C_𝒜ᵀλ + Aᵀν + Qx + q‖ by Lawson–Hanson NNLS (ν always passive). Returns true,
 // with y written to u[n…n+k+p), when the stationarity residual is ≤ tol; `scratch` holds (k+p)² +
-// 6(k+p) + n scalars.
+// 6(k+p) + 2n scalars.
 template <typename T>
 OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol, T* u, T* scratch) {
   const int n = d.n, p = d.p, c = k + p;
@@ -1034,12 +1044,16 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
   T* inP = wv + c;                // passive flags
   int* idx = reinterpret_cast<int*>(inP + c);  // passive index list (c ints in 2c scalars)
   T* r = inP + 3 * c;             // residual Mᵀy + g (n)
+  T* gq = r + n;                  // the gradient g = Qx + q (n), fixed during the repair
   const T* x = u;
   auto row = [&](int j) { return j < k ? d.G + int64_t(act[j]) * n : d.A + int64_t(j - k) * n; };
   T gn = 0;
-  for (int i = 0; i < n; ++i) gn = ol_max(gn, ol_abs(dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i]));
+  for (int i = 0; i < n; ++i) {
+    gq[i] = dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i];
+    gn = ol_max(gn, ol_abs(gq[i]));
+  }
   auto residual = [&]() {
-    for (int i = 0; i < n; ++i) r[i] = dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i];
+    for (int i = 0; i < n; ++i) r[i] = gq[i];
     for (int j = 0; j < c; ++j)
       if (y[j] != T(0)) axpy_serial(r, y[j], row(j), n);
   };
@@ -1056,7 +1070,7 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
     T* rhs_ = wv;  // reuse: −M_P g
     for (int a = 0; a < np; ++a) {
       T acc = 0;
-      for (int i = 0; i < n; ++i) acc += row(idx[a])[i] * (dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i]);
+      for (int i = 0; i < n; ++i) acc += row(idx[a])[i] * gq[i];
       rhs_[a] = -acc;
     }
     chol_solve(SerialGroup{}, gram, np, rhs_);
@@ -1171,7 +1185,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     // Right x, wrong-signed multipliers (dependent active rows): look for nonnegative ones. The
     // repair is serial; in a thread group its first member runs it while the others wait, and
     // the verdict goes to all through a workspace slot (w.du is free once the solve is done).
-    const int64_t need = int64_t(k + p) * (k + p) + 6 * int64_t(k + p) + n;
+    const int64_t need = int64_t(k + p) * (k + p) + 6 * int64_t(k + p) + 2 * int64_t(n);
     if (!accept && finite && viol <= set.polish_tol * (1 + hn) && res <= set.polish_tol * (1 + rhs_n) &&
         need <= N0 * N0)
     {

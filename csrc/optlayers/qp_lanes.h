@@ -1,0 +1,503 @@
+// optlayers native QP kernel, host only: the interior point for W problems at once, one per SIMD
+// lane ("batch-interleaved"). Header-only and torch-free, like qp_ipm.h.
+//
+// Why: the serial solver (qp_ipm.h, one problem per thread) runs its loops over one problem's rows,
+// which for the small problems of robotics (n ≈ 12–30) are too short for SIMD and too short to hide
+// the latency of the dependency chains (a Cholesky of a 12×12 matrix is a chain of 12 square roots
+// and 78 dependent updates). Here every scalar of the serial algorithm becomes a vector of W
+// problems' scalars (W = 8 float64 / 16 float32 with AVX-512, half that with AVX2): the same
+// instruction stream, no horizontal reductions, full vectors everywhere, W independent chains.
+//
+// Scope: inequality-only problems (p = 0, m > 0); the equality Schur complement of the serial
+// solver is not implemented here (those problems take the serial path). The interior point is the
+// serial one step for step (qp_ipm.h::solve_qp: scaling, initial point, Mehrotra predictor-corrector
+// on the reduced matrix K = Q + G̃ᵀWG̃ + δI, regularization retry, stopping, stall and
+// infeasibility rules), with per-lane status: a lane that stops is frozen (its iterate no longer
+// changes) while the others go on, and the block ends when every lane has stopped. Two differences:
+//   - no early polish (it pays when an interior-point iteration is expensive; here an iteration
+//     costs a fraction of a polish round, measured in benchmarks/results/native_lanes_cpu.txt), so
+//     the reported iterations are those to full tolerance;
+//   - rounding: K is formed from G̃ (the serial path uses precomputed outer products of a shared G),
+//     so iterates agree with the serial path to round-off, not bit for bit.
+// The polish (active-set solve, NNLS multiplier repair) then runs per problem with the serial code
+// of qp_ipm.h, on the original (un-interleaved) data.
+//
+// Layout: a block's arrays hold Vec<T> elements, index-major: M[i·n + j][lane].
+#pragma once
+
+#if !defined(__CUDACC__)
+
+#include <cmath>
+#include <cstdint>
+
+#include "optlayers/qp_ipm.h"
+
+namespace optlayers {
+namespace lanes {
+
+template <typename T>
+struct Vec {
+  static constexpr int kBytes = HostVec<T>::kBytes;
+  static constexpr int W = int(kBytes / sizeof(T));
+  typedef T type __attribute__((vector_size(kBytes)));
+};
+
+// Lanes per block for scalar type T.
+template <typename T>
+constexpr int width() { return Vec<T>::W; }
+
+#define OL_LANE_INLINE inline __attribute__((always_inline))
+
+template <typename V, typename T>
+OL_LANE_INLINE V splat(T s) { return V{} + s; }
+template <typename V>
+OL_LANE_INLINE V vmax(V a, V b) { return a > b ? a : b; }  // ol_max, lane by lane (same NaN rule)
+template <typename V>
+OL_LANE_INLINE V vmin(V a, V b) { return a < b ? a : b; }  // ol_min
+template <typename V>
+OL_LANE_INLINE V vabs(V a) { return a < V{} ? -a : a; }
+template <typename T, typename V>
+OL_LANE_INLINE V vsqrt(V a) {
+  V r;
+  for (int l = 0; l < Vec<T>::W; ++l) r[l] = std::sqrt(a[l]);
+  return r;
+}
+template <typename M>
+OL_LANE_INLINE bool any(M mask, int W) {
+  for (int l = 0; l < W; ++l)
+    if (mask[l]) return true;
+  return false;
+}
+
+// Workspace of one block, in vectors.
+inline int64_t block_vectors(int n, int m) {
+  return 2 * int64_t(n) * n + int64_t(m) * n + 8 * int64_t(n) + 17 * int64_t(m) + 8;
+}
+
+// Serial workspace (scalars) for the per-problem polish after a block: qp_ipm.h::polish's.
+inline int64_t polish_scalars(int n, int m) {
+  const int64_t N0 = int64_t(n) + m;
+  return N0 * N0 + 6 * N0 + 3 * int64_t(m) + 16;
+}
+
+template <typename T>
+struct State {
+  using V = typename Vec<T>::type;
+  V *Q, *q, *Gt, *h, *gs, *hs, *K, *dinv;
+  V *x, *dx, *dxa, *rd, *Qx, *tn;
+  V *s, *z, *ds, *dz, *dsa, *dza, *rp, *rc, *w, *tm, *sinv;
+};
+
+template <typename T>
+State<T> carve(typename Vec<T>::type* wv, int n, int m) {
+  State<T> st;
+  auto take = [&](int64_t k) { auto* r = wv; wv += k; return r; };
+  st.Q = take(int64_t(n) * n); st.K = take(int64_t(n) * n); st.Gt = take(int64_t(m) * n);
+  st.q = take(n); st.dinv = take(n); st.x = take(n); st.dx = take(n); st.dxa = take(n);
+  st.rd = take(n); st.Qx = take(n); st.tn = take(n);
+  st.h = take(m); st.gs = take(m); st.hs = take(m); st.s = take(m); st.z = take(m); st.ds = take(m);
+  st.dz = take(m); st.dsa = take(m); st.dza = take(m); st.rp = take(m); st.rc = take(m); st.w = take(m);
+  st.tm = take(m); st.sinv = take(m);
+  return st;
+}
+
+// Lower triangle of K ← G̃ᵀ diag(w) G̃ in BI×BJ register tiles (rows i0.., columns j0.. ≥ i0..):
+// K[j][i] = Σ_r (w_r G̃_ri) G̃_rj, the sum over r in registers.
+template <typename T, int BI, int BJ>
+OL_LANE_INLINE void gram_tile(const typename Vec<T>::type* Gt, const typename Vec<T>::type* w, int n, int m, int i0,
+                              int j0, typename Vec<T>::type* K) {
+  using V = typename Vec<T>::type;
+  V acc[BI][BJ];
+  for (int a = 0; a < BI; ++a)
+    for (int b = 0; b < BJ; ++b) acc[a][b] = V{};
+  for (int r = 0; r < m; ++r) {
+    const V* Gr = Gt + int64_t(r) * n;
+    V ci[BI], gj[BJ];
+    for (int a = 0; a < BI; ++a) ci[a] = w[r] * Gr[i0 + a];
+    for (int b = 0; b < BJ; ++b) gj[b] = Gr[j0 + b];
+    for (int a = 0; a < BI; ++a)
+      for (int b = 0; b < BJ; ++b) acc[a][b] += ci[a] * gj[b];
+  }
+  for (int a = 0; a < BI; ++a)
+    for (int b = 0; b < BJ; ++b)
+      if (j0 + b >= i0 + a) K[int64_t(j0 + b) * n + i0 + a] = acc[a][b];
+}
+
+template <typename T, int BI>
+OL_LANE_INLINE void gram_row(const typename Vec<T>::type* Gt, const typename Vec<T>::type* w, int n, int m, int i0,
+                             typename Vec<T>::type* K) {
+  int j0 = i0;
+  for (; j0 + 4 <= n; j0 += 4) gram_tile<T, BI, 4>(Gt, w, n, m, i0, j0, K);
+  switch (n - j0) {
+    case 3: gram_tile<T, BI, 3>(Gt, w, n, m, i0, j0, K); break;
+    case 2: gram_tile<T, BI, 2>(Gt, w, n, m, i0, j0, K); break;
+    case 1: gram_tile<T, BI, 1>(Gt, w, n, m, i0, j0, K); break;
+    default: break;
+  }
+}
+
+// K ← Q + G̃ᵀ diag(w) G̃ + δI (lower triangle).
+template <typename T>
+void form_K(State<T>& st, int n, int m, const typename Vec<T>::type& delta) {
+  int i0 = 0;
+  for (; i0 + 4 <= n; i0 += 4) gram_row<T, 4>(st.Gt, st.w, n, m, i0, st.K);
+  switch (n - i0) {
+    case 3: gram_row<T, 3>(st.Gt, st.w, n, m, i0, st.K); break;
+    case 2: gram_row<T, 2>(st.Gt, st.w, n, m, i0, st.K); break;
+    case 1: gram_row<T, 1>(st.Gt, st.w, n, m, i0, st.K); break;
+    default: break;
+  }
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j <= i; ++j) st.K[int64_t(i) * n + j] += st.Q[int64_t(i) * n + j];
+    st.K[int64_t(i) * n + i] += delta;
+  }
+}
+
+// In-place lower Cholesky of K, lane by lane; returns the mask of lanes whose pivots were all
+// positive (the others hold garbage). dinv ← 1 / diag(L).
+template <typename T>
+auto cholesky(State<T>& st, int n) {
+  using V = typename Vec<T>::type;
+  V* K = st.K;
+  auto ok = V{} == V{};  // all true
+  for (int j = 0; j < n; ++j) {
+    V* Kj = K + int64_t(j) * n;
+    V d = Kj[j];
+    for (int k = 0; k < j; ++k) d -= Kj[k] * Kj[k];
+    ok &= d > V{};
+    const V ljj = vsqrt<T>(d), inv = T(1) / ljj;
+    Kj[j] = ljj;
+    st.dinv[j] = inv;
+    for (int i = j + 1; i < n; ++i) {
+      V* Ki = K + int64_t(i) * n;
+      V a = Ki[j];
+      for (int k = 0; k < j; ++k) a -= Ki[k] * Kj[k];
+      Ki[j] = a * inv;
+    }
+  }
+  return ok;
+}
+
+// r ← (L Lᵀ)⁻¹ r.
+template <typename T>
+void chol_solve(const State<T>& st, int n, typename Vec<T>::type* r) {
+  using V = typename Vec<T>::type;
+  const V* K = st.K;
+  for (int i = 0; i < n; ++i) {
+    V a = r[i];
+    const V* Ki = K + int64_t(i) * n;
+    for (int k = 0; k < i; ++k) a -= Ki[k] * r[k];
+    r[i] = a * st.dinv[i];
+  }
+  for (int i = n - 1; i >= 0; --i) {
+    const V xi = r[i] * st.dinv[i];
+    r[i] = xi;
+    const V* Ki = K + int64_t(i) * n;
+    for (int k = 0; k < i; ++k) r[k] -= Ki[k] * xi;
+  }
+}
+
+// out[r] = Σ_j M[r][j] x[j] for r < rows (row stride n), four rows per pass: four independent
+// multiply-add chains (one chain per row would wait on the FMA latency at every step).
+template <typename T>
+void mat_vec(const typename Vec<T>::type* M, int rows, int n, const typename Vec<T>::type* x,
+             typename Vec<T>::type* out) {
+  using V = typename Vec<T>::type;
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const V *m0 = M + int64_t(r) * n, *m1 = m0 + n, *m2 = m1 + n, *m3 = m2 + n;
+    V a0{}, a1{}, a2{}, a3{};
+    for (int j = 0; j < n; ++j) {
+      const V xj = x[j];
+      a0 += m0[j] * xj; a1 += m1[j] * xj; a2 += m2[j] * xj; a3 += m3[j] * xj;
+    }
+    out[r] = a0; out[r + 1] = a1; out[r + 2] = a2; out[r + 3] = a3;
+  }
+  for (; r < rows; ++r) {
+    const V* mr = M + int64_t(r) * n;
+    V a{};
+    for (int j = 0; j < n; ++j) a += mr[j] * x[j];
+    out[r] = a;
+  }
+}
+
+// out[j] (+)= Σ_r M[r][j] v[r] for j < n: B columns per pass, their sums in registers.
+template <typename T, int B>
+OL_LANE_INLINE void mat_t_cols(const typename Vec<T>::type* M, int rows, int n, const typename Vec<T>::type* v,
+                               typename Vec<T>::type* out, bool acc, int j0) {
+  using V = typename Vec<T>::type;
+  V a[B];
+  for (int b = 0; b < B; ++b) a[b] = acc ? out[j0 + b] : V{};
+  for (int r = 0; r < rows; ++r) {
+    const V vr = v[r];
+    const V* mr = M + int64_t(r) * n + j0;
+    for (int b = 0; b < B; ++b) a[b] += mr[b] * vr;
+  }
+  for (int b = 0; b < B; ++b) out[j0 + b] = a[b];
+}
+
+template <typename T>
+void mat_t_vec(const typename Vec<T>::type* M, int rows, int n, const typename Vec<T>::type* v,
+               typename Vec<T>::type* out, bool acc) {
+  int j0 = 0;
+  for (; j0 + 8 <= n; j0 += 8) mat_t_cols<T, 8>(M, rows, n, v, out, acc, j0);
+  for (; j0 + 4 <= n; j0 += 4) mat_t_cols<T, 4>(M, rows, n, v, out, acc, j0);
+  for (; j0 < n; ++j0) mat_t_cols<T, 1>(M, rows, n, v, out, acc, j0);
+}
+
+// out = G̃ x (m) and out (+)= G̃ᵀ v (n).
+template <typename T>
+void g_times(const State<T>& st, int n, int m, const typename Vec<T>::type* x, typename Vec<T>::type* out) {
+  mat_vec<T>(st.Gt, m, n, x, out);
+}
+template <typename T>
+void gt_times(const State<T>& st, int n, int m, const typename Vec<T>::type* v, typename Vec<T>::type* out, bool acc) {
+  mat_t_vec<T>(st.Gt, m, n, v, out, acc);
+}
+
+// Factor K at the current w, with the serial path's retry (shift grown to
+// max(δ·kRegGrowth, relative_shift·max diag K) on the lanes whose first try failed).
+template <typename T>
+auto factor(State<T>& st, int n, int m, const typename Vec<T>::type& delta) {
+  using V = typename Vec<T>::type;
+  form_K(st, n, m, delta);
+  auto ok = cholesky(st, n);
+  if (any(~ok, Vec<T>::W)) {
+    form_K(st, n, m, delta);
+    V dmax{};
+    for (int i = 0; i < n; ++i) dmax = vmax(dmax, st.K[int64_t(i) * n + i]);
+    const V extra = vmax(delta * T(kRegGrowth), relative_shift<T>() * dmax) - delta;
+    const V add = ok ? V{} : extra;  // lanes that factored keep their (identical) first factor
+    for (int i = 0; i < n; ++i) st.K[int64_t(i) * n + i] += add;
+    ok = cholesky(st, n);
+  }
+  return ok;
+}
+
+// Newton step for residuals (rd, rp, rc): dx, ds, dz (serial newton_step with p = 0).
+template <typename T>
+void newton_step(State<T>& st, int n, int m, const typename Vec<T>::type* rc, typename Vec<T>::type* dx,
+                 typename Vec<T>::type* ds, typename Vec<T>::type* dz) {
+  for (int i = 0; i < m; ++i) st.tm[i] = rc[i] * st.sinv[i] - st.w[i] * st.rp[i];
+  for (int j = 0; j < n; ++j) dx[j] = -st.rd[j];
+  gt_times(st, n, m, st.tm, dx, true);
+  chol_solve(st, n, dx);
+  g_times(st, n, m, dx, st.tm);
+  for (int i = 0; i < m; ++i) {
+    dz[i] = st.w[i] * (st.tm[i] + st.rp[i]) - rc[i] * st.sinv[i];
+    ds[i] = -st.rp[i] - st.tm[i];
+  }
+}
+
+// Largest α with v + α dv ≥ 0, lane by lane (∞ where dv ≥ 0), for v > 0. The minimum of the
+// ratios v_i / (−dv_i) is found by cross-multiplication (a/b < A/B ⟺ a·B < A·b for b, B > 0) and
+// divided once: a division per row would make this the most expensive loop of an iteration.
+template <typename T>
+typename Vec<T>::type max_step(const typename Vec<T>::type* v, const typename Vec<T>::type* dv, int k) {
+  using V = typename Vec<T>::type;
+  V A = splat<V>(T(1)), B{};  // A / B = ∞ until a row with dv < 0 is seen
+  for (int i = 0; i < k; ++i) {
+    const V b = -dv[i];
+    const auto take = (b > V{}) & (v[i] * B < A * b | B == V{});
+    A = take ? v[i] : A;
+    B = take ? b : B;
+  }
+  return B > V{} ? A / B : splat<V>(ol_inf<T>());
+}
+
+// Where to read problem `i`'s data: base pointers and batch strides (0: shared by the batch).
+template <typename T>
+struct BatchData {
+  const T *Q, *q, *G, *h;
+  int64_t sQ, sq, sG, sh;
+  int n, m;
+};
+
+// Solve the problems [i0, i0 + count) (count ≤ W; the other lanes repeat the last problem and are
+// discarded). Outputs go to x[i·n], lam[i·m], status[i], iters[i] for i in the block, then the serial
+// polish runs per problem (with `keep`, the kept-factor slots of factor_size scalars, or null).
+// `wv`: block_vectors(n, m) vectors; `pw`: polish_scalars(n, m) scalars.
+template <typename T>
+void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T>& set,
+                 typename Vec<T>::type* wv, T* pw, T* x_out, T* lam_out, int8_t* status_out, int32_t* iters_out,
+                 T* keep) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::W;
+  const int n = bd.n, m = bd.m;
+  State<T> st = carve<T>(wv, n, m);
+  const V zero{}, one = splat<V>(T(1)), inf = splat<V>(ol_inf<T>());
+
+  // Interleave the block's data.
+  for (int l = 0; l < W; ++l) {
+    const int64_t i = i0 + (l < count ? l : count - 1);
+    const T *Q = bd.Q + i * bd.sQ, *q = bd.q + i * bd.sq, *G = bd.G + i * bd.sG, *h = bd.h + i * bd.sh;
+    for (int64_t e = 0; e < int64_t(n) * n; ++e) st.Q[e][l] = Q[e];
+    for (int j = 0; j < n; ++j) st.q[j][l] = q[j];
+    for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gt[e][l] = G[e];
+    for (int r = 0; r < m; ++r) st.h[r][l] = h[r];
+  }
+  // Row scales and G̃ = diag(gs) G; δ = kkt_reg · max(1, |Q|, |G̃|).
+  V scale = one;
+  for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = vmax(scale, vabs(st.Q[e]));
+  for (int r = 0; r < m; ++r) {
+    V* Gr = st.Gt + int64_t(r) * n;
+    V acc{};
+    for (int j = 0; j < n; ++j) acc += Gr[j] * Gr[j];
+    const V gs = acc > zero ? one / vsqrt<T>(acc) : one;
+    st.gs[r] = gs;
+    for (int j = 0; j < n; ++j) {
+      Gr[j] *= gs;
+      scale = vmax(scale, vabs(Gr[j]));
+    }
+    st.hs[r] = st.h[r] * gs;
+  }
+  const V delta = set.kkt_reg * scale;
+
+  // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃), s = h̃ − G̃x and z = −(h̃ − G̃x), both shifted to ≥ 1.
+  for (int r = 0; r < m; ++r) st.w[r] = one;
+  auto ok = factor(st, n, m, delta);
+  for (int j = 0; j < n; ++j) st.x[j] = -st.q[j];
+  gt_times(st, n, m, st.hs, st.x, true);
+  chol_solve(st, n, st.x);
+  g_times(st, n, m, st.x, st.tm);
+  V smin = inf, zmin = inf;
+  for (int r = 0; r < m; ++r) {
+    st.s[r] = st.hs[r] - st.tm[r];
+    smin = vmin(smin, st.s[r]);
+    zmin = vmin(zmin, -st.s[r]);
+  }
+  const V shift_s = vmax(one - smin, zero), shift_z = vmax(one - zmin, zero);
+  for (int r = 0; r < m; ++r) {
+    const V s0 = st.s[r];
+    st.s[r] = s0 + shift_s;
+    st.z[r] = -s0 + shift_z;
+  }
+  V qn{}, hn{};
+  for (int j = 0; j < n; ++j) qn = vmax(qn, vabs(st.q[j]));
+  for (int r = 0; r < m; ++r) hn = vmax(hn, vabs(st.hs[r]));
+
+  // Per-lane status: `active` lanes iterate; the others keep their code and iteration count.
+  auto active = ok;
+  V code = ok ? splat<V>(T(kMaxIter)) : splat<V>(T(kNumericalError));
+  V iters{};
+  V best = inf, best_sz = inf, best_cert = inf, stall{};
+  const T tol = set.tol, itol = set.inf_tol;
+  int it = 0;
+  for (; any(active, W) && it <= set.max_iter; ++it) {
+    const V itv = splat<V>(T(it));
+    auto finish = [&](decltype(active) cond, int c) {
+      const auto now = active & cond;
+      code = now ? splat<V>(T(c)) : code;
+      iters = now ? itv : iters;
+      active &= ~cond;
+    };
+    // Residuals.
+    mat_vec<T>(st.Q, n, n, st.x, st.Qx);
+    g_times(st, n, m, st.x, st.tm);          // G̃x
+    gt_times(st, n, m, st.z, st.tn, false);  // G̃ᵀz
+    V Gxn{}, Qxn{}, Gtzn{}, Gx_pos{}, rpn{}, rdn{};
+    V sz{}, qx{}, xQx{}, hz{}, xx{}, ss{};
+    for (int i = 0; i < n; ++i) {
+      Qxn = vmax(Qxn, vabs(st.Qx[i]));
+      Gtzn = vmax(Gtzn, vabs(st.tn[i]));
+      st.rd[i] = st.Qx[i] + st.q[i] + st.tn[i];
+      rdn = vmax(rdn, vabs(st.rd[i]));
+      qx += st.q[i] * st.x[i];
+      xQx += st.x[i] * st.Qx[i];
+      xx += st.x[i] * st.x[i];
+    }
+    for (int r = 0; r < m; ++r) {
+      Gxn = vmax(Gxn, vabs(st.tm[r]));
+      Gx_pos = vmax(Gx_pos, st.tm[r]);
+      st.rp[r] = st.tm[r] + st.s[r] - st.hs[r];
+      rpn = vmax(rpn, vabs(st.rp[r]));
+      sz += st.s[r] * st.z[r];
+      hz += st.hs[r] * st.z[r];
+      ss += st.s[r] * st.s[r];
+    }
+    const V mu = sz / T(m);
+    const V gap = sz / (one + vabs(T(0.5) * xQx + qx));
+    const V pres = vmax(rpn / (one + vmax(hn, Gxn)), zero);
+    const V dres = rdn / (one + vmax(vmax(qn, Qxn), Gtzn));
+    const auto converged = (pres <= tol) & (dres <= tol) & (gap <= tol);
+    const V t_p = -hz;
+    const auto primal_inf = (t_p > zero) & (Gtzn <= itol * t_p);
+    const V ray = vmax(vmax(Qxn, zero), vmax(Gx_pos, zero));
+    const auto dual_inf = (qx < zero) & (ray <= itol * (-qx));
+    const V total = sz + xx + ss;
+    const auto broken = ~(vabs(total) < inf);
+    finish(broken, kNumericalError);
+    finish(converged, kSolved);
+    finish(primal_inf, kPrimalInfeasible);
+    finish(dual_inf, kDualInfeasible);
+    // Stall rule (serial solve_qp): progress in the merit, sᵀz or the certificate ratio.
+    const V merit = vmax(vmax(pres, dres), gap);
+    const V cert = vmin(t_p > zero ? Gtzn / t_p : inf, qx < zero ? ray / (-qx) : inf);
+    const auto progress = (merit < T(kStallDecrease) * best) | (sz < T(kStallDecrease) * best_sz) |
+                          (cert < T(kStallDecrease) * best_cert);
+    best = progress ? vmin(best, merit) : best;
+    best_sz = progress ? vmin(best_sz, sz) : best_sz;
+    best_cert = progress ? vmin(best_cert, cert) : best_cert;
+    stall = progress ? zero : stall + one;
+    finish((itv == splat<V>(T(set.max_iter))) | (stall >= T(kStallIters)), kMaxIter);
+    if (!any(active, W)) break;
+
+    // Factor the reduced system at W = Z S⁻¹.
+    // One division per row and iteration: w = z/s and the r_c/s of both Newton steps use 1/s.
+    for (int r = 0; r < m; ++r) {
+      st.sinv[r] = T(1) / st.s[r];
+      st.w[r] = st.z[r] * st.sinv[r];
+    }
+    finish(~factor(st, n, m, delta), kNumericalError);
+    if (!any(active, W)) break;
+    // Predictor.
+    for (int r = 0; r < m; ++r) st.rc[r] = st.s[r] * st.z[r];
+    newton_step(st, n, m, st.rc, st.dxa, st.dsa, st.dza);
+    const V aa = vmin(one, vmin(max_step<T>(st.s, st.dsa, m), max_step<T>(st.z, st.dza, m)));
+    V mu_aff{};
+    for (int r = 0; r < m; ++r) mu_aff += (st.s[r] + aa * st.dsa[r]) * (st.z[r] + aa * st.dza[r]);
+    mu_aff /= T(m);
+    const V ratio = vmin(vmax(mu_aff / mu, zero), one);
+    const V sigma = ratio * ratio * ratio;
+    // Corrector.
+    for (int r = 0; r < m; ++r) st.rc[r] = st.s[r] * st.z[r] + st.dsa[r] * st.dza[r] - sigma * mu;
+    newton_step(st, n, m, st.rc, st.dx, st.ds, st.dz);
+    const V alpha = vmin(one, set.step_to_boundary * vmin(max_step<T>(st.s, st.ds, m), max_step<T>(st.z, st.dz, m)));
+    // Frozen lanes keep their iterate exactly (a select, not α = 0: their steps may be NaN).
+    for (int j = 0; j < n; ++j) st.x[j] = active ? st.x[j] + alpha * st.dx[j] : st.x[j];
+    for (int r = 0; r < m; ++r) {
+      st.s[r] = active ? st.s[r] + alpha * st.ds[r] : st.s[r];
+      st.z[r] = active ? st.z[r] + alpha * st.dz[r] : st.z[r];
+    }
+  }
+  // Lanes still active here ran out of iterations (the serial loop's `it > max_iter` exit).
+  iters = active ? splat<V>(T(it)) : iters;
+
+  // Write the interior-point result, then polish each problem with the serial code.
+  for (int l = 0; l < count; ++l) {
+    const int64_t i = i0 + l;
+    T* x = x_out + int64_t(l) * n;
+    T* lam = lam_out + int64_t(l) * m;
+    for (int j = 0; j < n; ++j) x[j] = st.x[j][l];
+    for (int r = 0; r < m; ++r) lam[r] = st.z[r][l] * st.gs[r][l];
+    status_out[l] = int8_t(code[l]);
+    iters_out[l] = int32_t(iters[l]);
+    T* kp = keep != nullptr ? keep + int64_t(l) * factor_size(n, m, 0) : nullptr;
+    if (kp != nullptr) {  // as solve_qp: zeros, and no factor until the polish keeps one
+      const int64_t fs = factor_size(n, m, 0);
+      for (int64_t e = 0; e < fs - 1; ++e) kp[e] = T(0);
+      kp[fs - 1] = T(-1);
+    }
+    if (set.polish) {
+      Problem<T> d{bd.Q + i * bd.sQ, bd.q + i * bd.sq, bd.G + i * bd.sG, bd.h + i * bd.sh, nullptr, nullptr, n, m, 0};
+      polish(SerialGroup{}, d, set, pw, x, lam, static_cast<T*>(nullptr), status_out + l, kPolishRounds, kp);
+    }
+  }
+}
+
+#undef OL_LANE_INLINE
+
+}  // namespace lanes
+}  // namespace optlayers
+
+#endif  // !__CUDACC__

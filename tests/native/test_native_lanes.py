@@ -1,0 +1,144 @@
+"""The batch-interleaved CPU interior point (csrc/optlayers/qp_lanes.h) against the serial one.
+
+``OPTLAYERS_CPU_LANES=1`` forces the lane path for every inequality-only batch, ``=0`` turns it
+off (the C++ op reads it per call). Both paths must agree to round-off after the polish, with the
+same status per problem, also when one block of lanes mixes solved, infeasible and unbounded
+problems (a stopped lane is frozen while the others go on), for partial blocks, shared data,
+float32 and gradients.
+"""
+
+import pytest
+import torch
+
+import optlayers as ol
+from optlayers._src.native.backend import native_status
+
+ok, why = native_status()
+pytestmark = pytest.mark.skipif(not ok, reason=f"native kernel unavailable: {why}")
+
+S = ol.Status
+
+
+def _solve(lanes: bool, monkeypatch, *args, **kw):
+    monkeypatch.setenv("OPTLAYERS_CPU_LANES", "1" if lanes else "0")
+    kw.setdefault("on_failure", "nan")
+    return ol.solve_qp(*args, backend="native", return_solution=True, **kw)
+
+
+@pytest.mark.parametrize("B,n,m", [(1, 3, 4), (7, 12, 41), (8, 5, 9), (17, 20, 30), (64, 33, 20)])
+@pytest.mark.parametrize("shared", [(), ("Q", "G")])
+def test_lanes_match_serial_and_planted(B, n, m, shared, monkeypatch):
+    P = ol.testing.random_qp(B, n, m, 0, seed=B + n + m, shared=shared)
+    Q, q, G, h = P.data()[:4]
+    lanes = _solve(True, monkeypatch, Q, q, G, h)
+    serial = _solve(False, monkeypatch, Q, q, G, h)
+    assert lanes.status.tolist() == [S.SOLVED] * B
+    for a, b, ref in ((lanes.x, serial.x, P.x), (lanes.lam, serial.lam, P.lam)):
+        assert float((a - ref).abs().max()) < 1e-10
+        assert float((a - b).abs().max()) < 1e-10
+
+
+def test_lanes_lps_and_shared_h(monkeypatch):
+    """LPs (Q = 0: vertex solutions, the stall rule's hard case) and h shared by the batch."""
+    P = ol.testing.random_qp(24, 10, 25, 0, lp=True, seed=5, shared=("G",))
+    Q, q, G, h = P.data()[:4]
+    lanes = _solve(True, monkeypatch, Q, q, G, h)
+    assert lanes.status.tolist() == [S.SOLVED] * 24
+    assert float((lanes.x - P.x).abs().max()) < 1e-9
+    h0 = h[0]  # shared h: the same bounds for a batch of different objectives
+    lanes = _solve(True, monkeypatch, Q, q, G, h0)
+    serial = _solve(False, monkeypatch, Q, q, G, h0)
+    assert lanes.status.tolist() == serial.status.tolist()
+    ok = lanes.status == S.SOLVED
+    assert bool(ok.any())
+    assert float((lanes.x[ok] - serial.x[ok]).abs().max()) < 1e-9
+
+
+def _mixed_block(d=torch.float64):
+    """Ten 2-variable problems in one block: feasible ones, a primal infeasible one
+    (x₀ ≥ 1, x₀ ≤ −1) and an unbounded LP (min −x₀ − x₁ s.t. −x ≤ 0)."""
+    g = torch.Generator().manual_seed(0)
+    B, n = 10, 2
+    Q = torch.eye(n, dtype=d).repeat(B, 1, 1)
+    q = torch.randn(B, n, generator=g, dtype=d)
+    G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).repeat(B, 1, 1)
+    h = torch.ones(B, 2 * n, dtype=d)
+    G[3] = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=d)
+    h[3] = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=d)
+    Q[6] = 0
+    q[6] = -1
+    G[6] = torch.cat([-torch.eye(n, dtype=d), -torch.eye(n, dtype=d)])
+    h[6] = 0
+    return Q, q, G, h
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lanes_mixed_statuses_in_one_block(dtype, monkeypatch):
+    Q, q, G, h = _mixed_block(dtype)
+    lanes = _solve(True, monkeypatch, Q, q, G, h)
+    serial = _solve(False, monkeypatch, Q, q, G, h)
+    want = [S.SOLVED] * 10
+    want[3], want[6] = S.PRIMAL_INFEASIBLE, S.DUAL_INFEASIBLE
+    assert lanes.status.tolist() == want == serial.status.tolist()
+    ok = lanes.status == S.SOLVED
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert float((lanes.x[ok] - serial.x[ok]).abs().max()) < tol
+    # Each solved problem equals its own solve: the stopped lanes did not disturb the others.
+    for i in torch.nonzero(ok).flatten().tolist():
+        alone = _solve(False, monkeypatch, Q[i], q[i], G[i], h[i])
+        assert float((lanes.x[i] - alone.x).abs().max()) < tol
+    # Without the polish (which would hide a drifting iterate) a lane that stopped early keeps its
+    # last iterate: same iterations and the serial iterate to round-off.
+    lanes = _solve(True, monkeypatch, Q, q, G, h, polish=False)
+    serial = _solve(False, monkeypatch, Q, q, G, h, polish=False)
+    assert lanes.status.tolist() == want
+    assert lanes.iterations.tolist() == serial.iterations.tolist()
+    assert len(set(lanes.iterations[ok].tolist())) > 1  # the lanes did stop at different iterations
+    assert float((lanes.x[ok] - serial.x[ok]).abs().max()) < (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def test_lanes_iteration_limit_without_polish(monkeypatch):
+    P = ol.testing.random_qp(11, 10, 12, 0, seed=3)
+    sol = _solve(True, monkeypatch, *P.data()[:4], max_iter=1, polish=False)
+    assert sol.status.tolist() == [S.MAX_ITER] * 11
+    assert bool((sol.iterations == 1).all())
+    full = _solve(True, monkeypatch, *P.data()[:4], polish=False)
+    ser = _solve(False, monkeypatch, *P.data()[:4], polish=False)
+    assert full.status.tolist() == [S.SOLVED] * 11
+    # Without polish the lane path is the serial interior point step for step (no early polish
+    # on either side here), so the iteration counts agree.
+    assert full.iterations.tolist() == ser.iterations.tolist()
+    assert float((full.x - ser.x).abs().max()) < 1e-8
+
+
+def test_lanes_float32(monkeypatch):
+    P = ol.testing.random_qp(40, 12, 20, 0, seed=9, dtype=torch.float32, shared=("G",))
+    lanes = _solve(True, monkeypatch, *P.data()[:4])
+    assert lanes.status.tolist() == [S.SOLVED] * 40
+    assert float((lanes.x - P.x).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("shared", [(), ("G",)])
+def test_lanes_gradients_match_serial(shared, monkeypatch):
+    P = ol.testing.random_qp(19, 9, 14, 0, seed=2, shared=shared)
+    w = torch.randn(19, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for lanes in (True, False):
+        monkeypatch.setenv("OPTLAYERS_CPU_LANES", "1" if lanes else "0")
+        Q, q, G, h = (t.clone().requires_grad_() for t in P.data()[:4])
+        x = ol.solve_qp(Q, q, G, h, backend="native")
+        (x * w).sum().backward()
+        grads.append([t.grad for t in (Q, q, G, h)])
+    for a, b in zip(*grads):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_auto_uses_lanes_only_where_it_applies(monkeypatch):
+    """Unset: inequality-only batches of ≥ 2 blocks with n ≤ 32 take the lanes; with equalities
+    the serial path runs. Both give the planted solution (the choice is invisible but for speed)."""
+    monkeypatch.delenv("OPTLAYERS_CPU_LANES", raising=False)
+    for p in (0, 2):
+        P = ol.testing.random_qp(40, 10, 12, p, seed=4)
+        sol = ol.solve_qp(*P.data(), backend="native", return_solution=True)
+        assert float((sol.x - P.x).abs().max()) < 1e-10
