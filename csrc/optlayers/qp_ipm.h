@@ -1033,9 +1033,12 @@ OL_HD void keep_factor(const Grp& g, const KKTWork<T>& w, const T* inset, int n,
 // negative sign although a nonnegative choice exists. Given the polished x, find y = (λ_𝒜 ≥ 0, ν
 // free) minimizing ‖C_𝒜ᵀλ + Aᵀν + Qx + q‖ by Lawson–Hanson NNLS (ν always passive). Returns true,
 // with y written to u[n…n+k+p), when the stationarity residual is ≤ tol; `scratch` holds (k+p)² +
-// 6(k+p) + 2n scalars.
+// 6(k+p) + 2n scalars, or `scratch_size` ≥ 2(k+p)² + 6(k+p) + 2n of them, in which case the Gram
+// matrix of all k + p rows is computed once up front (same numbers, fewer dot products: every
+// Lawson–Hanson step otherwise recomputes the passive rows' Gram matrix).
 template <typename T>
-OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol, T* u, T* scratch) {
+OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol, T* u, T* scratch,
+                              int64_t scratch_size = 0) {
   const int n = d.n, p = d.p, c = k + p;
   T* gram = scratch;              // c×c Cholesky of the passive-set Gram matrix (compacted)
   T* y = gram + int64_t(c) * c;   // current multipliers
@@ -1045,8 +1048,13 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
   int* idx = reinterpret_cast<int*>(inP + c);  // passive index list (c ints in 2c scalars)
   T* r = inP + 3 * c;             // residual Mᵀy + g (n)
   T* gq = r + n;                  // the gradient g = Qx + q (n), fixed during the repair
+  const int64_t base = int64_t(c) * c + 6 * int64_t(c) + 2 * int64_t(n);
+  T* full = scratch_size >= base + int64_t(c) * c ? gq + n : nullptr;  // c×c Gram of all rows
   const T* x = u;
   auto row = [&](int j) { return j < k ? d.G + int64_t(act[j]) * n : d.A + int64_t(j - k) * n; };
+  if (full != nullptr)
+    for (int a = 0; a < c; ++a)
+      for (int b = 0; b <= a; ++b) full[a * c + b] = dot_serial(row(a), row(b), n);
   T gn = 0;
   for (int i = 0; i < n; ++i) {
     gq[i] = dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i];
@@ -1063,7 +1071,8 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
     for (int j = 0; j < c; ++j)
       if (inP[j] > T(0.5)) idx[np++] = j;
     for (int a = 0; a < np; ++a)
-      for (int b = 0; b <= a; ++b) gram[a * np + b] = dot_serial(row(idx[a]), row(idx[b]), n);
+      for (int b = 0; b <= a; ++b)
+        gram[a * np + b] = full != nullptr ? full[idx[a] * c + idx[b]] : dot_serial(row(idx[a]), row(idx[b]), n);
     for (int j = 0; j < c; ++j) sol[j] = 0;
     if (np == 0) return true;
     if (!cholesky(SerialGroup{}, gram, np)) return false;
@@ -1190,7 +1199,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
         need <= N0 * N0)
     {
       if constexpr (Grp::kSerial) {
-        accept = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU);
+        accept = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU, N0 * N0);
       } else {
         g.sync();  // every member is done reading u and w.du
         if (g.rank() == 0) w.du[0] = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU) ? T(1) : T(0);

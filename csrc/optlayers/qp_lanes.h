@@ -69,15 +69,21 @@ OL_LANE_INLINE bool any(M mask, int W) {
   return false;
 }
 
-// Workspace of one block, in vectors.
+// Workspace of one block, in vectors: the interior point's, then the active-set KKT system's
+// (raw G, the two Cholesky factors, L⁻¹G̃ᵀ rows, vectors).
 inline int64_t block_vectors(int n, int m) {
-  return 2 * int64_t(n) * n + int64_t(m) * n + 8 * int64_t(n) + 17 * int64_t(m) + 8;
+  const int64_t ipm = 2 * int64_t(n) * n + int64_t(m) * n + 8 * int64_t(n) + 17 * int64_t(m);
+  const int64_t kkt = 2 * int64_t(m) * n + int64_t(n) * n + int64_t(m) * m + 8 * int64_t(n) + 10 * int64_t(m);
+  return ipm + kkt + 8;
 }
 
-// Serial workspace (scalars) for the per-problem polish after a block: qp_ipm.h::polish's.
+// Serial workspace (scalars) beside a block: for the per-problem fallbacks (qp_ipm.h's polish,
+// multiplier repair and kkt_backward).
 inline int64_t polish_scalars(int n, int m) {
   const int64_t N0 = int64_t(n) + m;
-  return N0 * N0 + 6 * N0 + 3 * int64_t(m) + 16;
+  const int64_t pol = N0 * N0 + 6 * N0 + 3 * int64_t(m) + 16;
+  const int64_t bwd = backward_workspace_size(n, m, 0);
+  return pol > bwd ? pol : bwd;
 }
 
 template <typename T>
@@ -86,6 +92,11 @@ struct State {
   V *Q, *q, *Gt, *h, *gs, *hs, *K, *dinv;
   V *x, *dx, *dxa, *rd, *Qx, *tn;
   V *s, *z, *ds, *dz, *dsa, *dza, *rp, *rc, *w, *tm, *sinv;
+  // Active-set KKT system (polish, backward).
+  V *Gr, *L, *dL, *Vr, *S, *dS, *act;
+  V *ux, *rx, *cx, *t, *tx, *xs;
+  V *ua, *ra, *ca, *b, *gx, *ls;
+  int* rows;  // rows active in some lane (int slots in the vector workspace)
 };
 
 template <typename T>
@@ -98,6 +109,11 @@ State<T> carve(typename Vec<T>::type* wv, int n, int m) {
   st.h = take(m); st.gs = take(m); st.hs = take(m); st.s = take(m); st.z = take(m); st.ds = take(m);
   st.dz = take(m); st.dsa = take(m); st.dza = take(m); st.rp = take(m); st.rc = take(m); st.w = take(m);
   st.tm = take(m); st.sinv = take(m);
+  st.Gr = take(int64_t(m) * n); st.L = take(int64_t(n) * n); st.dL = take(n); st.Vr = take(int64_t(m) * n);
+  st.S = take(int64_t(m) * m); st.dS = take(m); st.act = take(m);
+  st.ux = take(n); st.rx = take(n); st.cx = take(n); st.t = take(n); st.tx = take(n); st.xs = take(n);
+  st.ua = take(m); st.ra = take(m); st.ca = take(m); st.b = take(m); st.gx = take(m); st.ls = take(m);
+  st.rows = reinterpret_cast<int*>(take(m));  // m ints fit in m vectors
   return st;
 }
 
@@ -153,21 +169,21 @@ void form_K(State<T>& st, int n, int m, const typename Vec<T>::type& delta) {
   }
 }
 
-// In-place lower Cholesky of K, lane by lane; returns the mask of lanes whose pivots were all
-// positive (the others hold garbage). dinv ← 1 / diag(L).
+// In-place lower Cholesky of the n×n matrix K (row-major, lower triangle read), lane by lane;
+// dinv ← 1 / diag(L). Returns the mask of lanes whose pivots (before the square root) all
+// exceeded `thr` (the others hold garbage).
 template <typename T>
-auto cholesky(State<T>& st, int n) {
+auto chol(typename Vec<T>::type* K, typename Vec<T>::type* dinv, int n, typename Vec<T>::type thr) {
   using V = typename Vec<T>::type;
-  V* K = st.K;
   auto ok = V{} == V{};  // all true
   for (int j = 0; j < n; ++j) {
     V* Kj = K + int64_t(j) * n;
     V d = Kj[j];
     for (int k = 0; k < j; ++k) d -= Kj[k] * Kj[k];
-    ok &= d > V{};
+    ok &= d > thr;
     const V ljj = vsqrt<T>(d), inv = T(1) / ljj;
     Kj[j] = ljj;
-    st.dinv[j] = inv;
+    dinv[j] = inv;
     for (int i = j + 1; i < n; ++i) {
       V* Ki = K + int64_t(i) * n;
       V a = Ki[j];
@@ -178,23 +194,39 @@ auto cholesky(State<T>& st, int n) {
   return ok;
 }
 
+// r ← L⁻¹ r and r ← L⁻ᵀ r for a factor of chol (n×n, dinv).
+template <typename T>
+void tri_lower(const typename Vec<T>::type* L, const typename Vec<T>::type* dinv, int n, typename Vec<T>::type* r) {
+  using V = typename Vec<T>::type;
+  for (int i = 0; i < n; ++i) {
+    V a = r[i];
+    const V* Li = L + int64_t(i) * n;
+    for (int k = 0; k < i; ++k) a -= Li[k] * r[k];
+    r[i] = a * dinv[i];
+  }
+}
+template <typename T>
+void tri_upper(const typename Vec<T>::type* L, const typename Vec<T>::type* dinv, int n, typename Vec<T>::type* r) {
+  using V = typename Vec<T>::type;
+  for (int i = n - 1; i >= 0; --i) {
+    const V xi = r[i] * dinv[i];
+    r[i] = xi;
+    const V* Li = L + int64_t(i) * n;
+    for (int k = 0; k < i; ++k) r[k] -= Li[k] * xi;
+  }
+}
+
+template <typename T>
+auto cholesky(State<T>& st, int n) {
+  using V = typename Vec<T>::type;
+  return chol<T>(st.K, st.dinv, n, V{});
+}
+
 // r ← (L Lᵀ)⁻¹ r.
 template <typename T>
 void chol_solve(const State<T>& st, int n, typename Vec<T>::type* r) {
-  using V = typename Vec<T>::type;
-  const V* K = st.K;
-  for (int i = 0; i < n; ++i) {
-    V a = r[i];
-    const V* Ki = K + int64_t(i) * n;
-    for (int k = 0; k < i; ++k) a -= Ki[k] * r[k];
-    r[i] = a * st.dinv[i];
-  }
-  for (int i = n - 1; i >= 0; --i) {
-    const V xi = r[i] * st.dinv[i];
-    r[i] = xi;
-    const V* Ki = K + int64_t(i) * n;
-    for (int k = 0; k < i; ++k) r[k] -= Ki[k] * xi;
-  }
+  tri_lower<T>(st.K, st.dinv, n, r);
+  tri_upper<T>(st.K, st.dinv, n, r);
 }
 
 // out[r] = Σ_j M[r][j] x[j] for r < rows (row stride n), four rows per pass: four independent
@@ -305,6 +337,139 @@ typename Vec<T>::type max_step(const typename Vec<T>::type* v, const typename Ve
   return B > V{} ? A / B : splat<V>(ol_inf<T>());
 }
 
+
+// ----------------------------------------------------------------------------------------------
+// The active-set KKT system of a block (the compact system of qp_ipm.h, for polish and backward)
+//
+//   ⎡ Q + δI   G_𝒜ᵀ ⎤ ⎡u_x⎤   ⎡r_x⎤
+//   ⎣ G_𝒜      −δI  ⎦ ⎣u_𝒜⎦ = ⎣r_𝒜⎦,      inactive rows: u_i = r_i,
+//
+// by the range-space method instead of an LU with pivoting: with H = Q + δI = LLᵀ and v_i = L⁻¹g_i,
+//   (G_𝒜 H⁻¹ G_𝒜ᵀ + δI) u_𝒜 = G_𝒜 H⁻¹ r_x − r_𝒜,      u_x = H⁻¹ (r_x − G_𝒜ᵀ u_𝒜),
+// the first matrix, S = D (V Vᵀ) D + δI, formed on the rows active in some lane (a lane where such a
+// row is inactive gets an identity row). Without pivoting this needs H well conditioned: a lane
+// whose Cholesky pivot of H falls below relative_shift · max diag H (an LP, a singular Q) is
+// reported and takes the serial LU path. Solutions are refined against the exact (δ = 0) matrix
+// as in the serial kkt_refined_solve; `st.act` holds the 0/1 active mask, `st.Gr` the raw G.
+
+template <typename T>
+auto kkt_factor(State<T>& st, int n, int m, const typename Vec<T>::type& delta, int& nrows) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::W;
+  V dmax{};
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j <= i; ++j) st.L[int64_t(i) * n + j] = st.Q[int64_t(i) * n + j];
+    st.L[int64_t(i) * n + i] += delta;
+    dmax = vmax(dmax, st.L[int64_t(i) * n + i]);
+  }
+  auto ok = chol<T>(st.L, st.dL, n, relative_shift<T>() * dmax);
+  nrows = 0;
+  for (int r = 0; r < m; ++r)
+    if (any(st.act[r] > V{}, W)) st.rows[nrows++] = r;
+  for (int c = 0; c < nrows; ++c) {
+    V* v = st.Vr + int64_t(c) * n;
+    const V* g = st.Gr + int64_t(st.rows[c]) * n;
+    for (int j = 0; j < n; ++j) v[j] = g[j];
+    tri_lower<T>(st.L, st.dL, n, v);
+  }
+  const V one = splat<V>(T(1));
+  for (int c = 0; c < nrows; ++c) {
+    const V* vc = st.Vr + int64_t(c) * n;
+    const V ac = st.act[st.rows[c]];
+    V* Sc = st.S + int64_t(c) * nrows;
+    for (int e = 0; e <= c; ++e) {
+      const V* ve = st.Vr + int64_t(e) * n;
+      V a{};
+      for (int j = 0; j < n; ++j) a += vc[j] * ve[j];
+      Sc[e] = a * ac * st.act[st.rows[e]];
+    }
+    Sc[c] = ac > V{} ? Sc[c] + delta : one;
+  }
+  ok &= chol<T>(st.S, st.dS, nrows, V{});
+  return ok;
+}
+
+// (ux, ua) ← K_δ⁻¹ (rx, ra) with the factors of kkt_factor (in place allowed: ux = rx, ua = ra).
+template <typename T>
+void kkt_solve_once(State<T>& st, int n, int m, int nrows, const typename Vec<T>::type* rx,
+                    const typename Vec<T>::type* ra, typename Vec<T>::type* ux, typename Vec<T>::type* ua) {
+  using V = typename Vec<T>::type;
+  for (int j = 0; j < n; ++j) st.t[j] = rx[j];
+  tri_lower<T>(st.L, st.dL, n, st.t);
+  for (int c = 0; c < nrows; ++c) {
+    const int r = st.rows[c];
+    const V* v = st.Vr + int64_t(c) * n;
+    V d{};
+    for (int j = 0; j < n; ++j) d += v[j] * st.t[j];
+    st.b[c] = st.act[r] > V{} ? d - ra[r] : ra[r];
+  }
+  tri_lower<T>(st.S, st.dS, nrows, st.b);
+  tri_upper<T>(st.S, st.dS, nrows, st.b);
+  for (int r = 0; r < m; ++r) ua[r] = ra[r];
+  for (int c = 0; c < nrows; ++c) ua[st.rows[c]] = st.b[c];
+  for (int j = 0; j < n; ++j) st.tx[j] = st.t[j];
+  for (int c = 0; c < nrows; ++c) {
+    const int r = st.rows[c];
+    const V coef = st.act[r] * ua[r];
+    const V* v = st.Vr + int64_t(c) * n;
+    for (int j = 0; j < n; ++j) st.tx[j] -= v[j] * coef;
+  }
+  tri_upper<T>(st.L, st.dL, n, st.tx);
+  for (int j = 0; j < n; ++j) ux[j] = st.tx[j];
+}
+
+// (ρx, ρa) = (rx, ra) − K (ux, ua) with the exact matrix (δ = 0); ρa = 0 on inactive rows.
+template <typename T>
+void kkt_residual(State<T>& st, int n, int m, const typename Vec<T>::type* rx, const typename Vec<T>::type* ra,
+                  const typename Vec<T>::type* ux, const typename Vec<T>::type* ua, typename Vec<T>::type* px,
+                  typename Vec<T>::type* pa) {
+  using V = typename Vec<T>::type;
+  mat_vec<T>(st.Q, n, n, ux, st.t);
+  for (int r = 0; r < m; ++r) st.b[r] = st.act[r] * ua[r];
+  mat_t_vec<T>(st.Gr, m, n, st.b, st.t, true);
+  for (int j = 0; j < n; ++j) px[j] = rx[j] - st.t[j];
+  mat_vec<T>(st.Gr, m, n, ux, st.b);
+  for (int r = 0; r < m; ++r) pa[r] = st.act[r] > V{} ? ra[r] - st.b[r] : V{};
+}
+
+// Solve with up to kRefinementSteps of refinement (stopping once every lane's correction is at the
+// rounding of its solution). (ux, ua) ← solution; (cx, ca) ← the final exact residual.
+template <typename T>
+void kkt_refined(State<T>& st, int n, int m, int nrows, const typename Vec<T>::type* rx,
+                 const typename Vec<T>::type* ra) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::W;
+  const T eps = sizeof(T) == 4 ? T(1.2e-7) : T(2.3e-16);
+  kkt_solve_once<T>(st, n, m, nrows, rx, ra, st.ux, st.ua);
+  for (int it = 0; it < kRefinementSteps; ++it) {
+    kkt_residual<T>(st, n, m, rx, ra, st.ux, st.ua, st.cx, st.ca);
+    kkt_solve_once<T>(st, n, m, nrows, st.cx, st.ca, st.cx, st.ca);
+    V dn{}, un{};
+    for (int j = 0; j < n; ++j) {
+      st.ux[j] += st.cx[j];
+      dn = vmax(dn, vabs(st.cx[j]));
+      un = vmax(un, vabs(st.ux[j]));
+    }
+    for (int r = 0; r < m; ++r) {
+      st.ua[r] += st.ca[r];
+      dn = vmax(dn, vabs(st.ca[r]));
+      un = vmax(un, vabs(st.ua[r]));
+    }
+    if (!any(~(dn <= eps * un), W)) break;
+  }
+  kkt_residual<T>(st, n, m, rx, ra, st.ux, st.ua, st.cx, st.ca);
+}
+
+// δ = kkt_reg · max(1, |Q|, |G|) of the raw data (qp_ipm.h::data_scale), lane by lane.
+template <typename T>
+typename Vec<T>::type kkt_shift(const State<T>& st, int n, int m, T kkt_reg) {
+  using V = typename Vec<T>::type;
+  V sc = splat<V>(T(1));
+  for (int64_t e = 0; e < int64_t(n) * n; ++e) sc = vmax(sc, vabs(st.Q[e]));
+  for (int64_t e = 0; e < int64_t(m) * n; ++e) sc = vmax(sc, vabs(st.Gr[e]));
+  return kkt_reg * sc;
+}
+
 // Where to read problem `i`'s data: base pointers and batch strides (0: shared by the batch).
 template <typename T>
 struct BatchData {
@@ -312,6 +477,101 @@ struct BatchData {
   int64_t sQ, sq, sG, sh;
   int n, m;
 };
+
+// The polish of a block (qp_ipm.h::polish, first round, for all lanes at once): guess the active
+// set from the interior-point result (λ_i > h_i − g_iᵀx), solve its KKT system (range-space,
+// refined), and accept a lane under the serial test (primal feasible, multipliers ≥ 0, exact KKT
+// residual, all to polish_tol). A lane with the right x but wrong-signed multipliers (dependent
+// active rows) gets the serial NNLS multiplier repair; every other lane (rejected, H ill
+// conditioned for the range-space solve) runs the serial polish with its correction rounds.
+// x_out, lam_out, status_out hold the interior-point result of the block's problems on entry.
+template <typename T>
+void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T>& set, State<T>& st, T* pw,
+                  T* x_out, T* lam_out, int8_t* status_out) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::W;
+  const int n = bd.n, m = bd.m;
+  bool any_eligible = false;
+  for (int l = 0; l < count; ++l)
+    any_eligible = any_eligible || status_out[l] == kSolved || status_out[l] == kMaxIter;
+  if (!any_eligible) return;
+  // The interior-point x, λ (lanes past `count` repeat the last problem) and the active set.
+  for (int l = 0; l < W; ++l) {
+    const int src = l < count ? l : count - 1;
+    for (int j = 0; j < n; ++j) st.xs[j][l] = x_out[int64_t(src) * n + j];
+    for (int r = 0; r < m; ++r) st.ls[r][l] = lam_out[int64_t(src) * m + r];
+  }
+  mat_vec<T>(st.Gr, m, n, st.xs, st.gx);
+  const V zero{}, one = splat<V>(T(1));
+  for (int r = 0; r < m; ++r) st.act[r] = st.ls[r] > st.h[r] - st.gx[r] ? one : zero;
+  const V delta = kkt_shift<T>(st, n, m, set.kkt_reg);
+  int nrows = 0;
+  const auto ok = kkt_factor<T>(st, n, m, delta, nrows);
+  for (int j = 0; j < n; ++j) st.rx[j] = -st.q[j];
+  for (int r = 0; r < m; ++r) st.ra[r] = st.act[r] * st.h[r];
+  kkt_refined<T>(st, n, m, nrows, st.rx, st.ra);
+  // The serial acceptance test, lane by lane.
+  const V inf = splat<V>(ol_inf<T>());
+  V res{}, rhs_n{}, viol{}, neg{}, ln{}, hn{};
+  auto finite = ok;
+  for (int j = 0; j < n; ++j) {
+    res = vmax(res, vabs(st.cx[j]));
+    rhs_n = vmax(rhs_n, vabs(st.q[j]));
+    finite &= vabs(st.ux[j]) < inf;
+  }
+  mat_vec<T>(st.Gr, m, n, st.ux, st.gx);
+  for (int r = 0; r < m; ++r) {
+    const auto a = st.act[r] > zero;
+    res = vmax(res, vabs(st.ca[r]));
+    rhs_n = vmax(rhs_n, a ? vabs(st.h[r]) : zero);
+    finite &= ~a | (vabs(st.ua[r]) < inf);
+    viol = vmax(viol, st.gx[r] - st.h[r]);
+    neg = vmax(neg, a ? -st.ua[r] : zero);
+    ln = vmax(ln, a ? vabs(st.ua[r]) : zero);
+    hn = vmax(hn, vabs(st.h[r]));
+  }
+  const T tol = set.polish_tol;
+  const auto primal_ok = finite & (viol <= tol * (one + hn)) & (res <= tol * (one + rhs_n));
+  const auto accept = primal_ok & (neg <= tol * (one + ln));
+  const int64_t N0 = int64_t(n) + m;
+  for (int l = 0; l < count; ++l) {
+    if (!(status_out[l] == kSolved || status_out[l] == kMaxIter)) continue;
+    const int64_t i = i0 + l;
+    T* x = x_out + int64_t(l) * n;
+    T* lam = lam_out + int64_t(l) * m;
+    const Problem<T> d{bd.Q + i * bd.sQ, bd.q + i * bd.sq, bd.G + i * bd.sG, bd.h + i * bd.sh, nullptr, nullptr, n, m, 0};
+    bool done = false;
+    if (accept[l]) {
+      for (int j = 0; j < n; ++j) x[j] = st.ux[j][l];
+      for (int r = 0; r < m; ++r) lam[r] = st.act[r][l] > T(0) ? ol_max(st.ua[r][l], T(0)) : T(0);
+      done = true;
+    } else if (primal_ok[l]) {
+      // Compact (x, λ_𝒜) for the repair: u at pw, the active rows' indices after it, scratch next.
+      T* u = pw;
+      int* act = reinterpret_cast<int*>(pw + N0);
+      T* scratch = pw + 2 * N0;
+      int k = 0;
+      for (int r = 0; r < m; ++r)
+        if (st.act[r][l] > T(0)) act[k++] = r;
+      for (int j = 0; j < n; ++j) u[j] = st.ux[j][l];
+      for (int a = 0; a < k; ++a) u[n + a] = st.ua[act[a]][l];
+      const int64_t need = int64_t(k) * k + 6 * int64_t(k) + 2 * int64_t(n);
+      if (need <= N0 * N0 &&
+          repair_multipliers(d, act, k, tol * (1 + rhs_n[l]), u, scratch, polish_scalars(n, m) - 2 * N0)) {
+        for (int j = 0; j < n; ++j) x[j] = u[j];
+        for (int r = 0; r < m; ++r) lam[r] = T(0);
+        for (int a = 0; a < k; ++a) lam[act[a]] = ol_max(u[n + a], T(0));
+        done = true;
+      }
+    }
+    if (done) {
+      status_out[l] = kSolved;
+    } else {
+      polish(SerialGroup{}, d, set, pw, x, lam, static_cast<T*>(nullptr), status_out + l, kPolishRounds,
+             static_cast<T*>(nullptr));
+    }
+  }
+}
 
 // Solve the problems [i0, i0 + count) (count ≤ W; the other lanes repeat the last problem and are
 // discarded). Outputs go to x[i·n], lam[i·m], status[i], iters[i] for i in the block, then the serial
@@ -336,6 +596,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gt[e][l] = G[e];
     for (int r = 0; r < m; ++r) st.h[r][l] = h[r];
   }
+  for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gr[e] = st.Gt[e];  // raw G for the polish
   // Row scales and G̃ = diag(gs) G; δ = kkt_reg · max(1, |Q|, |G̃|).
   V scale = one;
   for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = vmax(scale, vabs(st.Q[e]));
@@ -473,25 +734,30 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   // Lanes still active here ran out of iterations (the serial loop's `it > max_iter` exit).
   iters = active ? splat<V>(T(it)) : iters;
 
-  // Write the interior-point result, then polish each problem with the serial code.
+  // Write the interior-point result, then polish.
   for (int l = 0; l < count; ++l) {
-    const int64_t i = i0 + l;
     T* x = x_out + int64_t(l) * n;
     T* lam = lam_out + int64_t(l) * m;
     for (int j = 0; j < n; ++j) x[j] = st.x[j][l];
     for (int r = 0; r < m; ++r) lam[r] = st.z[r][l] * st.gs[r][l];
     status_out[l] = int8_t(code[l]);
     iters_out[l] = int32_t(iters[l]);
-    T* kp = keep != nullptr ? keep + int64_t(l) * factor_size(n, m, 0) : nullptr;
-    if (kp != nullptr) {  // as solve_qp: zeros, and no factor until the polish keeps one
-      const int64_t fs = factor_size(n, m, 0);
-      for (int64_t e = 0; e < fs - 1; ++e) kp[e] = T(0);
-      kp[fs - 1] = T(-1);
-    }
-    if (set.polish) {
-      Problem<T> d{bd.Q + i * bd.sQ, bd.q + i * bd.sq, bd.G + i * bd.sG, bd.h + i * bd.sh, nullptr, nullptr, n, m, 0};
-      polish(SerialGroup{}, d, set, pw, x, lam, static_cast<T*>(nullptr), status_out + l, kPolishRounds, kp);
-    }
+  }
+  if (!set.polish) return;
+  if (keep == nullptr) {
+    polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, status_out);
+    return;
+  }
+  // A kept factor is the serial polish's LU: polish problem by problem.
+  const int64_t fs = factor_size(n, m, 0);
+  for (int l = 0; l < count; ++l) {
+    const int64_t i = i0 + l;
+    T* kp = keep + int64_t(l) * fs;
+    for (int64_t e = 0; e < fs - 1; ++e) kp[e] = T(0);  // as solve_qp: no factor until the polish keeps one
+    kp[fs - 1] = T(-1);
+    Problem<T> d{bd.Q + i * bd.sQ, bd.q + i * bd.sq, bd.G + i * bd.sG, bd.h + i * bd.sh, nullptr, nullptr, n, m, 0};
+    polish(SerialGroup{}, d, set, pw, x_out + int64_t(l) * n, lam_out + int64_t(l) * m, static_cast<T*>(nullptr),
+           status_out + l, kPolishRounds, kp);
   }
 }
 
