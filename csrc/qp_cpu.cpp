@@ -54,17 +54,22 @@ void for_each_dynamic(int64_t count, int64_t ws, const F& body) {
   });
 }
 
-// Batch-interleaved interior point (optlayers/qp_lanes.h) for inequality-only problems: used
-// when n ≤ kLanesMaxN and the batch fills at least two blocks of lanes. OPTLAYERS_CPU_LANES=0
-// turns it off, =1 forces it for every inequality-only batch (tests, benchmarks).
+// Batch-interleaved solver (optlayers/qp_lanes.h: interior point, polish and backward) for
+// inequality-only problems: used when n ≤ kLanesMaxN, m ≤ kLanesMaxM and the batch fills at least
+// two blocks of lanes. OPTLAYERS_CPU_LANES=0 turns it off, =1 forces it for every inequality-only
+// batch up to m = kLanesForcedMaxM (tests, benchmarks).
+// The lane workspace grows with m² (the polish/backward Schur complement), hence the bound on m:
+// kLanesMaxM automatically, kLanesForcedMaxM when forced (64 MiB a thread in float64, AVX-512).
 constexpr int kLanesMaxN = 32;
+constexpr int kLanesMaxM = 128;
+constexpr int kLanesForcedMaxM = 1024;
 
 bool use_lanes(int n, int m, int p, int64_t batch, int width) {
-  if (p != 0 || m == 0) return false;
+  if (p != 0 || m == 0 || m > kLanesForcedMaxM) return false;
   const char* v = std::getenv("OPTLAYERS_CPU_LANES");
   if (v != nullptr && v[0] == '0') return false;
   if (v != nullptr && v[0] == '1') return true;
-  return n <= kLanesMaxN && batch >= 2 * int64_t(width);
+  return n <= kLanesMaxN && m <= kLanesMaxM && batch >= 2 * int64_t(width);
 }
 
 // Calls body(block, vec_work, scalar_work) for the blocks [0, blocks) on at::parallel_for's
@@ -248,6 +253,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     for (int k = 0; k < 6; ++k) {
       shared_off[k] = shared_elems;
       if (stride[k] == 0) shared_elems += core[k];
+    }
+    constexpr int W = optlayers::lanes::width<T>();
+    if (p == 0 && pf == nullptr && use_lanes(n, m, p, batch, W)) {
+      // Lanes: chunks of whole blocks (a fixed split, so sums do not depend on scheduling).
+      const int64_t blocks = (batch + W - 1) / W;
+      const int64_t lchunks = shared_elems > 0 ? std::min<int64_t>(blocks, 32) : blocks;
+      std::vector<T> lacc(shared_elems > 0 ? lchunks * shared_elems : 0, T(0));
+      const optlayers::lanes::BatchData<T> bd{in_ptr[0], in_ptr[1], in_ptr[2], in_ptr[3],
+                                              stride[0], stride[1], stride[2], stride[3], n, m};
+      for_each_block<T>(lchunks, optlayers::lanes::block_vectors(n, m), optlayers::lanes::polish_scalars(n, m),
+                        [&](int64_t c, auto* vw, T* sw) {
+        T* buf = lacc.empty() ? nullptr : lacc.data() + c * shared_elems;
+        auto out = [&](int64_t i) {
+          std::array<T*, 4> o;
+          for (int k = 0; k < 4; ++k) o[k] = stride[k] ? out_ptr[k] + i * stride[k] : buf + shared_off[k];
+          return o;
+        };
+        for (int64_t blk = blocks * c / lchunks; blk < blocks * (c + 1) / lchunks; ++blk) {
+          const int64_t i0 = blk * W;
+          optlayers::lanes::backward_block<T>(bd, px, pl, ps, pgx, pgl, i0, int(std::min<int64_t>(W, batch - i0)),
+                                              T(kkt_reg), vw, sw, out);
+        }
+      });
+      for (int k = 0; k < 4; ++k) {
+        if (stride[k] != 0) continue;
+        T* dst = out_ptr[k];
+        for (int64_t c = 0; c < lchunks; ++c) {
+          const T* src = lacc.data() + c * shared_elems + shared_off[k];
+          for (int64_t e = 0; e < core[k]; ++e) dst[e] += src[e];
+        }
+      }
+      return;
     }
     const int64_t chunks = shared_elems > 0 ? std::min<int64_t>(batch, 32) : std::min<int64_t>(batch, 1024);
     std::vector<T> acc(shared_elems > 0 ? chunks * shared_elems : 0, T(0));

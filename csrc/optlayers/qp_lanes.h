@@ -573,6 +573,77 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
   }
 }
 
+// Reverse-mode gradients of the problems [i0, i0 + count) (qp_ipm.h::kkt_backward for a block):
+// active set M = 1[λ > h − Gx], u = K⁻¹ (g_x, M g_λ) with the active-set KKT matrix (range-space,
+// refined), then per problem ∇Q −= ½(u_x xᵀ + x u_xᵀ), ∇q −= u_x, ∇G −= M(λ u_xᵀ + u_λ xᵀ),
+// ∇h += M u_λ, added into the pointers out(i) returns ({dQ, dq, dG, dh}; shared inputs may return
+// one buffer for all). Problems with status ≠ 0 contribute nothing; a lane whose H is ill
+// conditioned for the range-space solve runs the serial kkt_backward. gx, glam may be null.
+template <typename T, typename Out>
+void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const int8_t* status, const T* gx,
+                    const T* glam, int64_t i0, int count, T kkt_reg, typename Vec<T>::type* wv, T* pw,
+                    const Out& out) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::W;
+  const int n = bd.n, m = bd.m;
+  bool any_ok = false;
+  for (int l = 0; l < count; ++l) any_ok = any_ok || status[i0 + l] == kSolved;
+  if (!any_ok) return;
+  State<T> st = carve<T>(wv, n, m);
+  for (int l = 0; l < W; ++l) {
+    const int64_t i = i0 + (l < count ? l : count - 1);
+    const T *Q = bd.Q + i * bd.sQ, *G = bd.G + i * bd.sG, *h = bd.h + i * bd.sh;
+    for (int64_t e = 0; e < int64_t(n) * n; ++e) st.Q[e][l] = Q[e];
+    for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gr[e][l] = G[e];
+    for (int r = 0; r < m; ++r) {
+      st.h[r][l] = h[r];
+      st.ls[r][l] = lam[i * m + r];
+      st.ra[r][l] = glam != nullptr ? glam[i * m + r] : T(0);
+    }
+    for (int j = 0; j < n; ++j) {
+      st.xs[j][l] = x[i * n + j];
+      st.rx[j][l] = gx != nullptr ? gx[i * n + j] : T(0);
+    }
+  }
+  mat_vec<T>(st.Gr, m, n, st.xs, st.gx);
+  const V zero{}, one = splat<V>(T(1));
+  for (int r = 0; r < m; ++r) {
+    st.act[r] = st.ls[r] > st.h[r] - st.gx[r] ? one : zero;
+    st.ra[r] *= st.act[r];
+  }
+  const V delta = kkt_shift<T>(st, n, m, kkt_reg);
+  int nrows = 0;
+  const auto ok = kkt_factor<T>(st, n, m, delta, nrows);
+  kkt_refined<T>(st, n, m, nrows, st.rx, st.ra);
+  for (int l = 0; l < count; ++l) {
+    const int64_t i = i0 + l;
+    if (status[i] != kSolved) continue;
+    const auto o = out(i);
+    T *dQ = o[0], *dq = o[1], *dG = o[2], *dh = o[3];
+    if (!ok[l]) {
+      const Problem<T> d{bd.Q + i * bd.sQ, bd.q + i * bd.sq, bd.G + i * bd.sG, bd.h + i * bd.sh, nullptr, nullptr, n, m, 0};
+      kkt_backward(SerialGroup{}, d, x + i * n, lam + i * m, static_cast<const T*>(nullptr),
+                   gx != nullptr ? gx + i * n : nullptr, glam != nullptr ? glam + i * m : nullptr,
+                   static_cast<const T*>(nullptr), kkt_reg, dQ, dq, dG, dh, static_cast<T*>(nullptr),
+                   static_cast<T*>(nullptr), pw);
+      continue;
+    }
+    const T* xi = x + i * n;
+    const T* li = lam + i * m;
+    for (int a = 0; a < n; ++a) {
+      const T ua = st.ux[a][l];
+      for (int b = 0; b < n; ++b) dQ[a * n + b] -= T(0.5) * (ua * xi[b] + xi[a] * st.ux[b][l]);
+      dq[a] -= ua;
+    }
+    for (int r = 0; r < m; ++r) {
+      if (!(st.act[r][l] > T(0))) continue;
+      const T lr = li[r], ur = st.ua[r][l];
+      for (int j = 0; j < n; ++j) dG[r * n + j] -= lr * st.ux[j][l] + ur * xi[j];
+      dh[r] += ur;
+    }
+  }
+}
+
 // Solve the problems [i0, i0 + count) (count ≤ W; the other lanes repeat the last problem and are
 // discarded). Outputs go to x[i·n], lam[i·m], status[i], iters[i] for i in the block, then the serial
 // polish runs per problem (with `keep`, the kept-factor slots of factor_size scalars, or null).

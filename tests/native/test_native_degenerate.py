@@ -22,18 +22,27 @@ def _native_or_skip():
         pytest.skip(f"native kernel unavailable: {why}")
 
 
-def test_grasp_qps_with_zero_force_contacts_polish_to_roundoff():
-    _native_or_skip()
+def _grasp_batch(grasps=64):
     cfg = gm.GraspConfig(contacts=4, wrenches=6)
     obj = gm.OBJECTS["box"]
-    z = gm.initial_contacts(64, cfg, 0)
+    z = gm.initial_contacts(grasps, cfg, 0)
     p, nrm = obj.surface(z)
     W = gm.grasp_map(p, nrm, obj.length)
     Q, q = gm.qp_data(W, gm.target_wrenches(6), cfg.eps)
-    B = 64 * 6
+    B = grasps * 6
     Q = Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n).contiguous()
     q = q.reshape(B, cfg.n).contiguous()
     G, h = gm.friction_constraints(cfg)
+    return cfg, B, Q, q, G, h
+
+
+@pytest.mark.parametrize("lanes", ["1", "0"], ids=["lanes", "serial"])
+def test_grasp_qps_with_zero_force_contacts_polish_to_roundoff(lanes, monkeypatch):
+    """Both CPU paths: the batch-interleaved one (qp_lanes.h: range-space KKT solve, then the
+    serial repair) and the serial one (LU, repair)."""
+    _native_or_skip()
+    monkeypatch.setenv("OPTLAYERS_CPU_LANES", lanes)
+    cfg, B, Q, q, G, h = _grasp_batch()
     sol = ol.solve_qp(Q, q, G, h, backend="native", return_solution=True)
     assert bool(sol.ok.all())
     x, lam = sol.x, sol.lam
@@ -47,3 +56,22 @@ def test_grasp_qps_with_zero_force_contacts_polish_to_roundoff():
     assert float((stationarity / scale).max()) < 1e-12
     assert float(complementarity.max()) < 1e-12
     assert float(lam.min()) >= 0 and float(slack.min()) > -1e-12
+
+
+def test_grasp_lanes_and_serial_agree_where_the_answer_is_unique(monkeypatch):
+    """x and the gradients that depend on it only (∇q = −u_x, ∇Q) are unique and agree to
+    round-off between the two CPU paths. The multipliers of a zero-force contact (dependent active
+    rows) are not unique: each path returns a valid nonnegative set (previous test), not
+    necessarily the same one, and so ∇G, ∇h may differ between them."""
+    _native_or_skip()
+    cfg, B, Q, q, G, h = _grasp_batch(32)
+    c = torch.randn(B, cfg.n, dtype=Q.dtype, generator=torch.Generator().manual_seed(3))
+    out = {}
+    for lanes in ("1", "0"):
+        monkeypatch.setenv("OPTLAYERS_CPU_LANES", lanes)
+        Qr, qr = Q.clone().requires_grad_(), q.clone().requires_grad_()
+        x = ol.solve_qp(Qr, qr, G, h, backend="native")
+        (x * c).sum().backward()
+        out[lanes] = (x.detach(), qr.grad, Qr.grad)
+    for a, b in zip(out["1"], out["0"]):
+        assert float((a - b).abs().max()) <= 1e-11 * (1 + float(b.abs().max()))

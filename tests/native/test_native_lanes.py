@@ -142,3 +142,20 @@ def test_auto_uses_lanes_only_where_it_applies(monkeypatch):
         P = ol.testing.random_qp(40, 10, 12, p, seed=4)
         sol = ol.solve_qp(*P.data(), backend="native", return_solution=True)
         assert float((sol.x - P.x).abs().max()) < 1e-10
+
+
+def test_lanes_lp_gradients_take_the_serial_fallback(monkeypatch):
+    """Q = 0: H = δI is too ill conditioned for the lanes' range-space KKT solve, so polish and
+    backward fall back to the serial LU per problem; results equal the serial path's."""
+    P = ol.testing.random_qp(20, 8, 16, 0, lp=True, seed=7, shared=("G",))
+    w = torch.randn(20, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    out = []
+    for lanes in (True, False):
+        monkeypatch.setenv("OPTLAYERS_CPU_LANES", "1" if lanes else "0")
+        q, h = (t.clone().requires_grad_() for t in (P.q, P.h))
+        x = ol.solve_qp(P.Q, q, P.G, h, backend="native")
+        (x * w).sum().backward()
+        out.append((x.detach(), q.grad, h.grad))
+    assert float((out[0][0] - P.x).abs().max()) < 1e-9
+    for a, b in zip(*out):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
