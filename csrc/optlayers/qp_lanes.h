@@ -353,16 +353,17 @@ typename Vec<T>::type max_step(const typename Vec<T>::type* v, const typename Ve
 // as in the serial kkt_refined_solve; `st.act` holds the 0/1 active mask, `st.Gr` the raw G.
 
 template <typename T>
-auto kkt_factor(State<T>& st, int n, int m, const typename Vec<T>::type& delta, int& nrows) {
+auto kkt_factor(State<T>& st, int n, int m, const typename Vec<T>::type& scale, T kkt_reg, int& nrows) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
-  V dmax{};
+  const V delta = kkt_reg * scale;
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j <= i; ++j) st.L[int64_t(i) * n + j] = st.Q[int64_t(i) * n + j];
     st.L[int64_t(i) * n + i] += delta;
-    dmax = vmax(dmax, st.L[int64_t(i) * n + i]);
   }
-  auto ok = chol<T>(st.L, st.dL, n, relative_shift<T>() * dmax);
+  // Pivots relative to the data scale: an LP's H = δI is perfectly conditioned by itself but
+  // makes S = G H⁻¹ Gᵀ + δI as ill conditioned as (scale/δ)².
+  auto ok = chol<T>(st.L, st.dL, n, relative_shift<T>() * scale);
   nrows = 0;
   for (int r = 0; r < m; ++r)
     if (any(st.act[r] > V{}, W)) st.rows[nrows++] = r;
@@ -460,14 +461,14 @@ void kkt_refined(State<T>& st, int n, int m, int nrows, const typename Vec<T>::t
   kkt_residual<T>(st, n, m, rx, ra, st.ux, st.ua, st.cx, st.ca);
 }
 
-// δ = kkt_reg · max(1, |Q|, |G|) of the raw data (qp_ipm.h::data_scale), lane by lane.
+// max(1, |Q|, |G|) of the raw data (qp_ipm.h::data_scale; δ = kkt_reg · this), lane by lane.
 template <typename T>
-typename Vec<T>::type kkt_shift(const State<T>& st, int n, int m, T kkt_reg) {
+typename Vec<T>::type kkt_scale(const State<T>& st, int n, int m) {
   using V = typename Vec<T>::type;
   V sc = splat<V>(T(1));
   for (int64_t e = 0; e < int64_t(n) * n; ++e) sc = vmax(sc, vabs(st.Q[e]));
   for (int64_t e = 0; e < int64_t(m) * n; ++e) sc = vmax(sc, vabs(st.Gr[e]));
-  return kkt_reg * sc;
+  return sc;
 }
 
 // Where to read problem `i`'s data: base pointers and batch strides (0: shared by the batch).
@@ -504,9 +505,8 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
   mat_vec<T>(st.Gr, m, n, st.xs, st.gx);
   const V zero{}, one = splat<V>(T(1));
   for (int r = 0; r < m; ++r) st.act[r] = st.ls[r] > st.h[r] - st.gx[r] ? one : zero;
-  const V delta = kkt_shift<T>(st, n, m, set.kkt_reg);
   int nrows = 0;
-  const auto ok = kkt_factor<T>(st, n, m, delta, nrows);
+  const auto ok = kkt_factor<T>(st, n, m, kkt_scale<T>(st, n, m), set.kkt_reg, nrows);
   for (int j = 0; j < n; ++j) st.rx[j] = -st.q[j];
   for (int r = 0; r < m; ++r) st.ra[r] = st.act[r] * st.h[r];
   kkt_refined<T>(st, n, m, nrows, st.rx, st.ra);
@@ -611,10 +611,22 @@ void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const int8
     st.act[r] = st.ls[r] > st.h[r] - st.gx[r] ? one : zero;
     st.ra[r] *= st.act[r];
   }
-  const V delta = kkt_shift<T>(st, n, m, kkt_reg);
   int nrows = 0;
-  const auto ok = kkt_factor<T>(st, n, m, delta, nrows);
+  auto ok = kkt_factor<T>(st, n, m, kkt_scale<T>(st, n, m), kkt_reg, nrows);
   kkt_refined<T>(st, n, m, nrows, st.rx, st.ra);
+  // No acceptance test follows here (as the polish has): a lane whose refined solution still
+  // leaves a residual above √ε (relative) — an inconsistent right-hand side on dependent rows, a
+  // slow refinement — takes the serial solve instead.
+  V res{}, rn{};
+  for (int j = 0; j < n; ++j) {
+    res = vmax(res, vabs(st.cx[j]));
+    rn = vmax(rn, vabs(st.rx[j]));
+  }
+  for (int r = 0; r < m; ++r) {
+    res = vmax(res, vabs(st.ca[r]));
+    rn = vmax(rn, vabs(st.ra[r]));
+  }
+  ok &= res <= relative_shift<T>() * (one + rn);
   for (int l = 0; l < count; ++l) {
     const int64_t i = i0 + l;
     if (status[i] != kSolved) continue;
