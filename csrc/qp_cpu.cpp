@@ -55,21 +55,24 @@ void for_each_dynamic(int64_t count, int64_t ws, const F& body) {
 }
 
 // Batch-interleaved solver (optlayers/qp_lanes.h: interior point, polish and backward) for
-// inequality-only problems: used when n ≤ kLanesMaxN, m ≤ kLanesMaxM and the batch fills at least
-// two blocks of lanes. OPTLAYERS_CPU_LANES=0 turns it off, =1 forces it for every inequality-only
-// batch up to m = kLanesForcedMaxM (tests, benchmarks).
-// The lane workspace grows with m² (the polish/backward Schur complement), hence the bound on m:
+// problems with inequalities: used when n ≤ kLanesMaxN, m + p ≤ kLanesMaxM and the batch fills at
+// least two blocks of lanes. OPTLAYERS_CPU_LANES=0 turns it off, =1 forces it for every batch
+// with m > 0 up to m + p = kLanesForcedMaxM (tests, benchmarks).
+// The lane workspace grows with (m + p)² (the polish/backward Schur complement), hence the bound:
 // kLanesMaxM automatically, kLanesForcedMaxM when forced (64 MiB a thread in float64, AVX-512).
-constexpr int kLanesMaxN = 32;
+// kLanesMaxN from fwd+bwd timings on the 2-core AVX-512 machine (float64, lanes vs serial):
+// B=256 n=30 m=60 p=5 16.8 vs 36.7 ms; B=32 n=20 m=20 p=5 1.61 vs 2.71; B=128 n=50 m=50 p=10
+// 28.1 vs 33.9; B=128 n=64 m=64 p=10 54.7 vs 54.0 (tie); B=8 n=200: 182 vs 69.
+constexpr int kLanesMaxN = 50;
 constexpr int kLanesMaxM = 128;
 constexpr int kLanesForcedMaxM = 1024;
 
 bool use_lanes(int n, int m, int p, int64_t batch, int width) {
-  if (p != 0 || m == 0 || m > kLanesForcedMaxM) return false;
+  if (m == 0 || m + p > kLanesForcedMaxM) return false;
   const char* v = std::getenv("OPTLAYERS_CPU_LANES");
   if (v != nullptr && v[0] == '0') return false;
   if (v != nullptr && v[0] == '1') return true;
-  return n <= kLanesMaxN && m <= kLanesMaxM && batch >= 2 * int64_t(width);
+  return n <= kLanesMaxN && m + p <= kLanesMaxM && batch >= 2 * int64_t(width);
 }
 
 // Calls body(block, vec_work, scalar_work) for the blocks [0, blocks) on at::parallel_for's
@@ -151,13 +154,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     T* pf = keep_factor ? factor.data_ptr<T>() : nullptr;
     constexpr int W = optlayers::lanes::width<T>();
     if (use_lanes(n, m, p, batch, W)) {
-      const optlayers::lanes::BatchData<T> bd{pQ, pq, pG, ph, sQ, sq, sG, sh, n, m};
-      for_each_block<T>((batch + W - 1) / W, optlayers::lanes::block_vectors(n, m),
-                        optlayers::lanes::polish_scalars(n, m), [&](int64_t blk, auto* vw, T* sw) {
+      const optlayers::lanes::BatchData<T> bd{pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA, sb, n, m, p};
+      for_each_block<T>((batch + W - 1) / W, optlayers::lanes::block_vectors(n, m, p),
+                        optlayers::lanes::polish_scalars(n, m, p), [&](int64_t blk, auto* vw, T* sw) {
         const int64_t i0 = blk * W;
         const int count = int(std::min<int64_t>(W, batch - i0));
-        optlayers::lanes::solve_block<T>(bd, i0, count, set, vw, sw, px + i0 * n, pl + i0 * m, ps + i0, pi + i0,
-                                         pf ? pf + i0 * fs : nullptr);
+        optlayers::lanes::solve_block<T>(bd, i0, count, set, vw, sw, px + i0 * n, pl + i0 * m, pn + i0 * p, ps + i0,
+                                         pi + i0, pf ? pf + i0 * fs : nullptr);
       });
       return;
     }
@@ -255,28 +258,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       if (stride[k] == 0) shared_elems += core[k];
     }
     constexpr int W = optlayers::lanes::width<T>();
-    if (p == 0 && pf == nullptr && use_lanes(n, m, p, batch, W)) {
+    if (pf == nullptr && optlayers::lanes::range_space_kkt<T>() && use_lanes(n, m, p, batch, W)) {
       // Lanes: chunks of whole blocks (a fixed split, so sums do not depend on scheduling).
       const int64_t blocks = (batch + W - 1) / W;
       const int64_t lchunks = shared_elems > 0 ? std::min<int64_t>(blocks, 32) : blocks;
       std::vector<T> lacc(shared_elems > 0 ? lchunks * shared_elems : 0, T(0));
-      const optlayers::lanes::BatchData<T> bd{in_ptr[0], in_ptr[1], in_ptr[2], in_ptr[3],
-                                              stride[0], stride[1], stride[2], stride[3], n, m};
-      for_each_block<T>(lchunks, optlayers::lanes::block_vectors(n, m), optlayers::lanes::polish_scalars(n, m),
+      const optlayers::lanes::BatchData<T> bd{in_ptr[0], in_ptr[1], in_ptr[2], in_ptr[3], in_ptr[4], in_ptr[5],
+                                              stride[0], stride[1], stride[2], stride[3], stride[4], stride[5],
+                                              n, m, p};
+      for_each_block<T>(lchunks, optlayers::lanes::block_vectors(n, m, p), optlayers::lanes::polish_scalars(n, m, p),
                         [&](int64_t c, auto* vw, T* sw) {
         T* buf = lacc.empty() ? nullptr : lacc.data() + c * shared_elems;
         auto out = [&](int64_t i) {
-          std::array<T*, 4> o;
-          for (int k = 0; k < 4; ++k) o[k] = stride[k] ? out_ptr[k] + i * stride[k] : buf + shared_off[k];
+          std::array<T*, 6> o;
+          for (int k = 0; k < 6; ++k) o[k] = stride[k] ? out_ptr[k] + i * stride[k] : buf + shared_off[k];
           return o;
         };
         for (int64_t blk = blocks * c / lchunks; blk < blocks * (c + 1) / lchunks; ++blk) {
           const int64_t i0 = blk * W;
-          optlayers::lanes::backward_block<T>(bd, px, pl, ps, pgx, pgl, i0, int(std::min<int64_t>(W, batch - i0)),
-                                              T(kkt_reg), vw, sw, out);
+          optlayers::lanes::backward_block<T>(bd, px, pl, pn, ps, pgx, pgl, pgn, i0,
+                                              int(std::min<int64_t>(W, batch - i0)), T(kkt_reg), vw, sw, out);
         }
       });
-      for (int k = 0; k < 4; ++k) {
+      for (int k = 0; k < 6; ++k) {
         if (stride[k] != 0) continue;
         T* dst = out_ptr[k];
         for (int64_t c = 0; c < lchunks; ++c) {

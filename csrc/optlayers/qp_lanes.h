@@ -1,5 +1,5 @@
-// optlayers native QP kernel, host only: the interior point for W problems at once, one per SIMD
-// lane ("batch-interleaved"). Header-only and torch-free, like qp_ipm.h.
+// optlayers native QP kernel, host only: the solver for W problems at once, one per SIMD lane
+// ("batch-interleaved"). Header-only and torch-free, like qp_ipm.h.
 //
 // Why: the serial solver (qp_ipm.h, one problem per thread) runs its loops over one problem's rows,
 // which for the small problems of robotics (n ≈ 12–30) are too short for SIMD and too short to hide
@@ -8,19 +8,22 @@
 // problems' scalars (W = 8 float64 / 16 float32 with AVX-512, half that with AVX2): the same
 // instruction stream, no horizontal reductions, full vectors everywhere, W independent chains.
 //
-// Scope: inequality-only problems (p = 0, m > 0); the equality Schur complement of the serial
-// solver is not implemented here (those problems take the serial path). The interior point is the
+// Scope: problems with inequalities (m > 0), with or without equalities. The interior point is the
 // serial one step for step (qp_ipm.h::solve_qp: scaling, initial point, Mehrotra predictor-corrector
-// on the reduced matrix K = Q + G̃ᵀWG̃ + δI, regularization retry, stopping, stall and
-// infeasibility rules), with per-lane status: a lane that stops is frozen (its iterate no longer
-// changes) while the others go on, and the block ends when every lane has stopped. Two differences:
-//   - no early polish (it pays when an interior-point iteration is expensive; here an iteration
-//     costs a fraction of a polish round, measured in benchmarks/results/native_lanes_cpu.txt), so
-//     the reported iterations are those to full tolerance;
+// on the reduced matrix K = Q + G̃ᵀWG̃ + δI with the equalities' Schur complement, regularization
+// retries, stopping, stall and infeasibility rules), with per-lane status: a lane that stops is
+// frozen (its iterate no longer changes) while the others go on, and the block ends when every lane
+// has stopped. Differences:
+//   - no early polish: it pays when an interior-point iteration is expensive, but here one costs
+//     about 1.2 µs a problem against ~20 µs for a serial polish round (4,800 grasp QPs, one thread:
+//     interior point alone 65 ms for 11.4 iterations), so the reported iterations are those to
+//     full tolerance;
 //   - rounding: K is formed from G̃ (the serial path uses precomputed outer products of a shared G),
-//     so iterates agree with the serial path to round-off, not bit for bit.
-// The polish (active-set solve, NNLS multiplier repair) then runs per problem with the serial code
-// of qp_ipm.h, on the original (un-interleaved) data.
+//     and 1/s is computed once per row and iteration, so iterates agree with the serial path to
+//     round-off, not bit for bit;
+//   - float64: the polish and the backward solve the active-set KKT systems of all lanes at once by
+//     the range-space method (see kkt_factor), with the serial code as the per-lane fallback;
+//     float32 polishes and differentiates with the serial code (see range_space_kkt).
 //
 // Layout: a block's arrays hold Vec<T> elements, index-major: M[i·n + j][lane].
 #pragma once
@@ -69,20 +72,23 @@ OL_LANE_INLINE bool any(M mask, int W) {
   return false;
 }
 
-// Workspace of one block, in vectors: the interior point's, then the active-set KKT system's
-// (raw G, the two Cholesky factors, L⁻¹G̃ᵀ rows, vectors).
-inline int64_t block_vectors(int n, int m) {
-  const int64_t ipm = 2 * int64_t(n) * n + int64_t(m) * n + 8 * int64_t(n) + 17 * int64_t(m);
-  const int64_t kkt = 2 * int64_t(m) * n + int64_t(n) * n + int64_t(m) * m + 8 * int64_t(n) + 10 * int64_t(m);
+// Workspace of one block, in vectors: the interior point's (with the equalities' Ã, Z = L⁻¹Ãᵀ and
+// Schur complement), then the active-set KKT system's over the m + p rows of [G; A] (raw rows, the
+// two Cholesky factors, L⁻¹ rows, vectors).
+inline int64_t block_vectors(int n, int m, int p) {
+  const int64_t ipm = 2 * int64_t(n) * n + int64_t(m) * n + 8 * int64_t(n) + 17 * int64_t(m) +
+                      2 * int64_t(p) * n + int64_t(p) * p + 12 * int64_t(p);
+  const int64_t mk = int64_t(m) + p;
+  const int64_t kkt = 2 * mk * n + int64_t(n) * n + mk * mk + 8 * int64_t(n) + 10 * mk;
   return ipm + kkt + 8;
 }
 
 // Serial workspace (scalars) beside a block: for the per-problem fallbacks (qp_ipm.h's polish,
 // multiplier repair and kkt_backward).
-inline int64_t polish_scalars(int n, int m) {
-  const int64_t N0 = int64_t(n) + m;
+inline int64_t polish_scalars(int n, int m, int p) {
+  const int64_t N0 = int64_t(n) + m + p;
   const int64_t pol = N0 * N0 + 6 * N0 + 3 * int64_t(m) + 16;
-  const int64_t bwd = backward_workspace_size(n, m, 0);
+  const int64_t bwd = backward_workspace_size(n, m, p);
   return pol > bwd ? pol : bwd;
 }
 
@@ -92,7 +98,9 @@ struct State {
   V *Q, *q, *Gt, *h, *gs, *hs, *K, *dinv;
   V *x, *dx, *dxa, *rd, *Qx, *tn;
   V *s, *z, *ds, *dz, *dsa, *dza, *rp, *rc, *w, *tm, *sinv;
-  // Active-set KKT system (polish, backward).
+  V *At, *as, *bs, *y, *dy, *dya, *re, *Z, *Sp, *dSp, *tp;  // equalities (p)
+  // Active-set KKT system (polish, backward) over the rows of [G; A]: Gr, h hold the raw rows
+  // and right-hand sides, act is 1 on equality rows.
   V *Gr, *L, *dL, *Vr, *S, *dS, *act;
   V *ux, *rx, *cx, *t, *tx, *xs;
   V *ua, *ra, *ca, *b, *gx, *ls;
@@ -100,20 +108,24 @@ struct State {
 };
 
 template <typename T>
-State<T> carve(typename Vec<T>::type* wv, int n, int m) {
+State<T> carve(typename Vec<T>::type* wv, int n, int m, int p) {
   State<T> st;
   auto take = [&](int64_t k) { auto* r = wv; wv += k; return r; };
   st.Q = take(int64_t(n) * n); st.K = take(int64_t(n) * n); st.Gt = take(int64_t(m) * n);
   st.q = take(n); st.dinv = take(n); st.x = take(n); st.dx = take(n); st.dxa = take(n);
   st.rd = take(n); st.Qx = take(n); st.tn = take(n);
-  st.h = take(m); st.gs = take(m); st.hs = take(m); st.s = take(m); st.z = take(m); st.ds = take(m);
+  st.h = take(int64_t(m) + p); st.gs = take(m); st.hs = take(m); st.s = take(m); st.z = take(m); st.ds = take(m);
   st.dz = take(m); st.dsa = take(m); st.dza = take(m); st.rp = take(m); st.rc = take(m); st.w = take(m);
   st.tm = take(m); st.sinv = take(m);
-  st.Gr = take(int64_t(m) * n); st.L = take(int64_t(n) * n); st.dL = take(n); st.Vr = take(int64_t(m) * n);
-  st.S = take(int64_t(m) * m); st.dS = take(m); st.act = take(m);
+  st.At = take(int64_t(p) * n); st.Z = take(int64_t(p) * n); st.Sp = take(int64_t(p) * p);
+  st.as = take(p); st.bs = take(p); st.y = take(p); st.dy = take(p); st.dya = take(p); st.re = take(p);
+  st.dSp = take(p); st.tp = take(p);
+  const int64_t mk = int64_t(m) + p;
+  st.Gr = take(mk * n); st.L = take(int64_t(n) * n); st.dL = take(n); st.Vr = take(mk * n);
+  st.S = take(mk * mk); st.dS = take(mk); st.act = take(mk);
   st.ux = take(n); st.rx = take(n); st.cx = take(n); st.t = take(n); st.tx = take(n); st.xs = take(n);
-  st.ua = take(m); st.ra = take(m); st.ca = take(m); st.b = take(m); st.gx = take(m); st.ls = take(m);
-  st.rows = reinterpret_cast<int*>(take(m));  // m ints fit in m vectors
+  st.ua = take(mk); st.ra = take(mk); st.ca = take(mk); st.b = take(mk); st.gx = take(mk); st.ls = take(mk);
+  st.rows = reinterpret_cast<int*>(take(mk));  // mk ints fit in mk vectors
   return st;
 }
 
@@ -289,12 +301,15 @@ void gt_times(const State<T>& st, int n, int m, const typename Vec<T>::type* v, 
 
 // Factor K at the current w, with the serial path's retry (shift grown to
 // max(δ·kRegGrowth, relative_shift·max diag K) on the lanes whose first try failed).
+// With equalities (serial factor_reduced): Z = L⁻¹Ãᵀ (rows z_e) and the Cholesky factor of the
+// Schur complement S = ZᵀZ + δI, with the same retry on the lanes where it fails.
 template <typename T>
-auto factor(State<T>& st, int n, int m, const typename Vec<T>::type& delta) {
+auto factor(State<T>& st, int n, int m, int p, const typename Vec<T>::type& delta) {
   using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::W;
   form_K(st, n, m, delta);
   auto ok = cholesky(st, n);
-  if (any(~ok, Vec<T>::W)) {
+  if (any(~ok, W)) {
     form_K(st, n, m, delta);
     V dmax{};
     for (int i = 0; i < n; ++i) dmax = vmax(dmax, st.K[int64_t(i) * n + i]);
@@ -303,17 +318,61 @@ auto factor(State<T>& st, int n, int m, const typename Vec<T>::type& delta) {
     for (int i = 0; i < n; ++i) st.K[int64_t(i) * n + i] += add;
     ok = cholesky(st, n);
   }
-  return ok;
+  if (p == 0) return ok;
+  for (int e = 0; e < p; ++e) {
+    V* Ze = st.Z + int64_t(e) * n;
+    for (int j = 0; j < n; ++j) Ze[j] = st.At[int64_t(e) * n + j];
+    tri_lower<T>(st.K, st.dinv, n, Ze);
+  }
+  auto schur = [&]() {
+    for (int e = 0; e < p; ++e)
+      for (int f = 0; f <= e; ++f) {
+        const V *ze = st.Z + int64_t(e) * n, *zf = st.Z + int64_t(f) * n;
+        V a{};
+        for (int j = 0; j < n; ++j) a += ze[j] * zf[j];
+        st.Sp[int64_t(e) * p + f] = a;
+      }
+  };
+  schur();
+  for (int e = 0; e < p; ++e) st.Sp[int64_t(e) * p + e] += delta;
+  auto okS = chol<T>(st.Sp, st.dSp, p, V{});
+  if (any(~okS, W)) {  // rebuild (the failed factorization overwrote S) with the larger shift
+    schur();
+    V dmax{};
+    for (int e = 0; e < p; ++e) dmax = vmax(dmax, st.Sp[int64_t(e) * p + e]);
+    const V shift = vmax(delta * T(kRegGrowth), relative_shift<T>() * dmax);
+    const V add = okS ? delta : shift;
+    for (int e = 0; e < p; ++e) st.Sp[int64_t(e) * p + e] += add;
+    okS = chol<T>(st.Sp, st.dSp, p, V{});
+  }
+  return ok & okS;
 }
 
-// Newton step for residuals (rd, rp, rc): dx, ds, dz (serial newton_step with p = 0).
+// The reduced KKT solve of the serial path: [K Ãᵀ; Ã −δI] (v, dy) = (r₁, −re) in place,
+// v ← K⁻¹(r₁ − Ãᵀdy), dy = S⁻¹(Z L⁻¹r₁ + re).
 template <typename T>
-void newton_step(State<T>& st, int n, int m, const typename Vec<T>::type* rc, typename Vec<T>::type* dx,
-                 typename Vec<T>::type* ds, typename Vec<T>::type* dz) {
+void reduced_solve(State<T>& st, int n, int p, typename Vec<T>::type* v, const typename Vec<T>::type* re,
+                   typename Vec<T>::type* dy) {
+  tri_lower<T>(st.K, st.dinv, n, v);
+  if (p > 0) {
+    mat_vec<T>(st.Z, p, n, v, dy);
+    for (int e = 0; e < p; ++e) dy[e] += re[e];
+    tri_lower<T>(st.Sp, st.dSp, p, dy);
+    tri_upper<T>(st.Sp, st.dSp, p, dy);
+    for (int e = 0; e < p; ++e) st.tp[e] = -dy[e];
+    mat_t_vec<T>(st.Z, p, n, st.tp, v, true);
+  }
+  tri_upper<T>(st.K, st.dinv, n, v);
+}
+
+// Newton step for residuals (rd, rp, re, rc): dx, ds, dz, dy (serial newton_step).
+template <typename T>
+void newton_step(State<T>& st, int n, int m, int p, const typename Vec<T>::type* rc, typename Vec<T>::type* dx,
+                 typename Vec<T>::type* ds, typename Vec<T>::type* dz, typename Vec<T>::type* dy) {
   for (int i = 0; i < m; ++i) st.tm[i] = rc[i] * st.sinv[i] - st.w[i] * st.rp[i];
   for (int j = 0; j < n; ++j) dx[j] = -st.rd[j];
   gt_times(st, n, m, st.tm, dx, true);
-  chol_solve(st, n, dx);
+  reduced_solve(st, n, p, dx, st.re, dy);
   g_times(st, n, m, dx, st.tm);
   for (int i = 0; i < m; ++i) {
     dz[i] = st.w[i] * (st.tm[i] + st.rp[i]) - rc[i] * st.sinv[i];
@@ -471,12 +530,23 @@ typename Vec<T>::type kkt_scale(const State<T>& st, int n, int m) {
   return sc;
 }
 
+// The range-space solve squares the conditioning of the active rows (S = G_𝒜H⁻¹G_𝒜ᵀ) where the
+// LU of the KKT matrix does not. In float64 the refinement absorbs that; in float32 it does not
+// always (a planted QP with 12 active rows on 12 variables: x off by 1e-3 after an accepted polish,
+// against 6e-5 through the LU), so float32 blocks polish and differentiate with the serial code.
+template <typename T>
+constexpr bool range_space_kkt() { return sizeof(T) == 8; }
+
 // Where to read problem `i`'s data: base pointers and batch strides (0: shared by the batch).
 template <typename T>
 struct BatchData {
-  const T *Q, *q, *G, *h;
-  int64_t sQ, sq, sG, sh;
-  int n, m;
+  const T *Q, *q, *G, *h, *A, *b;
+  int64_t sQ, sq, sG, sh, sA, sb;
+  int n, m, p;
+  // Problem i's pointers for the serial fallbacks.
+  Problem<T> problem(int64_t i) const {
+    return Problem<T>{Q + i * sQ, q + i * sq, G + i * sG, h + i * sh, A + i * sA, b + i * sb, n, m, p};
+  }
 };
 
 // The polish of a block (qp_ipm.h::polish, first round, for all lanes at once): guess the active
@@ -488,15 +558,16 @@ struct BatchData {
 // x_out, lam_out, status_out hold the interior-point result of the block's problems on entry.
 template <typename T>
 void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T>& set, State<T>& st, T* pw,
-                  T* x_out, T* lam_out, int8_t* status_out) {
+                  T* x_out, T* lam_out, T* nu_out, int8_t* status_out) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
-  const int n = bd.n, m = bd.m;
+  const int n = bd.n, m = bd.m, p = bd.p, mk = m + p;
   bool any_eligible = false;
   for (int l = 0; l < count; ++l)
     any_eligible = any_eligible || status_out[l] == kSolved || status_out[l] == kMaxIter;
   if (!any_eligible) return;
-  // The interior-point x, λ (lanes past `count` repeat the last problem) and the active set.
+  // The interior-point x, λ (lanes past `count` repeat the last problem) and the active set
+  // (equality rows always active).
   for (int l = 0; l < W; ++l) {
     const int src = l < count ? l : count - 1;
     for (int j = 0; j < n; ++j) st.xs[j][l] = x_out[int64_t(src) * n + j];
@@ -505,12 +576,13 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
   mat_vec<T>(st.Gr, m, n, st.xs, st.gx);
   const V zero{}, one = splat<V>(T(1));
   for (int r = 0; r < m; ++r) st.act[r] = st.ls[r] > st.h[r] - st.gx[r] ? one : zero;
+  for (int e = m; e < mk; ++e) st.act[e] = one;
   int nrows = 0;
-  const auto ok = kkt_factor<T>(st, n, m, kkt_scale<T>(st, n, m), set.kkt_reg, nrows);
+  const auto ok = kkt_factor<T>(st, n, mk, kkt_scale<T>(st, n, mk), set.kkt_reg, nrows);
   for (int j = 0; j < n; ++j) st.rx[j] = -st.q[j];
-  for (int r = 0; r < m; ++r) st.ra[r] = st.act[r] * st.h[r];
-  kkt_refined<T>(st, n, m, nrows, st.rx, st.ra);
-  // The serial acceptance test, lane by lane.
+  for (int r = 0; r < mk; ++r) st.ra[r] = st.act[r] * st.h[r];
+  kkt_refined<T>(st, n, mk, nrows, st.rx, st.ra);
+  // The serial acceptance test, lane by lane (sign and violation on the inequality rows only).
   const V inf = splat<V>(ol_inf<T>());
   V res{}, rhs_n{}, viol{}, neg{}, ln{}, hn{};
   auto finite = ok;
@@ -520,11 +592,12 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
     finite &= vabs(st.ux[j]) < inf;
   }
   mat_vec<T>(st.Gr, m, n, st.ux, st.gx);
-  for (int r = 0; r < m; ++r) {
+  for (int r = 0; r < mk; ++r) {
     const auto a = st.act[r] > zero;
     res = vmax(res, vabs(st.ca[r]));
     rhs_n = vmax(rhs_n, a ? vabs(st.h[r]) : zero);
     finite &= ~a | (vabs(st.ua[r]) < inf);
+    if (r >= m) continue;
     viol = vmax(viol, st.gx[r] - st.h[r]);
     neg = vmax(neg, a ? -st.ua[r] : zero);
     ln = vmax(ln, a ? vabs(st.ua[r]) : zero);
@@ -533,20 +606,21 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
   const T tol = set.polish_tol;
   const auto primal_ok = finite & (viol <= tol * (one + hn)) & (res <= tol * (one + rhs_n));
   const auto accept = primal_ok & (neg <= tol * (one + ln));
-  const int64_t N0 = int64_t(n) + m;
+  const int64_t N0 = int64_t(n) + m + p;
   for (int l = 0; l < count; ++l) {
     if (!(status_out[l] == kSolved || status_out[l] == kMaxIter)) continue;
-    const int64_t i = i0 + l;
     T* x = x_out + int64_t(l) * n;
     T* lam = lam_out + int64_t(l) * m;
-    const Problem<T> d{bd.Q + i * bd.sQ, bd.q + i * bd.sq, bd.G + i * bd.sG, bd.h + i * bd.sh, nullptr, nullptr, n, m, 0};
+    T* nu = nu_out + int64_t(l) * p;
+    const Problem<T> d = bd.problem(i0 + l);
     bool done = false;
     if (accept[l]) {
       for (int j = 0; j < n; ++j) x[j] = st.ux[j][l];
       for (int r = 0; r < m; ++r) lam[r] = st.act[r][l] > T(0) ? ol_max(st.ua[r][l], T(0)) : T(0);
+      for (int e = 0; e < p; ++e) nu[e] = st.ua[m + e][l];
       done = true;
     } else if (primal_ok[l]) {
-      // Compact (x, λ_𝒜) for the repair: u at pw, the active rows' indices after it, scratch next.
+      // Compact (x, λ_𝒜, ν) for the repair: u at pw, the active rows' indices after it, scratch next.
       T* u = pw;
       int* act = reinterpret_cast<int*>(pw + N0);
       T* scratch = pw + 2 * N0;
@@ -555,51 +629,55 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
         if (st.act[r][l] > T(0)) act[k++] = r;
       for (int j = 0; j < n; ++j) u[j] = st.ux[j][l];
       for (int a = 0; a < k; ++a) u[n + a] = st.ua[act[a]][l];
-      const int64_t need = int64_t(k) * k + 6 * int64_t(k) + 2 * int64_t(n);
+      for (int e = 0; e < p; ++e) u[n + k + e] = st.ua[m + e][l];
+      const int64_t need = int64_t(k + p) * (k + p) + 6 * int64_t(k + p) + 2 * int64_t(n);
       if (need <= N0 * N0 &&
-          repair_multipliers(d, act, k, tol * (1 + rhs_n[l]), u, scratch, polish_scalars(n, m) - 2 * N0)) {
+          repair_multipliers(d, act, k, tol * (1 + rhs_n[l]), u, scratch, polish_scalars(n, m, p) - 2 * N0)) {
         for (int j = 0; j < n; ++j) x[j] = u[j];
         for (int r = 0; r < m; ++r) lam[r] = T(0);
         for (int a = 0; a < k; ++a) lam[act[a]] = ol_max(u[n + a], T(0));
+        for (int e = 0; e < p; ++e) nu[e] = u[n + k + e];
         done = true;
       }
     }
     if (done) {
       status_out[l] = kSolved;
     } else {
-      polish(SerialGroup{}, d, set, pw, x, lam, static_cast<T*>(nullptr), status_out + l, kPolishRounds,
-             static_cast<T*>(nullptr));
+      polish(SerialGroup{}, d, set, pw, x, lam, nu, status_out + l, kPolishRounds, static_cast<T*>(nullptr));
     }
   }
 }
 
 // Reverse-mode gradients of the problems [i0, i0 + count) (qp_ipm.h::kkt_backward for a block):
-// active set M = 1[λ > h − Gx], u = K⁻¹ (g_x, M g_λ) with the active-set KKT matrix (range-space,
-// refined), then per problem ∇Q −= ½(u_x xᵀ + x u_xᵀ), ∇q −= u_x, ∇G −= M(λ u_xᵀ + u_λ xᵀ),
-// ∇h += M u_λ, added into the pointers out(i) returns ({dQ, dq, dG, dh}; shared inputs may return
-// one buffer for all). Problems with status ≠ 0 contribute nothing; a lane whose H is ill
-// conditioned for the range-space solve runs the serial kkt_backward. gx, glam may be null.
+// active set M = 1[λ > h − Gx], u = K⁻¹ (g_x, M g_λ, g_ν) with the active-set KKT matrix
+// (range-space, refined), then per problem ∇Q −= ½(u_x xᵀ + x u_xᵀ), ∇q −= u_x,
+// ∇G −= M(λ u_xᵀ + u_λ xᵀ), ∇h += M u_λ, ∇A −= ν u_xᵀ + u_ν xᵀ, ∇b += u_ν, added into the pointers
+// out(i) returns ({dQ, dq, dG, dh, dA, db}; shared inputs may return one buffer for all). Problems
+// with status ≠ 0 contribute nothing; a lane whose H is ill conditioned for the range-space solve,
+// or whose refined residual stays above √ε, runs the serial kkt_backward. gx, glam, gnu may be null.
 template <typename T, typename Out>
-void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const int8_t* status, const T* gx,
-                    const T* glam, int64_t i0, int count, T kkt_reg, typename Vec<T>::type* wv, T* pw,
-                    const Out& out) {
+void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const T* nu, const int8_t* status,
+                    const T* gx, const T* glam, const T* gnu, int64_t i0, int count, T kkt_reg,
+                    typename Vec<T>::type* wv, T* pw, const Out& out) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
-  const int n = bd.n, m = bd.m;
+  const int n = bd.n, m = bd.m, p = bd.p, mk = m + p;
   bool any_ok = false;
   for (int l = 0; l < count; ++l) any_ok = any_ok || status[i0 + l] == kSolved;
   if (!any_ok) return;
-  State<T> st = carve<T>(wv, n, m);
+  State<T> st = carve<T>(wv, n, m, p);
   for (int l = 0; l < W; ++l) {
     const int64_t i = i0 + (l < count ? l : count - 1);
-    const T *Q = bd.Q + i * bd.sQ, *G = bd.G + i * bd.sG, *h = bd.h + i * bd.sh;
+    const T *Q = bd.Q + i * bd.sQ, *G = bd.G + i * bd.sG, *h = bd.h + i * bd.sh, *A = bd.A + i * bd.sA;
     for (int64_t e = 0; e < int64_t(n) * n; ++e) st.Q[e][l] = Q[e];
     for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gr[e][l] = G[e];
+    for (int64_t e = 0; e < int64_t(p) * n; ++e) st.Gr[int64_t(m) * n + e][l] = A[e];
     for (int r = 0; r < m; ++r) {
       st.h[r][l] = h[r];
       st.ls[r][l] = lam[i * m + r];
       st.ra[r][l] = glam != nullptr ? glam[i * m + r] : T(0);
     }
+    for (int e = 0; e < p; ++e) st.ra[m + e][l] = gnu != nullptr ? gnu[i * p + e] : T(0);
     for (int j = 0; j < n; ++j) {
       st.xs[j][l] = x[i * n + j];
       st.rx[j][l] = gx != nullptr ? gx[i * n + j] : T(0);
@@ -611,9 +689,10 @@ void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const int8
     st.act[r] = st.ls[r] > st.h[r] - st.gx[r] ? one : zero;
     st.ra[r] *= st.act[r];
   }
+  for (int e = m; e < mk; ++e) st.act[e] = one;
   int nrows = 0;
-  auto ok = kkt_factor<T>(st, n, m, kkt_scale<T>(st, n, m), kkt_reg, nrows);
-  kkt_refined<T>(st, n, m, nrows, st.rx, st.ra);
+  auto ok = kkt_factor<T>(st, n, mk, kkt_scale<T>(st, n, mk), kkt_reg, nrows);
+  kkt_refined<T>(st, n, mk, nrows, st.rx, st.ra);
   // No acceptance test follows here (as the polish has): a lane whose refined solution still
   // leaves a residual above √ε (relative) — an inconsistent right-hand side on dependent rows, a
   // slow refinement — takes the serial solve instead.
@@ -622,7 +701,7 @@ void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const int8
     res = vmax(res, vabs(st.cx[j]));
     rn = vmax(rn, vabs(st.rx[j]));
   }
-  for (int r = 0; r < m; ++r) {
+  for (int r = 0; r < mk; ++r) {
     res = vmax(res, vabs(st.ca[r]));
     rn = vmax(rn, vabs(st.ra[r]));
   }
@@ -631,17 +710,16 @@ void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const int8
     const int64_t i = i0 + l;
     if (status[i] != kSolved) continue;
     const auto o = out(i);
-    T *dQ = o[0], *dq = o[1], *dG = o[2], *dh = o[3];
+    T *dQ = o[0], *dq = o[1], *dG = o[2], *dh = o[3], *dA = o[4], *db = o[5];
     if (!ok[l]) {
-      const Problem<T> d{bd.Q + i * bd.sQ, bd.q + i * bd.sq, bd.G + i * bd.sG, bd.h + i * bd.sh, nullptr, nullptr, n, m, 0};
-      kkt_backward(SerialGroup{}, d, x + i * n, lam + i * m, static_cast<const T*>(nullptr),
+      kkt_backward(SerialGroup{}, bd.problem(i), x + i * n, lam + i * m, nu + i * p,
                    gx != nullptr ? gx + i * n : nullptr, glam != nullptr ? glam + i * m : nullptr,
-                   static_cast<const T*>(nullptr), kkt_reg, dQ, dq, dG, dh, static_cast<T*>(nullptr),
-                   static_cast<T*>(nullptr), pw);
+                   gnu != nullptr ? gnu + i * p : nullptr, kkt_reg, dQ, dq, dG, dh, dA, db, pw);
       continue;
     }
     const T* xi = x + i * n;
     const T* li = lam + i * m;
+    const T* ni = nu + i * p;
     for (int a = 0; a < n; ++a) {
       const T ua = st.ux[a][l];
       for (int b = 0; b < n; ++b) dQ[a * n + b] -= T(0.5) * (ua * xi[b] + xi[a] * st.ux[b][l]);
@@ -653,6 +731,11 @@ void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const int8
       for (int j = 0; j < n; ++j) dG[r * n + j] -= lr * st.ux[j][l] + ur * xi[j];
       dh[r] += ur;
     }
+    for (int e = 0; e < p; ++e) {
+      const T ne = ni[e], ue = st.ua[m + e][l];
+      for (int j = 0; j < n; ++j) dA[e * n + j] -= ne * st.ux[j][l] + ue * xi[j];
+      db[e] += ue;
+    }
   }
 }
 
@@ -662,12 +745,12 @@ void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const int8
 // `wv`: block_vectors(n, m) vectors; `pw`: polish_scalars(n, m) scalars.
 template <typename T>
 void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T>& set,
-                 typename Vec<T>::type* wv, T* pw, T* x_out, T* lam_out, int8_t* status_out, int32_t* iters_out,
-                 T* keep) {
+                 typename Vec<T>::type* wv, T* pw, T* x_out, T* lam_out, T* nu_out, int8_t* status_out,
+                 int32_t* iters_out, T* keep) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
-  const int n = bd.n, m = bd.m;
-  State<T> st = carve<T>(wv, n, m);
+  const int n = bd.n, m = bd.m, p = bd.p;
+  State<T> st = carve<T>(wv, n, m, p);
   const V zero{}, one = splat<V>(T(1)), inf = splat<V>(ol_inf<T>());
 
   // Interleave the block's data.
@@ -678,8 +761,13 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     for (int j = 0; j < n; ++j) st.q[j][l] = q[j];
     for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gt[e][l] = G[e];
     for (int r = 0; r < m; ++r) st.h[r][l] = h[r];
+    const T *A = bd.A + i * bd.sA, *b = bd.b + i * bd.sb;
+    for (int64_t e = 0; e < int64_t(p) * n; ++e) st.At[e][l] = A[e];
+    for (int e = 0; e < p; ++e) st.h[m + e][l] = b[e];
   }
-  for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gr[e] = st.Gt[e];  // raw G for the polish
+  // Raw [G; A] for the polish.
+  for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gr[e] = st.Gt[e];
+  for (int64_t e = 0; e < int64_t(p) * n; ++e) st.Gr[int64_t(m) * n + e] = st.At[e];
   // Row scales and G̃ = diag(gs) G; δ = kkt_reg · max(1, |Q|, |G̃|).
   V scale = one;
   for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = vmax(scale, vabs(st.Q[e]));
@@ -695,14 +783,28 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     }
     st.hs[r] = st.h[r] * gs;
   }
+  for (int e = 0; e < p; ++e) {  // Ã = diag(as) A, b̃ = as ∘ b
+    V* Ae = st.At + int64_t(e) * n;
+    V acc{};
+    for (int j = 0; j < n; ++j) acc += Ae[j] * Ae[j];
+    const V as = acc > zero ? one / vsqrt<T>(acc) : one;
+    st.as[e] = as;
+    for (int j = 0; j < n; ++j) {
+      Ae[j] *= as;
+      scale = vmax(scale, vabs(Ae[j]));
+    }
+    st.bs[e] = st.h[m + e] * as;
+  }
   const V delta = set.kkt_reg * scale;
 
-  // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃), s = h̃ − G̃x and z = −(h̃ − G̃x), both shifted to ≥ 1.
+  // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃ − Ãᵀy) with Ãx = b̃, s = h̃ − G̃x and z = −(h̃ − G̃x),
+  // both shifted to ≥ 1.
   for (int r = 0; r < m; ++r) st.w[r] = one;
-  auto ok = factor(st, n, m, delta);
+  auto ok = factor(st, n, m, p, delta);
   for (int j = 0; j < n; ++j) st.x[j] = -st.q[j];
+  for (int e = 0; e < p; ++e) st.re[e] = -st.bs[e];
   gt_times(st, n, m, st.hs, st.x, true);
-  chol_solve(st, n, st.x);
+  reduced_solve(st, n, p, st.x, st.re, st.y);
   g_times(st, n, m, st.x, st.tm);
   V smin = inf, zmin = inf;
   for (int r = 0; r < m; ++r) {
@@ -716,9 +818,10 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     st.s[r] = s0 + shift_s;
     st.z[r] = -s0 + shift_z;
   }
-  V qn{}, hn{};
+  V qn{}, hn{}, bn{};
   for (int j = 0; j < n; ++j) qn = vmax(qn, vabs(st.q[j]));
   for (int r = 0; r < m; ++r) hn = vmax(hn, vabs(st.hs[r]));
+  for (int e = 0; e < p; ++e) bn = vmax(bn, vabs(st.bs[e]));
 
   // Per-lane status: `active` lanes iterate; the others keep their code and iteration count.
   auto active = ok;
@@ -739,6 +842,18 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     mat_vec<T>(st.Q, n, n, st.x, st.Qx);
     g_times(st, n, m, st.x, st.tm);          // G̃x
     gt_times(st, n, m, st.z, st.tn, false);  // G̃ᵀz
+    V Axn{}, ren{}, by{}, yy{};
+    if (p > 0) {
+      mat_vec<T>(st.At, p, n, st.x, st.re);       // Ãx
+      mat_t_vec<T>(st.At, p, n, st.y, st.tn, true);  // + Ãᵀy
+      for (int e = 0; e < p; ++e) {
+        Axn = vmax(Axn, vabs(st.re[e]));
+        st.re[e] -= st.bs[e];
+        ren = vmax(ren, vabs(st.re[e]));
+        by += st.bs[e] * st.y[e];
+        yy += st.y[e] * st.y[e];
+      }
+    }
     V Gxn{}, Qxn{}, Gtzn{}, Gx_pos{}, rpn{}, rdn{};
     V sz{}, qx{}, xQx{}, hz{}, xx{}, ss{};
     for (int i = 0; i < n; ++i) {
@@ -761,14 +876,14 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     }
     const V mu = sz / T(m);
     const V gap = sz / (one + vabs(T(0.5) * xQx + qx));
-    const V pres = vmax(rpn / (one + vmax(hn, Gxn)), zero);
+    const V pres = vmax(rpn / (one + vmax(hn, Gxn)), ren / (one + vmax(bn, Axn)));
     const V dres = rdn / (one + vmax(vmax(qn, Qxn), Gtzn));
     const auto converged = (pres <= tol) & (dres <= tol) & (gap <= tol);
-    const V t_p = -hz;
+    const V t_p = -(hz + by);
     const auto primal_inf = (t_p > zero) & (Gtzn <= itol * t_p);
-    const V ray = vmax(vmax(Qxn, zero), vmax(Gx_pos, zero));
+    const V ray = vmax(vmax(Qxn, Axn), vmax(Gx_pos, zero));
     const auto dual_inf = (qx < zero) & (ray <= itol * (-qx));
-    const V total = sz + xx + ss;
+    const V total = sz + xx + yy + ss;
     const auto broken = ~(vabs(total) < inf);
     finish(broken, kNumericalError);
     finish(converged, kSolved);
@@ -792,11 +907,11 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
       st.sinv[r] = T(1) / st.s[r];
       st.w[r] = st.z[r] * st.sinv[r];
     }
-    finish(~factor(st, n, m, delta), kNumericalError);
+    finish(~factor(st, n, m, p, delta), kNumericalError);
     if (!any(active, W)) break;
     // Predictor.
     for (int r = 0; r < m; ++r) st.rc[r] = st.s[r] * st.z[r];
-    newton_step(st, n, m, st.rc, st.dxa, st.dsa, st.dza);
+    newton_step(st, n, m, p, st.rc, st.dxa, st.dsa, st.dza, st.dya);
     const V aa = vmin(one, vmin(max_step<T>(st.s, st.dsa, m), max_step<T>(st.z, st.dza, m)));
     V mu_aff{};
     for (int r = 0; r < m; ++r) mu_aff += (st.s[r] + aa * st.dsa[r]) * (st.z[r] + aa * st.dza[r]);
@@ -805,7 +920,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     const V sigma = ratio * ratio * ratio;
     // Corrector.
     for (int r = 0; r < m; ++r) st.rc[r] = st.s[r] * st.z[r] + st.dsa[r] * st.dza[r] - sigma * mu;
-    newton_step(st, n, m, st.rc, st.dx, st.ds, st.dz);
+    newton_step(st, n, m, p, st.rc, st.dx, st.ds, st.dz, st.dy);
     const V alpha = vmin(one, set.step_to_boundary * vmin(max_step<T>(st.s, st.ds, m), max_step<T>(st.z, st.dz, m)));
     // Frozen lanes keep their iterate exactly (a select, not α = 0: their steps may be NaN).
     for (int j = 0; j < n; ++j) st.x[j] = active ? st.x[j] + alpha * st.dx[j] : st.x[j];
@@ -813,6 +928,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
       st.s[r] = active ? st.s[r] + alpha * st.ds[r] : st.s[r];
       st.z[r] = active ? st.z[r] + alpha * st.dz[r] : st.z[r];
     }
+    for (int e = 0; e < p; ++e) st.y[e] = active ? st.y[e] + alpha * st.dy[e] : st.y[e];
   }
   // Lanes still active here ran out of iterations (the serial loop's `it > max_iter` exit).
   iters = active ? splat<V>(T(it)) : iters;
@@ -823,24 +939,25 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     T* lam = lam_out + int64_t(l) * m;
     for (int j = 0; j < n; ++j) x[j] = st.x[j][l];
     for (int r = 0; r < m; ++r) lam[r] = st.z[r][l] * st.gs[r][l];
+    for (int e = 0; e < p; ++e) nu_out[int64_t(l) * p + e] = st.y[e][l] * st.as[e][l];
     status_out[l] = int8_t(code[l]);
     iters_out[l] = int32_t(iters[l]);
   }
   if (!set.polish) return;
-  if (keep == nullptr) {
-    polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, status_out);
+  if (keep == nullptr && range_space_kkt<T>()) {
+    polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, nu_out, status_out);
     return;
   }
-  // A kept factor is the serial polish's LU: polish problem by problem.
-  const int64_t fs = factor_size(n, m, 0);
+  // float32, or a kept factor (the serial polish's LU): polish problem by problem.
+  const int64_t fs = factor_size(n, m, p);
   for (int l = 0; l < count; ++l) {
-    const int64_t i = i0 + l;
-    T* kp = keep + int64_t(l) * fs;
-    for (int64_t e = 0; e < fs - 1; ++e) kp[e] = T(0);  // as solve_qp: no factor until the polish keeps one
-    kp[fs - 1] = T(-1);
-    Problem<T> d{bd.Q + i * bd.sQ, bd.q + i * bd.sq, bd.G + i * bd.sG, bd.h + i * bd.sh, nullptr, nullptr, n, m, 0};
-    polish(SerialGroup{}, d, set, pw, x_out + int64_t(l) * n, lam_out + int64_t(l) * m, static_cast<T*>(nullptr),
-           status_out + l, kPolishRounds, kp);
+    T* kp = keep != nullptr ? keep + int64_t(l) * fs : nullptr;
+    if (kp != nullptr) {
+      for (int64_t e = 0; e < fs - 1; ++e) kp[e] = T(0);  // as solve_qp: no factor until the polish keeps one
+      kp[fs - 1] = T(-1);
+    }
+    polish(SerialGroup{}, bd.problem(i0 + l), set, pw, x_out + int64_t(l) * n, lam_out + int64_t(l) * m,
+           nu_out + int64_t(l) * p, status_out + l, kPolishRounds, kp);
   }
 }
 

@@ -1,6 +1,6 @@
-"""The batch-interleaved CPU interior point (csrc/optlayers/qp_lanes.h) against the serial one.
+"""The batch-interleaved CPU solver (csrc/optlayers/qp_lanes.h) against the serial one.
 
-``OPTLAYERS_CPU_LANES=1`` forces the lane path for every inequality-only batch, ``=0`` turns it
+``OPTLAYERS_CPU_LANES=1`` forces the lane path for every batch with inequalities, ``=0`` turns it
 off (the C++ op reads it per call). Both paths must agree to round-off after the polish, with the
 same status per problem, also when one block of lanes mixes solved, infeasible and unbounded
 problems (a stopped lane is frozen while the others go on), for partial blocks, shared data,
@@ -25,15 +25,16 @@ def _solve(lanes: bool, monkeypatch, *args, **kw):
     return ol.solve_qp(*args, backend="native", return_solution=True, **kw)
 
 
-@pytest.mark.parametrize("B,n,m", [(1, 3, 4), (7, 12, 41), (8, 5, 9), (17, 20, 30), (64, 33, 20)])
-@pytest.mark.parametrize("shared", [(), ("Q", "G")])
-def test_lanes_match_serial_and_planted(B, n, m, shared, monkeypatch):
-    P = ol.testing.random_qp(B, n, m, 0, seed=B + n + m, shared=shared)
-    Q, q, G, h = P.data()[:4]
-    lanes = _solve(True, monkeypatch, Q, q, G, h)
-    serial = _solve(False, monkeypatch, Q, q, G, h)
+@pytest.mark.parametrize("B,n,m,p", [(1, 3, 4, 0), (7, 12, 41, 0), (8, 5, 9, 2), (17, 20, 30, 5), (64, 33, 20, 4)])
+@pytest.mark.parametrize("shared", [(), ("Q", "G", "A")])
+def test_lanes_match_serial_and_planted(B, n, m, p, shared, monkeypatch):
+    P = ol.testing.random_qp(B, n, m, p, seed=B + n + m, shared=shared)
+    lanes = _solve(True, monkeypatch, *P.data())
+    serial = _solve(False, monkeypatch, *P.data())
     assert lanes.status.tolist() == [S.SOLVED] * B
-    for a, b, ref in ((lanes.x, serial.x, P.x), (lanes.lam, serial.lam, P.lam)):
+    for a, b, ref in ((lanes.x, serial.x, P.x), (lanes.lam, serial.lam, P.lam), (lanes.nu, serial.nu, P.nu)):
+        if a.numel() == 0:  # ν for p = 0
+            continue
         assert float((a - ref).abs().max()) < 1e-10
         assert float((a - b).abs().max()) < 1e-10
 
@@ -118,28 +119,32 @@ def test_lanes_float32(monkeypatch):
     assert float((lanes.x - P.x).abs().max()) < 1e-4
 
 
-@pytest.mark.parametrize("shared", [(), ("G",)])
-def test_lanes_gradients_match_serial(shared, monkeypatch):
-    P = ol.testing.random_qp(19, 9, 14, 0, seed=2, shared=shared)
-    w = torch.randn(19, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("p", [0, 3])
+@pytest.mark.parametrize("shared", [(), ("G", "A")])
+def test_lanes_gradients_match_serial(p, shared, monkeypatch):
+    """Through x, λ and ν (all three upstream gradients), w.r.t. all six inputs."""
+    P = ol.testing.random_qp(19, 9, 14, p, seed=2, shared=shared)
+    gen = torch.Generator().manual_seed(1)
+    wx, wl, wn = (torch.randn(19, k, dtype=torch.float64, generator=gen) for k in (9, 14, p))
     grads = []
     for lanes in (True, False):
         monkeypatch.setenv("OPTLAYERS_CPU_LANES", "1" if lanes else "0")
-        Q, q, G, h = (t.clone().requires_grad_() for t in P.data()[:4])
-        x = ol.solve_qp(Q, q, G, h, backend="native")
-        (x * w).sum().backward()
-        grads.append([t.grad for t in (Q, q, G, h)])
+        data = [t.clone().requires_grad_() for t in P.data()]
+        sol = ol.solve_qp(*data, backend="native", return_solution=True)
+        ((sol.x * wx).sum() + (sol.lam * wl).sum() + (sol.nu * wn).sum()).backward()
+        grads.append([t.grad for t in data])
     for a, b in zip(*grads):
         assert a.shape == b.shape
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
-def test_auto_uses_lanes_only_where_it_applies(monkeypatch):
-    """Unset: inequality-only batches of ≥ 2 blocks with n ≤ 32 take the lanes; with equalities
-    the serial path runs. Both give the planted solution (the choice is invisible but for speed)."""
+def test_auto_routing_gives_the_planted_solution(monkeypatch):
+    """Unset: batches of ≥ 2 blocks with n ≤ 32 and m + p ≤ 128 take the lanes, others (B = 3,
+    n = 40) the serial path; either way the planted solution (the choice is invisible but for
+    speed)."""
     monkeypatch.delenv("OPTLAYERS_CPU_LANES", raising=False)
-    for p in (0, 2):
-        P = ol.testing.random_qp(40, 10, 12, p, seed=4)
+    for B, n, p in ((40, 10, 0), (40, 10, 2), (3, 10, 2), (20, 40, 3)):
+        P = ol.testing.random_qp(B, n, 12, p, seed=4)
         sol = ol.solve_qp(*P.data(), backend="native", return_solution=True)
         assert float((sol.x - P.x).abs().max()) < 1e-10
 
@@ -159,3 +164,20 @@ def test_lanes_lp_gradients_take_the_serial_fallback(monkeypatch):
     assert float((out[0][0] - P.x).abs().max()) < 1e-9
     for a, b in zip(*out):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_lanes_inconsistent_equalities_in_a_block(monkeypatch):
+    """Equalities x₀ = 1 and x₀ = −1 in one problem of a block: PRIMAL_INFEASIBLE there, the
+    others solved as by the serial path."""
+    P = ol.testing.random_qp(12, 6, 8, 2, seed=8)
+    Q, q, G, h, A, b = (t.clone() for t in P.data())
+    A[5] = 0
+    A[5, 0, 0] = A[5, 1, 0] = 1.0
+    b[5] = torch.tensor([1.0, -1.0], dtype=b.dtype)
+    lanes = _solve(True, monkeypatch, Q, q, G, h, A, b)
+    serial = _solve(False, monkeypatch, Q, q, G, h, A, b)
+    want = [S.SOLVED] * 12
+    want[5] = S.PRIMAL_INFEASIBLE
+    assert lanes.status.tolist() == want == serial.status.tolist()
+    ok = lanes.status == S.SOLVED
+    assert float((lanes.x[ok] - P.x[ok]).abs().max()) < 1e-10
