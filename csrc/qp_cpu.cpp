@@ -60,10 +60,11 @@ void for_each_dynamic(int64_t count, int64_t ws, const F& body) {
 // with m > 0 up to m + p = kLanesForcedMaxM (tests, benchmarks).
 // The lane workspace grows with (m + p)² (the polish/backward Schur complement), hence the bound:
 // kLanesMaxM automatically, kLanesForcedMaxM when forced (64 MiB a thread in float64, AVX-512).
-// kLanesMaxN from fwd+bwd timings on the 2-core AVX-512 machine (float64, lanes vs serial):
-// B=256 n=30 m=60 p=5 16.8 vs 36.7 ms; B=32 n=20 m=20 p=5 1.61 vs 2.71; B=128 n=50 m=50 p=10
-// 28.1 vs 33.9; B=128 n=64 m=64 p=10 54.7 vs 54.0 (tie); B=8 n=200: 182 vs 69.
-constexpr int kLanesMaxN = 50;
+// kLanesMaxN from fwd+bwd timings on the 2-core AVX-512 machine (float64, lanes vs serial,
+// benchmarks/native_lanes.py, results/native_lanes_cpu.txt): lanes 1.6–2.0× faster from n = 20 to
+// n = 64 (m + p ≤ 128), 1.3× at B=128 n=80 m=80 p=10, 0.77× at B=64 n=100 m=100 p=10 and 0.4× at
+// B=8 n=200 m=200 p=50.
+constexpr int kLanesMaxN = 64;
 constexpr int kLanesMaxM = 128;
 constexpr int kLanesForcedMaxM = 1024;
 

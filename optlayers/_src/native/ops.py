@@ -12,6 +12,8 @@ kernels). Here we add, once the library is loaded:
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from optlayers._src.native import build
@@ -92,9 +94,23 @@ def _factor_size(n: int, m: int, p: int) -> int:
     return N * N + N + m + 1
 
 
+def _lanes_likely(data: QPData) -> bool:
+    """Whether the CPU op will take its batch-interleaved float64 path (csrc/qp_cpu.cpp::use_lanes),
+    which polishes and differentiates whole blocks by the range-space method: there is no LU to
+    keep, and asking for one would send the block to the serial polish. A mirror of the C++ rule
+    (float64, m > 0, n ≤ 64, m + p ≤ 128, at least two blocks: B ≥ 16 with 8 lanes; with 4-wide
+    vectors the op already takes lanes from B = 8, where keeping is then just not needed)."""
+    forced = os.environ.get("OPTLAYERS_CPU_LANES", "")
+    if forced.startswith("0") or data.dtype != torch.float64 or data.m == 0:
+        return False
+    if forced.startswith("1"):
+        return data.m + data.p <= 1024
+    return data.n <= 64 and data.m + data.p <= 128 and data.B >= 16
+
+
 def _keep_factor(data: QPData) -> bool:
     fits = data.B * _factor_size(data.n, data.m, data.p) <= _KEEP_MAX_SCALARS
-    return data.device.type == "cpu" and data.n + data.p >= _KEEP_MIN_N and fits
+    return data.device.type == "cpu" and data.n + data.p >= _KEEP_MIN_N and fits and not _lanes_likely(data)
 
 
 def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
