@@ -150,7 +150,8 @@ def solve_qp(
         else:
             x, lam, nu = raw.x, raw.lam, raw.nu
     shape = data.batch_shape
-    x, lam, nu = (t.reshape(tuple(shape) + t.shape[-1:]) for t in (x, lam, nu))
+    if len(shape) != 1:  # (B, ·) is already the shape of a one-dimensional batch
+        x, lam, nu = (t.reshape(tuple(shape) + t.shape[-1:]) for t in (x, lam, nu))
     status = raw.status.reshape(shape)
     x, lam, nu = apply_failure_policy(status, (x, lam, nu), policy, what="QP")
     if not return_solution:

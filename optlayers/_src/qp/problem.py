@@ -189,10 +189,13 @@ def canonicalize(
     for name, t in raw.items():
         core = t.shape[t.dim() - _CORE_DIMS[name]:]
         tb = batches[name]
+        # (A reshape to the same shape still records an autograd view node: skip it, it costs
+        # a few µs per input on every small-batch call.)
         if tb == batch_shape and len(tb):
-            canon[name] = t.reshape((B,) + tuple(core))
+            target = (B,) + tuple(core)
+            canon[name] = t if t.shape == target else t.reshape(target)
         elif math.prod(tb) == 1:
-            canon[name] = t.reshape(core)  # shared: one copy for the whole batch
+            canon[name] = t if t.dim() == len(core) else t.reshape(core)  # shared: one copy for the batch
         else:
             canon[name] = t.expand(tuple(batch_shape) + tuple(core)).reshape((B,) + tuple(core))
     return QPData(batch_shape=torch.Size(batch_shape), present=present, **canon)
