@@ -1033,9 +1033,11 @@ OL_HD void keep_factor(const Grp& g, const KKTWork<T>& w, const T* inset, int n,
 // negative sign although a nonnegative choice exists. Given the polished x, find y = (λ_𝒜 ≥ 0, ν
 // free) minimizing ‖C_𝒜ᵀλ + Aᵀν + Qx + q‖ by Lawson–Hanson NNLS (ν always passive). Returns true,
 // with y written to u[n…n+k+p), when the stationarity residual is ≤ tol; `scratch` holds (k+p)² +
-// 6(k+p) + 2n scalars, or `scratch_size` ≥ 2(k+p)² + 6(k+p) + 2n of them, in which case the Gram
-// matrix of all k + p rows is computed once up front (same numbers, fewer dot products: every
-// Lawson–Hanson step otherwise recomputes the passive rows' Gram matrix).
+// 6(k+p) + 2n scalars, or `scratch_size` ≥ 2(k+p)² + 7(k+p) + 2n of them, in which case the Gram
+// matrix of all k + p rows and their products with g are computed once up front: every
+// Lawson–Hanson step then works on those (c² multiply-adds for the gradient, no n-length dot
+// products with their reductions), instead of recomputing the passive rows' Gram matrix and the
+// residual.
 template <typename T>
 OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol, T* u, T* scratch,
                               int64_t scratch_size = 0) {
@@ -1049,17 +1051,24 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
   T* r = inP + 3 * c;             // residual Mᵀy + g (n)
   T* gq = r + n;                  // the gradient g = Qx + q (n), fixed during the repair
   const int64_t base = int64_t(c) * c + 6 * int64_t(c) + 2 * int64_t(n);
-  T* full = scratch_size >= base + int64_t(c) * c ? gq + n : nullptr;  // c×c Gram of all rows
+  T* full = scratch_size >= base + int64_t(c) * c + c ? gq + n : nullptr;  // c×c Gram of all rows
+  T* b0 = full != nullptr ? full + int64_t(c) * c : nullptr;                  // M g (c)
   const T* x = u;
   auto row = [&](int j) { return j < k ? d.G + int64_t(act[j]) * n : d.A + int64_t(j - k) * n; };
   if (full != nullptr)
     for (int a = 0; a < c; ++a)
-      for (int b = 0; b <= a; ++b) full[a * c + b] = dot_serial(row(a), row(b), n);
+      for (int b = 0; b <= a; ++b) full[a * c + b] = full[b * c + a] = dot_serial(row(a), row(b), n);
   T gn = 0;
   for (int i = 0; i < n; ++i) {
     gq[i] = dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i];
     gn = ol_max(gn, ol_abs(gq[i]));
   }
+  if (b0 != nullptr)
+    for (int j = 0; j < c; ++j) {
+      T acc = 0;
+      for (int i = 0; i < n; ++i) acc += row(j)[i] * gq[i];
+      b0[j] = acc;
+    }
   auto residual = [&]() {
     for (int i = 0; i < n; ++i) r[i] = gq[i];
     for (int j = 0; j < c; ++j)
@@ -1079,7 +1088,11 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
     T* rhs_ = wv;  // reuse: −M_P g
     for (int a = 0; a < np; ++a) {
       T acc = 0;
-      for (int i = 0; i < n; ++i) acc += row(idx[a])[i] * gq[i];
+      if (b0 != nullptr) {
+        acc = b0[idx[a]];
+      } else {
+        for (int i = 0; i < n; ++i) acc += row(idx[a])[i] * gq[i];
+      }
       rhs_[a] = -acc;
     }
     chol_solve(SerialGroup{}, gram, np, rhs_);
@@ -1093,12 +1106,20 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
   }
   const T wtol = tol * (1 + gn) * T(1e-3);
   for (int outer = 0; outer < 3 * c; ++outer) {
-    residual();
+    if (full == nullptr) {
+      residual();
+    } else {
+      // m_jᵀ(g + Mᵀy) = b0_j + Σ_i (m_iᵀm_j) y_i for all j at once, as axpys over the rows of the
+      // (symmetric) Gram matrix: contiguous in j, and no reduction chain per j.
+      for (int j = 0; j < k; ++j) wv[j] = b0[j];
+      for (int i = 0; i < c; ++i)
+        if (y[i] != T(0)) axpy_serial(wv, y[i], full + int64_t(i) * c, k);
+    }
     int t = -1;
     T best = wtol;
     for (int j = 0; j < k; ++j) {
       if (inP[j] > T(0.5)) continue;
-      const T wj = -dot_serial(row(j), r, n);
+      const T wj = full != nullptr ? -wv[j] : -dot_serial(row(j), r, n);
       if (wj > best) { best = wj; t = j; }
     }
     if (t < 0) break;
