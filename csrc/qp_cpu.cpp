@@ -348,6 +348,35 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
     const T* pQ = Q.data_ptr<T>();
     std::vector<double> asym(count, 0.0);
     std::vector<int64_t> bad(count, 0);
+    // Many small Q (n ≤ 64): the PSD test of W matrices at once, one per SIMD lane (the lanes
+    // Cholesky of qp_lanes.h, same test: a pivot of Q + psd_tol·scale·I not positive); the same
+    // scale and asymmetry numbers as the loop below.
+    constexpr int W = optlayers::lanes::width<T>();
+    if (n <= 64 && count >= 2 * W) {
+      using V = typename optlayers::lanes::Vec<T>::type;
+      const int64_t blocks = (count + W - 1) / W;
+      at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<V> K(int64_t(n) * n), dinv(n);
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t i0 = blk * W;
+          const int cnt = int(std::min<int64_t>(W, count - i0));
+          V shift{};
+          for (int l = 0; l < W; ++l) {
+            const T* M = pQ + (i0 + (l < cnt ? l : cnt - 1)) * int64_t(n) * n;
+            T scale = 1, worst = 0;
+            for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = std::max(scale, std::abs(M[e]));
+            for (int i = 0; i < n; ++i)
+              for (int j = 0; j < i; ++j) worst = std::max(worst, std::abs(M[i * n + j] - M[j * n + i]));
+            if (l < cnt) asym[i0 + l] = double(worst / scale);
+            for (int64_t e = 0; e < int64_t(n) * n; ++e) K[e][l] = M[e];
+            shift[l] = T(psd_tol) * scale;
+          }
+          for (int i = 0; i < n; ++i) K[int64_t(i) * n + i] += shift;
+          const auto ok = optlayers::lanes::chol<T>(K.data(), dinv.data(), n, V{});
+          for (int l = 0; l < cnt; ++l) bad[i0 + l] = ok[l] ? 0 : 1;
+        }
+      });
+    } else
     at::parallel_for(0, count, 1, [&](int64_t c0, int64_t c1) {
       std::vector<T> L(int64_t(n) * n);
       for (int64_t c = c0; c < c1; ++c) {

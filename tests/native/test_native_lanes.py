@@ -225,3 +225,21 @@ def test_lanes_agree_with_serial_on_random_families(kind, monkeypatch):
         ok = a.status == S.SOLVED
         if bool(ok.any()):
             assert float((a.x[ok] - b.x[ok]).abs().max()) <= 1e-6 * (1 + float(b.x[ok].abs().max())), (kind, seed)
+
+
+@pytest.mark.parametrize("bad", [None, 0, 27, 39])
+def test_value_checks_of_many_small_q(bad):
+    """The C++ input check runs its PSD test of many small Q in lanes: it must flag exactly the
+    indefinite one (anywhere in a block, including the last, partial one) and pass the others."""
+    from optlayers._src.native import ops
+
+    P = ol.testing.random_qp(40, 9, 5, 0, seed=1)
+    Q = P.Q.clone()
+    if bad is not None:  # shift its spectrum so that λ_min = −1e-2 (far beyond psd_tol)
+        Q[bad] -= (float(torch.linalg.eigvalsh(Q[bad]).min()) + 1e-2) * torch.eye(9, dtype=Q.dtype)
+    nonfinite, asym, first = ops.check_values(Q, P.q, P.G, P.h, P.A, P.b, 1e-10)
+    assert not any(nonfinite) and asym < 1e-12
+    assert first == (-1 if bad is None else bad)
+    if bad is not None:
+        with pytest.raises(ValueError, match="positive semidefinite"):
+            ol.solve_qp(Q, P.q, P.G, P.h, backend="native")
