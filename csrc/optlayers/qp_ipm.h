@@ -656,13 +656,16 @@ OL_HD void kkt_matvec(const Grp& g, const Problem<T>& d, const int* act, int k, 
 
 // Solve K u = rhs (compact, size N) with the factor + up to kRefinementSteps of refinement against
 // the exact matrix. Refinement stops once a correction is below the rounding of u itself
-// (max|du| ≤ ε·max|u|): further steps could not change u. u ← solution.
+// (max|du| ≤ ε·max|u|): further steps could not change u. u ← solution. With `u_holds_rhs0`, u
+// holds on entry the right-hand side of the first (regularized) solve, which may differ from rhs
+// (see polish); the refinement is against rhs.
 template <typename T, typename Grp>
 OL_HD void kkt_refined_solve(const Grp& g, const Problem<T>& d, const int* act, int k, KKTWork<T> w,
-                             const T* rhs, T* u) {
+                             const T* rhs, T* u, bool u_holds_rhs0 = false) {
   const int N = d.n + k + d.p;
   const T eps = sizeof(T) == 4 ? T(1.2e-7) : T(2.3e-16);
-  for (int i = g.rank(); i < N; i += g.size()) u[i] = rhs[i];
+  if (!u_holds_rhs0)
+    for (int i = g.rank(); i < N; i += g.size()) u[i] = rhs[i];
   g.sync();
   lu_solve(g, w.LU, w.piv, N, u);
   for (int it = 0; it < kRefinementSteps; ++it) {
@@ -1186,8 +1189,17 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     for (int i = g.rank(); i < n; i += g.size()) rhs[i] = -d.q[i];
     for (int a = g.rank(); a < k; a += g.size()) rhs[n + a] = d.h[act[a]];
     for (int e = g.rank(); e < p; e += g.size()) rhs[n + k + e] = d.b[e];
+    // The regularized solve's right-hand side G_𝒜x − δλ = h_𝒜 − δλ̂ (λ̂ the interior point's
+    // multipliers, ≥ 0): with dependent active rows (a zero-force grasp contact) it picks the
+    // multipliers nearest to λ̂ instead of the minimum-norm ones, whose signs are arbitrary, so the
+    // NNLS repair is rarely needed. The refinement is against the exact h_𝒜: x is unchanged, and
+    // unique multipliers lose the shift.
+    for (int i = g.rank(); i < N; i += g.size()) {
+      const T li = (i >= n && i < n + k) ? lam[act[i - n]] : T(0);
+      u[i] = ol_abs(li) < ol_inf<T>() ? rhs[i] - delta * li : rhs[i];  // (a non-finite λ̂: no shift)
+    }
     g.sync();
-    kkt_refined_solve(g, d, act, k, w, rhs, u);
+    kkt_refined_solve(g, d, act, k, w, rhs, u, true);
     // Acceptance: primal feasibility, dual sign, residual, finiteness.
     kkt_matvec(g, d, act, k, u, w.r);
     T part_res = 0, part_rhs = 0;

@@ -496,14 +496,15 @@ void kkt_residual(State<T>& st, int n, int m, const typename Vec<T>::type* rx, c
 }
 
 // Solve with up to kRefinementSteps of refinement (stopping once every lane's correction is at the
-// rounding of its solution). (ux, ua) ← solution; (cx, ca) ← the final exact residual.
+// rounding of its solution). (ux, ua) ← solution; (cx, ca) ← the final exact residual. `ra0`, if
+// given, replaces ra in the first (regularized) solve only; the refinement is against ra.
 template <typename T>
 void kkt_refined(State<T>& st, int n, int m, int nrows, const typename Vec<T>::type* rx,
-                 const typename Vec<T>::type* ra) {
+                 const typename Vec<T>::type* ra, const typename Vec<T>::type* ra0 = nullptr) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
   const T eps = sizeof(T) == 4 ? T(1.2e-7) : T(2.3e-16);
-  kkt_solve_once<T>(st, n, m, nrows, rx, ra, st.ux, st.ua);
+  kkt_solve_once<T>(st, n, m, nrows, rx, ra0 != nullptr ? ra0 : ra, st.ux, st.ua);
   for (int it = 0; it < kRefinementSteps; ++it) {
     kkt_residual<T>(st, n, m, rx, ra, st.ux, st.ua, st.cx, st.ca);
     kkt_solve_once<T>(st, n, m, nrows, st.cx, st.ca, st.cx, st.ca);
@@ -584,7 +585,17 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
   const auto ok = kkt_factor<T>(st, n, mk, kkt_scale<T>(st, n, mk), set.kkt_reg, nrows);
   for (int j = 0; j < n; ++j) st.rx[j] = -st.q[j];
   for (int r = 0; r < mk; ++r) st.ra[r] = st.act[r] * st.h[r];
-  kkt_refined<T>(st, n, mk, nrows, st.rx, st.ra);
+  // The regularized solve picks, among the multipliers that the active rows leave free (dependent
+  // rows: a zero-force grasp contact), the ones nearest to the interior point's: G_𝒜x − δλ =
+  // h_𝒜 − δλ̂ makes λ the proximal point of λ̂ ≥ 0 instead of the minimum-norm choice, whose signs
+  // are arbitrary. The refinement is against the exact h_𝒜, so x is unchanged; with unique
+  // multipliers the shift is refined away.
+  const V delta = set.kkt_reg * kkt_scale<T>(st, n, mk);
+  V* ra0 = st.gx;  // free until the acceptance test below
+  const V inf_ = splat<V>(ol_inf<T>());
+  for (int r = 0; r < m; ++r) ra0[r] = vabs(st.ls[r]) < inf_ ? st.ra[r] - st.act[r] * delta * st.ls[r] : st.ra[r];
+  for (int e = m; e < mk; ++e) ra0[e] = st.ra[e];
+  kkt_refined<T>(st, n, mk, nrows, st.rx, st.ra, ra0);
   // The serial acceptance test, lane by lane (sign and violation on the inequality rows only).
   const V inf = splat<V>(ol_inf<T>());
   V res{}, rhs_n{}, viol{}, neg{}, ln{}, hn{};
