@@ -1189,47 +1189,60 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     for (int i = g.rank(); i < n; i += g.size()) rhs[i] = -d.q[i];
     for (int a = g.rank(); a < k; a += g.size()) rhs[n + a] = d.h[act[a]];
     for (int e = g.rank(); e < p; e += g.size()) rhs[n + k + e] = d.b[e];
-    // The regularized solve's right-hand side G_𝒜x − δλ = h_𝒜 − δλ̂ (λ̂ the interior point's
-    // multipliers, ≥ 0): with dependent active rows (a zero-force grasp contact) it picks the
-    // multipliers nearest to λ̂ instead of the minimum-norm ones, whose signs are arbitrary, so the
-    // NNLS repair is rarely needed. The refinement is against the exact h_𝒜: x is unchanged, and
-    // unique multipliers lose the shift.
-    for (int i = g.rank(); i < N; i += g.size()) {
-      const T li = (i >= n && i < n + k) ? lam[act[i - n]] : T(0);
-      u[i] = ol_abs(li) < ol_inf<T>() ? rhs[i] - delta * li : rhs[i];  // (a non-finite λ̂: no shift)
+    // Solve, then test: primal feasibility, dual sign, residual, finiteness. A solution that fails
+    // only the sign test (dependent active rows, e.g. a zero-force grasp contact: the active-set
+    // system fixes x but not the multipliers, and its regularized, minimum-norm-like choice has
+    // arbitrary signs) is solved once more with the right-hand side G_𝒜x − δλ = h_𝒜 − δλ̂ (λ̂ ≥ 0
+    // the interior point's multipliers), which picks the multipliers nearest to λ̂; the refinement
+    // is against the exact h_𝒜, so x does not change. Usually that passes, and the NNLS repair
+    // below is left for the rest, on the unshifted solution. (Using the shifted solution beyond
+    // its acceptance changes which later polish rounds succeed: one of 4,800 grasp QPs then failed
+    // every round.)
+    T res = 0, rhs_n = 0, viol = 0, neg = 0, ln = 0;
+    bool finite = false, primal_ok = false, accept = false;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      const bool shifted = attempt == 1;
+      for (int i = g.rank(); i < N; i += g.size()) {
+        const T li = (shifted && i >= n && i < n + k) ? lam[act[i - n]] : T(0);
+        u[i] = ol_abs(li) < ol_inf<T>() ? rhs[i] - delta * li : rhs[i];  // (a non-finite λ̂: no shift)
+      }
+      g.sync();
+      kkt_refined_solve(g, d, act, k, w, rhs, u, true);
+      kkt_matvec(g, d, act, k, u, w.r);
+      T part_res = 0, part_rhs = 0;
+      bool part_finite = true;
+      for (int i = g.rank(); i < N; i += g.size()) {
+        part_res = ol_max(part_res, ol_abs(w.r[i] - rhs[i]));
+        part_rhs = ol_max(part_rhs, ol_abs(rhs[i]));
+        part_finite = part_finite && (u[i] == u[i]) && ol_abs(u[i]) < ol_inf<T>();
+      }
+      res = g.max(part_res);
+      rhs_n = g.max(part_rhs);
+      finite = g.max(part_finite ? T(0) : T(1)) == T(0);
+      mat_times(g, d.G, n, m, n, u, gx);  // G xp
+      T part_viol = 0;
+      for (int i = g.rank(); i < m; i += g.size()) part_viol = ol_max(part_viol, gx[i] - d.h[i]);
+      viol = g.max(part_viol);
+      T part_lmin = 0, part_ln = 0;
+      for (int a = g.rank(); a < k; a += g.size()) {
+        part_lmin = ol_max(part_lmin, -u[n + a]);
+        part_ln = ol_max(part_ln, ol_abs(u[n + a]));
+      }
+      neg = g.max(part_lmin);
+      ln = g.max(part_ln);
+      primal_ok = finite && viol <= set.polish_tol * (1 + hn) && res <= set.polish_tol * (1 + rhs_n);
+      accept = primal_ok && neg <= set.polish_tol * (1 + ln);
+      g.sync();
+      if (accept || (attempt == 0 && !primal_ok)) break;
+      // Not accepted after the shifted solve: attempt 2 re-solves unshifted, so that the repair
+      // and the next round's corrections see exactly what they saw without the second try.
     }
-    g.sync();
-    kkt_refined_solve(g, d, act, k, w, rhs, u, true);
-    // Acceptance: primal feasibility, dual sign, residual, finiteness.
-    kkt_matvec(g, d, act, k, u, w.r);
-    T part_res = 0, part_rhs = 0;
-    bool part_finite = true;
-    for (int i = g.rank(); i < N; i += g.size()) {
-      part_res = ol_max(part_res, ol_abs(w.r[i] - rhs[i]));
-      part_rhs = ol_max(part_rhs, ol_abs(rhs[i]));
-      part_finite = part_finite && (u[i] == u[i]) && ol_abs(u[i]) < ol_inf<T>();
-    }
-    const T res = g.max(part_res), rhs_n = g.max(part_rhs);
-    const bool finite = g.max(part_finite ? T(0) : T(1)) == T(0);
-    mat_times(g, d.G, n, m, n, u, gx);  // G xp
-    T part_viol = 0;
-    for (int i = g.rank(); i < m; i += g.size()) part_viol = ol_max(part_viol, gx[i] - d.h[i]);
-    const T viol = g.max(part_viol);
-    T part_lmin = 0, part_ln = 0;
-    for (int a = g.rank(); a < k; a += g.size()) {
-      part_lmin = ol_max(part_lmin, -u[n + a]);
-      part_ln = ol_max(part_ln, ol_abs(u[n + a]));
-    }
-    const T neg = g.max(part_lmin), ln = g.max(part_ln);
     bool repaired = false;
-    bool accept = finite && viol <= set.polish_tol * (1 + hn) && neg <= set.polish_tol * (1 + ln) &&
-                  res <= set.polish_tol * (1 + rhs_n);
     // Right x, wrong-signed multipliers (dependent active rows): look for nonnegative ones. The
     // repair is serial; in a thread group its first member runs it while the others wait, and
     // the verdict goes to all through a workspace slot (w.du is free once the solve is done).
     const int64_t need = int64_t(k + p) * (k + p) + 6 * int64_t(k + p) + 2 * int64_t(n);
-    if (!accept && finite && viol <= set.polish_tol * (1 + hn) && res <= set.polish_tol * (1 + rhs_n) &&
-        need <= N0 * N0)
+    if (!accept && primal_ok && need <= N0 * N0)
     {
       if constexpr (Grp::kSerial) {
         accept = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU, N0 * N0);

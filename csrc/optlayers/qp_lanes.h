@@ -82,7 +82,7 @@ inline int64_t block_vectors(int n, int m, int p) {
   const int64_t ipm = 2 * int64_t(n) * n + int64_t(m) * n + 8 * int64_t(n) + 17 * int64_t(m) +
                       2 * int64_t(p) * n + int64_t(p) * p + 12 * int64_t(p);
   const int64_t mk = int64_t(m) + p;
-  const int64_t kkt = 2 * mk * n + int64_t(n) * n + mk * mk + 8 * int64_t(n) + 10 * mk;
+  const int64_t kkt = 2 * mk * n + int64_t(n) * n + mk * mk + 9 * int64_t(n) + 11 * mk;
   return ipm + kkt + 8;
 }
 
@@ -107,6 +107,7 @@ struct State {
   V *Gr, *L, *dL, *Vr, *S, *dS, *act;
   V *ux, *rx, *cx, *t, *tx, *xs;
   V *ua, *ra, *ca, *b, *gx, *ls;
+  V *u1x, *u1a;  // the polish's first solution while it tries the shifted one
   int* rows;  // rows active in some lane (int slots in the vector workspace)
 };
 
@@ -128,6 +129,7 @@ State<T> carve(typename Vec<T>::type* wv, int n, int m, int p) {
   st.S = take(mk * mk); st.dS = take(mk); st.act = take(mk);
   st.ux = take(n); st.rx = take(n); st.cx = take(n); st.t = take(n); st.tx = take(n); st.xs = take(n);
   st.ua = take(mk); st.ra = take(mk); st.ca = take(mk); st.b = take(mk); st.gx = take(mk); st.ls = take(mk);
+  st.u1x = take(n); st.u1a = take(mk);
   st.rows = reinterpret_cast<int*>(take(mk));  // mk ints fit in mk vectors
   return st;
 }
@@ -585,41 +587,63 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
   const auto ok = kkt_factor<T>(st, n, mk, kkt_scale<T>(st, n, mk), set.kkt_reg, nrows);
   for (int j = 0; j < n; ++j) st.rx[j] = -st.q[j];
   for (int r = 0; r < mk; ++r) st.ra[r] = st.act[r] * st.h[r];
-  // The regularized solve picks, among the multipliers that the active rows leave free (dependent
-  // rows: a zero-force grasp contact), the ones nearest to the interior point's: G_𝒜x − δλ =
-  // h_𝒜 − δλ̂ makes λ the proximal point of λ̂ ≥ 0 instead of the minimum-norm choice, whose signs
-  // are arbitrary. The refinement is against the exact h_𝒜, so x is unchanged; with unique
-  // multipliers the shift is refined away.
-  const V delta = set.kkt_reg * kkt_scale<T>(st, n, mk);
-  V* ra0 = st.gx;  // free until the acceptance test below
-  const V inf_ = splat<V>(ol_inf<T>());
-  for (int r = 0; r < m; ++r) ra0[r] = vabs(st.ls[r]) < inf_ ? st.ra[r] - st.act[r] * delta * st.ls[r] : st.ra[r];
-  for (int e = m; e < mk; ++e) ra0[e] = st.ra[e];
-  kkt_refined<T>(st, n, mk, nrows, st.rx, st.ra, ra0);
+  kkt_refined<T>(st, n, mk, nrows, st.rx, st.ra);
   // The serial acceptance test, lane by lane (sign and violation on the inequality rows only).
   const V inf = splat<V>(ol_inf<T>());
-  V res{}, rhs_n{}, viol{}, neg{}, ln{}, hn{};
-  auto finite = ok;
-  for (int j = 0; j < n; ++j) {
-    res = vmax(res, vabs(st.cx[j]));
-    rhs_n = vmax(rhs_n, vabs(st.q[j]));
-    finite &= vabs(st.ux[j]) < inf;
-  }
-  mat_vec<T>(st.Gr, m, n, st.ux, st.gx);
-  for (int r = 0; r < mk; ++r) {
-    const auto a = st.act[r] > zero;
-    res = vmax(res, vabs(st.ca[r]));
-    rhs_n = vmax(rhs_n, a ? vabs(st.h[r]) : zero);
-    finite &= ~a | (vabs(st.ua[r]) < inf);
-    if (r >= m) continue;
-    viol = vmax(viol, st.gx[r] - st.h[r]);
-    neg = vmax(neg, a ? -st.ua[r] : zero);
-    ln = vmax(ln, a ? vabs(st.ua[r]) : zero);
-    hn = vmax(hn, vabs(st.h[r]));
-  }
   const T tol = set.polish_tol;
-  const auto primal_ok = finite & (viol <= tol * (one + hn)) & (res <= tol * (one + rhs_n));
-  const auto accept = primal_ok & (neg <= tol * (one + ln));
+  V hn{};
+  for (int r = 0; r < m; ++r) hn = vmax(hn, vabs(st.h[r]));
+  V rhs_n{};
+  auto primal_ok = ok, accept = ok;
+  using Mask = decltype(primal_ok);
+  auto evaluate = [&](Mask& primal_ok, Mask& accept) {
+    V res{}, viol{}, neg{}, ln{};
+    rhs_n = V{};
+    auto finite = ok;
+    for (int j = 0; j < n; ++j) {
+      res = vmax(res, vabs(st.cx[j]));
+      rhs_n = vmax(rhs_n, vabs(st.q[j]));
+      finite &= vabs(st.ux[j]) < inf;
+    }
+    mat_vec<T>(st.Gr, m, n, st.ux, st.gx);
+    for (int r = 0; r < mk; ++r) {
+      const auto a = st.act[r] > zero;
+      res = vmax(res, vabs(st.ca[r]));
+      rhs_n = vmax(rhs_n, a ? vabs(st.h[r]) : zero);
+      finite &= ~a | (vabs(st.ua[r]) < inf);
+      if (r >= m) continue;
+      viol = vmax(viol, st.gx[r] - st.h[r]);
+      neg = vmax(neg, a ? -st.ua[r] : zero);
+      ln = vmax(ln, a ? vabs(st.ua[r]) : zero);
+    }
+    primal_ok = finite & (viol <= tol * (one + hn)) & (res <= tol * (one + rhs_n));
+    accept = primal_ok & (neg <= tol * (one + ln));
+  };
+  evaluate(primal_ok, accept);
+  // Right x, wrong-signed multipliers (dependent active rows, e.g. a zero-force grasp contact):
+  // solve once more with G_𝒜x − δλ = h_𝒜 − δλ̂ in the first (regularized) solve, which picks the
+  // multipliers nearest to the interior point's λ̂ ≥ 0 instead of minimum-norm-like ones with
+  // arbitrary signs; the refinement is against the exact h_𝒜, so x does not change (as in the
+  // serial polish). Lanes keep the second solution where it is accepted.
+  const auto retry = primal_ok & ~accept;
+  if (any(retry, W)) {
+    for (int j = 0; j < n; ++j) st.u1x[j] = st.ux[j];
+    for (int r = 0; r < mk; ++r) st.u1a[r] = st.ua[r];
+    const V rhs_n1 = rhs_n;
+    const V delta = set.kkt_reg * kkt_scale<T>(st, n, mk);
+    V* ra0 = st.gx;  // free until evaluate
+    for (int r = 0; r < m; ++r)
+      ra0[r] = vabs(st.ls[r]) < inf ? st.ra[r] - st.act[r] * delta * st.ls[r] : st.ra[r];
+    for (int e = m; e < mk; ++e) ra0[e] = st.ra[e];
+    kkt_refined<T>(st, n, mk, nrows, st.rx, st.ra, ra0);
+    Mask primal_ok2 = ok, accept2 = ok;
+    evaluate(primal_ok2, accept2);
+    const auto take = retry & accept2;  // else the first solution, for the repair / serial polish
+    for (int j = 0; j < n; ++j) st.ux[j] = take ? st.ux[j] : st.u1x[j];
+    for (int r = 0; r < mk; ++r) st.ua[r] = take ? st.ua[r] : st.u1a[r];
+    accept = take ? accept2 : accept;
+    rhs_n = take ? rhs_n : rhs_n1;
+  }
   const int64_t N0 = int64_t(n) + m + p;
   for (int l = 0; l < count; ++l) {
     if (!(status_out[l] == kSolved || status_out[l] == kMaxIter)) continue;
