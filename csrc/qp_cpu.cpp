@@ -140,18 +140,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     T *px = x.data_ptr<T>(), *pl = lam.data_ptr<T>(), *pn = nu.data_ptr<T>();
     int8_t* ps = status.data_ptr<int8_t>();
     int32_t* pi = iters.data_ptr<int32_t>();
-    const int64_t ws = optlayers::workspace_size(n, m, p);
-    std::vector<T> outer;
-    const int64_t np = int64_t(n) * (n + 1) / 2;
-    const int64_t lanes = 64 / int64_t(sizeof(T));
-    const int64_t onp = (np + lanes - 1) / lanes * lanes;  // packed rows padded to whole SIMD vectors
-    if (sG == 0 && m * onp <= kOuterProductsMax) {
-      outer.assign(m * onp, T(0));
-      for (int r = 0; r < m; ++r)
-        for (int i = 0; i < n; ++i)
-          for (int j = 0; j <= i; ++j) outer[r * onp + int64_t(i) * (i + 1) / 2 + j] = pG[r * n + i] * pG[r * n + j];
-    }
-    const T* pO = outer.empty() ? nullptr : outer.data();
     T* pf = keep_factor ? factor.data_ptr<T>() : nullptr;
     constexpr int W = optlayers::lanes::width<T>();
     if (use_lanes(n, m, p, batch, W)) {
@@ -165,6 +153,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       });
       return;
     }
+    // The serial path (the lanes form K from G̃ directly and need no outer products).
+    const int64_t ws = optlayers::workspace_size(n, m, p);
+    std::vector<T> outer;
+    const int64_t np = int64_t(n) * (n + 1) / 2;
+    const int64_t lanes = 64 / int64_t(sizeof(T));
+    const int64_t onp = (np + lanes - 1) / lanes * lanes;  // packed rows padded to whole SIMD vectors
+    if (sG == 0 && m * onp <= kOuterProductsMax) {
+      outer.assign(m * onp, T(0));
+      for (int r = 0; r < m; ++r)
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j <= i; ++j) outer[r * onp + int64_t(i) * (i + 1) / 2 + j] = pG[r * n + i] * pG[r * n + j];
+    }
+    const T* pO = outer.empty() ? nullptr : outer.data();
     for_each_dynamic<T>(batch, ws, [&](int64_t i, T* work) {
       optlayers::SerialGroup g;
       optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p, pO, onp};
@@ -258,58 +259,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       shared_off[k] = shared_elems;
       if (stride[k] == 0) shared_elems += core[k];
     }
+    // Where problem i's gradients go: its own slice, or chunk buffer `buf` for shared inputs.
+    auto outputs = [&](int64_t i, T* buf) {
+      std::array<T*, 6> o;
+      for (int k = 0; k < 6; ++k) o[k] = stride[k] ? out_ptr[k] + i * stride[k] : buf + shared_off[k];
+      return o;
+    };
     constexpr int W = optlayers::lanes::width<T>();
-    if (pf == nullptr && optlayers::lanes::range_space_kkt<T>() && use_lanes(n, m, p, batch, W)) {
-      // Lanes: chunks of whole blocks (a fixed split, so sums do not depend on scheduling).
-      const int64_t blocks = (batch + W - 1) / W;
-      const int64_t lchunks = shared_elems > 0 ? std::min<int64_t>(blocks, 32) : blocks;
-      std::vector<T> lacc(shared_elems > 0 ? lchunks * shared_elems : 0, T(0));
+    const bool lanes = pf == nullptr && optlayers::lanes::range_space_kkt<T>() && use_lanes(n, m, p, batch, W);
+    // Chunks: of whole blocks for the lanes, of problems otherwise.
+    const int64_t blocks = (batch + W - 1) / W;
+    const int64_t units = lanes ? blocks : batch;
+    const int64_t chunks = shared_elems > 0 ? std::min<int64_t>(units, 32) : std::min<int64_t>(units, lanes ? units : 1024);
+    std::vector<T> acc(shared_elems > 0 ? chunks * shared_elems : 0, T(0));
+    auto chunk_buf = [&](int64_t c) { return acc.empty() ? static_cast<T*>(nullptr) : acc.data() + c * shared_elems; };
+    if (lanes) {
       const optlayers::lanes::BatchData<T> bd{in_ptr[0], in_ptr[1], in_ptr[2], in_ptr[3], in_ptr[4], in_ptr[5],
                                               stride[0], stride[1], stride[2], stride[3], stride[4], stride[5],
                                               n, m, p};
-      for_each_block<T>(lchunks, optlayers::lanes::block_vectors(n, m, p), optlayers::lanes::polish_scalars(n, m, p),
+      for_each_block<T>(chunks, optlayers::lanes::block_vectors(n, m, p), optlayers::lanes::polish_scalars(n, m, p),
                         [&](int64_t c, auto* vw, T* sw) {
-        T* buf = lacc.empty() ? nullptr : lacc.data() + c * shared_elems;
-        auto out = [&](int64_t i) {
-          std::array<T*, 6> o;
-          for (int k = 0; k < 6; ++k) o[k] = stride[k] ? out_ptr[k] + i * stride[k] : buf + shared_off[k];
-          return o;
-        };
-        for (int64_t blk = blocks * c / lchunks; blk < blocks * (c + 1) / lchunks; ++blk) {
+        T* buf = chunk_buf(c);
+        auto out = [&](int64_t i) { return outputs(i, buf); };
+        for (int64_t blk = blocks * c / chunks; blk < blocks * (c + 1) / chunks; ++blk) {
           const int64_t i0 = blk * W;
           optlayers::lanes::backward_block<T>(bd, px, pl, pn, ps, pgx, pgl, pgn, i0,
                                               int(std::min<int64_t>(W, batch - i0)), T(kkt_reg), vw, sw, out);
         }
       });
-      for (int k = 0; k < 6; ++k) {
-        if (stride[k] != 0) continue;
-        T* dst = out_ptr[k];
-        for (int64_t c = 0; c < lchunks; ++c) {
-          const T* src = lacc.data() + c * shared_elems + shared_off[k];
-          for (int64_t e = 0; e < core[k]; ++e) dst[e] += src[e];
+    } else {
+      const int64_t ws = optlayers::backward_workspace_size(n, m, p);
+      for_each_dynamic<T>(chunks, ws, [&](int64_t c, T* work) {
+        optlayers::SerialGroup g;
+        const int64_t i0 = batch * c / chunks, i1 = batch * (c + 1) / chunks;
+        T* buf = chunk_buf(c);
+        for (int64_t i = i0; i < i1; ++i) {
+          if (ps[i] != 0) continue;
+          const auto o = outputs(i, buf);
+          optlayers::Problem<T> d{in_ptr[0] + i * stride[0], in_ptr[1] + i * stride[1], in_ptr[2] + i * stride[2],
+                                  in_ptr[3] + i * stride[3], in_ptr[4] + i * stride[4], in_ptr[5] + i * stride[5],
+                                  n, m, p};
+          optlayers::kkt_backward(g, d, px + i * n, pl + i * m, pn + i * p, pgx ? pgx + i * n : nullptr,
+                                  pgl ? pgl + i * m : nullptr, pgn ? pgn + i * p : nullptr, T(kkt_reg), o[0], o[1],
+                                  o[2], o[3], o[4], o[5], work, pf ? pf + i * fs : nullptr);
         }
-      }
-      return;
+      });
     }
-    const int64_t chunks = shared_elems > 0 ? std::min<int64_t>(batch, 32) : std::min<int64_t>(batch, 1024);
-    std::vector<T> acc(shared_elems > 0 ? chunks * shared_elems : 0, T(0));
-    const int64_t ws = optlayers::backward_workspace_size(n, m, p);
-    for_each_dynamic<T>(chunks, ws, [&](int64_t c, T* work) {
-      optlayers::SerialGroup g;
-      const int64_t i0 = batch * c / chunks, i1 = batch * (c + 1) / chunks;
-      T* buf = acc.empty() ? nullptr : acc.data() + c * shared_elems;
-      for (int64_t i = i0; i < i1; ++i) {
-        if (ps[i] != 0) continue;
-        std::array<T*, 6> o;
-        for (int k = 0; k < 6; ++k) o[k] = stride[k] ? out_ptr[k] + i * stride[k] : buf + shared_off[k];
-        optlayers::Problem<T> d{in_ptr[0] + i * stride[0], in_ptr[1] + i * stride[1], in_ptr[2] + i * stride[2],
-                                in_ptr[3] + i * stride[3], in_ptr[4] + i * stride[4], in_ptr[5] + i * stride[5],
-                                n, m, p};
-        optlayers::kkt_backward(g, d, px + i * n, pl + i * m, pn + i * p, pgx ? pgx + i * n : nullptr,
-                                pgl ? pgl + i * m : nullptr, pgn ? pgn + i * p : nullptr, T(kkt_reg), o[0], o[1],
-                                o[2], o[3], o[4], o[5], work, pf ? pf + i * fs : nullptr);
-      }
-    });
     for (int k = 0; k < 6; ++k) {
       if (stride[k] != 0) continue;
       T* dst = out_ptr[k];
@@ -348,6 +343,16 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
     const T* pQ = Q.data_ptr<T>();
     std::vector<double> asym(count, 0.0);
     std::vector<int64_t> bad(count, 0);
+    // Q number c: its scale max(1, max|Q|), and its relative asymmetry stored in asym[c].
+    auto scale_and_asymmetry = [&](int64_t c) {
+      const T* M = pQ + c * int64_t(n) * n;
+      T scale = 1, worst = 0;
+      for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = std::max(scale, std::abs(M[e]));
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < i; ++j) worst = std::max(worst, std::abs(M[i * n + j] - M[j * n + i]));
+      asym[c] = double(worst / scale);
+      return scale;
+    };
     // Many small Q (n ≤ 64): the PSD test of W matrices at once, one per SIMD lane (the lanes
     // Cholesky of qp_lanes.h, same test: a pivot of Q + psd_tol·scale·I not positive); the same
     // scale and asymmetry numbers as the loop below.
@@ -361,15 +366,11 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
           const int64_t i0 = blk * W;
           const int cnt = int(std::min<int64_t>(W, count - i0));
           V shift{};
-          for (int l = 0; l < W; ++l) {
-            const T* M = pQ + (i0 + (l < cnt ? l : cnt - 1)) * int64_t(n) * n;
-            T scale = 1, worst = 0;
-            for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = std::max(scale, std::abs(M[e]));
-            for (int i = 0; i < n; ++i)
-              for (int j = 0; j < i; ++j) worst = std::max(worst, std::abs(M[i * n + j] - M[j * n + i]));
-            if (l < cnt) asym[i0 + l] = double(worst / scale);
+          for (int l = 0; l < W; ++l) {  // lanes past cnt repeat the last matrix
+            const int64_t c = i0 + (l < cnt ? l : cnt - 1);
+            const T* M = pQ + c * int64_t(n) * n;
+            shift[l] = T(psd_tol) * scale_and_asymmetry(c);
             for (int64_t e = 0; e < int64_t(n) * n; ++e) K[e][l] = M[e];
-            shift[l] = T(psd_tol) * scale;
           }
           for (int i = 0; i < n; ++i) K[int64_t(i) * n + i] += shift;
           const auto ok = optlayers::lanes::chol<T>(K.data(), dinv.data(), n, V{});
@@ -381,13 +382,8 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
       std::vector<T> L(int64_t(n) * n);
       for (int64_t c = c0; c < c1; ++c) {
         const T* M = pQ + c * int64_t(n) * n;
-        T scale = 1, worst = 0;
-        for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = std::max(scale, std::abs(M[e]));
-        for (int i = 0; i < n; ++i)
-          for (int j = 0; j < i; ++j) worst = std::max(worst, std::abs(M[i * n + j] - M[j * n + i]));
-        asym[c] = double(worst / scale);
+        const T shift = T(psd_tol) * scale_and_asymmetry(c);
         for (int64_t e = 0; e < int64_t(n) * n; ++e) L[e] = M[e];
-        const T shift = T(psd_tol) * scale;
         for (int i = 0; i < n; ++i) L[i * n + i] += shift;
         optlayers::SerialGroup g;
         bad[c] = optlayers::cholesky(g, L.data(), n) ? 0 : 1;

@@ -239,13 +239,6 @@ auto cholesky(State<T>& st, int n) {
   return chol<T>(st.K, st.dinv, n, V{});
 }
 
-// r ← (L Lᵀ)⁻¹ r.
-template <typename T>
-void chol_solve(const State<T>& st, int n, typename Vec<T>::type* r) {
-  tri_lower<T>(st.K, st.dinv, n, r);
-  tri_upper<T>(st.K, st.dinv, n, r);
-}
-
 // out[r] = Σ_j M[r][j] x[j] for r < rows (row stride n), four rows per pass: four independent
 // multiply-add chains (one chain per row would wait on the FMA latency at every step).
 template <typename T>
@@ -584,7 +577,8 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
   for (int r = 0; r < m; ++r) st.act[r] = st.ls[r] > st.h[r] - st.gx[r] ? one : zero;
   for (int e = m; e < mk; ++e) st.act[e] = one;
   int nrows = 0;
-  const auto ok = kkt_factor<T>(st, n, mk, kkt_scale<T>(st, n, mk), set.kkt_reg, nrows);
+  const V kscale = kkt_scale<T>(st, n, mk);
+  const auto ok = kkt_factor<T>(st, n, mk, kscale, set.kkt_reg, nrows);
   for (int j = 0; j < n; ++j) st.rx[j] = -st.q[j];
   for (int r = 0; r < mk; ++r) st.ra[r] = st.act[r] * st.h[r];
   kkt_refined<T>(st, n, mk, nrows, st.rx, st.ra);
@@ -630,7 +624,7 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
     for (int j = 0; j < n; ++j) st.u1x[j] = st.ux[j];
     for (int r = 0; r < mk; ++r) st.u1a[r] = st.ua[r];
     const V rhs_n1 = rhs_n;
-    const V delta = set.kkt_reg * kkt_scale<T>(st, n, mk);
+    const V delta = set.kkt_reg * kscale;
     V* ra0 = st.gx;  // free until evaluate
     for (int r = 0; r < m; ++r)
       ra0[r] = vabs(st.ls[r]) < inf ? st.ra[r] - st.act[r] * delta * st.ls[r] : st.ra[r];
@@ -809,30 +803,23 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   // Row scales and G̃ = diag(gs) G; δ = kkt_reg · max(1, |Q|, |G̃|).
   V scale = one;
   for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = vmax(scale, vabs(st.Q[e]));
-  for (int r = 0; r < m; ++r) {
-    V* Gr = st.Gt + int64_t(r) * n;
-    V acc{};
-    for (int j = 0; j < n; ++j) acc += Gr[j] * Gr[j];
-    const V gs = acc > zero ? one / vsqrt<T>(acc) : one;
-    st.gs[r] = gs;
-    for (int j = 0; j < n; ++j) {
-      Gr[j] *= gs;
-      scale = vmax(scale, vabs(Gr[j]));
+  // Unit rows in place: M ← diag(s) M with s = 1/‖row‖ (1 for a zero row), rhs_s = s ∘ rhs.
+  auto unit_rows = [&](V* M, int rows, const V* rhs, V* s, V* rhs_s) {
+    for (int r = 0; r < rows; ++r) {
+      V* Mr = M + int64_t(r) * n;
+      V acc{};
+      for (int j = 0; j < n; ++j) acc += Mr[j] * Mr[j];
+      const V sr = acc > zero ? one / vsqrt<T>(acc) : one;
+      s[r] = sr;
+      for (int j = 0; j < n; ++j) {
+        Mr[j] *= sr;
+        scale = vmax(scale, vabs(Mr[j]));
+      }
+      rhs_s[r] = rhs[r] * sr;
     }
-    st.hs[r] = st.h[r] * gs;
-  }
-  for (int e = 0; e < p; ++e) {  // Ã = diag(as) A, b̃ = as ∘ b
-    V* Ae = st.At + int64_t(e) * n;
-    V acc{};
-    for (int j = 0; j < n; ++j) acc += Ae[j] * Ae[j];
-    const V as = acc > zero ? one / vsqrt<T>(acc) : one;
-    st.as[e] = as;
-    for (int j = 0; j < n; ++j) {
-      Ae[j] *= as;
-      scale = vmax(scale, vabs(Ae[j]));
-    }
-    st.bs[e] = st.h[m + e] * as;
-  }
+  };
+  unit_rows(st.Gt, m, st.h, st.gs, st.hs);      // G̃, h̃
+  unit_rows(st.At, p, st.h + m, st.as, st.bs);  // Ã, b̃
   const V delta = set.kkt_reg * scale;
 
   // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃ − Ãᵀy) with Ãx = b̃, s = h̃ − G̃x and z = −(h̃ − G̃x),
