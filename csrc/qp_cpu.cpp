@@ -24,10 +24,12 @@
 #include <array>
 #include <cstdlib>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "optlayers/qp_ipm.h"
 #include "optlayers/qp_lanes.h"
+#include "optlayers/qp_small.h"
 
 namespace {
 
@@ -98,6 +100,33 @@ void for_each_block(int64_t blocks, int64_t nv, int64_t ns, const F& body) {
   });
 }
 
+// Host emulation of the CUDA small-problem kernel (optlayers/qp_small.h: one thread per problem):
+// OPTLAYERS_CPU_SMALL=1 runs it on the CPU for every eligible batch (n ≤ 16, m ≤ 128, p = 0), with
+// the serial path as the fallback for the problems it leaves (status kRetry), exactly as the CUDA
+// op falls back to its thread-group kernel. A test hook (tests/native/test_native_small.py): the
+// GPU code is checked on machines without a GPU. Off by default; the CPU's own paths are faster.
+bool use_small_emulation(int n, int m, int p) {
+  const char* v = std::getenv("OPTLAYERS_CPU_SMALL");
+  return v != nullptr && (v[0] == '1' || v[0] == '2') && optlayers::small::eligible(n, m, p);
+}
+
+// OPTLAYERS_CPU_SMALL=2: the same without the fallback (status −1 marks what it would re-solve).
+bool small_without_fallback() {
+  const char* v = std::getenv("OPTLAYERS_CPU_SMALL");
+  return v != nullptr && v[0] == '2';
+}
+
+// Calls f(std::integral_constant<int, NT>{}) for the small kernel's tile of n.
+template <typename F>
+void with_small_tile(int n, const F& f) {
+  switch (optlayers::small::tile(n)) {
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 12: f(std::integral_constant<int, 12>{}); break;
+    default: f(std::integral_constant<int, 16>{}); break;
+  }
+}
+
 int64_t stride_of(const at::Tensor& t, int64_t core_dims) {
   return t.dim() > core_dims ? t.numel() / t.size(0) : 0;
 }
@@ -141,6 +170,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     int8_t* ps = status.data_ptr<int8_t>();
     int32_t* pi = iters.data_ptr<int32_t>();
     T* pf = keep_factor ? factor.data_ptr<T>() : nullptr;
+    if (use_small_emulation(n, m, p)) {
+      with_small_tile(n, [&](auto nt) {
+        constexpr int NT = decltype(nt)::value;
+        for_each_dynamic<T>(batch, 1, [&](int64_t i, T*) {
+          thread_local optlayers::small::Rows<T> rows;
+          const optlayers::small::Data<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, n, m};
+          optlayers::small::solve<T, NT>(d, set, rows, px + i * n, pl + i * m, ps + i, pi + i);
+        });
+      });
+      if (pf != nullptr) {  // no kept factor for these problems (the retried ones get theirs below)
+        factor.zero_();
+        for (int64_t i = 0; i < batch; ++i) pf[i * fs + fs - 1] = T(-1);
+      }
+      std::vector<int64_t> retry;
+      for (int64_t i = 0; i < batch; ++i)
+        if (ps[i] == optlayers::small::kRetry) retry.push_back(i);
+      if (small_without_fallback()) return;  // tests: see what the small kernel leaves
+      for_each_dynamic<T>(int64_t(retry.size()), optlayers::workspace_size(n, m, p), [&](int64_t k, T* work) {
+        const int64_t i = retry[k];
+        optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p};
+        optlayers::solve_qp(optlayers::SerialGroup{}, d, set, work, px + i * n, pl + i * m, pn + i * p, ps + i, pi + i,
+                            static_cast<T*>(nullptr), pf ? pf + i * fs : nullptr);
+      });
+      return;
+    }
     constexpr int W = optlayers::lanes::width<T>();
     if (use_lanes(n, m, p, batch, W)) {
       const optlayers::lanes::BatchData<T> bd{pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA, sb, n, m, p};
@@ -195,6 +249,19 @@ at::Tensor qp_kkt_solve_cpu(const at::Tensor& Q_, const at::Tensor& G_, const at
     T* pu = u.data_ptr<T>();
     const int64_t N = n + m + p;
     const int64_t ws = optlayers::workspace_size(n, m, p);
+    if (use_small_emulation(n, m, p)) {
+      with_small_tile(n, [&](auto nt) {
+        constexpr int NT = decltype(nt)::value;
+        for_each_dynamic<T>(batch, ws, [&](int64_t i, T* work) {
+          thread_local optlayers::small::Rows<T> rows;
+          const optlayers::small::Data<T> d{pQ + i * sQ, nullptr, pG + i * sG, nullptr, n, m};
+          if (optlayers::small::kkt_solve<T, NT>(d, pm + i * m, T(kkt_reg), pr + i * N, rows, pu + i * N)) return;
+          optlayers::Problem<T> dp{pQ + i * sQ, nullptr, pG + i * sG, nullptr, pA + i * sA, nullptr, n, m, p};
+          optlayers::kkt_solve(optlayers::SerialGroup{}, dp, pm + i * m, T(kkt_reg), pr + i * N, pu + i * N, work);
+        });
+      });
+      return;
+    }
     for_each_dynamic<T>(batch, ws, [&](int64_t i, T* work) {
       optlayers::SerialGroup g;
       optlayers::Problem<T> d{pQ + i * sQ, nullptr, pG + i * sG, nullptr, pA + i * sA, nullptr, n, m, p};

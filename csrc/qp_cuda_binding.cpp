@@ -26,7 +26,8 @@ int forced_kernel() {
   if (s == "thread") return 0;
   if (s == "warp") return 1;
   if (s == "block") return 2;
-  TORCH_CHECK(false, "OPTLAYERS_CUDA_KERNEL must be thread, warp or block; got '", s, "'");
+  if (s == "small") return -1;  // the default where eligible (see plan_launch)
+  TORCH_CHECK(false, "OPTLAYERS_CUDA_KERNEL must be small, thread, warp or block; got '", s, "'");
 }
 
 int sm_count() {
@@ -61,6 +62,17 @@ optlayers::QPBatch<T> batch_of(const at::Tensor& Q, const at::Tensor& q, const a
                                stride_of(G, 2), stride_of(h, 1), stride_of(A, 2), stride_of(b, 1), batch, n, m, p};
 }
 
+// Rows `idx` of a batched tensor (leading batch dim beyond `core_dims`); shared tensors as they are.
+at::Tensor rows_of(const at::Tensor& t, int64_t core_dims, const at::Tensor& idx) {
+  return t.dim() > core_dims ? t.index_select(0, idx) : t;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cuda_impl(
+    const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
+    const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
+    double kkt_reg, double polish_tol, double polish_start, double step_to_boundary, int64_t max_iter,
+    bool polish, bool allow_small);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cuda(
     const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
     const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
@@ -69,6 +81,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // The CUDA kernels do not keep the polish factor (keep_factor is a CPU optimization): the
   // backward refactors through qp_kkt_solve.
   (void)keep_factor;
+  return qp_solve_cuda_impl(Q_, q_, G_, h_, A_, b_, batch, tol, inf_tol, kkt_reg, polish_tol, polish_start,
+                            step_to_boundary, max_iter, polish, true);
+}
+
+// allow_small = false: the thread-group kernels only (the small kernel's fallback).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cuda_impl(
+    const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
+    const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
+    double kkt_reg, double polish_tol, double polish_start, double step_to_boundary, int64_t max_iter,
+    bool polish, bool allow_small) {
   check_data(Q_, "Q", 2, batch, q_); check_data(q_, "q", 1, batch, q_);
   check_data(G_, "G", 2, batch, q_); check_data(h_, "h", 1, batch, q_);
   check_data(A_, "A", 2, batch, q_); check_data(b_, "b", 1, batch, q_);
@@ -81,23 +103,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto status = at::empty({batch}, opts.dtype(at::kChar));
   auto iters = at::empty({batch}, opts.dtype(at::kInt));
   const int sms = sm_count(), forced = forced_kernel();
+  bool small = false;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_solve_cuda", [&] {
     using T = scalar_t;
-    const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced);
-    auto work = at::empty({plan.groups * plan.workspace_per_group}, opts);
+    auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced);
+    if (plan.kernel == optlayers::Kernel::kSmall && !allow_small)
+      plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), int(optlayers::Kernel::kWarp));
     const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter),
                                      polish, T(polish_start)};
     const optlayers::QPOut<T> out{x.data_ptr<T>(), lam.data_ptr<T>(), nu.data_ptr<T>(), status.data_ptr<int8_t>(),
                                   iters.data_ptr<int32_t>()};
-    const auto err = optlayers::launch_qp_solve<T>(batch_of<T>(Q, q, G, h, A, b, batch, n, m, p), set, out,
-                                                   work.data_ptr<T>(), plan, c10::cuda::getCurrentCUDAStream());
+    const auto data = batch_of<T>(Q, q, G, h, A, b, batch, n, m, p);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    cudaError_t err;
+    if (plan.kernel == optlayers::Kernel::kSmall) {
+      small = true;
+      err = optlayers::launch_qp_small<T>(data, set, out, stream);
+    } else {
+      auto work = at::empty({plan.groups * plan.workspace_per_group}, opts);
+      err = optlayers::launch_qp_solve<T>(data, set, out, work.data_ptr<T>(), plan, stream);
+    }
     TORCH_CHECK(err == cudaSuccess, "optlayers qp_solve CUDA launch failed: ", cudaGetErrorString(err));
   });
+  if (small) {
+    // The problems the small kernel left (small::kRetry) are solved from the start by the warp kernel.
+    const auto retry = at::nonzero(status == int64_t(optlayers::small::kRetry)).squeeze(1);
+    if (retry.numel() > 0) {
+      auto r = qp_solve_cuda_impl(rows_of(Q, 2, retry), rows_of(q, 1, retry), rows_of(G, 2, retry),
+                                  rows_of(h, 1, retry), rows_of(A, 2, retry), rows_of(b, 1, retry), retry.numel(), tol,
+                                  inf_tol, kkt_reg, polish_tol, polish_start, step_to_boundary, max_iter, polish, false);
+      x.index_copy_(0, retry, std::get<0>(r));
+      lam.index_copy_(0, retry, std::get<1>(r));
+      status.index_copy_(0, retry, std::get<3>(r));
+      iters.index_copy_(0, retry, std::get<4>(r));
+    }
+  }
   return {x, lam, nu, status, iters, at::empty({0}, opts)};
 }
 
-at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const at::Tensor& A_,
-                             const at::Tensor& mask_, const at::Tensor& rhs_, double kkt_reg) {
+at::Tensor qp_kkt_solve_cuda_impl(const at::Tensor& Q_, const at::Tensor& G_, const at::Tensor& A_,
+                                  const at::Tensor& mask_, const at::Tensor& rhs_, double kkt_reg, bool allow_small) {
   TORCH_CHECK(rhs_.dim() == 2, "optlayers native: rhs must be (batch, n + m + p)");
   const int64_t batch_ = rhs_.size(0);
   check_data(Q_, "Q", 2, batch_, rhs_); check_data(G_, "G", 2, batch_, rhs_); check_data(A_, "A", 2, batch_, rhs_);
@@ -111,9 +156,22 @@ at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const a
   const int n = Q.size(-1), m = G.size(-2), p = A.size(-2);
   auto u = at::empty_like(rhs);
   const int sms = sm_count(), forced = forced_kernel();
+  at::Tensor failed;
   AT_DISPATCH_FLOATING_TYPES(rhs.scalar_type(), "optlayers_qp_kkt_solve_cuda", [&] {
     using T = scalar_t;
-    const auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced);
+    auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced);
+    if (plan.kernel == optlayers::Kernel::kSmall && !allow_small)
+      plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), int(optlayers::Kernel::kWarp));
+    if (plan.kernel == optlayers::Kernel::kSmall) {
+      auto empty = at::empty({0}, rhs.options());
+      failed = at::empty({batch}, rhs.options().dtype(at::kChar));
+      const auto err = optlayers::launch_kkt_small<T>(batch_of<T>(Q, empty, G, empty, A, empty, batch, n, m, p),
+                                                      mask.data_ptr<T>(), rhs.data_ptr<T>(), u.data_ptr<T>(),
+                                                      T(kkt_reg), failed.data_ptr<int8_t>(),
+                                                      c10::cuda::getCurrentCUDAStream());
+      TORCH_CHECK(err == cudaSuccess, "optlayers qp_kkt_solve CUDA launch failed: ", cudaGetErrorString(err));
+      return;
+    }
     auto work = at::empty({plan.groups * plan.workspace_per_group}, rhs.options());
     auto empty = at::empty({0}, rhs.options());
     const auto err = optlayers::launch_kkt_solve<T>(batch_of<T>(Q, empty, G, empty, A, empty, batch, n, m, p),
@@ -122,7 +180,19 @@ at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const a
                                                     c10::cuda::getCurrentCUDAStream());
     TORCH_CHECK(err == cudaSuccess, "optlayers qp_kkt_solve CUDA launch failed: ", cudaGetErrorString(err));
   });
+  if (failed.defined()) {  // the small kernel's failed factorizations: the warp kernel's LU instead
+    const auto redo = at::nonzero(failed).squeeze(1);
+    if (redo.numel() > 0)
+      u.index_copy_(0, redo, qp_kkt_solve_cuda_impl(rows_of(Q, 2, redo), rows_of(G, 2, redo), rows_of(A, 2, redo),
+                                                    mask.index_select(0, redo), rhs.index_select(0, redo), kkt_reg,
+                                                    false));
+  }
   return u;
+}
+
+at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const at::Tensor& A_,
+                             const at::Tensor& mask_, const at::Tensor& rhs_, double kkt_reg) {
+  return qp_kkt_solve_cuda_impl(Q_, G_, A_, mask_, rhs_, kkt_reg, true);
 }
 
 }  // namespace

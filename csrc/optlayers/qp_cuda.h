@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "optlayers/qp_ipm.h"
+#include "optlayers/qp_small.h"
 
 namespace optlayers {
 
@@ -16,7 +17,11 @@ namespace optlayers {
 //   kWarp    one warp per problem (shuffles, __syncwarp);
 //   kBlock   one block per problem (__syncthreads, shared-memory reductions, K in shared memory
 //            when it fits) — for larger problems.
-enum class Kernel : int { kThread = 0, kWarp = 1, kBlock = 2 };
+//   kSmall   one CUDA thread per problem with the reduced matrix in registers (optlayers/qp_small.h)
+//            for n ≤ 16, m ≤ 128, p = 0 — the default there; the problems it leaves (status
+//            small::kRetry: infeasible, unbounded, iteration limit, polish not accepted) are
+//            re-solved by the warp kernel (qp_cuda_binding.cpp).
+enum class Kernel : int { kThread = 0, kWarp = 1, kBlock = 2, kSmall = 3 };
 
 // Default choice (plan_launch): the warp kernel for n ≤ kSmallMaxN, the block kernel above. The
 // thread kernel is only used when forced (OPTLAYERS_CUDA_KERNEL=thread): measured on an H100 it is
@@ -57,6 +62,9 @@ struct LaunchPlan {
 };
 
 constexpr int kWarpsPerBlock = 4;
+// Threads per block of the small kernel: few, so that the last wave of a batch is spread evenly
+// (a thread holds up to 255 registers, so an SM runs only ~256 of them).
+constexpr int kSmallThreads = 64;
 constexpr int kBlockThreads = 128;
 
 // Host code (used by the torch binding): the grid for a batch on a device with sm_count SMs.
@@ -65,6 +73,8 @@ inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, 
   LaunchPlan plan;
   if (forced >= 0 && forced <= 2) {
     plan.kernel = Kernel(forced);
+  } else if (small::eligible(n, m, p)) {
+    plan.kernel = Kernel::kSmall;
   } else if (n <= kSmallMaxN) {
     plan.kernel = Kernel::kWarp;
   } else {
@@ -73,7 +83,12 @@ inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, 
   plan.workspace_per_group = workspace_size(n, m, p);
   plan.shared_bytes = 0;
   plan.k_in_shared = false;
-  if (plan.kernel == Kernel::kThread) {
+  if (plan.kernel == Kernel::kSmall) {
+    plan.threads = kSmallThreads;
+    plan.blocks = int((batch + kSmallThreads - 1) / kSmallThreads);
+    plan.groups = batch;
+    plan.workspace_per_group = 0;  // thread-local arrays, no workspace
+  } else if (plan.kernel == Kernel::kThread) {
     // Small blocks while the batch is small, so that the problems spread over all SMs.
     plan.threads = batch < int64_t(sm_count) * 128 ? 32 : 128;
     int64_t groups = batch < int64_t(sm_count) * 1024 ? batch : int64_t(sm_count) * 1024;
@@ -105,6 +120,14 @@ inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, 
 template <typename T>
 cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,
                             const LaunchPlan& plan, cudaStream_t stream);
+
+// The small kernel (plan.kernel == kSmall): status small::kRetry marks the problems it leaves.
+template <typename T>
+cudaError_t launch_qp_small(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, cudaStream_t stream);
+// Its backward solve: failed[i] = 1 where problem i must go to launch_kkt_solve instead.
+template <typename T>
+cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T* u, T kkt_reg, int8_t* failed,
+                             cudaStream_t stream);
 
 template <typename T>
 cudaError_t launch_kkt_solve(const QPBatch<T>& a, const T* mask, const T* rhs, T* u, T kkt_reg, T* work,

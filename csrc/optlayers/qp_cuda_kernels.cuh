@@ -218,11 +218,63 @@ cudaError_t launch_kkt_solve(const QPBatch<T>& a, const T* mask, const T* rhs, T
   return cudaGetLastError();
 }
 
+// ------------------------------------------------------------------------------------------------
+// Small problems: one thread per problem (optlayers/qp_small.h).
+
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallThreads) qp_small_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= a.batch) return;
+  small::Rows<T> rows;  // thread-local memory, interleaved across the warp by the hardware
+  const small::Data<T> d{a.Q + i * a.sQ, a.q + i * a.sq, a.G + i * a.sG, a.h + i * a.sh, a.n, a.m};
+  small::solve<T, NT>(d, set, rows, out.x + i * a.n, out.lam + i * a.m, out.status + i, out.iters + i);
+}
+
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallThreads) kkt_small_kernel(QPBatch<T> a, const T* mask, const T* rhs, T* u,
+                                                                  T kkt_reg, int8_t* failed) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= a.batch) return;
+  small::Rows<T> rows;
+  const small::Data<T> d{a.Q + i * a.sQ, nullptr, a.G + i * a.sG, nullptr, a.n, a.m};
+  const int64_t N = int64_t(a.n) + a.m;
+  failed[i] = small::kkt_solve<T, NT>(d, mask + i * a.m, kkt_reg, rhs + i * N, rows, u + i * N) ? 0 : 1;
+}
+
+template <typename T>
+cudaError_t launch_qp_small(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  const int blocks = int((a.batch + kSmallThreads - 1) / kSmallThreads);
+  switch (small::tile(a.n)) {
+    case 4: qp_small_kernel<T, 4><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
+    case 8: qp_small_kernel<T, 8><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
+    case 12: qp_small_kernel<T, 12><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
+    default: qp_small_kernel<T, 16><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T* u, T kkt_reg, int8_t* failed,
+                             cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  const int blocks = int((a.batch + kSmallThreads - 1) / kSmallThreads);
+  switch (small::tile(a.n)) {
+    case 4: kkt_small_kernel<T, 4><<<blocks, kSmallThreads, 0, stream>>>(a, mask, rhs, u, kkt_reg, failed); break;
+    case 8: kkt_small_kernel<T, 8><<<blocks, kSmallThreads, 0, stream>>>(a, mask, rhs, u, kkt_reg, failed); break;
+    case 12: kkt_small_kernel<T, 12><<<blocks, kSmallThreads, 0, stream>>>(a, mask, rhs, u, kkt_reg, failed); break;
+    default: kkt_small_kernel<T, 16><<<blocks, kSmallThreads, 0, stream>>>(a, mask, rhs, u, kkt_reg, failed); break;
+  }
+  return cudaGetLastError();
+}
+
 // One scalar type's launchers (used by qp_cuda_float.cu / qp_cuda_double.cu).
 #define OPTLAYERS_INSTANTIATE_CUDA(T)                                                                         \
   template cudaError_t launch_qp_solve<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&, T*,       \
                                           const LaunchPlan&, cudaStream_t);                                 \
   template cudaError_t launch_kkt_solve<T>(const QPBatch<T>&, const T*, const T*, T*, T, T*, const LaunchPlan&, \
-                                           cudaStream_t);
+                                           cudaStream_t);                                                   \
+  template cudaError_t launch_qp_small<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&, cudaStream_t); \
+  template cudaError_t launch_kkt_small<T>(const QPBatch<T>&, const T*, const T*, T*, T, int8_t*, cudaStream_t);
 
 }  // namespace optlayers

@@ -1,0 +1,633 @@
+// optlayers native QP kernel, small problems on the GPU: one CUDA thread per problem, the problem's
+// reduced matrix in registers. Header-only and torch-free (host + device), like qp_ipm.h.
+//
+// Why: the thread-group kernels (qp_cuda_kernels.cuh) spread one problem over a warp or a block and
+// keep everything in a global-memory workspace; for the robotics sizes (n ≈ 12–16, m ≈ 40–60) their
+// loops are too short to use the group, and every step is a chain of synchronizations and global
+// loads (H100: ~1.5 ms a problem on its warp, 48,000 grasp QPs in ~50 ms). Here a thread owns a
+// problem: the packed n×n matrix K, its Cholesky factor and the n-vectors live in registers (n is a
+// compile-time tile NT ∈ {4, 8, 12, 16}; a smaller n is padded with decoupled unit variables, which
+// stay exactly zero), and the m-vectors in thread-local arrays, which CUDA interleaves across the
+// threads of a warp, so that every access with a common row index is one coalesced transaction.
+// Shared data (one Q or G for the batch) is read at one address by all threads (a broadcast).
+//
+// Scope: inequality-constrained problems (p = 0) with 1 ≤ n ≤ kMaxN and 1 ≤ m ≤ kMaxM. The
+// interior point is qp_ipm.h::solve_qp step for step (row scaling, initial point, Mehrotra
+// predictor-corrector on K = Q + G̃ᵀWG̃ + δI, regularization retry, early polish attempts, stopping
+// and stall rules), the polish is qp_ipm.h::polish's (guess, the multiplier-shifted second try,
+// correction rounds, same acceptance test), computed in double precision for either storage type.
+// This kernel only finishes the common case: a problem that ends any other way (infeasible,
+// unbounded, iteration limit, failed factorization, a polish that is not accepted, where the serial
+// path would go on to its NNLS multiplier repair) gets status kRetry, and the caller re-solves it
+// from the start with the thread-group kernel, so statuses and the hard cases keep their meaning.
+// The same holds for the backward solve (kkt): a failed factorization returns false.
+//
+// Active-set KKT systems (polish, backward) are solved without the k×k Schur complement of the
+// range-space method (k, the active rows, can reach m): the regularized system
+//   [Q + δI  G_𝒜ᵀ; G_𝒜  −δI] (u_x, u_λ) = (r₁, r₂)   ⇔   (Q + δI + G_𝒜ᵀG_𝒜/δ) u_x = r₁ + G_𝒜ᵀr₂/δ,
+//   u_λ = (G_𝒜u_x − r₂)/δ,
+// an n×n Cholesky in registers, is the same matrix as qp_ipm.h's compact LU; as there, its solution
+// is refined against the exact (δ = 0) matrix, so the result is that of the exact system whenever
+// that is nonsingular (double precision: δ ≥ 1e-11 × the data scale keeps the refinement
+// contracting).
+#pragma once
+
+#include <cstdint>
+
+#include "optlayers/qp_ipm.h"
+
+#if defined(__CUDACC__)
+#define OL_UNROLL _Pragma("unroll")
+#else
+#define OL_UNROLL
+#endif
+
+namespace optlayers {
+namespace small {
+
+constexpr int kMaxN = 16;
+constexpr int kMaxM = 128;
+// Status of a problem this kernel leaves to the thread-group kernel.
+constexpr int8_t kRetry = -1;
+
+OL_HD OL_INLINE bool eligible(int n, int m, int p) { return n >= 1 && n <= kMaxN && m >= 1 && m <= kMaxM && p == 0; }
+// The compile-time tile for n.
+OL_HD OL_INLINE int tile(int n) { return n <= 4 ? 4 : (n <= 8 ? 8 : (n <= 12 ? 12 : 16)); }
+
+template <int NT>
+struct Tri {
+  static constexpr int size = NT * (NT + 1) / 2;
+};
+// Packed lower triangle, row by row: (i, j ≤ i).
+OL_HD OL_INLINE constexpr int tri(int i, int j) { return i * (i + 1) / 2 + j; }
+
+// One problem's data, padded to NT variables: Q_ii = 1, q_i = 0, G_ri = 0 for i ≥ n.
+template <typename T>
+struct Data {
+  const T *Q, *q, *G, *h;
+  int n, m;
+  OL_HD OL_INLINE T Qv(int i, int j) const {
+    return (i < n && j < n) ? Q[int64_t(i) * n + j] : (i == j ? T(1) : T(0));
+  }
+  OL_HD OL_INLINE T qv(int j) const { return j < n ? q[j] : T(0); }
+};
+
+template <typename T, int NT>
+OL_HD OL_INLINE void load_row(const Data<T>& d, int r, T (&g)[NT]) {
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) g[j] = j < d.n ? d.G[int64_t(r) * d.n + j] : T(0);
+}
+
+template <typename U, typename T, int NT>
+OL_HD OL_INLINE U dot_row(const T (&g)[NT], const U (&v)[NT]) {
+  U acc = 0;
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) acc += U(g[j]) * v[j];
+  return acc;
+}
+
+// K ← Q + δI + Σ_r c_r g_r g_rᵀ (packed lower, arithmetic in U); rows with c_r = 0 are skipped.
+template <typename U, typename T, int NT, typename Coef>
+OL_HD OL_INLINE void form(const Data<T>& d, const Coef& coef, U delta, U (&K)[Tri<NT>::size]) {
+  OL_UNROLL
+  for (int i = 0; i < NT; ++i) {
+    OL_UNROLL
+    for (int j = 0; j <= i; ++j) K[tri(i, j)] = U(d.Qv(i, j)) + (i == j ? delta : U(0));
+  }
+  for (int r = 0; r < d.m; ++r) {
+    const U c = coef(r);
+    if (c == U(0)) continue;
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    OL_UNROLL
+    for (int i = 0; i < NT; ++i) {
+      const U a = c * U(g[i]);
+      OL_UNROLL
+      for (int j = 0; j <= i; ++j) K[tri(i, j)] += a * U(g[j]);
+    }
+  }
+}
+
+// In-place Cholesky K = LLᵀ (packed lower). False if a pivot is not positive (the same test as
+// qp_ipm.h::cholesky); branch-free, so it unrolls completely.
+template <typename U, int NT>
+OL_HD OL_INLINE bool chol(U (&K)[Tri<NT>::size]) {
+  bool ok = true;
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) {
+    U dj = K[tri(j, j)];
+    OL_UNROLL
+    for (int k = 0; k < j; ++k) dj -= K[tri(j, k)] * K[tri(j, k)];
+    ok = ok && (dj > U(0));
+    const U l = ol_sqrt(dj > U(0) ? dj : U(1));
+    const U inv = U(1) / l;
+    K[tri(j, j)] = inv;  // the inverse diagonal: the solves multiply
+    OL_UNROLL
+    for (int i = j + 1; i < NT; ++i) {
+      U v = K[tri(i, j)];
+      OL_UNROLL
+      for (int k = 0; k < j; ++k) v -= K[tri(i, k)] * K[tri(j, k)];
+      K[tri(i, j)] = v * inv;
+    }
+  }
+  return ok;
+}
+
+// r ← (LLᵀ)⁻¹ r for the factor of chol (inverse diagonal).
+template <typename U, int NT>
+OL_HD OL_INLINE void chol_solve(const U (&L)[Tri<NT>::size], U (&r)[NT]) {
+  OL_UNROLL
+  for (int i = 0; i < NT; ++i) {
+    U v = r[i];
+    OL_UNROLL
+    for (int k = 0; k < i; ++k) v -= L[tri(i, k)] * r[k];
+    r[i] = v * L[tri(i, i)];
+  }
+  OL_UNROLL
+  for (int i = NT - 1; i >= 0; --i) {
+    U v = r[i];
+    OL_UNROLL
+    for (int k = i + 1; k < NT; ++k) v -= L[tri(k, i)] * r[k];
+    r[i] = v * L[tri(i, i)];
+  }
+}
+
+// Factor K (formed with coefficients `coef`), growing the shift once on failure as
+// qp_ipm.h::factor_reduced does.
+template <typename T, int NT, typename Coef>
+OL_HD OL_INLINE bool factor(const Data<T>& d, const Coef& coef, T delta, T (&K)[Tri<NT>::size]) {
+  form<T, T, NT>(d, coef, delta, K);
+  if (chol<T, NT>(K)) return true;
+  form<T, T, NT>(d, coef, delta, K);
+  T mx = 0;
+  OL_UNROLL
+  for (int i = 0; i < NT; ++i)
+    if (i < d.n) mx = ol_max(mx, K[tri(i, i)]);
+  const T extra = ol_max(delta * T(kRegGrowth), relative_shift<T>() * mx) - delta;
+  OL_UNROLL
+  for (int i = 0; i < NT; ++i) K[tri(i, i)] += extra;
+  return chol<T, NT>(K);
+}
+
+// Per-thread arrays over the m rows (thread-local memory on the GPU).
+template <typename T>
+struct Rows {
+  T s[kMaxM], z[kMaxM], gs[kMaxM], hs[kMaxM], rp[kMaxM], dsa[kMaxM], dza[kMaxM], ds[kMaxM], dz[kMaxM];
+  double ul[kMaxM], e2[kMaxM];  // KKT solves: u_λ and the residual's λ part (active rows)
+  uint8_t act[kMaxM];           // active-set guess
+};
+
+// ------------------------------------------------------------------------------------------------
+// Active-set KKT solves in double precision (see the header comment).
+
+template <typename T, int NT>
+struct KKT {
+  double M[Tri<NT>::size];  // Cholesky factor of Q + δI + G_𝒜ᵀG_𝒜/δ
+  double delta;
+};
+
+template <typename T, int NT>
+OL_HD OL_INLINE bool kkt_factor(const Data<T>& d, const uint8_t* act, double delta, KKT<T, NT>& f) {
+  f.delta = delta;
+  const double inv = 1.0 / delta;
+  form<double, T, NT>(d, [&](int r) { return act[r] ? inv : 0.0; }, delta, f.M);
+  return chol<double, NT>(f.M);
+}
+
+// (u_x, u_λ) ← K_δ⁻¹ (r₁, r₂) over the active rows; r₂ in e2 (read only).
+template <typename T, int NT>
+OL_HD OL_INLINE void kkt_apply(const Data<T>& d, const uint8_t* act, const KKT<T, NT>& f, const double (&r1)[NT],
+                               const double* r2, double (&ux)[NT], double* ul) {
+  const double inv = 1.0 / f.delta;
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) ux[j] = r1[j];
+  for (int r = 0; r < d.m; ++r) {
+    if (!act[r]) continue;
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    const double c = r2[r] * inv;
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) ux[j] += c * double(g[j]);
+  }
+  chol_solve<double, NT>(f.M, ux);
+  for (int r = 0; r < d.m; ++r) {
+    if (!act[r]) continue;
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    ul[r] = (dot_row<double, T, NT>(g, ux) - r2[r]) * inv;
+  }
+}
+
+// Solve the exact active-set KKT system K (u_x, u_λ) = (b₁, b₂) (b₂_r = b2(r) on active rows):
+// a first solve with right-hand side (b₁, b₂ − shift) (shift(r): the polish's δλ̂, else 0), then up
+// to kRefinementSteps corrections against (b₁, b₂) with the exact matrix, stopping at round-off.
+// rows.e2 is scratch.
+template <typename T, int NT, typename B2, typename Shift>
+OL_HD OL_INLINE void kkt_refined(const Data<T>& d, const KKT<T, NT>& f, const double (&b1)[NT], const B2& b2,
+                                 const Shift& shift, Rows<T>& rows, double (&ux)[NT]) {
+  const uint8_t* act = rows.act;
+  for (int r = 0; r < d.m; ++r) rows.e2[r] = act[r] ? b2(r) - shift(r) : 0.0;
+  kkt_apply<T, NT>(d, act, f, b1, rows.e2, ux, rows.ul);
+  for (int step = 0; step < kRefinementSteps; ++step) {
+    // e = b − K u (exact K), then u += K_δ⁻¹ e.
+    double e1[NT];
+    OL_UNROLL
+    for (int i = 0; i < NT; ++i) {
+      double acc = 0;
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) acc += double(d.Qv(i, j)) * ux[j];
+      e1[i] = b1[i] - acc;
+    }
+    for (int r = 0; r < d.m; ++r) {
+      if (!act[r]) continue;
+      T g[NT];
+      load_row<T, NT>(d, r, g);
+      const double l = rows.ul[r];
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) e1[j] -= l * double(g[j]);
+      rows.e2[r] = b2(r) - dot_row<double, T, NT>(g, ux);
+    }
+    // Padded variables are decoupled (Q_ii = 1, no G): their exact rows read u_i = b₁_i = 0.
+    double dx[NT];
+    kkt_apply<T, NT>(d, act, f, e1, rows.e2, dx, rows.e2);  // du_λ overwrites e2 row by row after use
+    double dn = 0, un = 0;
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) {
+      ux[j] += dx[j];
+      dn = ol_max(dn, ol_abs(dx[j]));
+      un = ol_max(un, ol_abs(ux[j]));
+    }
+    for (int r = 0; r < d.m; ++r) {
+      if (!act[r]) continue;
+      rows.ul[r] += rows.e2[r];
+      dn = ol_max(dn, ol_abs(rows.e2[r]));
+      un = ol_max(un, ol_abs(rows.ul[r]));
+    }
+    if (dn <= 2.3e-16 * un) break;
+  }
+}
+
+// Max over the entries of Q and G (raw), at least 1: qp_ipm.h::data_scale.
+template <typename T, int NT>
+OL_HD OL_INLINE double data_scale(const Data<T>& d) {
+  double s = 1;
+  for (int64_t i = 0; i < int64_t(d.n) * d.n; ++i) s = ol_max(s, double(ol_abs(d.Q[i])));
+  for (int64_t i = 0; i < int64_t(d.m) * d.n; ++i) s = ol_max(s, double(ol_abs(d.G[i])));
+  return s;
+}
+
+// The polish (qp_ipm.h::polish without its NNLS multiplier repair): guess 𝒜 = {λ_r > h_r − G_r x},
+// solve, accept if primal feasible with nonnegative multipliers and a KKT residual ≤ polish_tol; a
+// solution failing only the sign test is solved once more with the right-hand side h_𝒜 − δλ̂;
+// otherwise correct the guess (violated rows join, negative multipliers leave) for `rounds` rounds.
+// lam_hat(r) gives the interior point's multiplier λ̂_r. On acceptance writes x (n) and λ (m).
+template <typename T, int NT, typename LamHat>
+OL_HD bool polish(const Data<T>& d, const Settings<T>& set, const T (&x)[NT], const LamHat& lam_hat, Rows<T>& rows,
+                  int rounds, T* x_out, T* lam_out) {
+  const int m = d.m;
+  const double delta = double(set.kkt_reg) * data_scale<T, NT>(d);
+  const double ptol = double(set.polish_tol);
+  double hn = 0;
+  for (int r = 0; r < m; ++r) hn = ol_max(hn, double(ol_abs(d.h[r])));
+  {
+    double xd[NT];
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) xd[j] = double(x[j]);
+    for (int r = 0; r < m; ++r) {
+      T g[NT];
+      load_row<T, NT>(d, r, g);
+      rows.act[r] = double(lam_hat(r)) > double(d.h[r]) - dot_row<double, T, NT>(g, xd) ? 1 : 0;
+    }
+  }
+  double b1[NT];
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) b1[j] = -double(d.qv(j));
+  auto b2 = [&](int r) { return double(d.h[r]); };
+  auto no_shift = [&](int) { return 0.0; };
+  auto shift = [&](int r) {
+    const double l = double(lam_hat(r));
+    return ol_abs(l) < ol_inf<double>() ? delta * l : 0.0;
+  };
+  KKT<T, NT> f;
+  for (int round = 0; round < rounds; ++round) {
+    if (!kkt_factor<T, NT>(d, rows.act, delta, f)) return false;
+    double ux[NT];
+    bool accept = false;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      if (attempt == 1) {
+        kkt_refined<T, NT>(d, f, b1, b2, shift, rows, ux);
+      } else {
+        kkt_refined<T, NT>(d, f, b1, b2, no_shift, rows, ux);
+      }
+      // Tests: the exact KKT residual, finiteness, primal feasibility of every row, multiplier signs.
+      double rx[NT];
+      OL_UNROLL
+      for (int i = 0; i < NT; ++i) {
+        double acc = 0;
+        OL_UNROLL
+        for (int j = 0; j < NT; ++j) acc += double(d.Qv(i, j)) * ux[j];
+        rx[i] = acc;
+      }
+      double res = 0, rhs_n = 0, viol = 0, neg = 0, ln = 0;
+      bool finite = true;
+      for (int r = 0; r < m; ++r) {
+        T g[NT];
+        load_row<T, NT>(d, r, g);
+        const double gx = dot_row<double, T, NT>(g, ux);
+        viol = ol_max(viol, gx - double(d.h[r]));
+        if (!rows.act[r]) continue;
+        const double l = rows.ul[r];
+        OL_UNROLL
+        for (int j = 0; j < NT; ++j) rx[j] += l * double(g[j]);
+        res = ol_max(res, ol_abs(gx - double(d.h[r])));
+        rhs_n = ol_max(rhs_n, ol_abs(double(d.h[r])));
+        neg = ol_max(neg, -l);
+        ln = ol_max(ln, ol_abs(l));
+        finite = finite && (l == l) && ol_abs(l) < ol_inf<double>();
+      }
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) {
+        res = ol_max(res, ol_abs(rx[j] - b1[j]));
+        rhs_n = ol_max(rhs_n, ol_abs(b1[j]));
+        finite = finite && (ux[j] == ux[j]) && ol_abs(ux[j]) < ol_inf<double>();
+      }
+      const bool primal_ok = finite && viol <= ptol * (1 + hn) && res <= ptol * (1 + rhs_n);
+      accept = primal_ok && neg <= ptol * (1 + ln);
+      if (accept || (attempt == 0 && !primal_ok)) break;
+    }
+    if (accept) {
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j)
+        if (j < d.n) x_out[j] = T(ux[j]);
+      for (int r = 0; r < m; ++r) lam_out[r] = rows.act[r] ? T(ol_max(rows.ul[r], 0.0)) : T(0);
+      return true;
+    }
+    // Correct the guess with the unshifted solution: violated inactive rows join, active rows with
+    // negative multipliers leave.
+    for (int r = 0; r < m; ++r) {
+      if (rows.act[r]) {
+        if (rows.ul[r] < 0) rows.act[r] = 0;
+      } else {
+        T g[NT];
+        load_row<T, NT>(d, r, g);
+        if (dot_row<double, T, NT>(g, ux) > double(d.h[r])) rows.act[r] = 1;
+      }
+    }
+  }
+  return false;
+}
+
+// ------------------------------------------------------------------------------------------------
+// The interior point (qp_ipm.h::solve_qp with p = 0).
+
+// One Newton solve of the reduced system for the complementarity residual rc(r): dx (registers),
+// ds, dz (rows); returns the largest steps keeping s and z nonnegative.
+template <typename T, int NT, typename RC>
+OL_HD OL_INLINE void newton(const Data<T>& d, const T (&K)[Tri<NT>::size], const T (&rd)[NT], const RC& rc,
+                            Rows<T>& rows, T (&dx)[NT], T* ds, T* dz, T& step_s, T& step_z) {
+  // r₁ = −r_d − G̃ᵀ(W r_p − r_c/s)
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) dx[j] = -rd[j];
+  for (int r = 0; r < d.m; ++r) {
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    const T s = rows.s[r], w = rows.z[r] / s;
+    const T c = (rc(r) / s - w * rows.rp[r]) * rows.gs[r];
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) dx[j] += c * g[j];
+  }
+  chol_solve<T, NT>(K, dx);
+  T as = ol_inf<T>(), az = ol_inf<T>();
+  for (int r = 0; r < d.m; ++r) {
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    const T t = rows.gs[r] * dot_row<T, T, NT>(g, dx);
+    const T s = rows.s[r], z = rows.z[r], w = z / s;
+    const T dzr = w * (t + rows.rp[r]) - rc(r) / s;
+    const T dsr = -rows.rp[r] - t;
+    ds[r] = dsr;
+    dz[r] = dzr;
+    if (dsr < T(0)) as = ol_min(as, -s / dsr);
+    if (dzr < T(0)) az = ol_min(az, -z / dzr);
+  }
+  step_s = as;
+  step_z = az;
+}
+
+// Solve one problem. Writes x (n), λ (m), status and iterations; status kRetry leaves the problem
+// to the thread-group kernel (x and λ are then unspecified).
+template <typename T, int NT>
+OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, T* x_out, T* lam_out, int8_t* status,
+                 int32_t* iters) {
+  const int n = d.n, m = d.m;
+  T* s = rows.s;
+  T* z = rows.z;
+  T* gs = rows.gs;
+  T* hs = rows.hs;
+  // Row scales (1/‖row‖, 1 for zero rows), the scale max(1, |Q|, |G̃|) and δ.
+  T scale = 1;
+  for (int64_t i = 0; i < int64_t(n) * n; ++i) scale = ol_max(scale, ol_abs(d.Q[i]));
+  for (int r = 0; r < m; ++r) {
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    T acc = 0;
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) acc += g[j] * g[j];
+    const T sc = acc > T(0) ? T(1) / ol_sqrt(acc) : T(1);
+    gs[r] = sc;
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) scale = ol_max(scale, ol_abs(g[j] * sc));
+    hs[r] = d.h[r] * sc;
+  }
+  const T delta = set.kkt_reg * scale;
+
+  // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃), s = h̃ − G̃x, then both shifted to ≥ 1.
+  T K[Tri<NT>::size];
+  T x[NT];
+  bool ok = factor<T, NT>(d, [&](int r) { return gs[r] * gs[r]; }, delta, K);
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) x[j] = -d.qv(j);
+  for (int r = 0; r < m; ++r) {
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    const T c = gs[r] * hs[r];
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) x[j] += c * g[j];
+  }
+  chol_solve<T, NT>(K, x);
+  T smin = ol_inf<T>(), smax = -ol_inf<T>();
+  for (int r = 0; r < m; ++r) {
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    s[r] = hs[r] - gs[r] * dot_row<T, T, NT>(g, x);
+    smin = ol_min(smin, s[r]);
+    smax = ol_max(smax, s[r]);
+  }
+  const T shift_s = ol_max(T(1) - smin, T(0)), shift_z = ol_max(T(1) + smax, T(0));
+  for (int r = 0; r < m; ++r) {
+    const T s0 = s[r];
+    s[r] = s0 + shift_s;
+    z[r] = -s0 + shift_z;
+  }
+  T qn = 0, hn = 0;
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) qn = ol_max(qn, ol_abs(d.qv(j)));
+  for (int r = 0; r < m; ++r) hn = ol_max(hn, ol_abs(hs[r]));
+
+  bool solved = false;
+  int it = 0;
+  T best = ol_inf<T>(), best_sz = ol_inf<T>(), best_cert = ol_inf<T>();
+  int stall = 0;
+  T loose = set.polish_start;
+  auto lam_hat = [&](int r) { return z[r] * gs[r]; };
+  for (; ok && it <= set.max_iter; ++it) {
+    // Residuals: r_d = Qx + q + G̃ᵀz, r_p = G̃x + s − h̃, and the norms of the stopping tests.
+    T Qx[NT], rd[NT], v[NT];
+    OL_UNROLL
+    for (int i = 0; i < NT; ++i) {
+      T acc = 0;
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) acc += d.Qv(i, j) * x[j];
+      Qx[i] = acc;
+      v[i] = 0;
+    }
+    T Gxn = 0, Gx_pos = 0, rpn = 0, sz = 0, hz = 0, ss = 0;
+    for (int r = 0; r < m; ++r) {
+      T g[NT];
+      load_row<T, NT>(d, r, g);
+      const T t = gs[r] * dot_row<T, T, NT>(g, x);
+      Gxn = ol_max(Gxn, ol_abs(t));
+      Gx_pos = ol_max(Gx_pos, t);
+      const T rr = t + s[r] - hs[r];
+      rows.rp[r] = rr;
+      rpn = ol_max(rpn, ol_abs(rr));
+      const T c = z[r] * gs[r];
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) v[j] += c * g[j];
+      sz += s[r] * z[r];
+      hz += hs[r] * z[r];
+      ss += s[r] * s[r];
+    }
+    T Qxn = 0, Gtzn = 0, rdn = 0, qx = 0, xQx = 0, xx = 0;
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) {
+      rd[j] = Qx[j] + d.qv(j) + v[j];
+      Qxn = ol_max(Qxn, ol_abs(Qx[j]));
+      Gtzn = ol_max(Gtzn, ol_abs(v[j]));
+      rdn = ol_max(rdn, ol_abs(rd[j]));
+      qx += d.qv(j) * x[j];
+      xQx += x[j] * Qx[j];
+      xx += x[j] * x[j];
+    }
+    const T mu = sz / T(m);
+    const T gap = sz / (1 + ol_abs(T(0.5) * xQx + qx));
+    const T pres = rpn / (1 + ol_max(hn, Gxn));
+    const T dres = rdn / (1 + ol_max(ol_max(qn, Qxn), Gtzn));
+    const bool converged = pres <= set.tol && dres <= set.tol && gap <= set.tol;
+    const T t_p = -hz;
+    const bool primal_inf = t_p > T(0) && Gtzn <= set.inf_tol * t_p;
+    const T ray = ol_max(Qxn, ol_max(Gx_pos, T(0)));
+    const bool dual_inf = qx < T(0) && ray <= set.inf_tol * (-qx);
+    const T total = sz + xx + ss;
+    if (!(ol_abs(total) < ol_inf<T>())) break;
+    if (converged) { solved = true; break; }
+    // Early polish (as solve_qp): at a loose tolerance the active set is usually final.
+    if (set.polish && loose > set.tol && pres <= loose && dres <= loose && gap <= loose) {
+      loose *= T(1e-3);
+      if (polish<T, NT>(d, set, x, lam_hat, rows, kEarlyPolishRounds, x_out, lam_out)) {
+        *status = kSolved;
+        *iters = it;
+        return;
+      }
+    }
+    if (primal_inf || dual_inf) break;
+    const T merit = ol_max(ol_max(pres, dres), gap);
+    const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
+    if (merit < T(kStallDecrease) * best || sz < T(kStallDecrease) * best_sz || cert < T(kStallDecrease) * best_cert) {
+      best = ol_min(best, merit);
+      best_sz = ol_min(best_sz, sz);
+      best_cert = ol_min(best_cert, cert);
+      stall = 0;
+    } else {
+      ++stall;
+    }
+    if (it == set.max_iter || stall >= kStallIters) {
+      // The serial path polishes an iteration-limited iterate too.
+      if (set.polish && polish<T, NT>(d, set, x, lam_hat, rows, kPolishRounds, x_out, lam_out)) {
+        *status = kSolved;
+        *iters = it;
+        return;
+      }
+      break;
+    }
+    // Factor at W = Z S⁻¹.
+    if (!factor<T, NT>(d, [&](int r) { return z[r] / s[r] * gs[r] * gs[r]; }, delta, K)) break;
+    // Predictor (r_c = s∘z).
+    T dxa[NT], step_s, step_z;
+    newton<T, NT>(d, K, rd, [&](int r) { return s[r] * z[r]; }, rows, dxa, rows.dsa, rows.dza, step_s, step_z);
+    const T aa = ol_min(T(1), ol_min(step_s, step_z));
+    T mu_aff = 0;
+    for (int r = 0; r < m; ++r) mu_aff += (s[r] + aa * rows.dsa[r]) * (z[r] + aa * rows.dza[r]);
+    mu_aff /= T(m);
+    T ratio = mu_aff / mu;
+    ratio = ol_min(ol_max(ratio, T(0)), T(1));
+    const T sigma_mu = ratio * ratio * ratio * mu;
+    // Corrector.
+    T dx[NT];
+    newton<T, NT>(d, K, rd, [&](int r) { return s[r] * z[r] + rows.dsa[r] * rows.dza[r] - sigma_mu; }, rows, dx,
+                  rows.ds, rows.dz, step_s, step_z);
+    const T alpha = ol_min(T(1), set.step_to_boundary * ol_min(step_s, step_z));
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) x[j] += alpha * dx[j];
+    for (int r = 0; r < m; ++r) {
+      s[r] += alpha * rows.ds[r];
+      z[r] += alpha * rows.dz[r];
+    }
+  }
+  if (!solved) {
+    *status = kRetry;
+    *iters = it;
+    return;
+  }
+  *iters = it;
+  if (set.polish) {
+    *status = polish<T, NT>(d, set, x, lam_hat, rows, kPolishRounds, x_out, lam_out) ? kSolved : kRetry;
+    return;
+  }
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j)
+    if (j < n) x_out[j] = x[j];
+  for (int r = 0; r < m; ++r) lam_out[r] = z[r] * gs[r];
+  *status = kSolved;
+}
+
+// Backward solve (qp_ipm.h::kkt_solve with p = 0): u = K⁻¹ rhs for the active-set KKT matrix of
+// `mask` in the full layout (n + m; inactive rows are identities). False if the factorization
+// fails or the result is not finite (the caller then uses the thread-group kernel).
+template <typename T, int NT>
+OL_HD bool kkt_solve(const Data<T>& d, const T* mask, T kkt_reg, const T* rhs, Rows<T>& rows, T* u) {
+  const int n = d.n, m = d.m;
+  for (int r = 0; r < m; ++r) rows.act[r] = mask[r] > T(0.5) ? 1 : 0;
+  KKT<T, NT> f;
+  if (!kkt_factor<T, NT>(d, rows.act, double(kkt_reg) * data_scale<T, NT>(d), f)) return false;
+  double b1[NT], ux[NT];
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) b1[j] = j < n ? double(rhs[j]) : 0.0;
+  kkt_refined<T, NT>(d, f, b1, [&](int r) { return double(rhs[n + r]); }, [&](int) { return 0.0; }, rows, ux);
+  bool finite = true;
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j)
+    if (j < n) {
+      finite = finite && (ux[j] == ux[j]) && ol_abs(ux[j]) < ol_inf<double>();
+      u[j] = T(ux[j]);
+    }
+  for (int r = 0; r < m; ++r) {
+    const double v = rows.act[r] ? rows.ul[r] : double(rhs[n + r]);
+    finite = finite && (v == v) && ol_abs(v) < ol_inf<double>();
+    u[n + r] = T(v);
+  }
+  return finite;
+}
+
+}  // namespace small
+}  // namespace optlayers

@@ -1,0 +1,231 @@
+"""The CUDA small-problem kernel (csrc/optlayers/qp_small.h: one thread per problem, n ≤ 16, p = 0),
+run on the host.
+
+``OPTLAYERS_CPU_SMALL=1`` makes the CPU op solve eligible batches with that same code (then the
+serial path for the problems it leaves, as the CUDA op falls back to its warp kernel), ``=2`` without
+the fallback (status −1 marks what it leaves), unset: the CPU's own paths. So the GPU's default
+kernel for robotics-sized problems is checked here, without a GPU: against the serial path and the
+planted solutions, statuses of mixed batches, gradients, the backward KKT solve, and which problems
+it finishes itself (all well-posed and all degenerate grasp QPs).
+"""
+
+import os
+import sys
+
+import pytest
+import torch
+
+import optlayers as ol
+from optlayers._src.native.backend import native_status
+from optlayers._src.tolerances import tolerances_for
+
+ok, why = native_status()
+pytestmark = pytest.mark.skipif(not ok, reason=f"native kernel unavailable: {why}")
+
+S = ol.Status
+RETRY = -1
+
+
+def _solve(mode: str, monkeypatch, *args, **kw):
+    """mode: "small" (small kernel + serial fallback), "bare" (no fallback), "serial"."""
+    monkeypatch.setenv("OPTLAYERS_CPU_LANES", "0")
+    monkeypatch.setenv("OPTLAYERS_CPU_SMALL", {"small": "1", "bare": "2", "serial": "0"}[mode])
+    kw.setdefault("on_failure", "nan")
+    return ol.solve_qp(*args, backend="native", return_solution=True, **kw)
+
+
+def _raw_status(monkeypatch, Q, q, G, h):
+    """x, λ, status, iterations straight from the op without the fallback (−1 survives)."""
+    monkeypatch.setenv("OPTLAYERS_CPU_LANES", "0")
+    monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "2")
+    t = tolerances_for(q.dtype)
+    n, B = q.shape[-1], q.shape[0]
+    e = torch.zeros(0, n, dtype=q.dtype)
+    out = torch.ops.optlayers.qp_solve(Q, q, G, h, e, torch.zeros(0, dtype=q.dtype), B, t.ipm_tol,
+                                       t.infeasibility_tol, t.kkt_reg, t.polish_tol, t.polish_start,
+                                       t.step_to_boundary, 100, True, False)
+    return out[0], out[1], out[3], out[4]
+
+
+@pytest.mark.parametrize("B,n,m", [(1, 1, 2), (7, 3, 5), (9, 4, 9), (12, 8, 20), (10, 12, 41), (6, 13, 30), (8, 16, 55),
+                                   (3, 16, 128)])
+@pytest.mark.parametrize("shared", [(), ("Q", "G")])
+def test_small_matches_serial_and_planted(B, n, m, shared, monkeypatch):
+    P = ol.testing.random_qp(B, n, m, 0, seed=B + n + m, shared=shared)
+    small = _solve("small", monkeypatch, *P.data()[:4])
+    serial = _solve("serial", monkeypatch, *P.data()[:4])
+    assert small.status.tolist() == [S.SOLVED] * B
+    for a, b, ref in ((small.x, serial.x, P.x), (small.lam, serial.lam, P.lam)):
+        assert float((a - ref).abs().max()) < 1e-10
+        assert float((a - b).abs().max()) < 1e-10
+    # Finished by the small kernel itself (no fallback), in the serial path's iteration count.
+    x, lam, status, iters = _raw_status(monkeypatch, *P.data()[:4])
+    assert status.tolist() == [S.SOLVED] * B
+    assert iters.tolist() == serial.iterations.tolist()
+
+
+def test_small_float32(monkeypatch):
+    P = ol.testing.random_qp(40, 12, 20, 0, seed=9, dtype=torch.float32, shared=("G",))
+    small = _solve("small", monkeypatch, *P.data()[:4])
+    serial = _solve("serial", monkeypatch, *P.data()[:4])
+    assert small.status.tolist() == [S.SOLVED] * 40
+    assert float((small.x - P.x).abs().max()) < 1e-4
+    assert float((small.x - serial.x).abs().max()) < 1e-4
+
+
+def _mixed(d=torch.float64):
+    """Ten 2-variable problems: feasible ones, a primal infeasible one and an unbounded LP."""
+    g = torch.Generator().manual_seed(0)
+    B, n = 10, 2
+    Q = torch.eye(n, dtype=d).repeat(B, 1, 1)
+    q = torch.randn(B, n, generator=g, dtype=d)
+    G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).repeat(B, 1, 1)
+    h = torch.ones(B, 2 * n, dtype=d)
+    G[3] = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=d)
+    h[3] = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=d)
+    Q[6] = 0
+    q[6] = -1
+    G[6] = torch.cat([-torch.eye(n, dtype=d), -torch.eye(n, dtype=d)])
+    h[6] = 0
+    return Q, q, G, h
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_small_leaves_infeasible_and_unbounded_to_the_fallback(dtype, monkeypatch):
+    Q, q, G, h = _mixed(dtype)
+    _, _, status, _ = _raw_status(monkeypatch, Q, q, G, h)
+    want = [S.SOLVED] * 10
+    want[3] = want[6] = RETRY
+    assert status.tolist() == want
+    small = _solve("small", monkeypatch, Q, q, G, h)
+    serial = _solve("serial", monkeypatch, Q, q, G, h)
+    want[3], want[6] = S.PRIMAL_INFEASIBLE, S.DUAL_INFEASIBLE
+    assert small.status.tolist() == want == serial.status.tolist()
+    ok = small.status == S.SOLVED
+    assert float((small.x[ok] - serial.x[ok]).abs().max()) < (1e-10 if dtype == torch.float64 else 1e-5)
+
+
+def test_small_iteration_limit_and_no_polish(monkeypatch):
+    P = ol.testing.random_qp(11, 10, 12, 0, seed=3)
+    sol = _solve("small", monkeypatch, *P.data()[:4], max_iter=1, polish=False)
+    assert sol.status.tolist() == [S.MAX_ITER] * 11  # left to the fallback, which reports the limit
+    full = _solve("small", monkeypatch, *P.data()[:4], polish=False)
+    ser = _solve("serial", monkeypatch, *P.data()[:4], polish=False)
+    assert full.status.tolist() == [S.SOLVED] * 11
+    assert full.iterations.tolist() == ser.iterations.tolist()
+    assert float((full.x - ser.x).abs().max()) < 1e-8
+
+
+def _random_family(kind: int, seed: int):
+    """Random batches with p = 0 and n ≤ 16: planted QPs and LPs, random (often infeasible) data,
+    random (often unbounded) LPs, box QPs with singular Q, duplicated rows."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.float64
+    B, n, m = 3 + seed % 29, 1 + seed % 16, 1 + seed % 37
+    if kind == 0:
+        return ol.testing.random_qp(B, n, m, 0, seed=seed).data()[:4]
+    if kind == 1:
+        return ol.testing.random_qp(B, n, max(m, n), 0, lp=True, seed=seed).data()[:4]
+    if kind == 2:
+        Q = torch.randn(B, n, n, generator=g, dtype=d)
+        return (Q @ Q.mT / n, torch.randn(B, n, generator=g, dtype=d), torch.randn(B, m, n, generator=g, dtype=d),
+                torch.randn(B, m, generator=g, dtype=d))
+    if kind == 3:
+        return (None, torch.randn(B, n, generator=g, dtype=d), torch.randn(B, m, n, generator=g, dtype=d),
+                torch.rand(B, m, generator=g, dtype=d))
+    if kind == 4:
+        L = torch.randn(B, n, max(1, n // 2), generator=g, dtype=d)
+        G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).expand(B, -1, -1)
+        return L @ L.mT, torch.randn(B, n, generator=g, dtype=d), G, torch.ones(B, 2 * n, dtype=d)
+    Q, q, G, h = ol.testing.random_qp(B, n, m, 0, seed=seed).data()[:4]
+    k = min(3, m)
+    return Q, q, torch.cat([G, G[:, :k]], 1), torch.cat([h, h[:, :k]], 1)
+
+
+@pytest.mark.parametrize("kind", range(6))
+def test_small_agrees_with_serial_on_random_families(kind, monkeypatch):
+    for seed in range(kind, 60, 6):
+        data = _random_family(kind, seed)
+        a = _solve("small", monkeypatch, *data)
+        b = _solve("serial", monkeypatch, *data)
+        assert a.status.tolist() == b.status.tolist(), (kind, seed)
+        ok = a.status == S.SOLVED
+        if bool(ok.any()):
+            assert float((a.x[ok] - b.x[ok]).abs().max()) <= 1e-6 * (1 + float(b.x[ok].abs().max())), (kind, seed)
+
+
+def _grasp_batch(grasps=16):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+    import grasp_model as gm
+
+    cfg = gm.GraspConfig(contacts=4, wrenches=6)
+    obj = gm.OBJECTS["box"]
+    p, nrm = obj.surface(gm.initial_contacts(grasps, cfg, 0))
+    Q, q = gm.qp_data(gm.grasp_map(p, nrm, obj.length), gm.target_wrenches(6), cfg.eps)
+    B = grasps * 6
+    G, h = gm.friction_constraints(cfg)
+    return Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n), q.reshape(B, cfg.n), G, h
+
+
+def test_small_finishes_grasp_qps_itself(monkeypatch):
+    """Real contact-force QPs (shared G, many with zero-force contacts: dependent active rows, where
+    the multiplier-shifted polish solve is needed): every one is finished by the small kernel,
+    and equals the serial path's x."""
+    Q, q, G, h = _grasp_batch()
+    x, lam, status, _ = _raw_status(monkeypatch, Q, q, G, h)
+    assert status.tolist() == [S.SOLVED] * Q.shape[0]
+    serial = _solve("serial", monkeypatch, Q, q, G, h)
+    assert float((x - serial.x).abs().max()) < 1e-10
+    # λ may differ where the active rows are dependent; both must satisfy the KKT conditions.
+    for lam_ in (lam, serial.lam):
+        st = torch.einsum("bij,bj->bi", Q, x) + q + lam_ @ G
+        assert float(st.abs().max()) < 1e-9
+        assert float(lam_.min()) >= 0
+        assert float((lam_ * (h - x @ G.mT)).abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("shared", [(), ("G",)])
+def test_small_backward_kkt_solve_matches_serial(shared, monkeypatch):
+    """ops.kkt_solve (the CUDA backward's solve) with the small kernel's double-precision
+    primal-regularized Cholesky and refinement = the serial LU's solution."""
+    P = ol.testing.random_qp(24, 10, 25, 0, seed=11, shared=shared)
+    monkeypatch.setenv("OPTLAYERS_CPU_LANES", "0")
+    monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "0")
+    sol = ol.solve_qp(*P.data()[:4], backend="native", return_solution=True)
+    Gx = torch.einsum("...ij,...j->...i", P.G, sol.x)
+    mask = (sol.lam > P.h - Gx).to(torch.float64)
+    rhs = torch.randn(24, 10 + 25, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    A = torch.zeros(0, 10, dtype=torch.float64)
+    reg = tolerances_for(torch.float64).kkt_reg
+    u_serial = torch.ops.optlayers.qp_kkt_solve(P.Q, P.G, A, mask, rhs, reg)
+    monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "1")
+    u_small = torch.ops.optlayers.qp_kkt_solve(P.Q, P.G, A, mask, rhs, reg)
+    assert torch.allclose(u_small, u_serial, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("shared", [(), ("G",)])
+def test_small_gradients_match_serial(shared, monkeypatch):
+    """Forward through the small kernel; gradients (the fused CPU backward) equal the serial path's,
+    i.e. the small kernel's solution and active set are the serial ones."""
+    P = ol.testing.random_qp(19, 9, 14, 0, seed=2, shared=shared)
+    gen = torch.Generator().manual_seed(1)
+    wx, wl = (torch.randn(19, k, dtype=torch.float64, generator=gen) for k in (9, 14))
+    grads = []
+    for mode in ("1", "0"):
+        monkeypatch.setenv("OPTLAYERS_CPU_LANES", "0")
+        monkeypatch.setenv("OPTLAYERS_CPU_SMALL", mode)
+        data = [t.clone().requires_grad_() for t in P.data()[:4]]
+        sol = ol.solve_qp(*data, backend="native", return_solution=True)
+        ((sol.x * wx).sum() + (sol.lam * wl).sum()).backward()
+        grads.append([t.grad for t in data])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_small_is_not_used_outside_its_scope(monkeypatch):
+    """p > 0 or n > 16: the ordinary paths (the hook changes nothing, no −1 status)."""
+    for B, n, m, p in ((5, 8, 10, 2), (5, 17, 10, 0)):
+        P = ol.testing.random_qp(B, n, m, p, seed=1)
+        sol = _solve("bare", monkeypatch, *P.data())
+        assert sol.status.tolist() == [S.SOLVED] * B
+        assert float((sol.x - P.x).abs().max()) < 1e-10
