@@ -17,8 +17,9 @@ namespace {
 // SM count of the current device from the CUDA runtime (not ATen/cuda/CUDAContext.h, whose
 // cuSPARSE/cuBLAS includes would tie this file to the full toolkit; this way it also compiles,
 // for a syntax check, against the bare CUDA runtime headers: tests/native/test_native_build.py).
-// OPTLAYERS_CUDA_KERNEL=thread|warp|block forces one kernel (benchmarks, tests); unset: plan_launch
-// chooses by size.
+// OPTLAYERS_CUDA_KERNEL=thread|warp|block forces one kernel (benchmarks, tests); unset or small:
+// plan_launch chooses by size (the small kernel where eligible); small-bare: the small kernel
+// without its fallback (benchmarks count the problems it leaves, status −1).
 int forced_kernel() {
   const char* v = std::getenv("OPTLAYERS_CUDA_KERNEL");
   if (v == nullptr || *v == 0) return -1;
@@ -27,7 +28,8 @@ int forced_kernel() {
   if (s == "warp") return 1;
   if (s == "block") return 2;
   if (s == "small") return -1;  // the default where eligible (see plan_launch)
-  TORCH_CHECK(false, "OPTLAYERS_CUDA_KERNEL must be small, thread, warp or block; got '", s, "'");
+  if (s == "small-bare") return -2;  // the same without the fallback: status −1 shows what it left
+  TORCH_CHECK(false, "OPTLAYERS_CUDA_KERNEL must be small, small-bare, thread, warp or block; got '", s, "'");
 }
 
 int sm_count() {
@@ -125,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
     TORCH_CHECK(err == cudaSuccess, "optlayers qp_solve CUDA launch failed: ", cudaGetErrorString(err));
   });
-  if (small) {
+  if (small && forced != -2) {
     // The problems the small kernel left (small::kRetry) are solved from the start by the warp kernel.
     const auto retry = at::nonzero(status == int64_t(optlayers::small::kRetry)).squeeze(1);
     if (retry.numel() > 0) {

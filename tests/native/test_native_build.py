@@ -53,8 +53,10 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path, unit):
                           str(CSRC / unit), "-o", str(ptx)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     entries = re.findall(r"\.entry\s+(\S+)", ptx.read_text())
-    # 6 kernels (solve/kkt × thread/warp/block) of this unit's scalar type
-    assert len(entries) == 6, entries
+    # 14 kernels of this unit's scalar type: solve/kkt × thread/warp/block, and solve/kkt × the
+    # small kernel's 4 tiles
+    assert len(entries) == 14, entries
+    assert sum("small_kernel" in e for e in entries) == 8, entries
 
 
 def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
@@ -84,8 +86,9 @@ def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
     assert out.returncode == 0, out.stderr
     vals = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
     t_kernel, t_groups, w_kernel, w_groups, b_kernel, b_kshared, b_groups, s_shared, u_kernel, u_threads, u_groups = vals
-    assert (t_kernel, w_kernel, b_kernel, u_kernel) == (0, 1, 2, 0)  # forced thread, warp, block, forced thread
-    assert t_groups >= 100_000 and w_groups == 132 * 32 and b_groups == 132 * 4 and not b_kshared
+    # forced thread; the small kernel (n ≤ 16, p = 0), one thread per problem; block; forced thread
+    assert (t_kernel, w_kernel, b_kernel, u_kernel) == (0, 3, 2, 0)
+    assert t_groups >= 100_000 and w_groups == 100_000 and b_groups == 132 * 4 and not b_kshared
     assert s_shared == 33 * 8 + 60 * 60 * 8          # K of n = 60 in shared memory
     assert u_threads == 32 and u_groups == 128         # thread kernel, small batch: 32-thread blocks on several SMs
 

@@ -5,11 +5,15 @@ import torch
 
 import optlayers as ol
 from optlayers._src.native.ops import cuda_available
+from optlayers._src.tolerances import tolerances_for
+
+from grasp_data import grasp_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-# The three CUDA kernels (one thread / one warp / one block per problem; csrc/optlayers/qp_cuda.h),
-# forced through OPTLAYERS_CUDA_KERNEL, and the default choice by size.
+# The CUDA kernels (one thread / one warp / one block per problem; csrc/optlayers/qp_cuda.h),
+# forced through OPTLAYERS_CUDA_KERNEL, and the default choice by size ("auto": the small kernel of
+# csrc/optlayers/qp_small.h for n ≤ 16, m ≤ 128, p = 0, with the warp kernel as its fallback).
 KERNELS = ["auto", "thread", "warp", "block"]
 
 
@@ -124,5 +128,86 @@ def test_cuda_gradients_match_finite_differences(kernel):
 def test_unknown_kernel_name_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "grid")
     P = ol.testing.random_qp(2, 4, 5, 1, device="cuda")
-    with pytest.raises(RuntimeError, match="OPTLAYERS_CUDA_KERNEL must be thread, warp or block"):
+    with pytest.raises(RuntimeError, match="OPTLAYERS_CUDA_KERNEL must be small, small-bare, thread, warp or block"):
         ol.solve_qp(*P.data(), backend="native")
+
+
+# ------------------------------------------------------------------------------------------------
+# The small kernel (default for n ≤ 16, m ≤ 128, p = 0) and its fallback.
+
+
+def _raw_solve(Q, q, G, h):
+    """The op without Python post-processing: x, λ, status (−1 survives with small-bare)."""
+    t = tolerances_for(q.dtype)
+    n, B = q.shape[-1], q.shape[0]
+    e = torch.zeros(0, n, dtype=q.dtype, device=q.device)
+    out = torch.ops.optlayers.qp_solve(Q, q, G, h, e, torch.zeros(0, dtype=q.dtype, device=q.device), B, t.ipm_tol,
+                                       t.infeasibility_tol, t.kkt_reg, t.polish_tol, t.polish_start,
+                                       t.step_to_boundary, 100, True, False)
+    return out[0], out[1], out[3]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_small_kernel_grasp_qps_equal_cpu_with_gradients(dtype, monkeypatch):
+    """Real grasp QPs (shared G, zero-force contacts): CUDA (small kernel, its backward solve) = CPU,
+    and in float64 the small kernel finishes every problem itself (no fallback)."""
+    monkeypatch.delenv("OPTLAYERS_CUDA_KERNEL", raising=False)
+    Q, q, G, h = grasp_batch(32, dtype=dtype)
+    tol = 1e-9 if dtype == torch.float64 else 1e-3
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        Qd, qd = Q.to(dev).requires_grad_(), q.to(dev).requires_grad_()
+        sol = ol.solve_qp(Qd, qd, G.to(dev), h.to(dev), backend="native", return_solution=True)
+        w = torch.linspace(-1, 1, sol.x.numel(), dtype=dtype, device=dev).view_as(sol.x)
+        (sol.x * w).sum().backward()
+        assert bool((sol.status == 0).all())
+        outs[dev] = [sol.x.detach().cpu(), qd.grad.cpu(), Qd.grad.cpu()]
+    for a, b in zip(outs["cpu"], outs["cuda"]):
+        assert torch.allclose(a, b, rtol=tol, atol=tol), float((a - b).abs().max())
+    if dtype == torch.float64:
+        monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "small-bare")
+        _, _, status = _raw_solve(*(t.cuda() for t in (Q, q, G, h)))
+        assert status.tolist() == [0] * Q.shape[0]
+
+
+def test_cuda_small_kernel_falls_back_for_infeasible_and_unbounded(monkeypatch):
+    d = torch.float64
+    g = torch.Generator().manual_seed(0)
+    B, n = 10, 2
+    Q = torch.eye(n, dtype=d).repeat(B, 1, 1)
+    q = torch.randn(B, n, generator=g, dtype=d)
+    G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).repeat(B, 1, 1)
+    h = torch.ones(B, 2 * n, dtype=d)
+    G[3] = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=d)
+    h[3] = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=d)
+    Q[6] = 0
+    q[6] = -1
+    G[6] = torch.cat([-torch.eye(n, dtype=d), -torch.eye(n, dtype=d)])
+    h[6] = 0
+    data = [t.cuda() for t in (Q, q, G, h)]
+    monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "small-bare")
+    want = [0] * 10
+    want[3] = want[6] = -1
+    assert _raw_solve(*data)[2].tolist() == want
+    monkeypatch.delenv("OPTLAYERS_CUDA_KERNEL")
+    sol = ol.solve_qp(*data, backend="native", on_failure="nan", return_solution=True)
+    want[3], want[6] = ol.Status.PRIMAL_INFEASIBLE, ol.Status.DUAL_INFEASIBLE
+    assert sol.status.tolist() == want
+    cpu = ol.solve_qp(Q, q, G, h, backend="native", on_failure="nan", return_solution=True)
+    ok = cpu.status == 0
+    assert torch.allclose(sol.x.cpu()[ok], cpu.x[ok], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("shared", [(), ("G",)])
+def test_cuda_small_kkt_solve_equals_cpu(shared, monkeypatch):
+    monkeypatch.delenv("OPTLAYERS_CUDA_KERNEL", raising=False)
+    P = ol.testing.random_qp(40, 10, 25, 0, seed=11, shared=shared)
+    sol = ol.solve_qp(*P.data()[:4], backend="native", return_solution=True)
+    Gx = torch.einsum("...ij,...j->...i", P.G, sol.x)
+    mask = (sol.lam > P.h - Gx).to(torch.float64)
+    rhs = torch.randn(40, 35, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    A = torch.zeros(0, 10, dtype=torch.float64)
+    reg = tolerances_for(torch.float64).kkt_reg
+    u_cpu = torch.ops.optlayers.qp_kkt_solve(P.Q, P.G, A, mask, rhs, reg)
+    u_cuda = torch.ops.optlayers.qp_kkt_solve(P.Q.cuda(), P.G.cuda(), A.cuda(), mask.cuda(), rhs.cuda(), reg)
+    assert torch.allclose(u_cuda.cpu(), u_cpu, rtol=1e-9, atol=1e-11)

@@ -9,15 +9,14 @@ planted solutions, statuses of mixed batches, gradients, the backward KKT solve,
 it finishes itself (all well-posed and all degenerate grasp QPs).
 """
 
-import os
-import sys
-
 import pytest
 import torch
 
 import optlayers as ol
 from optlayers._src.native.backend import native_status
 from optlayers._src.tolerances import tolerances_for
+
+from grasp_data import grasp_batch
 
 ok, why = native_status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"native kernel unavailable: {why}")
@@ -154,24 +153,11 @@ def test_small_agrees_with_serial_on_random_families(kind, monkeypatch):
             assert float((a.x[ok] - b.x[ok]).abs().max()) <= 1e-6 * (1 + float(b.x[ok].abs().max())), (kind, seed)
 
 
-def _grasp_batch(grasps=16):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
-    import grasp_model as gm
-
-    cfg = gm.GraspConfig(contacts=4, wrenches=6)
-    obj = gm.OBJECTS["box"]
-    p, nrm = obj.surface(gm.initial_contacts(grasps, cfg, 0))
-    Q, q = gm.qp_data(gm.grasp_map(p, nrm, obj.length), gm.target_wrenches(6), cfg.eps)
-    B = grasps * 6
-    G, h = gm.friction_constraints(cfg)
-    return Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n), q.reshape(B, cfg.n), G, h
-
-
 def test_small_finishes_grasp_qps_itself(monkeypatch):
     """Real contact-force QPs (shared G, many with zero-force contacts: dependent active rows, where
     the multiplier-shifted polish solve is needed): every one is finished by the small kernel,
     and equals the serial path's x."""
-    Q, q, G, h = _grasp_batch()
+    Q, q, G, h = grasp_batch()
     x, lam, status, _ = _raw_status(monkeypatch, Q, q, G, h)
     assert status.tolist() == [S.SOLVED] * Q.shape[0]
     serial = _solve("serial", monkeypatch, Q, q, G, h)
