@@ -42,7 +42,7 @@ def timed(fn, reps=5):
 
 def case(name, B, n, m, p, dtype, shared=(), backend="native", reps=5):
     """One row. ``backend`` is "torch", "native" (the kernel plan_launch picks) or "native-<kernel>"
-    (thread, warp, block: forced through OPTLAYERS_CUDA_KERNEL)."""
+    (small, thread, warp, block: forced through OPTLAYERS_CUDA_KERNEL)."""
     os.environ.pop("OPTLAYERS_CUDA_KERNEL", None)
     if backend.startswith("native-"):
         os.environ["OPTLAYERS_CUDA_KERNEL"] = backend.split("-", 1)[1]
@@ -75,8 +75,31 @@ def _case(name, B, n, m, p, dtype, shared, label, reps):
     row = {"case": name, "backend": label, "B": B, "n": n, "m": m, "p": p, "dtype": str(dtype).split(".")[-1],
            "fwd_ms": timed(fwd, reps), "fwd_bwd_ms": timed(fwd_bwd, reps), "x_err": err,
            "solved": int((sol.status == 0).sum()), "mean_iters": float(sol.iterations.float().mean())}
+    if label == "native-small":
+        row.update(small_kernel_details(P, reps))
     print(row, flush=True)
     return row
+
+
+def small_kernel_details(P, reps):
+    """For the small kernel: the op alone (no Python layer: what a CUDA graph or a C++ caller would
+    see), and how many problems it leaves to its warp-kernel fallback (OPTLAYERS_CUDA_KERNEL=small-bare
+    keeps their status −1)."""
+    from optlayers._src.qp.problem import canonicalize
+    from optlayers._src.tolerances import tolerances_for
+
+    d = canonicalize(*P.data())
+    tl = tolerances_for(d.dtype)
+    args = (*d.tensors(), d.B, tl.ipm_tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, tl.polish_start,
+            tl.step_to_boundary, 100, True, False)
+    op_ms = timed(lambda: torch.ops.optlayers.qp_solve(*args), reps)
+    os.environ["OPTLAYERS_CUDA_KERNEL"] = "small-bare"
+    try:
+        bare_ms = timed(lambda: torch.ops.optlayers.qp_solve(*args), reps)
+        status = torch.ops.optlayers.qp_solve(*args)[3]
+    finally:
+        os.environ["OPTLAYERS_CUDA_KERNEL"] = "small"
+    return {"op_ms": op_ms, "kernel_only_ms": bare_ms, "left_to_fallback": int((status == -1).sum())}
 
 
 def qpth_case(name, B, n, m, p):
@@ -124,14 +147,20 @@ def main():
     print("GPU:", torch.cuda.get_device_name(), f"({props.multi_processor_count} SMs)", "| torch", torch.__version__,
           "| native:", ol.native.status(), flush=True)
     # Cheap and most informative rows first (a --budget-s cut loses the slow ones at the end).
-    small = ["native-thread", "native-warp"] + ([] if args.skip_torch else ["torch"])
+    # The small kernel (default for n ≤ 16, m ≤ 128, p = 0) against the warp kernel it replaced
+    # there; the thread kernel lost every case before (results/gpu_h100.txt) and is not rerun.
+    torch_row = [] if args.skip_torch else ["torch"]
+    small = ["native-small", "native-warp"] + torch_row
+    group = ["native-warp"] + torch_row
     specs = [
         ("B=48k grasp n=12 m=41 f64 shared G", 48_000, 12, 41, 0, torch.float64, ("G",), small),
         ("B=100k grasp n=16 m=55 f32 shared G", 100_000, 16, 55, 0, torch.float32, ("G",), small),
         ("B=4800 grasp n=12 m=41 f64 shared G", 4_800, 12, 41, 0, torch.float64, ("G",), small),
-        ("B=1024 n=20 m=20 p=5 f64", 1024, 20, 20, 5, torch.float64, (), small + ["qpth"]),
-        ("B=4096 n=20 m=20 p=5 f64", 4096, 20, 20, 5, torch.float64, (), small + ["qpth"]),
-        ("B=128 n=20 m=20 p=5 f64", 128, 20, 20, 5, torch.float64, (), small),
+        ("B=48k grasp n=15 m=51 f64 shared G", 48_000, 15, 51, 0, torch.float64, ("G",), ["native-small"]),
+        ("B=1024 n=16 m=32 f64", 1024, 16, 32, 0, torch.float64, (), ["native-small", "native-warp", "qpth"]),
+        ("B=1024 n=20 m=20 p=5 f64", 1024, 20, 20, 5, torch.float64, (), group + ["qpth"]),
+        ("B=4096 n=20 m=20 p=5 f64", 4096, 20, 20, 5, torch.float64, (), group + ["qpth"]),
+        ("B=128 n=20 m=20 p=5 f64", 128, 20, 20, 5, torch.float64, (), group),
         ("B=48k grasp n=12 m=41 f32 shared G", 48_000, 12, 41, 0, torch.float32, ("G",), small),
         ("B=1024 n=50 m=50 p=10 f64", 1024, 50, 50, 10, torch.float64, (), ["native-block", "torch"]),
         ("B=10k n=100 m=200 f64", 10_000, 100, 200, 0, torch.float64, (), ["native-block", "torch"]),

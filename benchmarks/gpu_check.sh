@@ -21,6 +21,9 @@ stamp() { echo "[gpu_check +$(( $(date +%s) - t0 ))s] $*"; }
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
   nproc; nvcc --version | tail -2
 } > "$OUT/gpu_info.txt" 2>&1
+# CUDA kernels compiled ahead of time (python -m optlayers.native cuda-objects .cuda_objects, nvcc
+# only): the build then links them instead of compiling them here (minutes of a lent GPU's time).
+if [ -f "$ROOT/.cuda_objects/sources.sha1" ]; then export OPTLAYERS_CUDA_OBJECTS=$ROOT/.cuda_objects; fi
 stamp "build" | tee "$OUT/build.log"
 timeout 240 $PY -c "
 import time, optlayers as ol
@@ -30,21 +33,26 @@ print('cuda kernels:', ops.cuda_available())
 " >> "$OUT/build.log" 2>&1; echo "build rc=$?" >> "$OUT/build.log"
 if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
   stamp "tests" | tee -a "$OUT/build.log"
-  timeout 150 $PY -m pytest -q -p no:cacheprovider --timeout 90 --durations=5 tests/native/test_native_cuda.py > "$OUT/tests_cuda.txt" 2>&1
+  timeout ${GPU_CHECK_TESTS_S:-150} $PY -m pytest -q -p no:cacheprovider --timeout 90 --durations=5 tests/native/test_native_cuda.py > "$OUT/tests_cuda.txt" 2>&1
   echo "tests rc=$?" >> "$OUT/tests_cuda.txt"
 fi
 stamp "bench" | tee -a "$OUT/build.log"
 mkdir -p /tmp/stub && : > /tmp/stub/cvxpy.py
 BENCH_PATH=$ROOT:$ROOT/.whl:/tmp/stub
-PYTHONPATH=$BENCH_PATH timeout 170 $PY benchmarks/gpu_bench.py --budget-s ${GPU_BENCH_BUDGET_S:-120} ${GPU_BENCH_ARGS:-} --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.txt" 2>&1
+PYTHONPATH=$BENCH_PATH timeout ${GPU_BENCH_S:-170} $PY benchmarks/gpu_bench.py --budget-s ${GPU_BENCH_BUDGET_S:-120} ${GPU_BENCH_ARGS:-} --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.txt" 2>&1
 echo "bench rc=$?" >> "$OUT/gpu_bench.txt"
-# The grasp benchmark's real contact-force QPs, once per CUDA kernel for small problems.
-for k in ${GPU_CHECK_GRASP_KERNELS:-thread warp}; do
+# The grasp benchmark's real contact-force QPs, once per CUDA kernel named (default: the small kernel).
+[ "${GPU_CHECK_GRASP:-1}" != 0 ] && for k in ${GPU_CHECK_GRASP_KERNELS:-small}; do
   stamp "grasp ($k kernel)" | tee -a "$OUT/build.log"
   OPTLAYERS_CUDA_KERNEL=$k PYTHONPATH=$BENCH_PATH timeout ${GPU_CHECK_GRASP_S:-100} $PY benchmarks/grasp_qp.py --device cuda \
     --contacts 4 --batches 4800,48000 --only ${GPU_CHECK_GRASP_ONLY:-optlayers-native,optlayers-value,qpth} --max-cell-s 10 \
     --target-s 0.5 --json "$OUT/grasp_gpu_$k.json" > "$OUT/grasp_gpu_$k.txt" 2>&1
   echo "grasp rc=$?" >> "$OUT/grasp_gpu_$k.txt"
 done
+if [ "${GPU_CHECK_PROFILE:-1}" != 0 ]; then
+  stamp "profile" | tee -a "$OUT/build.log"
+  timeout ${GPU_CHECK_PROFILE_S:-90} $PY benchmarks/gpu_profile.py > "$OUT/gpu_profile.txt" 2>&1
+  echo "profile rc=$?" >> "$OUT/gpu_profile.txt"
+fi
 stamp "done" | tee -a "$OUT/build.log"
 tail -n 4 "$OUT/tests_cuda.txt" 2>/dev/null; tail -n 12 "$OUT/gpu_bench.txt"; tail -n 8 "$OUT"/grasp_gpu_*.txt

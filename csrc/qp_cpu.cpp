@@ -120,7 +120,6 @@ bool small_without_fallback() {
 template <typename F>
 void with_small_tile(int n, const F& f) {
   switch (optlayers::small::tile(n)) {
-    case 4: f(std::integral_constant<int, 4>{}); break;
     case 8: f(std::integral_constant<int, 8>{}); break;
     case 12: f(std::integral_constant<int, 12>{}); break;
     default: f(std::integral_constant<int, 16>{}); break;

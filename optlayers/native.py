@@ -2,7 +2,8 @@
 
 ``status()`` tells whether ``backend="native"`` is usable here and, if not, why. The kernel is
 compiled on first use (tens of seconds, once; cached under ``~/.cache/optlayers`` or
-``$OPTLAYERS_CACHE``); ``python -m optlayers.native build`` compiles it ahead of time.
+``$OPTLAYERS_CACHE``); ``python -m optlayers.native build`` compiles it ahead of time; ``python -m optlayers.native
+cuda-objects DIR`` compiles only the CUDA kernels (nvcc, no GPU needed) for ``OPTLAYERS_CUDA_OBJECTS=DIR``.
 Set ``OPTLAYERS_NATIVE=0`` to disable it (``backend="auto"`` then uses the PyTorch backend).
 """
 
@@ -27,8 +28,13 @@ def build(verbose: bool = True) -> tuple[bool, str]:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "cuda-objects":
+        from optlayers._src.native.build import cuda_objects
+
+        print("\n".join(cuda_objects(sys.argv[2])))
+        sys.exit(0)
     if sys.argv[1:] != ["build"]:
-        print("usage: python -m optlayers.native build", file=sys.stderr)
+        print("usage: python -m optlayers.native build | cuda-objects DIR", file=sys.stderr)
         sys.exit(2)
     ok, why = build(verbose=True)
     print("native kernel: " + ("available" if ok else f"unavailable ({why})"))

@@ -246,7 +246,6 @@ cudaError_t launch_qp_small(const QPBatch<T>& a, const Settings<T>& set, const Q
   if (a.batch == 0) return cudaSuccess;
   const int blocks = int((a.batch + kSmallThreads - 1) / kSmallThreads);
   switch (small::tile(a.n)) {
-    case 4: qp_small_kernel<T, 4><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
     case 8: qp_small_kernel<T, 8><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
     case 12: qp_small_kernel<T, 12><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
     default: qp_small_kernel<T, 16><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
@@ -260,7 +259,6 @@ cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T
   if (a.batch == 0) return cudaSuccess;
   const int blocks = int((a.batch + kSmallThreads - 1) / kSmallThreads);
   switch (small::tile(a.n)) {
-    case 4: kkt_small_kernel<T, 4><<<blocks, kSmallThreads, 0, stream>>>(a, mask, rhs, u, kkt_reg, failed); break;
     case 8: kkt_small_kernel<T, 8><<<blocks, kSmallThreads, 0, stream>>>(a, mask, rhs, u, kkt_reg, failed); break;
     case 12: kkt_small_kernel<T, 12><<<blocks, kSmallThreads, 0, stream>>>(a, mask, rhs, u, kkt_reg, failed); break;
     default: kkt_small_kernel<T, 16><<<blocks, kSmallThreads, 0, stream>>>(a, mask, rhs, u, kkt_reg, failed); break;

@@ -6,7 +6,7 @@
 // loops are too short to use the group, and every step is a chain of synchronizations and global
 // loads (H100: ~1.5 ms a problem on its warp, 48,000 grasp QPs in ~50 ms). Here a thread owns a
 // problem: the packed n×n matrix K, its Cholesky factor and the n-vectors live in registers (n is a
-// compile-time tile NT ∈ {4, 8, 12, 16}; a smaller n is padded with decoupled unit variables, which
+// compile-time tile NT ∈ {8, 12, 16}; a smaller n is padded with decoupled unit variables, which
 // stay exactly zero), and the m-vectors in thread-local arrays, which CUDA interleaves across the
 // threads of a warp, so that every access with a common row index is one coalesced transaction.
 // Shared data (one Q or G for the batch) is read at one address by all threads (a broadcast).
@@ -38,8 +38,10 @@
 
 #if defined(__CUDACC__)
 #define OL_UNROLL _Pragma("unroll")
+#define OL_NOINLINE __noinline__
 #else
 #define OL_UNROLL
+#define OL_NOINLINE
 #endif
 
 namespace optlayers {
@@ -52,7 +54,7 @@ constexpr int8_t kRetry = -1;
 
 OL_HD OL_INLINE bool eligible(int n, int m, int p) { return n >= 1 && n <= kMaxN && m >= 1 && m <= kMaxM && p == 0; }
 // The compile-time tile for n.
-OL_HD OL_INLINE int tile(int n) { return n <= 4 ? 4 : (n <= 8 ? 8 : (n <= 12 ? 12 : 16)); }
+OL_HD OL_INLINE int tile(int n) { return n <= 8 ? 8 : (n <= 12 ? 12 : 16); }
 
 template <int NT>
 struct Tri {
@@ -281,8 +283,10 @@ OL_HD OL_INLINE double data_scale(const Data<T>& d) {
 // solution failing only the sign test is solved once more with the right-hand side h_𝒜 − δλ̂;
 // otherwise correct the guess (violated rows join, negative multipliers leave) for `rounds` rounds.
 // lam_hat(r) gives the interior point's multiplier λ̂_r. On acceptance writes x (n) and λ (m).
+// Not inlined on the GPU: its double-precision factor would otherwise share the register
+// allocation of the interior point's loop, which calls it (early polish), and push K out of registers.
 template <typename T, int NT, typename LamHat>
-OL_HD bool polish(const Data<T>& d, const Settings<T>& set, const T (&x)[NT], const LamHat& lam_hat, Rows<T>& rows,
+OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, const T (&x)[NT], const LamHat& lam_hat, Rows<T>& rows,
                   int rounds, T* x_out, T* lam_out) {
   const int m = d.m;
   const double delta = double(set.kkt_reg) * data_scale<T, NT>(d);
