@@ -19,4 +19,4 @@ def grasp_batch(grasps: int = 16, device: str = "cpu", dtype=torch.float64):
     B = grasps * 6
     G, h = gm.friction_constraints(cfg)
     out = (Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n), q.reshape(B, cfg.n), G, h)
-    return tuple(t.to(device=device, dtype=dtype).contiguous() for t in out)
+    return tuple(t.detach().to(device=device, dtype=dtype).contiguous() for t in out)
