@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         for_each_dynamic<T>(batch, 1, [&](int64_t i, T*) {
           thread_local optlayers::small::Rows<T> rows;
           const optlayers::small::Data<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, n, m};
-          optlayers::small::solve<T, NT>(d, set, rows, px + i * n, pl + i * m, ps + i, pi + i);
+          optlayers::small::solve<T, NT>(d, set, rows, nullptr, nullptr, px + i * n, pl + i * m, ps + i, pi + i);
         });
       });
       if (pf != nullptr) {  // no kept factor for these problems (the retried ones get theirs below)

@@ -17,9 +17,9 @@ namespace {
 // SM count of the current device from the CUDA runtime (not ATen/cuda/CUDAContext.h, whose
 // cuSPARSE/cuBLAS includes would tie this file to the full toolkit; this way it also compiles,
 // for a syntax check, against the bare CUDA runtime headers: tests/native/test_native_build.py).
-// OPTLAYERS_CUDA_KERNEL=thread|warp|block forces one kernel (benchmarks, tests); unset or small:
-// plan_launch chooses by size (the small kernel where eligible); small-bare: the small kernel
-// without its fallback (benchmarks count the problems it leaves, status −1).
+// OPTLAYERS_CUDA_KERNEL=thread|warp|block forces one kernel (benchmarks, tests); small: the small
+// kernel where eligible, at any batch size; small-bare: the same without its fallback (benchmarks
+// count the problems it leaves, status −1); unset: plan_launch chooses by size.
 int forced_kernel() {
   const char* v = std::getenv("OPTLAYERS_CUDA_KERNEL");
   if (v == nullptr || *v == 0) return -1;
@@ -27,8 +27,8 @@ int forced_kernel() {
   if (s == "thread") return 0;
   if (s == "warp") return 1;
   if (s == "block") return 2;
-  if (s == "small") return -1;  // the default where eligible (see plan_launch)
-  if (s == "small-bare") return -2;  // the same without the fallback: status −1 shows what it left
+  if (s == "small") return 3;  // where eligible, whatever the batch size (see plan_launch)
+  if (s == "small-bare") return 4;  // the same without the fallback: status −1 shows what it left
   TORCH_CHECK(false, "OPTLAYERS_CUDA_KERNEL must be small, small-bare, thread, warp or block; got '", s, "'");
 }
 
@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   bool small = false;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_solve_cuda", [&] {
     using T = scalar_t;
-    auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced);
+    auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced == 4 ? 3 : forced);
     if (plan.kernel == optlayers::Kernel::kSmall && !allow_small)
       plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), int(optlayers::Kernel::kWarp));
     const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter),
@@ -120,14 +120,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     cudaError_t err;
     if (plan.kernel == optlayers::Kernel::kSmall) {
       small = true;
-      err = optlayers::launch_qp_small<T>(data, set, out, stream);
+      auto counter = at::zeros({1}, opts.dtype(at::kLong));
+      err = optlayers::launch_qp_small<T>(data, set, out,
+                                          reinterpret_cast<unsigned long long*>(counter.data_ptr<int64_t>()), stream);
     } else {
       auto work = at::empty({plan.groups * plan.workspace_per_group}, opts);
       err = optlayers::launch_qp_solve<T>(data, set, out, work.data_ptr<T>(), plan, stream);
     }
     TORCH_CHECK(err == cudaSuccess, "optlayers qp_solve CUDA launch failed: ", cudaGetErrorString(err));
   });
-  if (small && forced != -2) {
+  if (small && forced != 4) {
     // The problems the small kernel left (small::kRetry) are solved from the start by the warp kernel.
     const auto retry = at::nonzero(status == int64_t(optlayers::small::kRetry)).squeeze(1);
     if (retry.numel() > 0) {
@@ -161,7 +163,7 @@ at::Tensor qp_kkt_solve_cuda_impl(const at::Tensor& Q_, const at::Tensor& G_, co
   at::Tensor failed;
   AT_DISPATCH_FLOATING_TYPES(rhs.scalar_type(), "optlayers_qp_kkt_solve_cuda", [&] {
     using T = scalar_t;
-    auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced);
+    auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced == 4 ? 3 : forced);
     if (plan.kernel == optlayers::Kernel::kSmall && !allow_small)
       plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), int(optlayers::Kernel::kWarp));
     if (plan.kernel == optlayers::Kernel::kSmall) {

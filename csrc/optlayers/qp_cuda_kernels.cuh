@@ -221,13 +221,32 @@ cudaError_t launch_kkt_solve(const QPBatch<T>& a, const T* mask, const T* rhs, T
 // ------------------------------------------------------------------------------------------------
 // Small problems: one thread per problem (optlayers/qp_small.h).
 
+// Persistent threads: the grid holds as many threads as fit on the GPU at once, and each thread
+// takes the next problem from a global counter whenever it finishes one, so threads whose problems
+// converge early go on working (instead of idling until the slowest of their wave is done), and
+// there is no partial last wave. With a shared G (and h) the row scales (and h̃) are computed once
+// per block into shared memory.
 template <typename T, int NT>
-__global__ void __launch_bounds__(kSmallThreads) qp_small_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= a.batch) return;
+__global__ void __launch_bounds__(kSmallThreads) qp_small_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
+                                                                 unsigned long long* next) {
+  __shared__ T gs[small::kMaxM], hs[small::kMaxM];
+  const bool shared_g = a.sG == 0, shared_h = shared_g && a.sh == 0;
+  if (shared_g) {
+    const small::Data<T> d0{a.Q, a.q, a.G, a.h, a.n, a.m};
+    for (int r = threadIdx.x; r < a.m; r += blockDim.x) {
+      gs[r] = small::row_scale<T, NT>(d0, r);
+      if (shared_h) hs[r] = a.h[r] * gs[r];
+    }
+  }
+  __syncthreads();
   small::Rows<T> rows;  // thread-local memory, interleaved across the warp by the hardware
-  const small::Data<T> d{a.Q + i * a.sQ, a.q + i * a.sq, a.G + i * a.sG, a.h + i * a.sh, a.n, a.m};
-  small::solve<T, NT>(d, set, rows, out.x + i * a.n, out.lam + i * a.m, out.status + i, out.iters + i);
+  for (;;) {
+    const int64_t i = int64_t(atomicAdd(next, 1ULL));
+    if (i >= a.batch) break;
+    const small::Data<T> d{a.Q + i * a.sQ, a.q + i * a.sq, a.G + i * a.sG, a.h + i * a.sh, a.n, a.m};
+    small::solve<T, NT>(d, set, rows, shared_g ? gs : nullptr, shared_h ? hs : nullptr, out.x + i * a.n,
+                        out.lam + i * a.m, out.status + i, out.iters + i);
+  }
 }
 
 template <typename T, int NT>
@@ -241,16 +260,36 @@ __global__ void __launch_bounds__(kSmallThreads) kkt_small_kernel(QPBatch<T> a, 
   failed[i] = small::kkt_solve<T, NT>(d, mask + i * a.m, kkt_reg, rhs + i * N, rows, u + i * N) ? 0 : 1;
 }
 
-template <typename T>
-cudaError_t launch_qp_small(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, cudaStream_t stream) {
-  if (a.batch == 0) return cudaSuccess;
-  const int blocks = int((a.batch + kSmallThreads - 1) / kSmallThreads);
-  switch (small::tile(a.n)) {
-    case 8: qp_small_kernel<T, 8><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
-    case 12: qp_small_kernel<T, 12><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
-    default: qp_small_kernel<T, 16><<<blocks, kSmallThreads, 0, stream>>>(a, set, out); break;
-  }
+// Resident blocks of `kernel` on this device (occupancy × SMs), at most `wanted`.
+template <typename K>
+int resident_blocks(K kernel, int64_t wanted) {
+  int dev = 0, sms = 1, per_sm = 1;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSmallThreads, 0) != cudaSuccess || per_sm < 1)
+    per_sm = 1;
+  const int64_t resident = int64_t(per_sm) * sms;
+  return int(wanted < resident ? (wanted > 0 ? wanted : 1) : resident);
+}
+
+template <typename T, int NT>
+cudaError_t launch_qp_small_tile(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
+                                 unsigned long long* counter, cudaStream_t stream) {
+  const int blocks = resident_blocks(qp_small_kernel<T, NT>, (a.batch + kSmallThreads - 1) / kSmallThreads);
+  qp_small_kernel<T, NT><<<blocks, kSmallThreads, 0, stream>>>(a, set, out, counter);
   return cudaGetLastError();
+}
+
+// `counter`: one zeroed 64-bit integer in device memory (the persistent threads' work counter).
+template <typename T>
+cudaError_t launch_qp_small(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
+                            unsigned long long* counter, cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  switch (small::tile(a.n)) {
+    case 8: return launch_qp_small_tile<T, 8>(a, set, out, counter, stream);
+    case 12: return launch_qp_small_tile<T, 12>(a, set, out, counter, stream);
+    default: return launch_qp_small_tile<T, 16>(a, set, out, counter, stream);
+  }
 }
 
 template <typename T>
@@ -272,7 +311,8 @@ cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T
                                           const LaunchPlan&, cudaStream_t);                                 \
   template cudaError_t launch_kkt_solve<T>(const QPBatch<T>&, const T*, const T*, T*, T, T*, const LaunchPlan&, \
                                            cudaStream_t);                                                   \
-  template cudaError_t launch_qp_small<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&, cudaStream_t); \
+  template cudaError_t launch_qp_small<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&,              \
+                                          unsigned long long*, cudaStream_t);                               \
   template cudaError_t launch_kkt_small<T>(const QPBatch<T>&, const T*, const T*, T*, T, int8_t*, cudaStream_t);
 
 }  // namespace optlayers

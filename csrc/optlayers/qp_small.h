@@ -96,18 +96,34 @@ OL_HD OL_INLINE void form(const Data<T>& d, const Coef& coef, U delta, U (&K)[Tr
     OL_UNROLL
     for (int j = 0; j <= i; ++j) K[tri(i, j)] = U(d.Qv(i, j)) + (i == j ? delta : U(0));
   }
+  // The next row's coefficient is loaded before this row's update: its (thread-local memory)
+  // loads then overlap the n(n+1)/2 multiply-adds instead of stalling the next iteration.
+  U c = d.m > 0 ? coef(0) : U(0);
   for (int r = 0; r < d.m; ++r) {
-    const U c = coef(r);
-    if (c == U(0)) continue;
-    T g[NT];
-    load_row<T, NT>(d, r, g);
-    OL_UNROLL
-    for (int i = 0; i < NT; ++i) {
-      const U a = c * U(g[i]);
+    const U c_next = r + 1 < d.m ? coef(r + 1) : U(0);
+    if (c != U(0)) {
+      T g[NT];
+      load_row<T, NT>(d, r, g);
       OL_UNROLL
-      for (int j = 0; j <= i; ++j) K[tri(i, j)] += a * U(g[j]);
+      for (int i = 0; i < NT; ++i) {
+        const U a = c * U(g[i]);
+        OL_UNROLL
+        for (int j = 0; j <= i; ++j) K[tri(i, j)] += a * U(g[j]);
+      }
     }
+    c = c_next;
   }
+}
+
+// Row scale of G's row r: 1/‖g_r‖ (1 for a zero row), as qp_ipm.h::solve_qp.
+template <typename T, int NT>
+OL_HD OL_INLINE T row_scale(const Data<T>& d, int r) {
+  T g[NT];
+  load_row<T, NT>(d, r, g);
+  T acc = 0;
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) acc += g[j] * g[j];
+  return acc > T(0) ? T(1) / ol_sqrt(acc) : T(1);
 }
 
 // In-place Cholesky K = LLᵀ (packed lower). False if a pivot is not positive (the same test as
@@ -172,11 +188,14 @@ OL_HD OL_INLINE bool factor(const Data<T>& d, const Coef& coef, T delta, T (&K)[
 }
 
 // Per-thread arrays over the m rows (thread-local memory on the GPU).
+// The predictor's step enters the corrector only through Δs∘Δz per row (dd), so that is all it stores.
 template <typename T>
 struct Rows {
-  T s[kMaxM], z[kMaxM], gs[kMaxM], hs[kMaxM], rp[kMaxM], dsa[kMaxM], dza[kMaxM], ds[kMaxM], dz[kMaxM];
+  T s[kMaxM], z[kMaxM], gs_own[kMaxM], hs_own[kMaxM], rp[kMaxM], dd[kMaxM], ds[kMaxM], dz[kMaxM];
   double ul[kMaxM], e2[kMaxM];  // KKT solves: u_λ and the residual's λ part (active rows)
   uint8_t act[kMaxM];           // active-set guess
+  const T* gs;  // row scales 1/‖g_r‖: gs_own, or one copy for the batch when G is shared
+  const T* hs;  // scaled h̃ = h ∘ gs: hs_own, or one copy when G and h are shared
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -386,9 +405,10 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, const T 
 
 // One Newton solve of the reduced system for the complementarity residual rc(r): dx (registers),
 // ds, dz (rows); returns the largest steps keeping s and z nonnegative.
-template <typename T, int NT, typename RC>
+// kPredictor: store only Δs∘Δz (rows.dd) and the sums Σ(sΔz + zΔs), ΣΔsΔz of μ_aff; else Δs, Δz.
+template <bool kPredictor, typename T, int NT, typename RC>
 OL_HD OL_INLINE void newton(const Data<T>& d, const T (&K)[Tri<NT>::size], const T (&rd)[NT], const RC& rc,
-                            Rows<T>& rows, T (&dx)[NT], T* ds, T* dz, T& step_s, T& step_z) {
+                            Rows<T>& rows, T (&dx)[NT], T& step_s, T& step_z, T& s1, T& s2) {
   // r₁ = −r_d − G̃ᵀ(W r_p − r_c/s)
   OL_UNROLL
   for (int j = 0; j < NT; ++j) dx[j] = -rd[j];
@@ -396,7 +416,7 @@ OL_HD OL_INLINE void newton(const Data<T>& d, const T (&K)[Tri<NT>::size], const
     T g[NT];
     load_row<T, NT>(d, r, g);
     const T s = rows.s[r], w = rows.z[r] / s;
-    const T c = (rc(r) / s - w * rows.rp[r]) * rows.gs[r];
+    const T c = (rc(r) / s - w * rows.rp[r]) * rows.gs[r];  // (r_c/s − W r_p) ∘ gs
     OL_UNROLL
     for (int j = 0; j < NT; ++j) dx[j] += c * g[j];
   }
@@ -409,8 +429,14 @@ OL_HD OL_INLINE void newton(const Data<T>& d, const T (&K)[Tri<NT>::size], const
     const T s = rows.s[r], z = rows.z[r], w = z / s;
     const T dzr = w * (t + rows.rp[r]) - rc(r) / s;
     const T dsr = -rows.rp[r] - t;
-    ds[r] = dsr;
-    dz[r] = dzr;
+    if constexpr (kPredictor) {
+      rows.dd[r] = dsr * dzr;
+      s1 += s * dzr + z * dsr;
+      s2 += dsr * dzr;
+    } else {
+      rows.ds[r] = dsr;
+      rows.dz[r] = dzr;
+    }
     if (dsr < T(0)) as = ol_min(as, -s / dsr);
     if (dzr < T(0)) az = ol_min(az, -z / dzr);
   }
@@ -420,28 +446,29 @@ OL_HD OL_INLINE void newton(const Data<T>& d, const T (&K)[Tri<NT>::size], const
 
 // Solve one problem. Writes x (n), λ (m), status and iterations; status kRetry leaves the problem
 // to the thread-group kernel (x and λ are then unspecified).
+// gs_shared / hs_shared: the row scales (and h̃) computed once for a batch that shares G (and h)
+// (row_scale; e.g. in CUDA shared memory), or null.
 template <typename T, int NT>
-OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, T* x_out, T* lam_out, int8_t* status,
-                 int32_t* iters) {
+OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const T* gs_shared, const T* hs_shared,
+                 T* x_out, T* lam_out, int8_t* status, int32_t* iters) {
   const int n = d.n, m = d.m;
   T* s = rows.s;
   T* z = rows.z;
-  T* gs = rows.gs;
-  T* hs = rows.hs;
+  rows.gs = gs_shared != nullptr ? gs_shared : rows.gs_own;
+  rows.hs = hs_shared != nullptr ? hs_shared : rows.hs_own;
+  const T* gs = rows.gs;
+  const T* hs = rows.hs;
   // Row scales (1/‖row‖, 1 for zero rows), the scale max(1, |Q|, |G̃|) and δ.
   T scale = 1;
   for (int64_t i = 0; i < int64_t(n) * n; ++i) scale = ol_max(scale, ol_abs(d.Q[i]));
   for (int r = 0; r < m; ++r) {
+    const T sc = gs_shared != nullptr ? gs_shared[r] : row_scale<T, NT>(d, r);
+    if (gs_shared == nullptr) rows.gs_own[r] = sc;
+    if (hs_shared == nullptr) rows.hs_own[r] = d.h[r] * sc;
     T g[NT];
     load_row<T, NT>(d, r, g);
-    T acc = 0;
-    OL_UNROLL
-    for (int j = 0; j < NT; ++j) acc += g[j] * g[j];
-    const T sc = acc > T(0) ? T(1) / ol_sqrt(acc) : T(1);
-    gs[r] = sc;
     OL_UNROLL
     for (int j = 0; j < NT; ++j) scale = ol_max(scale, ol_abs(g[j] * sc));
-    hs[r] = d.h[r] * sc;
   }
   const T delta = set.kkt_reg * scale;
 
@@ -566,20 +593,18 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, T* x_o
     }
     // Factor at W = Z S⁻¹.
     if (!factor<T, NT>(d, [&](int r) { return z[r] / s[r] * gs[r] * gs[r]; }, delta, K)) break;
-    // Predictor (r_c = s∘z).
-    T dxa[NT], step_s, step_z;
-    newton<T, NT>(d, K, rd, [&](int r) { return s[r] * z[r]; }, rows, dxa, rows.dsa, rows.dza, step_s, step_z);
+    // Predictor (r_c = s∘z). μ_aff = Σ(s + αΔs)(z + αΔz)/m = (sᵀz + αΣ(sΔz + zΔs) + α²ΣΔsΔz)/m.
+    T dxa[NT], step_s, step_z, s1 = 0, s2 = 0;
+    newton<true, T, NT>(d, K, rd, [&](int r) { return s[r] * z[r]; }, rows, dxa, step_s, step_z, s1, s2);
     const T aa = ol_min(T(1), ol_min(step_s, step_z));
-    T mu_aff = 0;
-    for (int r = 0; r < m; ++r) mu_aff += (s[r] + aa * rows.dsa[r]) * (z[r] + aa * rows.dza[r]);
-    mu_aff /= T(m);
+    const T mu_aff = (sz + aa * s1 + aa * aa * s2) / T(m);
     T ratio = mu_aff / mu;
     ratio = ol_min(ol_max(ratio, T(0)), T(1));
     const T sigma_mu = ratio * ratio * ratio * mu;
     // Corrector.
     T dx[NT];
-    newton<T, NT>(d, K, rd, [&](int r) { return s[r] * z[r] + rows.dsa[r] * rows.dza[r] - sigma_mu; }, rows, dx,
-                  rows.ds, rows.dz, step_s, step_z);
+    newton<false, T, NT>(d, K, rd, [&](int r) { return s[r] * z[r] + rows.dd[r] - sigma_mu; }, rows, dx, step_s,
+                         step_z, s1, s2);
     const T alpha = ol_min(T(1), set.step_to_boundary * ol_min(step_s, step_z));
     OL_UNROLL
     for (int j = 0; j < NT; ++j) x[j] += alpha * dx[j];

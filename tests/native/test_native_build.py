@@ -76,6 +76,11 @@ def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
         "  auto b = optlayers::plan_launch(100, 200, 0, 10000, 132, 8);\n"
         "  auto s = optlayers::plan_launch(60, 80, 10, 8, 132, 8);\n"
         "  auto u = optlayers::plan_launch(12, 41, 0, 100, 132, 8, 0);\n"
+        # B = 1,000 < 16 problems per SM: warp; forced small: small; forced small with p > 0: warp
+        "  auto v = optlayers::plan_launch(16, 55, 0, 1000, 132, 4);\n"
+        "  auto f = optlayers::plan_launch(16, 55, 0, 1000, 132, 4, 3);\n"
+        "  auto e = optlayers::plan_launch(16, 55, 2, 100000, 132, 4, 3);\n"
+        "  if (int(v.kernel) != 1 || int(f.kernel) != 3 || int(e.kernel) != 1) return 1;\n"
         '  std::printf("%d %lld %d %d %lld %d %d %lld %d %d %lld\\n", int(t.kernel), (long long)t.groups,\n'
         "              int(w.kernel), (long long)w.groups, int(b.kernel), b.k_in_shared, (long long)b.groups,\n"
         "              (long long)s.shared_bytes, int(u.kernel), u.threads, (long long)u.groups);\n"

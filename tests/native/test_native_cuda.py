@@ -13,8 +13,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 # The CUDA kernels (one thread / one warp / one block per problem; csrc/optlayers/qp_cuda.h),
 # forced through OPTLAYERS_CUDA_KERNEL, and the default choice by size ("auto": the small kernel of
-# csrc/optlayers/qp_small.h for n ≤ 16, m ≤ 128, p = 0, with the warp kernel as its fallback).
-KERNELS = ["auto", "thread", "warp", "block"]
+# csrc/optlayers/qp_small.h for n ≤ 16, m ≤ 128, p = 0 and batches of ≥ 16 problems per SM, with the
+# warp kernel as its fallback; "small" forces it wherever it is eligible, whatever the batch size).
+KERNELS = ["auto", "small", "thread", "warp", "block"]
 
 
 @pytest.fixture(params=KERNELS)
@@ -151,7 +152,7 @@ def _raw_solve(Q, q, G, h):
 def test_cuda_small_kernel_grasp_qps_equal_cpu_with_gradients(dtype, monkeypatch):
     """Real grasp QPs (shared G, zero-force contacts): CUDA (small kernel, its backward solve) = CPU,
     and in float64 the small kernel finishes every problem itself (no fallback)."""
-    monkeypatch.delenv("OPTLAYERS_CUDA_KERNEL", raising=False)
+    monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "small")
     Q, q, G, h = grasp_batch(32, dtype=dtype)
     tol = 1e-9 if dtype == torch.float64 else 1e-3
     outs = {}
@@ -189,7 +190,7 @@ def test_cuda_small_kernel_falls_back_for_infeasible_and_unbounded(monkeypatch):
     want = [0] * 10
     want[3] = want[6] = -1
     assert _raw_solve(*data)[2].tolist() == want
-    monkeypatch.delenv("OPTLAYERS_CUDA_KERNEL")
+    monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "small")
     sol = ol.solve_qp(*data, backend="native", on_failure="nan", return_solution=True)
     want[3], want[6] = ol.Status.PRIMAL_INFEASIBLE, ol.Status.DUAL_INFEASIBLE
     assert sol.status.tolist() == want
@@ -200,7 +201,7 @@ def test_cuda_small_kernel_falls_back_for_infeasible_and_unbounded(monkeypatch):
 
 @pytest.mark.parametrize("shared", [(), ("G",)])
 def test_cuda_small_kkt_solve_equals_cpu(shared, monkeypatch):
-    monkeypatch.delenv("OPTLAYERS_CUDA_KERNEL", raising=False)
+    monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "small")
     P = ol.testing.random_qp(40, 10, 25, 0, seed=11, shared=shared)
     sol = ol.solve_qp(*P.data()[:4], backend="native", return_solution=True)
     Gx = torch.einsum("...ij,...j->...i", P.G, sol.x)
@@ -211,3 +212,17 @@ def test_cuda_small_kkt_solve_equals_cpu(shared, monkeypatch):
     u_cpu = torch.ops.optlayers.qp_kkt_solve(P.Q, P.G, A, mask, rhs, reg)
     u_cuda = torch.ops.optlayers.qp_kkt_solve(P.Q.cuda(), P.G.cuda(), A.cuda(), mask.cuda(), rhs.cuda(), reg)
     assert torch.allclose(u_cuda.cpu(), u_cpu, rtol=1e-9, atol=1e-11)
+
+
+def test_cuda_small_kernel_by_default_on_a_large_grasp_batch(monkeypatch):
+    """Unforced, 100 problems per SM: the small kernel runs (small-bare leaves nothing to the fallback
+    and agrees with the default path)."""
+    monkeypatch.delenv("OPTLAYERS_CUDA_KERNEL", raising=False)
+    B = 100 * torch.cuda.get_device_properties(0).multi_processor_count
+    P = ol.testing.random_qp(B, 12, 41, 0, seed=3, shared=("G",), device="cuda")
+    x, _, status = _raw_solve(*P.data()[:4])
+    assert bool((status == 0).all())
+    assert float((x - P.x).abs().max()) < 1e-9
+    monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "small-bare")
+    x2, _, status2 = _raw_solve(*P.data()[:4])
+    assert bool((status2 == 0).all()) and torch.equal(x, x2)
