@@ -140,6 +140,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--skip-torch", action="store_true", help="native rows only")
     ap.add_argument("--budget-s", type=float, default=150.0, help="start no new row after this many seconds")
+    ap.add_argument("--cases", help="comma-separated substrings: run only the cases whose name contains one")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device")
@@ -165,6 +166,9 @@ def main():
         ("B=1024 n=50 m=50 p=10 f64", 1024, 50, 50, 10, torch.float64, (), ["native-block", "torch"]),
         ("B=10k n=100 m=200 f64", 10_000, 100, 200, 0, torch.float64, (), ["native-block", "torch"]),
     ]
+    if args.cases:
+        keys = [k.strip() for k in args.cases.split(",") if k.strip()]
+        specs = [sp for sp in specs if any(k in sp[0] for k in keys)]
     rows = []
     t_start = time.perf_counter()
     for name, B, n, m, p, dtype, shared, variants in specs:

@@ -51,7 +51,7 @@ echo "bench rc=$?" >> "$OUT/gpu_bench.txt"
 done
 if [ "${GPU_CHECK_PROFILE:-1}" != 0 ]; then
   stamp "profile" | tee -a "$OUT/build.log"
-  timeout ${GPU_CHECK_PROFILE_S:-90} $PY benchmarks/gpu_profile.py > "$OUT/gpu_profile.txt" 2>&1
+  timeout ${GPU_CHECK_PROFILE_S:-90} $PY benchmarks/gpu_profile.py ${GPU_PROFILE_ARGS:-} > "$OUT/gpu_profile.txt" 2>&1
   echo "profile rc=$?" >> "$OUT/gpu_profile.txt"
 fi
 stamp "done" | tee -a "$OUT/build.log"

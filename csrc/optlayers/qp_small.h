@@ -188,10 +188,11 @@ OL_HD OL_INLINE bool factor(const Data<T>& d, const Coef& coef, T delta, T (&K)[
 }
 
 // Per-thread arrays over the m rows (thread-local memory on the GPU).
-// The predictor's step enters the corrector only through Δs∘Δz per row (dd), so that is all it stores.
+// The interior point keeps only s and z per row (see predictor_corrector), plus the row scales and
+// h̃ when they are not shared by the batch.
 template <typename T>
 struct Rows {
-  T s[kMaxM], z[kMaxM], gs_own[kMaxM], hs_own[kMaxM], rp[kMaxM], dd[kMaxM], ds[kMaxM], dz[kMaxM];
+  T s[kMaxM], z[kMaxM], gs_own[kMaxM], hs_own[kMaxM];
   double ul[kMaxM], e2[kMaxM];  // KKT solves: u_λ and the residual's λ part (active rows)
   uint8_t act[kMaxM];           // active-set guess
   const T* gs;  // row scales 1/‖g_r‖: gs_own, or one copy for the batch when G is shared
@@ -403,45 +404,122 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, const T 
 // ------------------------------------------------------------------------------------------------
 // The interior point (qp_ipm.h::solve_qp with p = 0).
 
-// One Newton solve of the reduced system for the complementarity residual rc(r): dx (registers),
-// ds, dz (rows); returns the largest steps keeping s and z nonnegative.
-// kPredictor: store only Δs∘Δz (rows.dd) and the sums Σ(sΔz + zΔs), ΣΔsΔz of μ_aff; else Δs, Δz.
-template <bool kPredictor, typename T, int NT, typename RC>
-OL_HD OL_INLINE void newton(const Data<T>& d, const T (&K)[Tri<NT>::size], const T (&rd)[NT], const RC& rc,
-                            Rows<T>& rows, T (&dx)[NT], T& step_s, T& step_z, T& s1, T& s2) {
-  // r₁ = −r_d − G̃ᵀ(W r_p − r_c/s)
+// The predictor-corrector step with nothing stored per row but s and z: every pass over the rows
+// recomputes what it needs of r_p = G̃x + s − h̃, the predictor's (Δsₐ, Δzₐ) and the corrector's
+// (Δs, Δz) from x, Δxₐ, Δx (registers) with one dot product of the row each (n multiply-adds).
+// Why: on the GPU a thread's row arrays live in local memory, and with ~256 threads an SM (each
+// holds K in up to 255 registers) eight such arrays of m ≈ 40 rows are ~700 KB an SM, far beyond L1
+// (and, over all SMs, beyond L2): every pass then waited on device memory. s and z alone fit in L1.
+// The recomputed values are the same expressions as stored ones would be, bit for bit.
+template <typename T, int NT>
+struct RowTerms {
+  T s, z, w, rp;  // iterate, w = z/s, r_p = G̃x + s − h̃
+  T ta, dsa, dza;  // predictor: G̃Δxₐ, Δsₐ = −r_p − G̃Δxₐ, Δzₐ = w(G̃Δxₐ + r_p) − (s∘z)/s
+};
+
+template <typename T, int NT>
+OL_HD OL_INLINE RowTerms<T, NT> row_terms(const Rows<T>& rows, int r, const T (&g)[NT], const T (&x)[NT],
+                                          const T* dxa) {
+  RowTerms<T, NT> t;
+  t.s = rows.s[r];
+  t.z = rows.z[r];
+  t.w = t.z / t.s;
+  const T gsr = rows.gs[r];
+  t.rp = gsr * dot_row<T, T, NT>(g, x) + t.s - rows.hs[r];
+  if (dxa != nullptr) {
+    T acc = 0;
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) acc += g[j] * dxa[j];
+    t.ta = gsr * acc;
+    t.dsa = -t.rp - t.ta;
+    t.dza = t.w * (t.ta + t.rp) - t.s * t.z / t.s;  // r_c/s with r_c = s∘z, rounded as the serial path
+  }
+  return t;
+}
+
+// One step of the interior point from the iterate (x, s, z) with residual rd and factor K:
+// predictor, σ = (μ_aff/μ)³, corrector, step to the boundary; updates x, s, z in place.
+template <typename T, int NT>
+OL_HD OL_INLINE void predictor_corrector(const Data<T>& d, const Settings<T>& set, const T (&K)[Tri<NT>::size],
+                                         const T (&rd)[NT], T mu, T sz, Rows<T>& rows, T (&x)[NT]) {
+  const int m = d.m;
+  // Predictor (r_c = s∘z, r_c/s = z): Δxₐ = K⁻¹(−r_d − G̃ᵀ(z − W r_p)).
+  T dxa[NT];
   OL_UNROLL
-  for (int j = 0; j < NT; ++j) dx[j] = -rd[j];
-  for (int r = 0; r < d.m; ++r) {
+  for (int j = 0; j < NT; ++j) dxa[j] = -rd[j];
+  for (int r = 0; r < m; ++r) {
     T g[NT];
     load_row<T, NT>(d, r, g);
-    const T s = rows.s[r], w = rows.z[r] / s;
-    const T c = (rc(r) / s - w * rows.rp[r]) * rows.gs[r];  // (r_c/s − W r_p) ∘ gs
+    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, nullptr);
+    const T c = (t.s * t.z / t.s - t.w * t.rp) * rows.gs[r];
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) dxa[j] += c * g[j];
+  }
+  chol_solve<T, NT>(K, dxa);
+  // Its step length and μ_aff = Σ(s + αΔsₐ)(z + αΔzₐ)/m = (sᵀz + αΣ(sΔzₐ + zΔsₐ) + α²ΣΔsₐΔzₐ)/m.
+  T as = ol_inf<T>(), az = ol_inf<T>(), s1 = 0, s2 = 0;
+  for (int r = 0; r < m; ++r) {
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, dxa);
+    if (t.dsa < T(0)) as = ol_min(as, -t.s / t.dsa);
+    if (t.dza < T(0)) az = ol_min(az, -t.z / t.dza);
+    s1 += t.s * t.dza + t.z * t.dsa;
+    s2 += t.dsa * t.dza;
+  }
+  const T aa = ol_min(T(1), ol_min(as, az));
+  const T mu_aff = (sz + aa * s1 + aa * aa * s2) / T(m);
+  T ratio = mu_aff / mu;
+  ratio = ol_min(ol_max(ratio, T(0)), T(1));
+  const T sigma_mu = ratio * ratio * ratio * mu;
+  // Corrector: r_c = s∘z + Δsₐ∘Δzₐ − σμ, Δx = K⁻¹(−r_d − G̃ᵀ(W r_p − r_c/s)).
+  T dx[NT];
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) dx[j] = -rd[j];
+  for (int r = 0; r < m; ++r) {
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, dxa);
+    const T rc = t.s * t.z + t.dsa * t.dza - sigma_mu;
+    const T c = (rc / t.s - t.w * t.rp) * rows.gs[r];
     OL_UNROLL
     for (int j = 0; j < NT; ++j) dx[j] += c * g[j];
   }
   chol_solve<T, NT>(K, dx);
-  T as = ol_inf<T>(), az = ol_inf<T>();
-  for (int r = 0; r < d.m; ++r) {
+  // Δs = −r_p − G̃Δx, Δz = W(G̃Δx + r_p) − r_c/s; the step length, then the update (rows first: they
+  // recompute r_p from the old x).
+  auto step = [&](int r, const T (&g)[NT], const RowTerms<T, NT>& t, T& ds, T& dz) {
+    T acc = 0;
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) acc += g[j] * dx[j];
+    const T td = rows.gs[r] * acc;
+    const T rc = t.s * t.z + t.dsa * t.dza - sigma_mu;
+    dz = t.w * (td + t.rp) - rc / t.s;
+    ds = -t.rp - td;
+  };
+  as = ol_inf<T>();
+  az = ol_inf<T>();
+  for (int r = 0; r < m; ++r) {
     T g[NT];
     load_row<T, NT>(d, r, g);
-    const T t = rows.gs[r] * dot_row<T, T, NT>(g, dx);
-    const T s = rows.s[r], z = rows.z[r], w = z / s;
-    const T dzr = w * (t + rows.rp[r]) - rc(r) / s;
-    const T dsr = -rows.rp[r] - t;
-    if constexpr (kPredictor) {
-      rows.dd[r] = dsr * dzr;
-      s1 += s * dzr + z * dsr;
-      s2 += dsr * dzr;
-    } else {
-      rows.ds[r] = dsr;
-      rows.dz[r] = dzr;
-    }
-    if (dsr < T(0)) as = ol_min(as, -s / dsr);
-    if (dzr < T(0)) az = ol_min(az, -z / dzr);
+    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, dxa);
+    T ds, dz;
+    step(r, g, t, ds, dz);
+    if (ds < T(0)) as = ol_min(as, -t.s / ds);
+    if (dz < T(0)) az = ol_min(az, -t.z / dz);
   }
-  step_s = as;
-  step_z = az;
+  const T alpha = ol_min(T(1), set.step_to_boundary * ol_min(as, az));
+  for (int r = 0; r < m; ++r) {
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, dxa);
+    T ds, dz;
+    step(r, g, t, ds, dz);
+    rows.s[r] = t.s + alpha * ds;
+    rows.z[r] = t.z + alpha * dz;
+  }
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) x[j] += alpha * dx[j];
 }
 
 // Solve one problem. Writes x (n), λ (m), status and iterations; status kRetry leaves the problem
@@ -530,7 +608,6 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
       Gxn = ol_max(Gxn, ol_abs(t));
       Gx_pos = ol_max(Gx_pos, t);
       const T rr = t + s[r] - hs[r];
-      rows.rp[r] = rr;
       rpn = ol_max(rpn, ol_abs(rr));
       const T c = z[r] * gs[r];
       OL_UNROLL
@@ -593,25 +670,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     }
     // Factor at W = Z S⁻¹.
     if (!factor<T, NT>(d, [&](int r) { return z[r] / s[r] * gs[r] * gs[r]; }, delta, K)) break;
-    // Predictor (r_c = s∘z). μ_aff = Σ(s + αΔs)(z + αΔz)/m = (sᵀz + αΣ(sΔz + zΔs) + α²ΣΔsΔz)/m.
-    T dxa[NT], step_s, step_z, s1 = 0, s2 = 0;
-    newton<true, T, NT>(d, K, rd, [&](int r) { return s[r] * z[r]; }, rows, dxa, step_s, step_z, s1, s2);
-    const T aa = ol_min(T(1), ol_min(step_s, step_z));
-    const T mu_aff = (sz + aa * s1 + aa * aa * s2) / T(m);
-    T ratio = mu_aff / mu;
-    ratio = ol_min(ol_max(ratio, T(0)), T(1));
-    const T sigma_mu = ratio * ratio * ratio * mu;
-    // Corrector.
-    T dx[NT];
-    newton<false, T, NT>(d, K, rd, [&](int r) { return s[r] * z[r] + rows.dd[r] - sigma_mu; }, rows, dx, step_s,
-                         step_z, s1, s2);
-    const T alpha = ol_min(T(1), set.step_to_boundary * ol_min(step_s, step_z));
-    OL_UNROLL
-    for (int j = 0; j < NT; ++j) x[j] += alpha * dx[j];
-    for (int r = 0; r < m; ++r) {
-      s[r] += alpha * rows.ds[r];
-      z[r] += alpha * rows.dz[r];
-    }
+    predictor_corrector<T, NT>(d, set, K, rd, mu, sz, rows, x);
   }
   if (!solved) {
     *status = kRetry;
