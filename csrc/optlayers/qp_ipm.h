@@ -1189,6 +1189,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     for (int i = g.rank(); i < n; i += g.size()) rhs[i] = -d.q[i];
     for (int a = g.rank(); a < k; a += g.size()) rhs[n + a] = d.h[act[a]];
     for (int e = g.rank(); e < p; e += g.size()) rhs[n + k + e] = d.b[e];
+    g.sync();  // rhs is read below under another member-to-index mapping (found by ThreadSanitizer)
     // Solve, then test: primal feasibility, dual sign, residual, finiteness. A solution that fails
     // only the sign test (dependent active rows, e.g. a zero-force grasp contact: the active-set
     // system fixes x but not the multipliers, and its regularized, minimum-norm-like choice has

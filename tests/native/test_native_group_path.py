@@ -146,3 +146,24 @@ def test_group_path_matches_serial_path(driver, tmp_path, lanes, k_shared, dtype
         assert np.abs(g_vals[:n] - x_star.numpy()).max() <= tol * (1 + x_star.abs().max().item()), name
         # Gradients dq, dh, db (gx = 1): the same active set and KKT solve on both paths.
         assert np.abs(g_vals[n + m + p:] - s_vals[n + m + p:]).max() <= 10 * tol * scale, name
+
+
+@pytest.mark.parametrize("lanes,k_shared,f32", [(32, 0, 1), (3, 1, 0)], ids=["warp-float32", "3-lanes-Kshared-float64"])
+def test_group_path_has_no_data_races(tmp_path, lanes, k_shared, f32):
+    """The same driver under ThreadSanitizer: every read of a workspace slot another member wrote
+    must be ordered by a sync(). (It found a missing sync in the polish — the right-hand side was
+    written and read under different member-to-index mappings — which made the warp/float32 case
+    above fail now and then, and would race on a GPU too.)"""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "group_emulation_tsan"
+    out = subprocess.run([cxx, "-std=c++20", "-O1", "-g", "-fsanitize=thread", "-pthread", f"-I{CSRC}",
+                          str(HERE / "cpp" / "group_emulation.cpp"), "-o", str(exe)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"no ThreadSanitizer build here: {out.stderr.strip().splitlines()[-1:]}")
+    data = tmp_path / "qps.bin"
+    _write(data, _problems())
+    run = subprocess.run([str(exe), str(data), str(lanes), str(k_shared), str(f32)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
+    assert "ThreadSanitizer" not in run.stderr and run.returncode == 0, run.stderr[-3000:]
