@@ -157,7 +157,8 @@ def test_cuda_small_kernel_grasp_qps_equal_cpu_with_gradients(dtype, monkeypatch
     tol = 1e-9 if dtype == torch.float64 else 1e-3
     outs = {}
     for dev in ("cpu", "cuda"):
-        Qd, qd = Q.to(dev).requires_grad_(), q.to(dev).requires_grad_()
+        # Fresh leaves per device (Q.to("cpu") is Q itself: marking it would make the CUDA copy a non-leaf).
+        Qd, qd = (t.detach().to(dev).clone().requires_grad_() for t in (Q, q))
         sol = ol.solve_qp(Qd, qd, G.to(dev), h.to(dev), backend="native", return_solution=True)
         w = torch.linspace(-1, 1, sol.x.numel(), dtype=dtype, device=dev).view_as(sol.x)
         (sol.x * w).sum().backward()
