@@ -1428,6 +1428,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   T best = ol_inf<T>(), best_sz = ol_inf<T>(), best_cert = ol_inf<T>();
   int stall = 0;
   T loose = set.polish_start;  // next early-polish threshold (≤ tol: none)
+  bool factor_failed = false;  // a factorization failed inside the loop (not at the start)
   if (!ok) code = kNumericalError;
   for (; ok && it <= set.max_iter; ++it) {
     // Residuals.
@@ -1504,7 +1505,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
       st.wt[i] = st.w[i] * st.gs[i] * st.gs[i];
     }
     g.sync();
-    if (!factor_reduced(g, d, st, delta)) { code = kNumericalError; break; }
+    if (!factor_reduced(g, d, st, delta)) { code = kNumericalError; factor_failed = true; break; }
     // Predictor.
     for (int i = g.rank(); i < m; i += g.size()) st.rc[i] = st.s[i] * st.z[i];
     g.sync();
@@ -1530,9 +1531,16 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   for (int j = g.rank(); j < n; j += g.size()) x[j] = st.x[j];
   for (int i = g.rank(); i < m; i += g.size()) lam[i] = st.z[i] * st.gs[i];
   for (int e = g.rank(); e < p; e += g.size()) nu[e] = st.y[e] * st.as[e];
-  if (g.rank() == 0) { *status = code; *iters = it; }
+  // A reduced matrix that could not be factored late in the iteration (float32 near a degenerate
+  // solution: K's condition number grows like 1/μ) leaves an iterate whose active set is often
+  // right: the polish gets it as it gets an iteration-limited one, and only its acceptance test
+  // (primal and dual feasible, KKT residual to polish_tol) turns it into SOLVED.
+  if (g.rank() == 0) { *status = factor_failed && set.polish ? int8_t(kMaxIter) : code; *iters = it; }
   g.sync();
-  if (set.polish) polish(g, d, set, st.polish, x, lam, nu, status, kPolishRounds, keep);
+  if (set.polish && !polish(g, d, set, st.polish, x, lam, nu, status, kPolishRounds, keep) && factor_failed) {
+    if (g.rank() == 0) *status = kNumericalError;
+    g.sync();
+  }
 }
 
 }  // namespace optlayers

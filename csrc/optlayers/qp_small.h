@@ -669,7 +669,15 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
       break;
     }
     // Factor at W = Z S⁻¹.
-    if (!factor<T, NT>(d, [&](int r) { return z[r] / s[r] * gs[r] * gs[r]; }, delta, K)) break;
+    if (!factor<T, NT>(d, [&](int r) { return z[r] / s[r] * gs[r] * gs[r]; }, delta, K)) {
+      // As solve_qp: a late factorization failure leaves an iterate the polish may finish.
+      if (set.polish && polish<T, NT>(d, set, x, lam_hat, rows, kPolishRounds, x_out, lam_out)) {
+        *status = kSolved;
+        *iters = it;
+        return;
+      }
+      break;
+    }
     predictor_corrector<T, NT>(d, set, K, rd, mu, sz, rows, x);
   }
   if (!solved) {

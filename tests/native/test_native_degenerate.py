@@ -75,3 +75,24 @@ def test_grasp_lanes_and_serial_agree_where_the_answer_is_unique(monkeypatch):
         out[lanes] = (x.detach(), qr.grad, Qr.grad)
     for a, b in zip(out["1"], out["0"]):
         assert float((a - b).abs().max()) <= 1e-11 * (1 + float(b.abs().max()))
+
+
+def test_float32_late_factorization_failure_is_polished(monkeypatch):
+    """float32 degenerate grasp QPs (zero-force contacts): near the solution K's condition number
+    grows like 1/μ and its Cholesky can fail for good; the serial path then polishes the last iterate
+    (as an iteration-limited one) instead of returning NUMERICAL_ERROR. On this batch problem 9 took
+    that route (NUMERICAL_ERROR before the polish was allowed there); every problem must be SOLVED
+    with its KKT conditions met to float32 accuracy."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__)))
+    from grasp_data import grasp_batch
+
+    monkeypatch.setenv("OPTLAYERS_CPU_LANES", "0")
+    monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "0")
+    Q, q, G, h = grasp_batch(4, dtype=torch.float32)
+    sol = ol.solve_qp(Q, q, G, h, backend="native", return_solution=True, on_failure="nan")
+    assert sol.status.tolist() == [ol.Status.SOLVED] * Q.shape[0]
+    x, lam = sol.x.double(), sol.lam.double()
+    Qd, qd, Gd, hd = (t.double() for t in (Q, q, G, h))
+    stat = (torch.einsum("bij,bj->bi", Qd, x) + qd + lam @ Gd).abs().amax(-1) / (1 + qd.abs().amax(-1))
+    assert float(stat.max()) < 1e-4
+    assert float(lam.min()) >= 0 and float((x @ Gd.mT - hd).max()) < 1e-4
