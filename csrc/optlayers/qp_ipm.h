@@ -785,6 +785,28 @@ OL_HD void kkt_backward(const Grp& g, const Problem<T>& d, const T* x, const T* 
 }
 
 // ----------------------------------------------------------------------------------------------
+// The stall rule (see kStallIters): progress is the merit max(pres, dres, gap), sᵀz or the
+// infeasibility-certificate ratio falling below kStallDecrease × its best. Shared by solve_qp and
+// the CUDA small kernel (qp_small.h).
+template <typename T>
+struct Progress {
+  T best = ol_inf<T>(), best_sz = ol_inf<T>(), best_cert = ol_inf<T>();
+  int stall = 0;
+  // Records one iterate; returns true once kStallIters iterates in a row made no progress.
+  OL_HD OL_INLINE bool stalled(T merit, T sz, T cert) {
+    if (merit < T(kStallDecrease) * best || sz < T(kStallDecrease) * best_sz || cert < T(kStallDecrease) * best_cert) {
+      best = ol_min(best, merit);
+      best_sz = ol_min(best_sz, sz);
+      best_cert = ol_min(best_cert, cert);
+      stall = 0;
+    } else {
+      ++stall;
+    }
+    return stall >= kStallIters;
+  }
+};
+
+// ----------------------------------------------------------------------------------------------
 // The interior-point solver for one problem.
 
 template <typename T>
@@ -1425,8 +1447,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   const T qn = inf_norm(g, d.q, n), hn = inf_norm(g, hs, m), bn = inf_norm(g, bs, p);
   int8_t code = kMaxIter;
   int it = 0;
-  T best = ol_inf<T>(), best_sz = ol_inf<T>(), best_cert = ol_inf<T>();
-  int stall = 0;
+  Progress<T> progress;
   T loose = set.polish_start;  // next early-polish threshold (≤ tol: none)
   bool factor_failed = false;  // a factorization failed inside the loop (not at the start)
   if (!ok) code = kNumericalError;
@@ -1489,15 +1510,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     // grows while these ratios fall geometrically).
     const T merit = ol_max(ol_max(pres, dres), gap);
     const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
-    if (merit < T(kStallDecrease) * best || sz < T(kStallDecrease) * best_sz || cert < T(kStallDecrease) * best_cert) {
-      best = ol_min(best, merit);
-      best_sz = ol_min(best_sz, sz);
-      best_cert = ol_min(best_cert, cert);
-      stall = 0;
-    } else {
-      ++stall;
-    }
-    if (it == set.max_iter || stall >= kStallIters) { code = kMaxIter; break; }
+    if (progress.stalled(merit, sz, cert) || it == set.max_iter) { code = kMaxIter; break; }
 
     // Factor the reduced system at W = Z S⁻¹.
     for (int i = g.rank(); i < m; i += g.size()) {

@@ -408,9 +408,11 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, const T 
 // recomputes what it needs of r_p = G̃x + s − h̃, the predictor's (Δsₐ, Δzₐ) and the corrector's
 // (Δs, Δz) from x, Δxₐ, Δx (registers) with one dot product of the row each (n multiply-adds).
 // Why: on the GPU a thread's row arrays live in local memory, and with ~256 threads an SM (each
-// holds K in up to 255 registers) eight such arrays of m ≈ 40 rows are ~700 KB an SM, far beyond L1
-// (and, over all SMs, beyond L2): every pass then waited on device memory. s and z alone fit in L1.
-// The recomputed values are the same expressions as stored ones would be, bit for bit.
+// holds K in up to 255 registers) eight such arrays of m ≈ 40 rows are ~700 KB an SM, beyond L1;
+// s and z alone fit. Measured on an H100 this changed little (48,000 grasp-sized QPs, float64, fwd
+// 5.54 → 5.43 ms; 100,000 n=16 float32 16.4 → 17.6 ms: benchmarks/results/gpu_h100_small.txt), so
+// local memory was not what limits the kernel; it stays for its smaller footprint. The recomputed
+// values are the same expressions as stored ones would be, bit for bit.
 template <typename T, int NT>
 struct RowTerms {
   T s, z, w, rp;  // iterate, w = z/s, r_p = G̃x + s − h̃
@@ -585,8 +587,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
 
   bool solved = false;
   int it = 0;
-  T best = ol_inf<T>(), best_sz = ol_inf<T>(), best_cert = ol_inf<T>();
-  int stall = 0;
+  Progress<T> progress;
   T loose = set.polish_start;
   auto lam_hat = [&](int r) { return z[r] * gs[r]; };
   for (; ok && it <= set.max_iter; ++it) {
@@ -651,15 +652,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     if (primal_inf || dual_inf) break;
     const T merit = ol_max(ol_max(pres, dres), gap);
     const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
-    if (merit < T(kStallDecrease) * best || sz < T(kStallDecrease) * best_sz || cert < T(kStallDecrease) * best_cert) {
-      best = ol_min(best, merit);
-      best_sz = ol_min(best_sz, sz);
-      best_cert = ol_min(best_cert, cert);
-      stall = 0;
-    } else {
-      ++stall;
-    }
-    if (it == set.max_iter || stall >= kStallIters) {
+    if (progress.stalled(merit, sz, cert) || it == set.max_iter) {
       // The serial path polishes an iteration-limited iterate too.
       if (set.polish && polish<T, NT>(d, set, x, lam_hat, rows, kPolishRounds, x_out, lam_out)) {
         *status = kSolved;

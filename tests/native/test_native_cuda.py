@@ -7,7 +7,7 @@ import optlayers as ol
 from optlayers._src.native.ops import cuda_available
 from optlayers._src.tolerances import tolerances_for
 
-from grasp_data import grasp_batch
+from qp_cases import grasp_batch, mixed_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -173,19 +173,7 @@ def test_cuda_small_kernel_grasp_qps_equal_cpu_with_gradients(dtype, monkeypatch
 
 
 def test_cuda_small_kernel_falls_back_for_infeasible_and_unbounded(monkeypatch):
-    d = torch.float64
-    g = torch.Generator().manual_seed(0)
-    B, n = 10, 2
-    Q = torch.eye(n, dtype=d).repeat(B, 1, 1)
-    q = torch.randn(B, n, generator=g, dtype=d)
-    G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).repeat(B, 1, 1)
-    h = torch.ones(B, 2 * n, dtype=d)
-    G[3] = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=d)
-    h[3] = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=d)
-    Q[6] = 0
-    q[6] = -1
-    G[6] = torch.cat([-torch.eye(n, dtype=d), -torch.eye(n, dtype=d)])
-    h[6] = 0
+    Q, q, G, h = mixed_batch(torch.float64)
     data = [t.cuda() for t in (Q, q, G, h)]
     monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "small-bare")
     want = [0] * 10

@@ -84,7 +84,7 @@ def test_float32_late_factorization_failure_is_polished(monkeypatch):
     that route (NUMERICAL_ERROR before the polish was allowed there); every problem must be SOLVED
     with its KKT conditions met to float32 accuracy."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__)))
-    from grasp_data import grasp_batch
+    from qp_cases import grasp_batch
 
     monkeypatch.setenv("OPTLAYERS_CPU_LANES", "0")
     monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "0")

@@ -13,6 +13,8 @@ import torch
 import optlayers as ol
 from optlayers._src.native.backend import native_status
 
+from qp_cases import mixed_batch
+
 ok, why = native_status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"native kernel unavailable: {why}")
 
@@ -55,27 +57,9 @@ def test_lanes_lps_and_shared_h(monkeypatch):
     assert float((lanes.x[ok] - serial.x[ok]).abs().max()) < 1e-9
 
 
-def _mixed_block(d=torch.float64):
-    """Ten 2-variable problems in one block: feasible ones, a primal infeasible one
-    (x₀ ≥ 1, x₀ ≤ −1) and an unbounded LP (min −x₀ − x₁ s.t. −x ≤ 0)."""
-    g = torch.Generator().manual_seed(0)
-    B, n = 10, 2
-    Q = torch.eye(n, dtype=d).repeat(B, 1, 1)
-    q = torch.randn(B, n, generator=g, dtype=d)
-    G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).repeat(B, 1, 1)
-    h = torch.ones(B, 2 * n, dtype=d)
-    G[3] = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=d)
-    h[3] = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=d)
-    Q[6] = 0
-    q[6] = -1
-    G[6] = torch.cat([-torch.eye(n, dtype=d), -torch.eye(n, dtype=d)])
-    h[6] = 0
-    return Q, q, G, h
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_lanes_mixed_statuses_in_one_block(dtype, monkeypatch):
-    Q, q, G, h = _mixed_block(dtype)
+    Q, q, G, h = mixed_batch(dtype)
     lanes = _solve(True, monkeypatch, Q, q, G, h)
     serial = _solve(False, monkeypatch, Q, q, G, h)
     want = [S.SOLVED] * 10

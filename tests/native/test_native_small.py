@@ -16,7 +16,7 @@ import optlayers as ol
 from optlayers._src.native.backend import native_status
 from optlayers._src.tolerances import tolerances_for
 
-from grasp_data import grasp_batch
+from qp_cases import grasp_batch, mixed_batch
 
 ok, why = native_status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"native kernel unavailable: {why}")
@@ -72,26 +72,9 @@ def test_small_float32(monkeypatch):
     assert float((small.x - serial.x).abs().max()) < 1e-4
 
 
-def _mixed(d=torch.float64):
-    """Ten 2-variable problems: feasible ones, a primal infeasible one and an unbounded LP."""
-    g = torch.Generator().manual_seed(0)
-    B, n = 10, 2
-    Q = torch.eye(n, dtype=d).repeat(B, 1, 1)
-    q = torch.randn(B, n, generator=g, dtype=d)
-    G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).repeat(B, 1, 1)
-    h = torch.ones(B, 2 * n, dtype=d)
-    G[3] = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=d)
-    h[3] = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=d)
-    Q[6] = 0
-    q[6] = -1
-    G[6] = torch.cat([-torch.eye(n, dtype=d), -torch.eye(n, dtype=d)])
-    h[6] = 0
-    return Q, q, G, h
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_small_leaves_infeasible_and_unbounded_to_the_fallback(dtype, monkeypatch):
-    Q, q, G, h = _mixed(dtype)
+    Q, q, G, h = mixed_batch(dtype)
     _, _, status, _ = _raw_status(monkeypatch, Q, q, G, h)
     want = [S.SOLVED] * 10
     want[3] = want[6] = RETRY

@@ -1,0 +1,41 @@
+"""Problem batches shared by the native-kernel tests: real contact-force QPs of examples/grasp_model.py
+(shared G), and a batch mixing solved, infeasible and unbounded problems."""
+
+import os
+import sys
+
+import torch
+
+
+def grasp_batch(grasps: int = 16, device: str = "cpu", dtype=torch.float64):
+    """(Q (B,n,n), q (B,n), G (m,n), h (m)) for `grasps` initial grasps × 6 wrenches on a box, K = 4
+    contacts (n = 12, m = 41); many have a zero-force contact (dependent active rows)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+    import grasp_model as gm
+
+    cfg = gm.GraspConfig(contacts=4, wrenches=6)
+    obj = gm.OBJECTS["box"]
+    p, nrm = obj.surface(gm.initial_contacts(grasps, cfg, 0))
+    Q, q = gm.qp_data(gm.grasp_map(p, nrm, obj.length), gm.target_wrenches(6), cfg.eps)
+    B = grasps * 6
+    G, h = gm.friction_constraints(cfg)
+    out = (Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n), q.reshape(B, cfg.n), G, h)
+    return tuple(t.detach().to(device=device, dtype=dtype).contiguous() for t in out)
+
+
+def mixed_batch(dtype=torch.float64):
+    """Ten 2-variable problems (one block of lanes, one warp's worth): feasible ones, a primal
+    infeasible one (index 3: x₀ ≥ 1, x₀ ≤ −1) and an unbounded LP (index 6: min −x₀ − x₁ s.t. −x ≤ 0)."""
+    g = torch.Generator().manual_seed(0)
+    B, n = 10, 2
+    Q = torch.eye(n, dtype=dtype).repeat(B, 1, 1)
+    q = torch.randn(B, n, generator=g, dtype=dtype)
+    G = torch.cat([torch.eye(n, dtype=dtype), -torch.eye(n, dtype=dtype)]).repeat(B, 1, 1)
+    h = torch.ones(B, 2 * n, dtype=dtype)
+    G[3] = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=dtype)
+    h[3] = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=dtype)
+    Q[6] = 0
+    q[6] = -1
+    G[6] = torch.cat([-torch.eye(n, dtype=dtype), -torch.eye(n, dtype=dtype)])
+    h[6] = 0
+    return Q, q, G, h
