@@ -240,6 +240,18 @@ OL_HD OL_INLINE void kkt_apply(const Data<T>& d, const uint8_t* act, const KKT<T
   }
 }
 
+// out = Q v in double precision (padded Q).
+template <typename T, int NT>
+OL_HD OL_INLINE void q_times(const Data<T>& d, const double (&v)[NT], double (&out)[NT]) {
+  OL_UNROLL
+  for (int i = 0; i < NT; ++i) {
+    double acc = 0;
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) acc += double(d.Qv(i, j)) * v[j];
+    out[i] = acc;
+  }
+}
+
 // Solve the exact active-set KKT system K (u_x, u_λ) = (b₁, b₂) (b₂_r = b2(r) on active rows):
 // a first solve with right-hand side (b₁, b₂ − shift) (shift(r): the polish's δλ̂, else 0), then up
 // to kRefinementSteps corrections against (b₁, b₂) with the exact matrix, stopping at round-off.
@@ -253,13 +265,9 @@ OL_HD OL_INLINE void kkt_refined(const Data<T>& d, const KKT<T, NT>& f, const do
   for (int step = 0; step < kRefinementSteps; ++step) {
     // e = b − K u (exact K), then u += K_δ⁻¹ e.
     double e1[NT];
+    q_times<T, NT>(d, ux, e1);
     OL_UNROLL
-    for (int i = 0; i < NT; ++i) {
-      double acc = 0;
-      OL_UNROLL
-      for (int j = 0; j < NT; ++j) acc += double(d.Qv(i, j)) * ux[j];
-      e1[i] = b1[i] - acc;
-    }
+    for (int i = 0; i < NT; ++i) e1[i] = b1[i] - e1[i];
     for (int r = 0; r < d.m; ++r) {
       if (!act[r]) continue;
       T g[NT];
@@ -345,13 +353,7 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, const T 
       }
       // Tests: the exact KKT residual, finiteness, primal feasibility of every row, multiplier signs.
       double rx[NT];
-      OL_UNROLL
-      for (int i = 0; i < NT; ++i) {
-        double acc = 0;
-        OL_UNROLL
-        for (int j = 0; j < NT; ++j) acc += double(d.Qv(i, j)) * ux[j];
-        rx[i] = acc;
-      }
+      q_times<T, NT>(d, ux, rx);
       double res = 0, rhs_n = 0, viol = 0, neg = 0, ln = 0;
       bool finite = true;
       for (int r = 0; r < m; ++r) {
@@ -445,51 +447,49 @@ template <typename T, int NT>
 OL_HD OL_INLINE void predictor_corrector(const Data<T>& d, const Settings<T>& set, const T (&K)[Tri<NT>::size],
                                          const T (&rd)[NT], T mu, T sz, Rows<T>& rows, T (&x)[NT]) {
   const int m = d.m;
+  T dxa[NT], dx[NT];
+  // One pass over the rows: each row's g_r and RowTerms (with the predictor's terms once Δxₐ exists).
+  auto pass = [&](bool with_dxa, auto&& body) {
+    for (int r = 0; r < m; ++r) {
+      T g[NT];
+      load_row<T, NT>(d, r, g);
+      body(r, g, row_terms<T, NT>(rows, r, g, x, with_dxa ? dxa : nullptr));
+    }
+  };
   // Predictor (r_c = s∘z, r_c/s = z): Δxₐ = K⁻¹(−r_d − G̃ᵀ(z − W r_p)).
-  T dxa[NT];
   OL_UNROLL
   for (int j = 0; j < NT; ++j) dxa[j] = -rd[j];
-  for (int r = 0; r < m; ++r) {
-    T g[NT];
-    load_row<T, NT>(d, r, g);
-    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, nullptr);
+  pass(false, [&](int r, const T (&g)[NT], const RowTerms<T, NT>& t) {
     const T c = (t.s * t.z / t.s - t.w * t.rp) * rows.gs[r];
     OL_UNROLL
     for (int j = 0; j < NT; ++j) dxa[j] += c * g[j];
-  }
+  });
   chol_solve<T, NT>(K, dxa);
   // Its step length and μ_aff = Σ(s + αΔsₐ)(z + αΔzₐ)/m = (sᵀz + αΣ(sΔzₐ + zΔsₐ) + α²ΣΔsₐΔzₐ)/m.
   T as = ol_inf<T>(), az = ol_inf<T>(), s1 = 0, s2 = 0;
-  for (int r = 0; r < m; ++r) {
-    T g[NT];
-    load_row<T, NT>(d, r, g);
-    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, dxa);
+  pass(true, [&](int, const T (&)[NT], const RowTerms<T, NT>& t) {
     if (t.dsa < T(0)) as = ol_min(as, -t.s / t.dsa);
     if (t.dza < T(0)) az = ol_min(az, -t.z / t.dza);
     s1 += t.s * t.dza + t.z * t.dsa;
     s2 += t.dsa * t.dza;
-  }
+  });
   const T aa = ol_min(T(1), ol_min(as, az));
   const T mu_aff = (sz + aa * s1 + aa * aa * s2) / T(m);
   T ratio = mu_aff / mu;
   ratio = ol_min(ol_max(ratio, T(0)), T(1));
   const T sigma_mu = ratio * ratio * ratio * mu;
   // Corrector: r_c = s∘z + Δsₐ∘Δzₐ − σμ, Δx = K⁻¹(−r_d − G̃ᵀ(W r_p − r_c/s)).
-  T dx[NT];
   OL_UNROLL
   for (int j = 0; j < NT; ++j) dx[j] = -rd[j];
-  for (int r = 0; r < m; ++r) {
-    T g[NT];
-    load_row<T, NT>(d, r, g);
-    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, dxa);
+  pass(true, [&](int r, const T (&g)[NT], const RowTerms<T, NT>& t) {
     const T rc = t.s * t.z + t.dsa * t.dza - sigma_mu;
     const T c = (rc / t.s - t.w * t.rp) * rows.gs[r];
     OL_UNROLL
     for (int j = 0; j < NT; ++j) dx[j] += c * g[j];
-  }
+  });
   chol_solve<T, NT>(K, dx);
-  // Δs = −r_p − G̃Δx, Δz = W(G̃Δx + r_p) − r_c/s; the step length, then the update (rows first: they
-  // recompute r_p from the old x).
+  // Δs = −r_p − G̃Δx, Δz = W(G̃Δx + r_p) − r_c/s; the step length, then the update (the rows first:
+  // they recompute r_p from the old x).
   auto step = [&](int r, const T (&g)[NT], const RowTerms<T, NT>& t, T& ds, T& dz) {
     T acc = 0;
     OL_UNROLL
@@ -501,25 +501,19 @@ OL_HD OL_INLINE void predictor_corrector(const Data<T>& d, const Settings<T>& se
   };
   as = ol_inf<T>();
   az = ol_inf<T>();
-  for (int r = 0; r < m; ++r) {
-    T g[NT];
-    load_row<T, NT>(d, r, g);
-    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, dxa);
+  pass(true, [&](int r, const T (&g)[NT], const RowTerms<T, NT>& t) {
     T ds, dz;
     step(r, g, t, ds, dz);
     if (ds < T(0)) as = ol_min(as, -t.s / ds);
     if (dz < T(0)) az = ol_min(az, -t.z / dz);
-  }
+  });
   const T alpha = ol_min(T(1), set.step_to_boundary * ol_min(as, az));
-  for (int r = 0; r < m; ++r) {
-    T g[NT];
-    load_row<T, NT>(d, r, g);
-    const RowTerms<T, NT> t = row_terms<T, NT>(rows, r, g, x, dxa);
+  pass(true, [&](int r, const T (&g)[NT], const RowTerms<T, NT>& t) {
     T ds, dz;
     step(r, g, t, ds, dz);
     rows.s[r] = t.s + alpha * ds;
     rows.z[r] = t.z + alpha * dz;
-  }
+  });
   OL_UNROLL
   for (int j = 0; j < NT; ++j) x[j] += alpha * dx[j];
 }

@@ -39,3 +39,34 @@ def mixed_batch(dtype=torch.float64):
     G[6] = torch.cat([-torch.eye(n, dtype=dtype), -torch.eye(n, dtype=dtype)])
     h[6] = 0
     return Q, q, G, h
+
+
+def random_family(kind: int, seed: int, n: int, p: int):
+    """A random float64 batch of one of six kinds (n variables, p equalities, B and m from the seed):
+    0 planted QPs, 1 planted LPs, 2 random data (often infeasible), 3 random LPs (often unbounded),
+    4 box QPs with singular Q, 5 planted QPs with duplicated constraint rows. Returns the solve_qp
+    arguments (Q, q, G, h[, A, b])."""
+    import optlayers as ol
+
+    g = torch.Generator().manual_seed(seed)
+    d = torch.float64
+    B, m = 3 + seed % 29, 1 + seed % 37
+    if kind == 0:
+        return ol.testing.random_qp(B, n, m, p, seed=seed).data()
+    if kind == 1:
+        return ol.testing.random_qp(B, n, max(m, n), p, lp=True, seed=seed).data()
+    if kind == 2:
+        Q = torch.randn(B, n, n, generator=g, dtype=d)
+        return (Q @ Q.mT / n, torch.randn(B, n, generator=g, dtype=d), torch.randn(B, m, n, generator=g, dtype=d),
+                torch.randn(B, m, generator=g, dtype=d), torch.randn(B, p, n, generator=g, dtype=d),
+                torch.randn(B, p, generator=g, dtype=d))
+    if kind == 3:
+        return (None, torch.randn(B, n, generator=g, dtype=d), torch.randn(B, m, n, generator=g, dtype=d),
+                torch.rand(B, m, generator=g, dtype=d))
+    if kind == 4:
+        L = torch.randn(B, n, max(1, n // 2), generator=g, dtype=d)
+        G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).expand(B, -1, -1)
+        return L @ L.mT, torch.randn(B, n, generator=g, dtype=d), G, torch.ones(B, 2 * n, dtype=d)
+    Q, q, G, h = ol.testing.random_qp(B, n, m, 0, seed=seed).data()[:4]
+    k = min(3, m)
+    return Q, q, torch.cat([G, G[:, :k]], 1), torch.cat([h, h[:, :k]], 1)

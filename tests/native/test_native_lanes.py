@@ -13,7 +13,7 @@ import torch
 import optlayers as ol
 from optlayers._src.native.backend import native_status
 
-from qp_cases import mixed_batch
+from qp_cases import mixed_batch, random_family
 
 ok, why = native_status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"native kernel unavailable: {why}")
@@ -167,42 +167,14 @@ def test_lanes_inconsistent_equalities_in_a_block(monkeypatch):
     assert float((lanes.x[ok] - P.x[ok]).abs().max()) < 1e-10
 
 
-def _random_family(kind: int, seed: int):
-    """Batches of random problems of several kinds (planted QP, planted LP, random data that is
-    often infeasible, random LPs that are often unbounded, box QPs with singular Q, duplicated
-    constraint rows), float64."""
-    g = torch.Generator().manual_seed(seed)
-    d = torch.float64
-    B, n = 3 + seed % 29, 2 + seed % 23
-    m, p = 1 + seed % 37, seed % max(1, n // 3)
-    if kind == 0:
-        return ol.testing.random_qp(B, n, m, p, seed=seed).data()
-    if kind == 1:
-        return ol.testing.random_qp(B, n, max(m, n), p, lp=True, seed=seed).data()
-    if kind == 2:
-        Q = torch.randn(B, n, n, generator=g, dtype=d)
-        return (Q @ Q.mT / n, torch.randn(B, n, generator=g, dtype=d), torch.randn(B, m, n, generator=g, dtype=d),
-                torch.randn(B, m, generator=g, dtype=d), torch.randn(B, p, n, generator=g, dtype=d),
-                torch.randn(B, p, generator=g, dtype=d))
-    if kind == 3:
-        return (None, torch.randn(B, n, generator=g, dtype=d), torch.randn(B, m, n, generator=g, dtype=d),
-                torch.rand(B, m, generator=g, dtype=d))
-    if kind == 4:
-        L = torch.randn(B, n, max(1, n // 2), generator=g, dtype=d)
-        G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).expand(B, -1, -1)
-        return L @ L.mT, torch.randn(B, n, generator=g, dtype=d), G, torch.ones(B, 2 * n, dtype=d)
-    Q, q, G, h = ol.testing.random_qp(B, n, m, 0, seed=seed).data()[:4]
-    k = min(3, m)
-    return Q, q, torch.cat([G, G[:, :k]], 1), torch.cat([h, h[:, :k]], 1)
-
-
 @pytest.mark.parametrize("kind", range(6))
 def test_lanes_agree_with_serial_on_random_families(kind, monkeypatch):
     """Same status per problem, and the same x where solved (a scan of 300 such batches, float64,
     found no difference; float32 statuses of borderline infeasible/unbounded problems can differ
     by rounding, which is why this runs in float64)."""
     for seed in range(kind, 60, 6):
-        data = _random_family(kind, seed)
+        n = 2 + seed % 23
+        data = random_family(kind, seed, n, seed % max(1, n // 3))
         a = _solve(True, monkeypatch, *data)
         b = _solve(False, monkeypatch, *data)
         assert a.status.tolist() == b.status.tolist(), (kind, seed)

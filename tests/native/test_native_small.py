@@ -16,7 +16,7 @@ import optlayers as ol
 from optlayers._src.native.backend import native_status
 from optlayers._src.tolerances import tolerances_for
 
-from qp_cases import grasp_batch, mixed_batch
+from qp_cases import grasp_batch, mixed_batch, random_family
 
 ok, why = native_status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"native kernel unavailable: {why}")
@@ -98,36 +98,10 @@ def test_small_iteration_limit_and_no_polish(monkeypatch):
     assert float((full.x - ser.x).abs().max()) < 1e-8
 
 
-def _random_family(kind: int, seed: int):
-    """Random batches with p = 0 and n ≤ 16: planted QPs and LPs, random (often infeasible) data,
-    random (often unbounded) LPs, box QPs with singular Q, duplicated rows."""
-    g = torch.Generator().manual_seed(seed)
-    d = torch.float64
-    B, n, m = 3 + seed % 29, 1 + seed % 16, 1 + seed % 37
-    if kind == 0:
-        return ol.testing.random_qp(B, n, m, 0, seed=seed).data()[:4]
-    if kind == 1:
-        return ol.testing.random_qp(B, n, max(m, n), 0, lp=True, seed=seed).data()[:4]
-    if kind == 2:
-        Q = torch.randn(B, n, n, generator=g, dtype=d)
-        return (Q @ Q.mT / n, torch.randn(B, n, generator=g, dtype=d), torch.randn(B, m, n, generator=g, dtype=d),
-                torch.randn(B, m, generator=g, dtype=d))
-    if kind == 3:
-        return (None, torch.randn(B, n, generator=g, dtype=d), torch.randn(B, m, n, generator=g, dtype=d),
-                torch.rand(B, m, generator=g, dtype=d))
-    if kind == 4:
-        L = torch.randn(B, n, max(1, n // 2), generator=g, dtype=d)
-        G = torch.cat([torch.eye(n, dtype=d), -torch.eye(n, dtype=d)]).expand(B, -1, -1)
-        return L @ L.mT, torch.randn(B, n, generator=g, dtype=d), G, torch.ones(B, 2 * n, dtype=d)
-    Q, q, G, h = ol.testing.random_qp(B, n, m, 0, seed=seed).data()[:4]
-    k = min(3, m)
-    return Q, q, torch.cat([G, G[:, :k]], 1), torch.cat([h, h[:, :k]], 1)
-
-
 @pytest.mark.parametrize("kind", range(6))
 def test_small_agrees_with_serial_on_random_families(kind, monkeypatch):
     for seed in range(kind, 60, 6):
-        data = _random_family(kind, seed)
+        data = random_family(kind, seed, 1 + seed % 16, 0)  # the small kernel's sizes: n ≤ 16, p = 0
         a = _solve("small", monkeypatch, *data)
         b = _solve("serial", monkeypatch, *data)
         assert a.status.tolist() == b.status.tolist(), (kind, seed)
