@@ -859,6 +859,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
 
   // Per-lane status: `active` lanes iterate; the others keep their code and iteration count.
   auto active = ok;
+  auto factor_failed = ok & ~ok;  // lanes whose factorization failed inside the loop (see the end)
   V code = ok ? splat<V>(T(kMaxIter)) : splat<V>(T(kNumericalError));
   V iters{};
   V best = inf, best_sz = inf, best_cert = inf, stall{};
@@ -968,7 +969,9 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
       st.sinv[r] = T(1) / st.s[r];
       st.w[r] = st.z[r] * st.sinv[r];
     }
-    finish(~factor(st, n, m, p, delta), kNumericalError);
+    const auto failed = ~factor(st, n, m, p, delta);
+    factor_failed |= active & failed;
+    finish(failed, kNumericalError);
     if (!any(active, W)) break;
     // Predictor.
     for (int r = 0; r < m; ++r) st.rc[r] = st.s[r] * st.z[r];
@@ -995,8 +998,10 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   iters = active ? splat<V>(T(it)) : iters;
 
   // Write the interior-point result, then polish.
+  // As solve_qp: a lane whose factorization failed late goes to the polish like an iteration-limited
+  // one, and is NUMERICAL_ERROR again unless the polish accepts it.
   for (int l = 0; l < count; ++l) {
-    status_out[l] = int8_t(code[l]);
+    status_out[l] = factor_failed[l] && set.polish ? int8_t(kMaxIter) : int8_t(code[l]);
     iters_out[l] = int32_t(iters[l]);
     if (polished[l]) continue;  // finished by an early polish: outputs written
     T* x = x_out + int64_t(l) * n;
@@ -1008,14 +1013,16 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   if (!set.polish) return;
   if (keep == nullptr && range_space_kkt<T>()) {
     polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, nu_out, status_out);
-    return;
+  } else {
+    // float32, or a kept factor (the serial polish's LU): polish problem by problem.
+    for (int l = 0; l < count; ++l) {
+      if (polished[l]) continue;
+      polish(SerialGroup{}, bd.problem(i0 + l), set, pw, x_out + int64_t(l) * n, lam_out + int64_t(l) * m,
+             nu_out + int64_t(l) * p, status_out + l, kPolishRounds, keep_of(l));
+    }
   }
-  // float32, or a kept factor (the serial polish's LU): polish problem by problem.
-  for (int l = 0; l < count; ++l) {
-    if (polished[l]) continue;
-    polish(SerialGroup{}, bd.problem(i0 + l), set, pw, x_out + int64_t(l) * n, lam_out + int64_t(l) * m,
-           nu_out + int64_t(l) * p, status_out + l, kPolishRounds, keep_of(l));
-  }
+  for (int l = 0; l < count; ++l)
+    if (factor_failed[l] && status_out[l] == kMaxIter) status_out[l] = kNumericalError;
 }
 
 #undef OL_LANE_INLINE
