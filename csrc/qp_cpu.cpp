@@ -105,15 +105,12 @@ void for_each_block(int64_t blocks, int64_t nv, int64_t ns, const F& body) {
 // the serial path as the fallback for the problems it leaves (status kRetry), exactly as the CUDA
 // op falls back to its thread-group kernel. A test hook (tests/native/test_native_small.py): the
 // GPU code is checked on machines without a GPU. Off by default; the CPU's own paths are faster.
-bool use_small_emulation(int n, int m, int p) {
-  const char* v = std::getenv("OPTLAYERS_CPU_SMALL");
-  return v != nullptr && (v[0] == '1' || v[0] == '2') && optlayers::small::eligible(n, m, p);
-}
-
 // OPTLAYERS_CPU_SMALL=2: the same without the fallback (status −1 marks what it would re-solve).
-bool small_without_fallback() {
+// Returns 0 (off or not eligible), 1 or 2.
+int small_emulation(int n, int m, int p) {
   const char* v = std::getenv("OPTLAYERS_CPU_SMALL");
-  return v != nullptr && v[0] == '2';
+  if (v == nullptr || !optlayers::small::eligible(n, m, p)) return 0;
+  return v[0] == '1' ? 1 : v[0] == '2' ? 2 : 0;
 }
 
 // Calls f(std::integral_constant<int, NT>{}) for the small kernel's tile of n.
@@ -169,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     int8_t* ps = status.data_ptr<int8_t>();
     int32_t* pi = iters.data_ptr<int32_t>();
     T* pf = keep_factor ? factor.data_ptr<T>() : nullptr;
-    if (use_small_emulation(n, m, p)) {
+    if (const int emulation = small_emulation(n, m, p)) {
       with_small_tile(n, [&](auto nt) {
         constexpr int NT = decltype(nt)::value;
         for_each_dynamic<T>(batch, 1, [&](int64_t i, T*) {
@@ -182,10 +179,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         factor.zero_();
         for (int64_t i = 0; i < batch; ++i) pf[i * fs + fs - 1] = T(-1);
       }
+      if (emulation == 2) return;  // tests: see what the small kernel leaves
       std::vector<int64_t> retry;
       for (int64_t i = 0; i < batch; ++i)
         if (ps[i] == optlayers::small::kRetry) retry.push_back(i);
-      if (small_without_fallback()) return;  // tests: see what the small kernel leaves
       for_each_dynamic<T>(int64_t(retry.size()), optlayers::workspace_size(n, m, p), [&](int64_t k, T* work) {
         const int64_t i = retry[k];
         optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p};
@@ -248,7 +245,7 @@ at::Tensor qp_kkt_solve_cpu(const at::Tensor& Q_, const at::Tensor& G_, const at
     T* pu = u.data_ptr<T>();
     const int64_t N = n + m + p;
     const int64_t ws = optlayers::workspace_size(n, m, p);
-    if (use_small_emulation(n, m, p)) {
+    if (small_emulation(n, m, p)) {
       with_small_tile(n, [&](auto nt) {
         constexpr int NT = decltype(nt)::value;
         for_each_dynamic<T>(batch, ws, [&](int64_t i, T* work) {

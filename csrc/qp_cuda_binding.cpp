@@ -64,6 +64,16 @@ optlayers::QPBatch<T> batch_of(const at::Tensor& Q, const at::Tensor& q, const a
                                stride_of(G, 2), stride_of(h, 1), stride_of(A, 2), stride_of(b, 1), batch, n, m, p};
 }
 
+// The launch plan for OPTLAYERS_CUDA_KERNEL's `forced` (small-bare plans as small); without
+// `allow_small` (the small kernel's fallback) the warp kernel instead of the small one.
+template <typename T>
+optlayers::LaunchPlan choose_plan(int n, int m, int p, int64_t batch, int sms, int forced, bool allow_small) {
+  auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced == 4 ? 3 : forced);
+  if (plan.kernel == optlayers::Kernel::kSmall && !allow_small)
+    plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), int(optlayers::Kernel::kWarp));
+  return plan;
+}
+
 // Rows `idx` of a batched tensor (leading batch dim beyond `core_dims`); shared tensors as they are.
 at::Tensor rows_of(const at::Tensor& t, int64_t core_dims, const at::Tensor& idx) {
   return t.dim() > core_dims ? t.index_select(0, idx) : t;
@@ -108,9 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   bool small = false;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_solve_cuda", [&] {
     using T = scalar_t;
-    auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced == 4 ? 3 : forced);
-    if (plan.kernel == optlayers::Kernel::kSmall && !allow_small)
-      plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), int(optlayers::Kernel::kWarp));
+    const auto plan = choose_plan<T>(n, m, p, batch, sms, forced, allow_small);
     const optlayers::Settings<T> set{T(tol), T(inf_tol), T(kkt_reg), T(polish_tol), T(step_to_boundary), int(max_iter),
                                      polish, T(polish_start)};
     const optlayers::QPOut<T> out{x.data_ptr<T>(), lam.data_ptr<T>(), nu.data_ptr<T>(), status.data_ptr<int8_t>(),
@@ -163,9 +171,7 @@ at::Tensor qp_kkt_solve_cuda_impl(const at::Tensor& Q_, const at::Tensor& G_, co
   at::Tensor failed;
   AT_DISPATCH_FLOATING_TYPES(rhs.scalar_type(), "optlayers_qp_kkt_solve_cuda", [&] {
     using T = scalar_t;
-    auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced == 4 ? 3 : forced);
-    if (plan.kernel == optlayers::Kernel::kSmall && !allow_small)
-      plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), int(optlayers::Kernel::kWarp));
+    const auto plan = choose_plan<T>(n, m, p, batch, sms, forced, allow_small);
     if (plan.kernel == optlayers::Kernel::kSmall) {
       auto empty = at::empty({0}, rhs.options());
       failed = at::empty({batch}, rhs.options().dtype(at::kChar));

@@ -90,10 +90,12 @@ inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, 
   plan.shared_bytes = 0;
   plan.k_in_shared = false;
   if (plan.kernel == Kernel::kSmall) {
+    // One thread per problem at most; launch_qp_small caps the grid at the resident blocks
+    // (persistent threads). Thread-local arrays, no workspace.
     plan.threads = kSmallThreads;
     plan.blocks = int((batch + kSmallThreads - 1) / kSmallThreads);
     plan.groups = batch;
-    plan.workspace_per_group = 0;  // thread-local arrays, no workspace
+    plan.workspace_per_group = 0;
   } else if (plan.kernel == Kernel::kThread) {
     // Small blocks while the batch is small, so that the problems spread over all SMs.
     plan.threads = batch < int64_t(sm_count) * 128 ? 32 : 128;

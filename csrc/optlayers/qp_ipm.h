@@ -129,6 +129,12 @@ OL_HD OL_INLINE T ol_sqrt(T v) {
 #endif
 }
 
+// The shift of a factorization's second try: max(δ·kRegGrowth, relative_shift · largest diagonal entry).
+template <typename T>
+OL_HD OL_INLINE T retry_shift(T delta, T diag_max) {
+  return ol_max(delta * T(kRegGrowth), relative_shift<T>() * diag_max);
+}
+
 // Rows of n scalars padded for the host SIMD loops (see row_ld); an upper bound for any T.
 OL_HD OL_INLINE int64_t ld_bound(int n) { return (int64_t(n) + 15) / 16 * 16; }
 
@@ -960,7 +966,7 @@ OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, T 
     form_K(g, d, st, st.w, st.wt, delta);
     T part = 0;
     for (int i = g.rank(); i < n; i += g.size()) part = ol_max(part, st.K[int64_t(i) * ld + i]);
-    const T extra = ol_max(delta * T(kRegGrowth), relative_shift<T>() * g.max(part)) - delta;
+    const T extra = retry_shift(delta, g.max(part)) - delta;
     g.sync();
     for (int i = g.rank(); i < n; i += g.size()) st.K[int64_t(i) * ld + i] += extra;
     g.sync();
@@ -986,7 +992,7 @@ OL_HD bool factor_reduced(const Grp& g, const Problem<T>& d, IPMState<T>& st, T 
       st.S[idx] = dot_serial(st.Z + int64_t(e) * ld, st.Z + int64_t(f) * ld, n);
       if (e == f) part = ol_max(part, st.S[idx]);
     }
-    const T shift = ol_max(delta * T(kRegGrowth), relative_shift<T>() * g.max(part));
+    const T shift = retry_shift(delta, g.max(part));
     g.sync();
     for (int e = g.rank(); e < p; e += g.size()) st.S[e * p + e] += shift;
     g.sync();

@@ -181,7 +181,7 @@ OL_HD OL_INLINE bool factor(const Data<T>& d, const Coef& coef, T delta, T (&K)[
   OL_UNROLL
   for (int i = 0; i < NT; ++i)
     if (i < d.n) mx = ol_max(mx, K[tri(i, i)]);
-  const T extra = ol_max(delta * T(kRegGrowth), relative_shift<T>() * mx) - delta;
+  const T extra = retry_shift(delta, mx) - delta;
   OL_UNROLL
   for (int i = 0; i < NT; ++i) K[tri(i, i)] += extra;
   return chol<T, NT>(K);
@@ -297,27 +297,24 @@ OL_HD OL_INLINE void kkt_refined(const Data<T>& d, const KKT<T, NT>& f, const do
   }
 }
 
-// Max over the entries of Q and G (raw), at least 1: qp_ipm.h::data_scale.
-template <typename T, int NT>
+// max(1, |Q|, |G|) entrywise: qp_ipm.h::data_scale on this problem (exact in either precision).
+template <typename T>
 OL_HD OL_INLINE double data_scale(const Data<T>& d) {
-  double s = 1;
-  for (int64_t i = 0; i < int64_t(d.n) * d.n; ++i) s = ol_max(s, double(ol_abs(d.Q[i])));
-  for (int64_t i = 0; i < int64_t(d.m) * d.n; ++i) s = ol_max(s, double(ol_abs(d.G[i])));
-  return s;
+  return double(optlayers::data_scale(SerialGroup{}, Problem<T>{d.Q, d.q, d.G, d.h, nullptr, nullptr, d.n, d.m, 0}));
 }
 
 // The polish (qp_ipm.h::polish without its NNLS multiplier repair): guess 𝒜 = {λ_r > h_r − G_r x},
 // solve, accept if primal feasible with nonnegative multipliers and a KKT residual ≤ polish_tol; a
 // solution failing only the sign test is solved once more with the right-hand side h_𝒜 − δλ̂;
 // otherwise correct the guess (violated rows join, negative multipliers leave) for `rounds` rounds.
-// lam_hat(r) gives the interior point's multiplier λ̂_r. On acceptance writes x (n) and λ (m).
-// Not inlined on the GPU: its double-precision factor would otherwise share the register
+// lam_hat(r) gives the interior point's multiplier λ̂_r; delta = kkt_reg · data_scale (computed once
+// per problem by the caller: a problem may be polished several times). On acceptance writes x (n)
+// and λ (m). Not inlined on the GPU: its double-precision factor would otherwise share the register
 // allocation of the interior point's loop, which calls it (early polish), and push K out of registers.
 template <typename T, int NT, typename LamHat>
-OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, const T (&x)[NT], const LamHat& lam_hat, Rows<T>& rows,
-                  int rounds, T* x_out, T* lam_out) {
+OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double delta, const T (&x)[NT],
+                              const LamHat& lam_hat, Rows<T>& rows, int rounds, T* x_out, T* lam_out) {
   const int m = d.m;
-  const double delta = double(set.kkt_reg) * data_scale<T, NT>(d);
   const double ptol = double(set.polish_tol);
   double hn = 0;
   for (int r = 0; r < m; ++r) hn = ol_max(hn, double(ol_abs(d.h[r])));
@@ -584,6 +581,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
   Progress<T> progress;
   T loose = set.polish_start;
   auto lam_hat = [&](int r) { return z[r] * gs[r]; };
+  const double kkt_delta = set.polish ? double(set.kkt_reg) * data_scale<T>(d) : 0.0;  // the polish's δ
   for (; ok && it <= set.max_iter; ++it) {
     // Residuals: r_d = Qx + q + G̃ᵀz, r_p = G̃x + s − h̃, and the norms of the stopping tests.
     T Qx[NT], rd[NT], v[NT];
@@ -637,7 +635,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     // Early polish (as solve_qp): at a loose tolerance the active set is usually final.
     if (set.polish && loose > set.tol && pres <= loose && dres <= loose && gap <= loose) {
       loose *= T(1e-3);
-      if (polish<T, NT>(d, set, x, lam_hat, rows, kEarlyPolishRounds, x_out, lam_out)) {
+      if (polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, kEarlyPolishRounds, x_out, lam_out)) {
         *status = kSolved;
         *iters = it;
         return;
@@ -648,7 +646,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
     if (progress.stalled(merit, sz, cert) || it == set.max_iter) {
       // The serial path polishes an iteration-limited iterate too.
-      if (set.polish && polish<T, NT>(d, set, x, lam_hat, rows, kPolishRounds, x_out, lam_out)) {
+      if (set.polish && polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, kPolishRounds, x_out, lam_out)) {
         *status = kSolved;
         *iters = it;
         return;
@@ -658,7 +656,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     // Factor at W = Z S⁻¹.
     if (!factor<T, NT>(d, [&](int r) { return z[r] / s[r] * gs[r] * gs[r]; }, delta, K)) {
       // As solve_qp: a late factorization failure leaves an iterate the polish may finish.
-      if (set.polish && polish<T, NT>(d, set, x, lam_hat, rows, kPolishRounds, x_out, lam_out)) {
+      if (set.polish && polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, kPolishRounds, x_out, lam_out)) {
         *status = kSolved;
         *iters = it;
         return;
@@ -674,7 +672,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
   }
   *iters = it;
   if (set.polish) {
-    *status = polish<T, NT>(d, set, x, lam_hat, rows, kPolishRounds, x_out, lam_out) ? kSolved : kRetry;
+    *status = polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, kPolishRounds, x_out, lam_out) ? kSolved : kRetry;
     return;
   }
   OL_UNROLL
@@ -692,7 +690,7 @@ OL_HD bool kkt_solve(const Data<T>& d, const T* mask, T kkt_reg, const T* rhs, R
   const int n = d.n, m = d.m;
   for (int r = 0; r < m; ++r) rows.act[r] = mask[r] > T(0.5) ? 1 : 0;
   KKT<T, NT> f;
-  if (!kkt_factor<T, NT>(d, rows.act, double(kkt_reg) * data_scale<T, NT>(d), f)) return false;
+  if (!kkt_factor<T, NT>(d, rows.act, double(kkt_reg) * data_scale<T>(d), f)) return false;
   double b1[NT], ux[NT];
   OL_UNROLL
   for (int j = 0; j < NT; ++j) b1[j] = j < n ? double(rhs[j]) : 0.0;

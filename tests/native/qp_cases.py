@@ -70,3 +70,17 @@ def random_family(kind: int, seed: int, n: int, p: int):
     Q, q, G, h = ol.testing.random_qp(B, n, m, 0, seed=seed).data()[:4]
     k = min(3, m)
     return Q, q, torch.cat([G, G[:, :k]], 1), torch.cat([h, h[:, :k]], 1)
+
+
+def raw_qp_solve(Q, q, G, h):
+    """optlayers::qp_solve called directly with the default tolerances (no Python layer, so a status
+    −1 of the small kernel without its fallback survives): x, λ, status, iterations."""
+    from optlayers._src.tolerances import tolerances_for
+
+    t = tolerances_for(q.dtype)
+    n, B = q.shape[-1], q.shape[0]
+    e = torch.zeros(0, n, dtype=q.dtype, device=q.device)
+    out = torch.ops.optlayers.qp_solve(Q, q, G, h, e, torch.zeros(0, dtype=q.dtype, device=q.device), B, t.ipm_tol,
+                                       t.infeasibility_tol, t.kkt_reg, t.polish_tol, t.polish_start,
+                                       t.step_to_boundary, 100, True, False)
+    return out[0], out[1], out[3], out[4]

@@ -7,7 +7,7 @@ import optlayers as ol
 from optlayers._src.native.ops import cuda_available
 from optlayers._src.tolerances import tolerances_for
 
-from qp_cases import grasp_batch, mixed_batch
+from qp_cases import grasp_batch, mixed_batch, raw_qp_solve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -139,13 +139,7 @@ def test_unknown_kernel_name_is_a_clear_error(monkeypatch):
 
 def _raw_solve(Q, q, G, h):
     """The op without Python post-processing: x, λ, status (−1 survives with small-bare)."""
-    t = tolerances_for(q.dtype)
-    n, B = q.shape[-1], q.shape[0]
-    e = torch.zeros(0, n, dtype=q.dtype, device=q.device)
-    out = torch.ops.optlayers.qp_solve(Q, q, G, h, e, torch.zeros(0, dtype=q.dtype, device=q.device), B, t.ipm_tol,
-                                       t.infeasibility_tol, t.kkt_reg, t.polish_tol, t.polish_start,
-                                       t.step_to_boundary, 100, True, False)
-    return out[0], out[1], out[3]
+    return raw_qp_solve(Q, q, G, h)[:3]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

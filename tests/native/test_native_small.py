@@ -16,7 +16,7 @@ import optlayers as ol
 from optlayers._src.native.backend import native_status
 from optlayers._src.tolerances import tolerances_for
 
-from qp_cases import grasp_batch, mixed_batch, random_family
+from qp_cases import grasp_batch, mixed_batch, random_family, raw_qp_solve
 
 ok, why = native_status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"native kernel unavailable: {why}")
@@ -37,13 +37,7 @@ def _raw_status(monkeypatch, Q, q, G, h):
     """x, λ, status, iterations straight from the op without the fallback (−1 survives)."""
     monkeypatch.setenv("OPTLAYERS_CPU_LANES", "0")
     monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "2")
-    t = tolerances_for(q.dtype)
-    n, B = q.shape[-1], q.shape[0]
-    e = torch.zeros(0, n, dtype=q.dtype)
-    out = torch.ops.optlayers.qp_solve(Q, q, G, h, e, torch.zeros(0, dtype=q.dtype), B, t.ipm_tol,
-                                       t.infeasibility_tol, t.kkt_reg, t.polish_tol, t.polish_start,
-                                       t.step_to_boundary, 100, True, False)
-    return out[0], out[1], out[3], out[4]
+    return raw_qp_solve(Q, q, G, h)
 
 
 @pytest.mark.parametrize("B,n,m", [(1, 1, 2), (7, 3, 5), (9, 4, 9), (12, 8, 20), (10, 12, 41), (6, 13, 30), (8, 16, 55),
