@@ -49,6 +49,12 @@ echo "bench rc=$?" >> "$OUT/gpu_bench.txt"
     --target-s 0.5 --json "$OUT/grasp_gpu_$k.json" > "$OUT/grasp_gpu_$k.txt" 2>&1
   echo "grasp rc=$?" >> "$OUT/grasp_gpu_$k.txt"
 done
+# The torch backend's KKT factorizations (LU vs reduced Cholesky), same run, incl. B = 10,000, n = 100.
+if [ "${GPU_CHECK_TORCH_KKT:-1}" != 0 ]; then
+  stamp "torch_kkt" | tee -a "$OUT/build.log"
+  timeout ${GPU_CHECK_TORCH_KKT_S:-120} $PY benchmarks/torch_kkt.py --device cuda --reps 3 > "$OUT/torch_kkt_gpu.txt" 2>&1
+  echo "torch_kkt rc=$?" >> "$OUT/torch_kkt_gpu.txt"
+fi
 if [ "${GPU_CHECK_PROFILE:-1}" != 0 ]; then
   stamp "profile" | tee -a "$OUT/build.log"
   timeout ${GPU_CHECK_PROFILE_S:-90} $PY benchmarks/gpu_profile.py ${GPU_PROFILE_ARGS:-} > "$OUT/gpu_profile.txt" 2>&1
@@ -56,3 +62,4 @@ if [ "${GPU_CHECK_PROFILE:-1}" != 0 ]; then
 fi
 stamp "done" | tee -a "$OUT/build.log"
 tail -n 4 "$OUT/tests_cuda.txt" 2>/dev/null; tail -n 12 "$OUT/gpu_bench.txt"; tail -n 8 "$OUT"/grasp_gpu_*.txt
+tail -n 10 "$OUT/torch_kkt_gpu.txt" 2>/dev/null

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
@@ -26,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 
 import optlayers as ol  # noqa: E402
+from _ab import median_solve_ms, restored_env  # noqa: E402
 
 SIZES = [  # (B, n, m, p)
     (32, 20, 20, 5),
@@ -57,15 +57,7 @@ def grasp_data(B: int):
 
 def time_fwd_bwd(data, lanes: str, reps: int) -> tuple[float, torch.Tensor]:
     os.environ["OPTLAYERS_CPU_LANES"] = lanes
-    times, x = [], None
-    for _ in range(reps + 1):  # the first call warms up
-        inputs = [t.clone().requires_grad_() for t in data]
-        t0 = time.perf_counter()
-        x = ol.solve_qp(*inputs, backend="native")
-        x.sum().backward()
-        times.append(time.perf_counter() - t0)
-    times = sorted(times[1:])
-    return times[len(times) // 2] * 1e3, x.detach()
+    return median_solve_ms(data, "native", reps)
 
 
 def main(argv=None) -> int:
@@ -85,17 +77,11 @@ def main(argv=None) -> int:
     cases = [(f"B={B} n={n} m={m} p={p}", ol.testing.random_qp(B, n, m, p, seed=0).data()) for B, n, m, p in sizes]
     if not args.quick:
         cases.append(("grasp B=4800 n=12 m=41 p=0", grasp_data(4800)))
-    saved = os.environ.get("OPTLAYERS_CPU_LANES")
-    try:
+    with restored_env("OPTLAYERS_CPU_LANES"):
         for name, data in cases:
             t_l, x_l = time_fwd_bwd(data, "1", reps)
             t_s, x_s = time_fwd_bwd(data, "0", reps)
             print(f"{name:>28}  {t_l:9.2f}  {t_s:9.2f}  {t_s / t_l:12.2f}  {float((x_l - x_s).abs().max()):9.1e}")
-    finally:
-        if saved is None:
-            os.environ.pop("OPTLAYERS_CPU_LANES", None)
-        else:
-            os.environ["OPTLAYERS_CPU_LANES"] = saved
     return 0
 
 

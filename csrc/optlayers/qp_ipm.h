@@ -824,6 +824,7 @@ struct IPMState {
   T *dx, *ds, *dz, *dy;
   T *rd, *rp, *re, *rc;
   T *w, *gs, *as, *tn, *tn2, *tm, *tm2, *wt, *hs, *bs, *tp;
+  T *xb, *zb, *yb;  // the iterate of lowest merit so far (see solve_qp)
   T* coef;    // form_K coefficients / packed sums
   T* polish;  // rest: polish workspace
   int64_t ipm_size;  // scalars before `polish` (zeroed at the start of a solve)
@@ -839,12 +840,12 @@ OL_HD IPMState<T> carve(T* work, int n, int m, int p, int ld) {
   st.K = take(int64_t(n) * L); st.Z = take(int64_t(p) * L); st.S = take(int64_t(p) * p);
   st.Gt = take(int64_t(m) * L); st.At = take(int64_t(p) * L);
   st.x = take(L); st.dxa = take(L); st.dx = take(L); st.rd = take(L); st.tn = take(L); st.tn2 = take(L);
-  take(2 * L);
+  st.xb = take(L); take(L);
   st.s = take(m); st.z = take(m); st.dsa = take(m); st.dza = take(m); st.ds = take(m); st.dz = take(m);
   st.rp = take(m); st.rc = take(m); st.w = take(m); st.gs = take(m); st.tm = take(m); st.tm2 = take(m);
-  st.wt = take(m); st.hs = take(m); take(2 * int64_t(m));
+  st.wt = take(m); st.hs = take(m); st.zb = take(m); take(m);
   st.y = take(p); st.dya = take(p); st.dy = take(p); st.re = take(p); st.as = take(p); st.bs = take(p);
-  st.tp = take(p); take(p);
+  st.tp = take(p); st.yb = take(p);
   const int64_t np = int64_t(n) * (n + 1) / 2;
   st.coef = take(8 * int64_t(m) > np + 16 ? 8 * int64_t(m) : np + 16);
   st.ipm_size = c - work;
@@ -1456,6 +1457,11 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   Progress<T> progress;
   T loose = set.polish_start;  // next early-polish threshold (≤ tol: none)
   bool factor_failed = false;  // a factorization failed inside the loop (not at the start)
+  // The iterate of lowest merit so far (xb, zb, yb): what an iteration-limited problem hands to
+  // the polish. In float32 the last iterates can drift away from it — the residuals climb back
+  // from the rounding floor while sᵀz keeps falling (degenerate grasp QPs) — and the polish's
+  // active-set guess from such an iterate is wrong. Same rule as the PyTorch backend.
+  T merit_best = ol_inf<T>();
   if (!ok) code = kNumericalError;
   for (; ok && it <= set.max_iter; ++it) {
     // Residuals.
@@ -1515,6 +1521,12 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     // Progress towards an infeasibility certificate counts too (on an infeasible problem the merit
     // grows while these ratios fall geometrically).
     const T merit = ol_max(ol_max(pres, dres), gap);
+    if (merit < merit_best) {  // group-uniform: every member computed the same merit
+      merit_best = merit;
+      for (int j = g.rank(); j < n; j += g.size()) st.xb[j] = st.x[j];
+      for (int i = g.rank(); i < m; i += g.size()) st.zb[i] = st.z[i];
+      for (int e = g.rank(); e < p; e += g.size()) st.yb[e] = st.y[e];
+    }
     const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
     if (progress.stalled(merit, sz, cert) || it == set.max_iter) { code = kMaxIter; break; }
 
@@ -1546,10 +1558,15 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     for (int e = g.rank(); e < p; e += g.size()) st.y[e] += alpha * st.dy[e];
     g.sync();
   }
-  // Unscale the multipliers and write the result.
-  for (int j = g.rank(); j < n; j += g.size()) x[j] = st.x[j];
-  for (int i = g.rank(); i < m; i += g.size()) lam[i] = st.z[i] * st.gs[i];
-  for (int e = g.rank(); e < p; e += g.size()) nu[e] = st.y[e] * st.as[e];
+  // Unscale the multipliers and write the result: the lowest-merit iterate for a problem the
+  // polish gets as an iteration-limited one (stalled, out of iterations, or unfactorable).
+  const bool use_best = (code == kMaxIter || factor_failed) && merit_best < ol_inf<T>();
+  const T* xo = use_best ? st.xb : st.x;
+  const T* zo = use_best ? st.zb : st.z;
+  const T* yo = use_best ? st.yb : st.y;
+  for (int j = g.rank(); j < n; j += g.size()) x[j] = xo[j];
+  for (int i = g.rank(); i < m; i += g.size()) lam[i] = zo[i] * st.gs[i];
+  for (int e = g.rank(); e < p; e += g.size()) nu[e] = yo[e] * st.as[e];
   // A reduced matrix that could not be factored late in the iteration (float32 near a degenerate
   // solution: K's condition number grows like 1/μ) leaves an iterate whose active set is often
   // right: the polish gets it as it gets an iteration-limited one, and only its acceptance test

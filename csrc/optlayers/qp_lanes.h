@@ -79,8 +79,8 @@ OL_LANE_INLINE bool any(M mask, int W) {
 // Schur complement), then the active-set KKT system's over the m + p rows of [G; A] (raw rows, the
 // two Cholesky factors, L⁻¹ rows, vectors).
 inline int64_t block_vectors(int n, int m, int p) {
-  const int64_t ipm = 2 * int64_t(n) * n + int64_t(m) * n + 8 * int64_t(n) + 17 * int64_t(m) +
-                      2 * int64_t(p) * n + int64_t(p) * p + 12 * int64_t(p);
+  const int64_t ipm = 2 * int64_t(n) * n + int64_t(m) * n + 9 * int64_t(n) + 18 * int64_t(m) +
+                      2 * int64_t(p) * n + int64_t(p) * p + 13 * int64_t(p);
   const int64_t mk = int64_t(m) + p;
   const int64_t kkt = 2 * mk * n + int64_t(n) * n + mk * mk + 9 * int64_t(n) + 11 * mk;
   return ipm + kkt + 8;
@@ -102,6 +102,7 @@ struct State {
   V *x, *dx, *dxa, *rd, *Qx, *tn;
   V *s, *z, *ds, *dz, *dsa, *dza, *rp, *rc, *w, *tm, *sinv;
   V *At, *as, *bs, *y, *dy, *dya, *re, *Z, *Sp, *dSp, *tp;  // equalities (p)
+  V *xb, *zb, *yb;  // the iterate of lowest merit so far (see solve_block)
   // Active-set KKT system (polish, backward) over the rows of [G; A]: Gr, h hold the raw rows
   // and right-hand sides, act is 1 on equality rows.
   V *Gr, *L, *dL, *Vr, *S, *dS, *act;
@@ -124,6 +125,7 @@ State<T> carve(typename Vec<T>::type* wv, int n, int m, int p) {
   st.At = take(int64_t(p) * n); st.Z = take(int64_t(p) * n); st.Sp = take(int64_t(p) * p);
   st.as = take(p); st.bs = take(p); st.y = take(p); st.dy = take(p); st.dya = take(p); st.re = take(p);
   st.dSp = take(p); st.tp = take(p);
+  st.xb = take(n); st.zb = take(m); st.yb = take(p);
   const int64_t mk = int64_t(m) + p;
   st.Gr = take(mk * n); st.L = take(int64_t(n) * n); st.dL = take(n); st.Vr = take(mk * n);
   st.S = take(mk * mk); st.dS = take(mk); st.act = take(mk);
@@ -863,6 +865,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   V code = ok ? splat<V>(T(kMaxIter)) : splat<V>(T(kNumericalError));
   V iters{};
   V best = inf, best_sz = inf, best_cert = inf, stall{};
+  V merit_best = inf;  // and its iterate xb, zb, yb: what an iteration-limited lane is polished from
   const T tol = set.tol, itol = set.inf_tol;
   // Early polish (float32 only, see the header): the serial rule per lane, with the serial polish.
   const bool early = set.polish && !range_space_kkt<T>();
@@ -953,6 +956,13 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     finish(dual_inf, kDualInfeasible);
     // Stall rule (serial solve_qp): progress in the merit, sᵀz or the certificate ratio.
     const V merit = vmax(vmax(pres, dres), gap);
+    const auto lower = active & (merit < merit_best);  // (serial solve_qp's best-iterate rule)
+    if (any(lower, W)) {
+      merit_best = lower ? merit : merit_best;
+      for (int j = 0; j < n; ++j) st.xb[j] = lower ? st.x[j] : st.xb[j];
+      for (int r = 0; r < m; ++r) st.zb[r] = lower ? st.z[r] : st.zb[r];
+      for (int e = 0; e < p; ++e) st.yb[e] = lower ? st.y[e] : st.yb[e];
+    }
     const V cert = vmin(t_p > zero ? Gtzn / t_p : inf, qx < zero ? ray / (-qx) : inf);
     const auto progress = (merit < T(kStallDecrease) * best) | (sz < T(kStallDecrease) * best_sz) |
                           (cert < T(kStallDecrease) * best_cert);
@@ -999,16 +1009,21 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
 
   // Write the interior-point result, then polish.
   // As solve_qp: a lane whose factorization failed late goes to the polish like an iteration-limited
-  // one, and is NUMERICAL_ERROR again unless the polish accepts it.
+  // one, and is NUMERICAL_ERROR again unless the polish accepts it; both get their lowest-merit
+  // iterate.
   for (int l = 0; l < count; ++l) {
     status_out[l] = factor_failed[l] && set.polish ? int8_t(kMaxIter) : int8_t(code[l]);
     iters_out[l] = int32_t(iters[l]);
     if (polished[l]) continue;  // finished by an early polish: outputs written
+    const bool use_best = (code[l] == T(kMaxIter) || factor_failed[l]) && merit_best[l] < ol_inf<T>();
+    const V* xo = use_best ? st.xb : st.x;
+    const V* zo = use_best ? st.zb : st.z;
+    const V* yo = use_best ? st.yb : st.y;
     T* x = x_out + int64_t(l) * n;
     T* lam = lam_out + int64_t(l) * m;
-    for (int j = 0; j < n; ++j) x[j] = st.x[j][l];
-    for (int r = 0; r < m; ++r) lam[r] = st.z[r][l] * st.gs[r][l];
-    for (int e = 0; e < p; ++e) nu_out[int64_t(l) * p + e] = st.y[e][l] * st.as[e][l];
+    for (int j = 0; j < n; ++j) x[j] = xo[j][l];
+    for (int r = 0; r < m; ++r) lam[r] = zo[r][l] * st.gs[r][l];
+    for (int e = 0; e < p; ++e) nu_out[int64_t(l) * p + e] = yo[e][l] * st.as[e][l];
   }
   if (!set.polish) return;
   if (keep == nullptr && range_space_kkt<T>()) {

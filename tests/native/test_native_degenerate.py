@@ -96,3 +96,23 @@ def test_float32_late_factorization_failure_is_polished(monkeypatch):
     stat = (torch.einsum("bij,bj->bi", Qd, x) + qd + lam @ Gd).abs().amax(-1) / (1 + qd.abs().amax(-1))
     assert float(stat.max()) < 1e-4
     assert float(lam.min()) >= 0 and float((x @ Gd.mT - hd).max()) < 1e-4
+
+
+@pytest.mark.parametrize("lanes", ["1", "0"], ids=["lanes", "serial"])
+def test_float32_grasp_batch_polishes_from_the_lowest_merit_iterate(lanes, monkeypatch):
+    """768 float32 grasp QPs (box, seed 0; many degenerate): after reaching the rounding floor the
+    iterates of some drift away (residuals climb back while sᵀz falls) until they stall; polished
+    from their last iterate they stayed MAX_ITER (2 on the lanes path, 10 serially), polished from
+    their lowest-merit iterate (qp_ipm.h / qp_lanes.h, as the PyTorch backend) all are SOLVED."""
+    _native_or_skip()
+    monkeypatch.setenv("OPTLAYERS_CPU_LANES", lanes)
+    monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "0")
+    _, _, Q, q, G, h = _grasp_batch(128)
+    Q, q, G, h = (t.float() for t in (Q, q, G, h))
+    sol = ol.solve_qp(Q, q, G, h, backend="native", return_solution=True, on_failure="nan")
+    assert (sol.status != 0).nonzero().flatten().tolist() == []
+    x, lam = sol.x.double(), sol.lam.double()
+    Qd, qd, Gd, hd = (t.double() for t in (Q, q, G, h))
+    stat = (torch.einsum("bij,bj->bi", Qd, x) + qd + lam @ Gd).abs().amax(-1) / (1 + qd.abs().amax(-1))
+    assert float(stat.max()) < 1e-4
+    assert float(lam.min()) >= 0 and float((x @ Gd.mT - hd).max()) < 1e-4

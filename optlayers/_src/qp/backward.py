@@ -25,7 +25,8 @@ the regularized, minimum-norm-like choice).
 The solution itself is computed outside autograd by any backend; :class:`QPSolutionMap`
 attaches it to the graph with the backend's KKT factor (or one computed here) as a plain input.
 :func:`kkt_vjp` / :func:`kkt_jvp` hold the formulas once; they take the K-solve as a function,
-so the torch LU factor and the native C++ solve (csrc/) feed the same code.
+so the torch factor (``kkt.py``: reduced Cholesky or LU) and the native C++ solve (csrc/) feed the
+same code.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def data_of(Q, q, G, h, A, b, B: int) -> QPData:
 
 
 def kkt_solver(kind: str, data: QPData, mask, lu, pivots, delta) -> KKTSolve:
-    """The K-solve for a backend's factor: ``"torch"`` (LU tensors) or ``"native"`` (csrc op)."""
+    """The K-solve for a backend's factor: ``"torch"`` (``kkt.py``'s factor tensors; the
+    pivots' width tells Cholesky from LU) or ``"native"`` (csrc op)."""
     if kind == "native":
         from optlayers._src.native import ops
 

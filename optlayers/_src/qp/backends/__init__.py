@@ -24,7 +24,7 @@ class RawSolution:
     status: (B,) int8 (:class:`Status` codes), iterations: (B,) int32,
     factor: the active-set KKT factorization when the backend computed one (reused by the
     backward), else ``None``.
-    kkt_solver: which K-solve the backward uses: ``"torch"`` (LU; ``factor`` reused when
+    kkt_solver: which K-solve the backward uses: ``"torch"`` (``kkt.py``'s factor, reused when
     present) or ``"native"`` (the C++ solve of csrc/, refactoring at the mask).
     """
 

@@ -20,8 +20,8 @@ r_c = s∘z + ds_aff∘dz_aff − σμ1 with the same factors (Nocedal & Wright,
 Rows of G and A are scaled to unit norm for the iteration (this changes only the multipliers,
 which are scaled back). Problems that converge, or are certified infeasible, leave the working
 batch, so finished problems stop costing work. At the end, an active-set *polish* (see
-``kkt.py``) solves the KKT system of the identified active set exactly; its LU factor is handed
-to the backward pass.
+``kkt.py``) solves the KKT system of the identified active set exactly; its factor (float64: the
+reduced Cholesky of ``kkt.py``, float32: LU) is handed to the backward pass.
 
 Infeasibility certificates (checked on the iterates, which diverge along them):
   primal: z ≥ 0, ν with ‖Gᵀz + Aᵀν‖_∞ < ε·t where t = −(hᵀz + bᵀν) (so t > 0) — by weak
@@ -362,6 +362,12 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         early_done = torch.zeros(B, dtype=torch.bool, device=device)
         early_parts: list[tuple[torch.Tensor, kkt.ActiveKKTFactor]] = []
     nstall = torch.zeros(B, dtype=dtype, device=device)
+    factor_failed = None  # (B,) bool once some reduced matrix could not be factored
+    # The iterate of lowest merit so far: what an iteration-limited problem hands to the polish.
+    # In float32 the last iterates can drift away from it — the residuals climb back from the
+    # rounding floor while sᵀz keeps falling (a degenerate grasp QP: dual residual 1e-7 → 6e-3 over
+    # 30 iterations) — and the polish's active-set guess from such an iterate is wrong.
+    u_best, merit_best = u, torch.full((B,), float("inf"), dtype=dtype, device=device)
     # Right-hand sides of the exit test (see the loop): columns 1-2 are written per iteration.
     tol_up = torch.nextafter(torch.tensor(tol, dtype=dtype), torch.tensor(float("inf"), dtype=dtype))
     rhs = torch.tensor([float(tol_up), 0.0, 0.0, 0.5 - STALL_ITERS], dtype=dtype, device=device).repeat(B, 1)
@@ -399,6 +405,9 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         best_sz = torch.where(improved, torch.minimum(sz, best_sz), best_sz)
         best_cert = torch.where(improved, torch.minimum(cert, best_cert), best_cert)
         nstall = (nstall - 1).masked_fill_(improved, 0)  # −(iterations without progress)
+        lower = merit < merit_best
+        merit_best = torch.where(lower, merit, merit_best)
+        u_best = torch.where(lower.unsqueeze(-1), u, u_best)
         # One comparison decides whether a problem goes on; every column must hold:
         #   merit > tol (not converged; False for a NaN merit),  ray ≥ ε t_d,
         #   ‖Gᵀz + Aᵀy‖ ≥ ε t_p,  stall < STALL_ITERS.
@@ -437,12 +446,13 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
             code[converged] = int(Status.SOLVED)
             code[merit.isnan()] = int(Status.NUMERICAL_ERROR)
             kept = torch.nonzero(~done).squeeze(-1)
+            u_fin = torch.where((code == int(Status.MAX_ITER)).unsqueeze(-1), u_best, u)
             if kept.numel() == 0 and idx.numel() == B:  # everything finished together
-                u_out, status = u, code
+                u_out, status = u_fin, code
                 iters.fill_(it)
                 break
             gi = idx[done]
-            u_out[gi] = u[done]
+            u_out[gi] = u_fin[done]
             status[gi] = code[done]
             iters[gi] = it
             if kept.numel() == 0:
@@ -450,6 +460,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
             # Compact the working batch: finished problems cost nothing from here on.
             idx, u, out, sz = idx[kept], u[kept], out[kept], sz[kept]
             best, best_sz, best_cert = best[kept], best_sz[kept], best_cert[kept]
+            u_best, merit_best = u_best[kept], merit_best[kept]
             nstall, rhs = nstall[kept], rhs[kept]
             if early:
                 loose = loose[kept]
@@ -479,17 +490,28 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         du = torch.cat([dx.squeeze(-1), nrp - Gdx, torch.addcmul(t, wt, Gdx), dy], -1)
         alpha = step_frac / (-(du[:, sz_cols] / vsz).amin(-1)).clamp_min(step_frac)  # min(1, 0.99 α_max)
         if fac.ok is not None:
-            # A failed factorization poisons the iterate so the problem is reported, not hidden.
-            alpha = torch.where(fac.ok, alpha, torch.full_like(alpha, float("nan")))
+            # A reduced matrix that cannot be factored even with the grown shift (float32 near a
+            # degenerate solution: K's condition number grows like 1/μ) stops its problem at the
+            # current iterate, whose active set is often right: it leaves at the next test as an
+            # iteration-limited problem (stall count −∞), the polish gets it like one, and only
+            # the polish's acceptance makes it SOLVED — else NUMERICAL_ERROR (see _factor_status).
+            # Same rule as csrc/optlayers/qp_ipm.h.
+            failed = ~fac.ok
+            alpha = alpha.masked_fill(failed, 0.0)  # no step (du and α are garbage, maybe NaN)
+            du = du.masked_fill(failed.unsqueeze(-1), 0.0)
+            nstall = nstall.masked_fill(failed, float("-inf"))
+            if factor_failed is None:
+                factor_failed = torch.zeros(B, dtype=torch.bool, device=device)
+            factor_failed[idx[failed]] = True
         u = torch.addcmul(u, alpha.unsqueeze(-1), du)
 
     lam = u_out[:, n + m:n + 2 * m] / gnorm
     nu = u_out[:, n + 2 * m:] / anorm
     sol = RawSolution(x=u_out[:, :n], lam=lam, nu=nu, status=status, iterations=iters)
     if not options.polish:
-        return sol
+        return _factor_status(sol, factor_failed)
     if not early or not bool(early_done.any()):
-        return polish(data, sol)
+        return _factor_status(polish(data, sol), factor_failed)
     # Some problems were finished by an early polish: polish the others, then merge (solutions
     # and, when every problem has one, the KKT factors for the backward).
     rest = torch.nonzero(~early_done).squeeze(-1)
@@ -502,7 +524,19 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         xr, lr, yr, sr, rparts = _polish(data.take(rest), sub, POLISH_ROUNDS)
         x[rest], lam[rest], nu[rest], status[rest] = xr, lr, yr, sr
         parts = parts + [(rest[j], f) for j, f in rparts]
-    return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters, factor=_merge_factors(data, parts))
+    return _factor_status(RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters,
+                                      factor=_merge_factors(data, parts)), factor_failed)
+
+
+def _factor_status(sol: RawSolution, factor_failed: torch.Tensor | None) -> RawSolution:
+    """NUMERICAL_ERROR for the problems whose reduced matrix could not be factored and that the
+    polish did not finish (``factor_failed``: (B,) bool, or None when every factorization worked)."""
+    if factor_failed is None:
+        return sol
+    bad = factor_failed & (sol.status != int(Status.SOLVED))
+    if bool(bad.any()):
+        sol = dataclasses.replace(sol, status=sol.status.masked_fill(bad, int(Status.NUMERICAL_ERROR)))
+    return sol
 
 
 def polish(data: QPData, sol: RawSolution) -> RawSolution:
@@ -517,7 +551,7 @@ def polish(data: QPData, sol: RawSolution) -> RawSolution:
     ``POLISH_ROUNDS − 1`` times like a primal-dual active-set step — rows whose multiplier came out
     negative leave the set, rows the polished point violates join it — and re-solved.
 
-    The LU factor of the accepted active set is returned for the backward pass when every
+    The KKT factor of the accepted active set is returned for the backward pass when every
     candidate problem was accepted (otherwise the backward refactors at the final point).
     """
     x, lam, nu, status, parts = _polish(data, sol, POLISH_ROUNDS)
@@ -597,7 +631,8 @@ def _merge_factors(data: QPData, parts) -> kkt.ActiveKKTFactor | None:
     """One batch-wide factor from per-round pieces; None if some problem has none (not polished)."""
     B = data.B
     covered = sum(idx.numel() for idx, _ in parts)
-    if covered != B:
+    # Factors of both kinds only if OPTLAYERS_TORCH_KKT changed during the solve.
+    if covered != B or len({f.is_cholesky for _, f in parts}) > 1:
         return None
     if len(parts) == 1:
         return parts[0][1]

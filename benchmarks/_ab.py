@@ -1,0 +1,48 @@
+"""Helpers of the same-run A/B benchmarks (``native_lanes.py``, ``torch_kkt.py``): an environment
+switch that is restored afterwards, and the median time of one ``ol.solve_qp`` call."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import torch
+
+import optlayers as ol
+
+
+@contextlib.contextmanager
+def restored_env(name: str):
+    """Let the body set ``os.environ[name]`` freely; restore its value (or absence) afterwards."""
+    saved = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_solve_ms(data, backend: str, reps: int, backward: bool = True) -> tuple[float, torch.Tensor]:
+    """Median ms over ``reps`` calls (after one warm-up) of ``ol.solve_qp(*data, backend=backend)``,
+    plus the backward of ``x.sum()`` w.r.t. every input when ``backward``; and the last x."""
+    device = data[1].device
+    times, x = [], None
+    for _ in range(reps + 1):
+        inputs = [t.clone().requires_grad_(backward) for t in data]
+        _sync(device)
+        t0 = time.perf_counter()
+        x = ol.solve_qp(*inputs, backend=backend)
+        if backward:
+            x.sum().backward()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[1:])
+    return times[len(times) // 2] * 1e3, x.detach()
