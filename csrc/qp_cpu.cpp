@@ -329,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       return o;
     };
     constexpr int W = optlayers::lanes::width<T>();
-    const bool lanes = pf == nullptr && optlayers::lanes::range_space_kkt<T>() && use_lanes(n, m, p, batch, W);
+    const bool lanes = pf == nullptr && optlayers::lanes::block_kkt<T>() && use_lanes(n, m, p, batch, W);
     // Chunks: of whole blocks for the lanes, of problems otherwise.
     const int64_t blocks = (batch + W - 1) / W;
     const int64_t units = lanes ? blocks : batch;

@@ -25,8 +25,9 @@
 //     and 1/s is computed once per row and iteration, so iterates agree with the serial path to
 //     round-off, not bit for bit;
 //   - float64: the polish and the backward solve the active-set KKT systems of all lanes at once by
-//     the range-space method (see kkt_factor), with the serial code as the per-lane fallback;
-//     float32 polishes and differentiates with the serial code (see range_space_kkt).
+//     eliminating the multipliers (an n×n Cholesky of Q + δI + G_𝒜ᵀG_𝒜/δ, see kkt_factor), with the
+//     serial code as the per-lane fallback; float32 polishes and differentiates with the serial
+//     code (see block_kkt).
 //
 // Layout: a block's arrays hold Vec<T> elements, index-major: M[i·n + j][lane].
 #pragma once
@@ -110,6 +111,7 @@ struct State {
   V *ua, *ra, *ca, *b, *gx, *ls;
   V *u1x, *u1a;  // the polish's first solution while it tries the shifted one
   int* rows;  // rows active in some lane (int slots in the vector workspace)
+  V kdelta, kinv, kdelta_small;  // δ of the active-set factor, 1/δ, the fallback δ (kkt_factor)
 };
 
 template <typename T>
@@ -403,79 +405,79 @@ typename Vec<T>::type max_step(const typename Vec<T>::type* v, const typename Ve
 //   ⎡ Q + δI   G_𝒜ᵀ ⎤ ⎡u_x⎤   ⎡r_x⎤
 //   ⎣ G_𝒜      −δI  ⎦ ⎣u_𝒜⎦ = ⎣r_𝒜⎦,      inactive rows: u_i = r_i,
 //
-// by the range-space method instead of an LU with pivoting: with H = Q + δI = LLᵀ and v_i = L⁻¹g_i,
-//   (G_𝒜 H⁻¹ G_𝒜ᵀ + δI) u_𝒜 = G_𝒜 H⁻¹ r_x − r_𝒜,      u_x = H⁻¹ (r_x − G_𝒜ᵀ u_𝒜),
-// the first matrix, S = D (V Vᵀ) D + δI, formed on the rows active in some lane (a lane where such a
-// row is inactive gets an identity row). Without pivoting this needs H well conditioned: a lane
-// whose Cholesky pivot of H falls below relative_shift · max diag H (an LP, a singular Q) is
-// reported and takes the serial LU path. Solutions are refined against the exact (δ = 0) matrix
-// as in the serial kkt_refined_solve; `st.act` holds the 0/1 active mask, `st.Gr` the raw G.
+// by eliminating the multipliers instead of an LU with pivoting (as the CUDA small kernel and the
+// PyTorch backend do):
+//   H u_x = r_x + G_𝒜ᵀ r_𝒜 / δ,   H = Q + δI + G_𝒜ᵀ G_𝒜 / δ = LLᵀ,   u_𝒜 = (G_𝒜 u_x − r_𝒜) / δ,
+// an n×n Cholesky per lane, with the rows active in no lane skipped (`st.rows`). δ = √ε · the data
+// scale (relative_shift), not the serial path's kkt_reg: H carries the active rows with weight
+// 1/δ, so the solve's rounding grows like ε‖G‖²/(δλ) (λ: Q's curvature on the null space of the
+// active rows) while the regularization error grows like δ‖K⁻¹‖; √ε balances them, and the
+// refinement then contracts by ~1e-5 a step (with the serial δ = 1e-11 · scale: ~1e-2 on grasp
+// QPs, whose Q has λ ≈ 1e-3, and 3 steps left gradients 2e-10 off). H ⪰ δI, and its pivots stay
+// well above δ unless Q is (nearly) singular on the null space of the active rows — then K itself
+// is (nearly) singular and the lane is reported (a pivot below 2δ) and takes the serial LU path.
+// Solutions are refined against the exact (δ = 0) matrix as in the serial kkt_refined_solve;
+// `st.act` holds the 0/1 active mask, `st.Gr` the raw G.
 
+// H = Q + δI + G_𝒜ᵀG_𝒜/δ with a per-lane δ, and its Cholesky factor; returns the lanes whose
+// pivots all exceed 2δ. Sets st.kdelta, st.kinv and the rows active in some lane.
 template <typename T>
-auto kkt_factor(State<T>& st, int n, int m, const typename Vec<T>::type& scale, T kkt_reg, int& nrows) {
+auto kkt_factor_at(State<T>& st, int n, int m, const typename Vec<T>::type& delta, int& nrows) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
-  const V delta = kkt_reg * scale;
+  st.kdelta = delta;
+  st.kinv = splat<V>(T(1)) / delta;
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j <= i; ++j) st.L[int64_t(i) * n + j] = st.Q[int64_t(i) * n + j];
     st.L[int64_t(i) * n + i] += delta;
   }
-  // Pivots relative to the data scale: an LP's H = δI is perfectly conditioned by itself but
-  // makes S = G H⁻¹ Gᵀ + δI as ill conditioned as (scale/δ)².
-  auto ok = chol<T>(st.L, st.dL, n, relative_shift<T>() * scale);
   nrows = 0;
   for (int r = 0; r < m; ++r)
     if (any(st.act[r] > V{}, W)) st.rows[nrows++] = r;
   for (int c = 0; c < nrows; ++c) {
-    V* v = st.Vr + int64_t(c) * n;
-    const V* g = st.Gr + int64_t(st.rows[c]) * n;
-    for (int j = 0; j < n; ++j) v[j] = g[j];
-    tri_lower<T>(st.L, st.dL, n, v);
-  }
-  const V one = splat<V>(T(1));
-  for (int c = 0; c < nrows; ++c) {
-    const V* vc = st.Vr + int64_t(c) * n;
-    const V ac = st.act[st.rows[c]];
-    V* Sc = st.S + int64_t(c) * nrows;
-    for (int e = 0; e <= c; ++e) {
-      const V* ve = st.Vr + int64_t(e) * n;
-      V a{};
-      for (int j = 0; j < n; ++j) a += vc[j] * ve[j];
-      Sc[e] = a * ac * st.act[st.rows[e]];
+    const int r = st.rows[c];
+    const V* g = st.Gr + int64_t(r) * n;
+    const V w = st.act[r] * st.kinv;
+    for (int i = 0; i < n; ++i) {
+      const V wg = w * g[i];
+      V* Li = st.L + int64_t(i) * n;
+      for (int j = 0; j <= i; ++j) Li[j] += wg * g[j];
     }
-    Sc[c] = ac > V{} ? Sc[c] + delta : one;
   }
-  ok &= chol<T>(st.S, st.dS, nrows, V{});
-  return ok;
+  return chol<T>(st.L, st.dL, n, T(2) * delta);
 }
 
-// (ux, ua) ← K_δ⁻¹ (rx, ra) with the factors of kkt_factor (in place allowed: ux = rx, ua = ra).
+// The block's factor at δ = √ε · scale (scale: kkt_scale), remembering the serial path's
+// δ = kkt_reg · scale for kkt_refined's second try.
+template <typename T>
+auto kkt_factor(State<T>& st, int n, int m, const typename Vec<T>::type& scale, T kkt_reg, int& nrows) {
+  st.kdelta_small = kkt_reg * scale;
+  return kkt_factor_at<T>(st, n, m, relative_shift<T>() * scale, nrows);
+}
+
+// (ux, ua) ← K_δ⁻¹ (rx, ra) with the factor of kkt_factor (in place allowed: ux = rx, ua = ra).
 template <typename T>
 void kkt_solve_once(State<T>& st, int n, int m, int nrows, const typename Vec<T>::type* rx,
                     const typename Vec<T>::type* ra, typename Vec<T>::type* ux, typename Vec<T>::type* ua) {
   using V = typename Vec<T>::type;
   for (int j = 0; j < n; ++j) st.t[j] = rx[j];
+  for (int c = 0; c < nrows; ++c) {
+    const int r = st.rows[c];
+    const V* g = st.Gr + int64_t(r) * n;
+    const V coef = st.act[r] * ra[r] * st.kinv;
+    for (int j = 0; j < n; ++j) st.t[j] += coef * g[j];
+  }
   tri_lower<T>(st.L, st.dL, n, st.t);
+  tri_upper<T>(st.L, st.dL, n, st.t);
+  for (int r = 0; r < m; ++r) ua[r] = ra[r];  // inactive rows (and rows active in no lane)
   for (int c = 0; c < nrows; ++c) {
     const int r = st.rows[c];
-    const V* v = st.Vr + int64_t(c) * n;
+    const V* g = st.Gr + int64_t(r) * n;
     V d{};
-    for (int j = 0; j < n; ++j) d += v[j] * st.t[j];
-    st.b[c] = st.act[r] > V{} ? d - ra[r] : ra[r];
+    for (int j = 0; j < n; ++j) d += g[j] * st.t[j];
+    ua[r] = st.act[r] > V{} ? (d - ra[r]) * st.kinv : ra[r];
   }
-  tri_lower<T>(st.S, st.dS, nrows, st.b);
-  tri_upper<T>(st.S, st.dS, nrows, st.b);
-  for (int r = 0; r < m; ++r) ua[r] = ra[r];
-  for (int c = 0; c < nrows; ++c) ua[st.rows[c]] = st.b[c];
-  for (int j = 0; j < n; ++j) st.tx[j] = st.t[j];
-  for (int c = 0; c < nrows; ++c) {
-    const int r = st.rows[c];
-    const V coef = st.act[r] * ua[r];
-    const V* v = st.Vr + int64_t(c) * n;
-    for (int j = 0; j < n; ++j) st.tx[j] -= v[j] * coef;
-  }
-  tri_upper<T>(st.L, st.dL, n, st.tx);
-  for (int j = 0; j < n; ++j) ux[j] = st.tx[j];
+  for (int j = 0; j < n; ++j) ux[j] = st.t[j];
 }
 
 // (ρx, ρa) = (rx, ra) − K (ux, ua) with the exact matrix (δ = 0); ρa = 0 on inactive rows.
@@ -492,20 +494,31 @@ void kkt_residual(State<T>& st, int n, int m, const typename Vec<T>::type* rx, c
   for (int r = 0; r < m; ++r) pa[r] = st.act[r] > V{} ? ra[r] - st.b[r] : V{};
 }
 
-// Solve with up to kRefinementSteps of refinement (stopping once every lane's correction is at the
-// rounding of its solution). (ux, ua) ← solution; (cx, ca) ← the final exact residual. `ra0`, if
-// given, replaces ra in the first (regularized) solve only; the refinement is against ra.
+// Refinement steps of the block's KKT solves (at most). Each contracts the error by about
+// max(√ε · cond-like factors) (see kkt_factor), so more than the serial path's kRefinementSteps may
+// be needed: with 3, planted vertex QPs (50 active rows on 50 variables) kept residuals just inside
+// the polish tolerance and x 2e-6 off. The loop stops as soon as every lane is done, typically
+// after 2 steps.
+constexpr int kLaneRefinementSteps = 8;
+
+// One solve with the current factor plus up to kLaneRefinementSteps refinement steps against the
+// exact matrix; (ux, ua) ← the solution. Returns the lanes that converged (see the end).
 template <typename T>
-void kkt_refined(State<T>& st, int n, int m, int nrows, const typename Vec<T>::type* rx,
-                 const typename Vec<T>::type* ra, const typename Vec<T>::type* ra0 = nullptr) {
+auto kkt_refine_pass(State<T>& st, int n, int m, int nrows, const typename Vec<T>::type* rx,
+                     const typename Vec<T>::type* ra, const typename Vec<T>::type* ra0) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
   const T eps = sizeof(T) == 4 ? T(1.2e-7) : T(2.3e-16);
   kkt_solve_once<T>(st, n, m, nrows, rx, ra0 != nullptr ? ra0 : ra, st.ux, st.ua);
-  for (int it = 0; it < kRefinementSteps; ++it) {
+  V prev{};  // the last correction's size (the first solve's, to start)
+  for (int j = 0; j < n; ++j) prev = vmax(prev, vabs(st.ux[j]));
+  for (int r = 0; r < m; ++r) prev = vmax(prev, vabs(st.ua[r]));
+  V dn{}, un{};
+  for (int it = 0; it < kLaneRefinementSteps; ++it) {
     kkt_residual<T>(st, n, m, rx, ra, st.ux, st.ua, st.cx, st.ca);
     kkt_solve_once<T>(st, n, m, nrows, st.cx, st.ca, st.cx, st.ca);
-    V dn{}, un{};
+    dn = V{};
+    un = V{};
     for (int j = 0; j < n; ++j) {
       st.ux[j] += st.cx[j];
       dn = vmax(dn, vabs(st.cx[j]));
@@ -516,12 +529,40 @@ void kkt_refined(State<T>& st, int n, int m, int nrows, const typename Vec<T>::t
       dn = vmax(dn, vabs(st.ca[r]));
       un = vmax(un, vabs(st.ua[r]));
     }
-    if (!any(~(dn <= eps * un), W)) break;
+    // Done: predicted next correction at rounding, or a stall, or garbage (a lane whose factor
+    // failed: its result is discarded by the caller, it must not keep the others iterating).
+    const auto done = (dn * vmin(dn / prev, splat<V>(T(1))) <= T(4) * eps * un) | (dn >= T(0.5) * prev) | (dn != dn);
+    if (!any(~done, W)) break;
+    prev = dn;
+  }
+  // Converged: the last correction is near the rounding floor (≤ 1e4 ε‖u‖; a stalled refinement
+  // that does not contract stays at ~‖u‖). Garbage lanes count as converged (see above).
+  return (dn <= T(1e4) * eps * un) | (dn != dn);
+}
+
+// Solve with up to kLaneRefinementSteps of refinement, stopping once every lane's next correction
+// is predicted below the rounding of its solution (this one times the last contraction) or the
+// corrections stall (they reached the rounding floor of the solve). A lane that did not converge
+// — δ‖K⁻¹‖ ≳ 1: K nonsingular but ill conditioned, e.g. a vertex whose active rows are nearly
+// dependent (planted QP n = 30: cond K 4e8, 2e-6 off after an accepted polish) — is factored
+// again at the serial δ = kkt_reg · scale and solved again (the other lanes repeat their
+// computation bit for bit: lanes do not interact). (ux, ua) ← solution; (cx, ca) ← the final
+// exact residual. `ra0`, if given, replaces ra in the first (regularized) solve only; the
+// refinement is against ra.
+template <typename T>
+void kkt_refined(State<T>& st, int n, int m, int nrows, const typename Vec<T>::type* rx,
+                 const typename Vec<T>::type* ra, const typename Vec<T>::type* ra0 = nullptr) {
+  constexpr int W = Vec<T>::W;
+  const auto conv = kkt_refine_pass<T>(st, n, m, nrows, rx, ra, ra0);
+  const auto redo = ~conv & (st.kdelta > st.kdelta_small);
+  if (any(redo, W)) {
+    kkt_factor_at<T>(st, n, m, redo ? st.kdelta_small : st.kdelta, nrows);
+    kkt_refine_pass<T>(st, n, m, nrows, rx, ra, ra0);
   }
   kkt_residual<T>(st, n, m, rx, ra, st.ux, st.ua, st.cx, st.ca);
 }
 
-// max(1, |Q|, |G|) of the raw data (qp_ipm.h::data_scale; δ = kkt_reg · this), lane by lane.
+// max(1, |Q|, |G|) of the raw data (qp_ipm.h::data_scale; the KKT factor's δ is relative to this), lane by lane.
 template <typename T>
 typename Vec<T>::type kkt_scale(const State<T>& st, int n, int m) {
   using V = typename Vec<T>::type;
@@ -531,12 +572,14 @@ typename Vec<T>::type kkt_scale(const State<T>& st, int n, int m) {
   return sc;
 }
 
-// The range-space solve squares the conditioning of the active rows (S = G_𝒜H⁻¹G_𝒜ᵀ) where the
-// LU of the KKT matrix does not. In float64 the refinement absorbs that; in float32 it does not
-// always (a planted QP with 12 active rows on 12 variables: x off by 1e-3 after an accepted polish,
-// against 6e-5 through the LU), so float32 blocks polish and differentiate with the serial code.
+// Whether blocks polish and differentiate with the block KKT solve above: float64 only. Its δ
+// trades the solve's rounding (ε/δ) against the regularization error (δ‖K⁻¹‖); at float32's
+// √ε ≈ 3e-4 there is no room between them (the earlier range-space solve, which squared the
+// conditioning of the active rows instead, left a planted QP with 12 active rows on 12 variables
+// 1e-3 off after an accepted polish, against 6e-5 through the LU), so float32 blocks use the serial
+// code.
 template <typename T>
-constexpr bool range_space_kkt() { return sizeof(T) == 8; }
+constexpr bool block_kkt() { return sizeof(T) == 8; }
 
 // Where to read problem `i`'s data: base pointers and batch strides (0: shared by the batch).
 template <typename T>
@@ -551,11 +594,11 @@ struct BatchData {
 };
 
 // The polish of a block (qp_ipm.h::polish, first round, for all lanes at once): guess the active
-// set from the interior-point result (λ_i > h_i − g_iᵀx), solve its KKT system (range-space,
+// set from the interior-point result (λ_i > h_i − g_iᵀx), solve its KKT system (kkt_factor,
 // refined), and accept a lane under the serial test (primal feasible, multipliers ≥ 0, exact KKT
 // residual, all to polish_tol). A lane with the right x but wrong-signed multipliers (dependent
 // active rows) gets the serial NNLS multiplier repair; every other lane (rejected, H ill
-// conditioned for the range-space solve) runs the serial polish with its correction rounds.
+// conditioned for the block solve) runs the serial polish with its correction rounds.
 // x_out, lam_out, status_out hold the interior-point result of the block's problems on entry.
 template <typename T>
 void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T>& set, State<T>& st, T* pw,
@@ -626,7 +669,7 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
     for (int j = 0; j < n; ++j) st.u1x[j] = st.ux[j];
     for (int r = 0; r < mk; ++r) st.u1a[r] = st.ua[r];
     const V rhs_n1 = rhs_n;
-    const V delta = set.kkt_reg * kscale;
+    const V delta = st.kdelta;
     V* ra0 = st.gx;  // free until evaluate
     for (int r = 0; r < m; ++r)
       ra0[r] = vabs(st.ls[r]) < inf ? st.ra[r] - st.act[r] * delta * st.ls[r] : st.ra[r];
@@ -684,10 +727,10 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
 
 // Reverse-mode gradients of the problems [i0, i0 + count) (qp_ipm.h::kkt_backward for a block):
 // active set M = 1[λ > h − Gx], u = K⁻¹ (g_x, M g_λ, g_ν) with the active-set KKT matrix
-// (range-space, refined), then per problem ∇Q −= ½(u_x xᵀ + x u_xᵀ), ∇q −= u_x,
+// (kkt_factor, refined), then per problem ∇Q −= ½(u_x xᵀ + x u_xᵀ), ∇q −= u_x,
 // ∇G −= M(λ u_xᵀ + u_λ xᵀ), ∇h += M u_λ, ∇A −= ν u_xᵀ + u_ν xᵀ, ∇b += u_ν, added into the pointers
 // out(i) returns ({dQ, dq, dG, dh, dA, db}; shared inputs may return one buffer for all). Problems
-// with status ≠ 0 contribute nothing; a lane whose H is ill conditioned for the range-space solve,
+// with status ≠ 0 contribute nothing; a lane whose H is singular for the block solve,
 // or whose refined residual stays above √ε, runs the serial kkt_backward. gx, glam, gnu may be null.
 template <typename T, typename Out>
 void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const T* nu, const int8_t* status,
@@ -868,7 +911,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   V merit_best = inf;  // and its iterate xb, zb, yb: what an iteration-limited lane is polished from
   const T tol = set.tol, itol = set.inf_tol;
   // Early polish (float32 only, see the header): the serial rule per lane, with the serial polish.
-  const bool early = set.polish && !range_space_kkt<T>();
+  const bool early = set.polish && !block_kkt<T>();
   V loose = splat<V>(set.polish_start);
   bool polished[W] = {};  // lanes whose outputs an early polish already wrote
   int it = 0;
@@ -1026,7 +1069,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     for (int e = 0; e < p; ++e) nu_out[int64_t(l) * p + e] = yo[e][l] * st.as[e][l];
   }
   if (!set.polish) return;
-  if (keep == nullptr && range_space_kkt<T>()) {
+  if (keep == nullptr && block_kkt<T>()) {
     polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, nu_out, status_out);
   } else {
     // float32, or a kept factor (the serial polish's LU): polish problem by problem.

@@ -38,7 +38,7 @@ def _grasp_batch(grasps=64):
 
 @pytest.mark.parametrize("lanes", ["1", "0"], ids=["lanes", "serial"])
 def test_grasp_qps_with_zero_force_contacts_polish_to_roundoff(lanes, monkeypatch):
-    """Both CPU paths: the batch-interleaved one (qp_lanes.h: range-space KKT solve, then the
+    """Both CPU paths: the batch-interleaved one (qp_lanes.h: block KKT solve, then the
     serial repair) and the serial one (LU, repair)."""
     _native_or_skip()
     monkeypatch.setenv("OPTLAYERS_CPU_LANES", lanes)

@@ -134,8 +134,9 @@ def test_auto_routing_gives_the_planted_solution(monkeypatch):
 
 
 def test_lanes_lp_gradients_take_the_serial_fallback(monkeypatch):
-    """Q = 0: H = δI is too ill conditioned for the lanes' range-space KKT solve, so polish and
-    backward fall back to the serial LU per problem; results equal the serial path's."""
+    """Q = 0: a lane whose active rows do not span the variables has a singular KKT matrix (H's
+    pivots fall to δ), so its polish and backward fall back to the serial LU; the others use the
+    lanes' KKT solve. Either way results equal the serial path's."""
     P = ol.testing.random_qp(20, 8, 16, 0, lp=True, seed=7, shared=("G",))
     w = torch.randn(20, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     out = []
@@ -148,6 +149,17 @@ def test_lanes_lp_gradients_take_the_serial_fallback(monkeypatch):
     assert float((out[0][0] - P.x).abs().max()) < 1e-9
     for a, b in zip(*out):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_lanes_ill_conditioned_vertex_refactors_at_the_small_delta(monkeypatch):
+    """Problem 80 of this batch has cond(K) ≈ 4e8 at its solution (nearly dependent active rows):
+    at the lanes' δ = √ε·scale the refinement does not contract (δ‖K⁻¹‖ ≈ 2), so kkt_refined
+    factors that lane again at δ = kkt_reg·scale. Without the second try its polish was rejected
+    and x stayed 5e-5 off (SOLVED by the interior point's tolerance only)."""
+    P = ol.testing.random_qp(256, 30, 60, 5, seed=0)
+    sol = _solve(True, monkeypatch, *P.data())
+    assert sol.status.tolist() == [S.SOLVED] * 256
+    assert float((sol.x - P.x).abs().max()) < 1e-10
 
 
 def test_lanes_inconsistent_equalities_in_a_block(monkeypatch):

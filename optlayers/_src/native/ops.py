@@ -96,7 +96,7 @@ def _factor_size(n: int, m: int, p: int) -> int:
 
 def _lanes_likely(data: QPData) -> bool:
     """Whether the CPU op will take its batch-interleaved float64 path (csrc/qp_cpu.cpp::use_lanes),
-    which polishes and differentiates whole blocks by the range-space method: there is no LU to
+    which polishes and differentiates whole blocks by its own KKT solve: there is no LU to
     keep, and asking for one would send the block to the serial polish. A mirror of the C++ rule
     (float64, m > 0, n ≤ 64, m + p ≤ 128, at least two blocks: B ≥ 16 with 8 lanes; with 4-wide
     vectors the op already takes lanes from B = 8, where keeping is then just not needed)."""
