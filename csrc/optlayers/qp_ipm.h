@@ -1298,8 +1298,10 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
       return true;
     }
     // Correct the guess: violated inactive rows join, active rows with negative multipliers leave.
+    // Violated as the acceptance test counts it (not any gx > h: rows at rounding level joined a
+    // degenerate grasp QP's set and made the next guess wrong).
     for (int i = g.rank(); i < m; i += g.size())
-      if (inset[i] < T(0.5) && gx[i] > d.h[i]) inset[i] = 1;
+      if (inset[i] < T(0.5) && gx[i] - d.h[i] > set.polish_tol * (1 + hn)) inset[i] = 1;
     g.sync();
     for (int a = g.rank(); a < k; a += g.size())
       if (u[n + a] < T(0)) inset[act[a]] = 0;

@@ -513,31 +513,38 @@ auto kkt_refine_pass(State<T>& st, int n, int m, int nrows, const typename Vec<T
   V prev{};  // the last correction's size (the first solve's, to start)
   for (int j = 0; j < n; ++j) prev = vmax(prev, vabs(st.ux[j]));
   for (int r = 0; r < m; ++r) prev = vmax(prev, vabs(st.ua[r]));
-  V dn{}, un{};
+  // A lane that is done stops changing (its later corrections are discarded), so its result does
+  // not depend on how long the other lanes of its block refine: a problem's answer is bitwise the
+  // same in any batch (what makes sharded grasp datasets exact).
+  decltype(prev < prev) frozen{}, conv{};  // all false
   for (int it = 0; it < kLaneRefinementSteps; ++it) {
     kkt_residual<T>(st, n, m, rx, ra, st.ux, st.ua, st.cx, st.ca);
     kkt_solve_once<T>(st, n, m, nrows, st.cx, st.ca, st.cx, st.ca);
-    dn = V{};
-    un = V{};
+    V dn{}, un{};
     for (int j = 0; j < n; ++j) {
-      st.ux[j] += st.cx[j];
+      st.ux[j] = frozen ? st.ux[j] : st.ux[j] + st.cx[j];
       dn = vmax(dn, vabs(st.cx[j]));
       un = vmax(un, vabs(st.ux[j]));
     }
     for (int r = 0; r < m; ++r) {
-      st.ua[r] += st.ca[r];
+      st.ua[r] = frozen ? st.ua[r] : st.ua[r] + st.ca[r];
       dn = vmax(dn, vabs(st.ca[r]));
       un = vmax(un, vabs(st.ua[r]));
     }
     // Done: predicted next correction at rounding, or a stall, or garbage (a lane whose factor
     // failed: its result is discarded by the caller, it must not keep the others iterating).
-    const auto done = (dn * vmin(dn / prev, splat<V>(T(1))) <= T(4) * eps * un) | (dn >= T(0.5) * prev) | (dn != dn);
-    if (!any(~done, W)) break;
+    // Converged: the last correction is near the rounding floor (≤ 1e4 ε‖u‖; a stalled refinement
+    // that does not contract stays at ~‖u‖). Garbage lanes count as converged.
+    const auto garbage = dn != dn;
+    const auto done = (dn * vmin(dn / prev, splat<V>(T(1))) <= T(4) * eps * un) | (dn >= T(0.5) * prev) | garbage;
+    const auto last = it + 1 == kLaneRefinementSteps;
+    const auto now = last ? ~frozen : ~frozen & done;
+    conv = now ? ((dn <= T(1e4) * eps * un) | garbage) : conv;
+    frozen |= now;
+    if (!any(~frozen, W)) break;
     prev = dn;
   }
-  // Converged: the last correction is near the rounding floor (≤ 1e4 ε‖u‖; a stalled refinement
-  // that does not contract stays at ~‖u‖). Garbage lanes count as converged (see above).
-  return (dn <= T(1e4) * eps * un) | (dn != dn);
+  return conv;
 }
 
 // Solve with up to kLaneRefinementSteps of refinement, stopping once every lane's next correction

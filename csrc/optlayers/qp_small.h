@@ -393,7 +393,7 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
       } else {
         T g[NT];
         load_row<T, NT>(d, r, g);
-        if (dot_row<double, T, NT>(g, ux) > double(d.h[r])) rows.act[r] = 1;
+        if (dot_row<double, T, NT>(g, ux) - double(d.h[r]) > ptol * (1 + hn)) rows.act[r] = 1;  // as qp_ipm.h
       }
     }
   }
