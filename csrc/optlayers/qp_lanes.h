@@ -531,15 +531,17 @@ auto kkt_refine_pass(State<T>& st, int n, int m, int nrows, const typename Vec<T
       dn = vmax(dn, vabs(st.ca[r]));
       un = vmax(un, vabs(st.ua[r]));
     }
-    // Done: predicted next correction at rounding, or a stall, or garbage (a lane whose factor
-    // failed: its result is discarded by the caller, it must not keep the others iterating).
-    // Converged: the last correction is near the rounding floor (≤ 1e4 ε‖u‖; a stalled refinement
-    // that does not contract stays at ~‖u‖). Garbage lanes count as converged.
+    // Done (= converged): the next correction is predicted below the rounding of u (this one
+    // times the last contraction), or the corrections stalled at the rounding floor of the solve
+    // (≤ 1e4 ε‖u‖, where they no longer shrink), or garbage (a lane whose factor failed: the
+    // caller discards it; it must not keep the others iterating). A lane still not done after the
+    // last step has not converged (δ‖K⁻¹‖ ≳ 1: its corrections stay near ‖u‖).
     const auto garbage = dn != dn;
-    const auto done = (dn * vmin(dn / prev, splat<V>(T(1))) <= T(4) * eps * un) | (dn >= T(0.5) * prev) | garbage;
+    const auto floor = dn <= T(1e4) * eps * un;
+    const auto done = (dn * vmin(dn / prev, splat<V>(T(1))) <= T(4) * eps * un) | (floor & (dn >= T(0.5) * prev)) | garbage;
     const auto last = it + 1 == kLaneRefinementSteps;
     const auto now = last ? ~frozen : ~frozen & done;
-    conv = now ? ((dn <= T(1e4) * eps * un) | garbage) : conv;
+    conv = now ? done : conv;
     frozen |= now;
     if (!any(~frozen, W)) break;
     prev = dn;
