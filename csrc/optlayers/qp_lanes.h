@@ -77,13 +77,13 @@ OL_LANE_INLINE bool any(M mask, int W) {
 }
 
 // Workspace of one block, in vectors: the interior point's (with the equalities' Ã, Z = L⁻¹Ãᵀ and
-// Schur complement), then the active-set KKT system's over the m + p rows of [G; A] (raw rows, the
-// two Cholesky factors, L⁻¹ rows, vectors).
+// Schur complement, and the lowest-merit iterate), then the active-set KKT system's over the m + p
+// rows of [G; A] (raw rows, the Cholesky factor of H, vectors).
 inline int64_t block_vectors(int n, int m, int p) {
   const int64_t ipm = 2 * int64_t(n) * n + int64_t(m) * n + 9 * int64_t(n) + 18 * int64_t(m) +
                       2 * int64_t(p) * n + int64_t(p) * p + 13 * int64_t(p);
   const int64_t mk = int64_t(m) + p;
-  const int64_t kkt = 2 * mk * n + int64_t(n) * n + mk * mk + 9 * int64_t(n) + 11 * mk;
+  const int64_t kkt = mk * n + int64_t(n) * n + 9 * int64_t(n) + 10 * mk;
   return ipm + kkt + 8;
 }
 
@@ -106,7 +106,7 @@ struct State {
   V *xb, *zb, *yb;  // the iterate of lowest merit so far (see solve_block)
   // Active-set KKT system (polish, backward) over the rows of [G; A]: Gr, h hold the raw rows
   // and right-hand sides, act is 1 on equality rows.
-  V *Gr, *L, *dL, *Vr, *S, *dS, *act;
+  V *Gr, *L, *dL, *act;
   V *ux, *rx, *cx, *t, *tx, *xs;
   V *ua, *ra, *ca, *b, *gx, *ls;
   V *u1x, *u1a;  // the polish's first solution while it tries the shifted one
@@ -129,8 +129,7 @@ State<T> carve(typename Vec<T>::type* wv, int n, int m, int p) {
   st.dSp = take(p); st.tp = take(p);
   st.xb = take(n); st.zb = take(m); st.yb = take(p);
   const int64_t mk = int64_t(m) + p;
-  st.Gr = take(mk * n); st.L = take(int64_t(n) * n); st.dL = take(n); st.Vr = take(mk * n);
-  st.S = take(mk * mk); st.dS = take(mk); st.act = take(mk);
+  st.Gr = take(mk * n); st.L = take(int64_t(n) * n); st.dL = take(n); st.act = take(mk);
   st.ux = take(n); st.rx = take(n); st.cx = take(n); st.t = take(n); st.tx = take(n); st.xs = take(n);
   st.ua = take(mk); st.ra = take(mk); st.ca = take(mk); st.b = take(mk); st.gx = take(mk); st.ls = take(mk);
   st.u1x = take(n); st.u1a = take(mk);
