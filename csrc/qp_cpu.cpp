@@ -60,8 +60,9 @@ void for_each_dynamic(int64_t count, int64_t ws, const F& body) {
 // problems with inequalities: used when n ≤ kLanesMaxN, m + p ≤ kLanesMaxM and the batch fills at
 // least two blocks of lanes. OPTLAYERS_CPU_LANES=0 turns it off, =1 forces it for every batch
 // with m > 0 up to m + p = kLanesForcedMaxM (tests, benchmarks).
-// The lane workspace grows with (m + p)² (the polish/backward Schur complement), hence the bound:
-// kLanesMaxM automatically, kLanesForcedMaxM when forced (64 MiB a thread in float64, AVX-512).
+// The lane workspace grows with (m + p)·n and n² (the interior point's G̃ and K, the KKT solve's
+// raw rows and Cholesky factor; it grew with (m + p)² before the block KKT solve replaced the
+// range-space method), bounded by kLanesMaxM automatically and kLanesForcedMaxM when forced.
 // kLanesMaxN from fwd+bwd timings on the 2-core AVX-512 machine (float64, lanes vs serial,
 // benchmarks/native_lanes.py, results/native_lanes_cpu.txt): lanes 1.6–2.0× faster from n = 20 to
 // n = 64 (m + p ≤ 128), 1.3× at B=128 n=80 m=80 p=10, 0.77× at B=64 n=100 m=100 p=10 and 0.4× at
