@@ -320,7 +320,8 @@ def _cholesky_apply(data: QPData, fac: ActiveKKTFactor, r: torch.Tensor) -> torc
 
 def _refined_cholesky(data: QPData, fac: ActiveKKTFactor, rhs: torch.Tensor, want_residual: bool):
     """Refined solve through the reduced Cholesky factor; the problems whose residual does not
-    reach rounding level within CHOLESKY_REFINEMENT_STEPS are solved again through the LU."""
+    reach rounding level, or whose corrections have not settled, within CHOLESKY_REFINEMENT_STEPS
+    are solved again through the LU."""
     eps = torch.finfo(rhs.dtype).eps
     # Rounding level of a residual: REFINE_STOP·√N·ε·(‖rhs‖ + s‖u‖), s = max |entry| of the data.
     stop = REFINE_STOP * rhs.shape[-1] ** 0.5 * eps
@@ -344,11 +345,10 @@ def _refined_cholesky(data: QPData, fac: ActiveKKTFactor, rhs: torch.Tensor, wan
         if bool((done & small).all()):
             break
         prev = cn
-    # Accepted: a residual at rounding level reached by a contracting refinement (the last
-    # correction near the rounding floor). On a singular K (dependent active rows) the residual of a
-    # consistent right-hand side can reach rounding level while the corrections keep drifting in
-    # the null space; the LU's answer is the documented one there (a degenerate grasp QP in a batch
-    # of 4,800 was polished with the LU and rejected, x 3e-5 off, with the Cholesky factor).
+    # Accepted: a residual at rounding level reached by a refinement whose last correction is near
+    # the rounding floor (≤ 1e4 ε‖u‖). On a singular K (dependent active rows) the residual of a
+    # consistent right-hand side can reach rounding level while the corrections still drift in the
+    # null space; such a problem takes the LU, whose (regularized) answer is the documented one.
     small = small & (cn <= 1e4 * eps * un)
     if not bool(small.all()):
         idx = torch.nonzero(~small).squeeze(-1)

@@ -549,7 +549,8 @@ def polish(data: QPData, sol: RawSolution) -> RawSolution:
     The first guess is ``λ_i > s_i`` at the interior-point iterate. Near-degenerate problems can
     fool it (a row whose λ_i and s_i have not separated yet); a rejected guess is corrected up to
     ``POLISH_ROUNDS − 1`` times like a primal-dual active-set step — rows whose multiplier came out
-    negative leave the set, rows the polished point violates join it — and re-solved.
+    negative leave the set, rows the polished point violates (beyond the acceptance tolerance)
+    join it — and re-solved.
 
     The KKT factor of the accepted active set is returned for the backward pass when every
     candidate problem was accepted (otherwise the backward refactors at the final point).
