@@ -33,15 +33,9 @@ import optlayers as ol  # noqa: E402
 
 def batches(seeds: int, dtype: torch.dtype, grasps: int = 128):
     cfg = gm.GraspConfig(contacts=4, wrenches=6)
-    G, h = gm.friction_constraints(cfg)
     for name in sorted(gm.OBJECTS):
-        obj = gm.OBJECTS[name]
         for seed in range(seeds):
-            p, nrm = obj.surface(gm.initial_contacts(grasps, cfg, seed))
-            Q, q = gm.qp_data(gm.grasp_map(p, nrm, obj.length), gm.target_wrenches(6), cfg.eps)
-            B = grasps * 6
-            Q = Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n)
-            yield tuple(t.detach().to(dtype).contiguous() for t in (Q, q.reshape(B, cfg.n), G, h))
+            yield tuple(t.to(dtype).contiguous() for t in gm.qp_batch(gm.OBJECTS[name], cfg, grasps, seed))
 
 
 def main(argv=None) -> int:

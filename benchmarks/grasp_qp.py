@@ -90,14 +90,7 @@ class Cell:
 def grasp_batch(cell: Cell, seed: int, obj_name: str, device):
     """(Q (B, n, n), q (B, n), G (m, n), h (m,), c (B, n) loss weights) for B = N grasps × 6 wrenches."""
     cfg = gm.GraspConfig(contacts=cell.contacts, wrenches=WRENCHES)
-    obj = gm.OBJECTS[obj_name]
-    z = gm.initial_contacts(cell.grasps, cfg, seed)
-    p, n = obj.surface(z)
-    W = gm.grasp_map(p, n, obj.length)
-    Q, q = gm.qp_data(W, gm.target_wrenches(WRENCHES), cfg.eps)       # (N, 1, n, n), (N, J, n)
-    Q = Q.expand(-1, WRENCHES, -1, -1).reshape(cell.B, cfg.n, cfg.n).contiguous()
-    q = q.reshape(cell.B, cfg.n).contiguous()
-    G, h = gm.friction_constraints(cfg)
+    Q, q, G, h = gm.qp_batch(gm.OBJECTS[obj_name], cfg, cell.grasps, seed)
     c = torch.randn(cell.B, cfg.n, generator=torch.Generator().manual_seed(seed + 1), dtype=DTYPE)
     return tuple(t.to(device) for t in (Q, q, G, h, c))
 

@@ -42,17 +42,7 @@ SIZES = [  # (B, n, m, p)
 
 def grasp_data(B: int):
     import grasp_model as gm
-
-    cfg = gm.GraspConfig(contacts=4, wrenches=6)
-    obj = gm.OBJECTS["box"]
-    z = gm.initial_contacts(B // 6, cfg, 0)
-    p, nrm = obj.surface(z)
-    W = gm.grasp_map(p, nrm, obj.length)
-    Q, q = gm.qp_data(W, gm.target_wrenches(6), cfg.eps)
-    Q = Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n).contiguous()
-    q = q.reshape(B, cfg.n).contiguous()
-    G, h = gm.friction_constraints(cfg)
-    return Q, q, G, h
+    return gm.qp_batch(gm.OBJECTS["box"], gm.GraspConfig(contacts=4, wrenches=6), B // 6, 0)
 
 
 def time_fwd_bwd(data, lanes: str, reps: int) -> tuple[float, torch.Tensor]:

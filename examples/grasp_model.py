@@ -275,6 +275,18 @@ def initial_contacts(num_grasps: int, cfg: GraspConfig, seed: int, *, dtype=DTYP
     return z / z.norm(dim=-1, keepdim=True)
 
 
+def qp_batch(obj: Superquadric, cfg: GraspConfig, num_grasps: int, seed: int):
+    """The lower-level QPs of ``initial_contacts(num_grasps, cfg, seed)`` on ``obj``, flattened for
+    ``ol.solve_qp`` (the benchmarks' and tests' grasp batches): Q (B, n, n), q (B, n) with
+    B = num_grasps · cfg.wrenches (grasp-major), and the shared G (m, n), h (m); float64."""
+    p, nrm = obj.surface(initial_contacts(num_grasps, cfg, seed))
+    Q, q = qp_data(grasp_map(p, nrm, obj.length), target_wrenches(cfg.wrenches), cfg.eps)
+    B = num_grasps * cfg.wrenches
+    G, h = friction_constraints(cfg)
+    Q = Q.expand(-1, cfg.wrenches, -1, -1).reshape(B, cfg.n, cfg.n).contiguous()
+    return Q, q.reshape(B, cfg.n).contiguous(), G, h
+
+
 def force_closure(z, obj: Superquadric, cfg: GraspConfig, *, backend="auto") -> tuple[torch.Tensor, torch.Tensor]:
     """The 12-wrench force-closure test (forward only): (closed (N,) bool, max residual (N,))."""
     with torch.no_grad():

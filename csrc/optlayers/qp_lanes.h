@@ -83,7 +83,7 @@ inline int64_t block_vectors(int n, int m, int p) {
   const int64_t ipm = 2 * int64_t(n) * n + int64_t(m) * n + 9 * int64_t(n) + 18 * int64_t(m) +
                       2 * int64_t(p) * n + int64_t(p) * p + 13 * int64_t(p);
   const int64_t mk = int64_t(m) + p;
-  const int64_t kkt = mk * n + int64_t(n) * n + 9 * int64_t(n) + 10 * mk;
+  const int64_t kkt = mk * n + int64_t(n) * n + 7 * int64_t(n) + 9 * mk;
   return ipm + kkt + 8;
 }
 
@@ -107,7 +107,7 @@ struct State {
   // Active-set KKT system (polish, backward) over the rows of [G; A]: Gr, h hold the raw rows
   // and right-hand sides, act is 1 on equality rows.
   V *Gr, *L, *dL, *act;
-  V *ux, *rx, *cx, *t, *tx, *xs;
+  V *ux, *rx, *cx, *t, *xs;
   V *ua, *ra, *ca, *b, *gx, *ls;
   V *u1x, *u1a;  // the polish's first solution while it tries the shifted one
   int* rows;  // rows active in some lane (int slots in the vector workspace)
@@ -130,7 +130,7 @@ State<T> carve(typename Vec<T>::type* wv, int n, int m, int p) {
   st.xb = take(n); st.zb = take(m); st.yb = take(p);
   const int64_t mk = int64_t(m) + p;
   st.Gr = take(mk * n); st.L = take(int64_t(n) * n); st.dL = take(n); st.act = take(mk);
-  st.ux = take(n); st.rx = take(n); st.cx = take(n); st.t = take(n); st.tx = take(n); st.xs = take(n);
+  st.ux = take(n); st.rx = take(n); st.cx = take(n); st.t = take(n); st.xs = take(n);
   st.ua = take(mk); st.ra = take(mk); st.ca = take(mk); st.b = take(mk); st.gx = take(mk); st.ls = take(mk);
   st.u1x = take(n); st.u1a = take(mk);
   st.rows = reinterpret_cast<int*>(take(mk));  // mk ints fit in mk vectors

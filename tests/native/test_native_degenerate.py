@@ -24,16 +24,7 @@ def _native_or_skip():
 
 def _grasp_batch(grasps=64):
     cfg = gm.GraspConfig(contacts=4, wrenches=6)
-    obj = gm.OBJECTS["box"]
-    z = gm.initial_contacts(grasps, cfg, 0)
-    p, nrm = obj.surface(z)
-    W = gm.grasp_map(p, nrm, obj.length)
-    Q, q = gm.qp_data(W, gm.target_wrenches(6), cfg.eps)
-    B = grasps * 6
-    Q = Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n).contiguous()
-    q = q.reshape(B, cfg.n).contiguous()
-    G, h = gm.friction_constraints(cfg)
-    return cfg, B, Q, q, G, h
+    return (cfg, grasps * 6) + gm.qp_batch(gm.OBJECTS["box"], cfg, grasps, 0)
 
 
 @pytest.mark.parametrize("lanes", ["1", "0"], ids=["lanes", "serial"])

@@ -75,13 +75,8 @@ def _degenerate_grasp_problems(count=12):
     import grasp_model as gm
 
     cfg = gm.GraspConfig(contacts=4, wrenches=6)
-    obj = gm.OBJECTS["box"]
-    p, nrm = obj.surface(gm.initial_contacts(16, cfg, 0))
-    Q, q = gm.qp_data(gm.grasp_map(p, nrm, obj.length), gm.target_wrenches(6), cfg.eps)
     B = 16 * 6
-    Q = Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n)
-    q = q.reshape(B, cfg.n)
-    G, h = gm.friction_constraints(cfg)
+    Q, q, G, h = gm.qp_batch(gm.OBJECTS["box"], cfg, 16, 0)
     x = ol.solve_qp(Q, q, G, h, backend="torch")
     zero_force = (x.reshape(B, cfg.contacts, 3).abs().amax(-1) < 1e-7).any(-1)
     idx = zero_force.nonzero().flatten()[:count].tolist()

@@ -16,16 +16,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples
 import grasp_model as gm  # noqa: E402
 
 
-def _grasp_batch(grasps=64):
-    cfg = gm.GraspConfig(contacts=4, wrenches=6)
-    obj = gm.OBJECTS["box"]
-    p, nrm = obj.surface(gm.initial_contacts(grasps, cfg, 0))
-    Q, q = gm.qp_data(gm.grasp_map(p, nrm, obj.length), gm.target_wrenches(6), cfg.eps)
-    B = grasps * 6
-    Q = Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n).contiguous()
-    q = q.reshape(B, cfg.n).contiguous()
-    G, h = gm.friction_constraints(cfg)
-    return cfg, Q, q, G, h
+def _grasp_batch(grasps=64, contacts=4):
+    cfg = gm.GraspConfig(contacts=contacts, wrenches=6)
+    return (cfg,) + gm.qp_batch(gm.OBJECTS["box"], cfg, grasps, 0)
 
 
 def test_grasp_qps_with_zero_force_contacts_polish_to_roundoff(backend):
@@ -128,14 +121,7 @@ def test_polish_correction_ignores_rounding_level_violations():
     round put rows whose violation was at rounding level (1e-22) into its active set (the correction
     used `Gx > h`), the third guess was wrong and the problem kept its interior-point x, 3e-5 off
     (complementarity 9e-11). Rows now join only if the acceptance test counts them as violated."""
-    cfg = gm.GraspConfig(contacts=5, wrenches=6)
-    obj = gm.OBJECTS["box"]
-    p, nrm = obj.surface(gm.initial_contacts(800, cfg, 0))
-    Q, q = gm.qp_data(gm.grasp_map(p, nrm, obj.length), gm.target_wrenches(6), cfg.eps)
-    B = 800 * 6
-    Q = Q.expand(-1, 6, -1, -1).reshape(B, cfg.n, cfg.n).contiguous()
-    q = q.reshape(B, cfg.n).contiguous()
-    G, h = gm.friction_constraints(cfg)
+    _, Q, q, G, h = _grasp_batch(800, contacts=5)
     sol = ol.solve_qp(Q, q, G, h, backend="torch", return_solution=True)
     x, lam = sol.x, sol.lam
     stationarity = (torch.einsum("bij,bj->bi", Q, x) + q + lam @ G).abs().amax(-1) / (1 + q.abs().amax(-1))

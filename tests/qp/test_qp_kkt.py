@@ -46,7 +46,7 @@ def test_reduced_elimination_solves_the_regularized_system(n, m, p, shared):
     fac = kkt.cholesky_factor(data, mask, reg=1e-2)
     assert fac.is_cholesky and fac.lu.shape == (B, n, n)
     r = _rhs(B, n + m + p, 1)
-    u = kkt._cholesky_apply(data, fac, r)
+    u = kkt._ReducedSystem(data, fac).apply(r)
     Kd = _dense_K(data, mask, fac.delta)
     ref = _dense_solve(Kd, r)
     assert float(((u - ref).abs().amax(-1) / ref.abs().amax(-1)).max()) <= 1e-11

@@ -313,11 +313,6 @@ class _ReducedSystem:
         return rhs - torch.cat([top, mid], -1)
 
 
-def _cholesky_apply(data: QPData, fac: ActiveKKTFactor, r: torch.Tensor) -> torch.Tensor:
-    """``K_δ⁻¹ r`` (B, N) through the reduced Cholesky factor, without refinement."""
-    return _ReducedSystem(data, fac).apply(r)
-
-
 def _refined_cholesky(data: QPData, fac: ActiveKKTFactor, rhs: torch.Tensor, want_residual: bool):
     """Refined solve through the reduced Cholesky factor; the problems whose residual does not
     reach rounding level, or whose corrections have not settled, within CHOLESKY_REFINEMENT_STEPS
