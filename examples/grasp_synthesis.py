@@ -30,6 +30,7 @@ Run (from the repository root):
     python examples/grasp_synthesis.py                 # 400 grasps × 12 wrenches = 4,800 QPs/step
     python examples/grasp_synthesis.py --quick         # CI: 16 grasps, 8 steps, seconds
     python examples/grasp_synthesis.py --objects box --grasps 800 --wrenches 6 --grad implicit
+    python examples/grasp_synthesis.py --quick --warm-start   # QPs start from the last step's active sets
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--no-check", action="store_true", help="skip the 3-way gradient check")
+    ap.add_argument("--warm-start", action="store_true",
+                    help="start each step's QPs from the previous step's active sets (ol.solve_qp warm_start)")
     ap.add_argument("--quick", action="store_true", help="short CI run: 16 grasps, 8 steps")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "grasp_synthesis.png"))
     args = ap.parse_args(argv)
@@ -108,6 +111,8 @@ def run_object(name: str, cfg: gm.GraspConfig, args, check: bool) -> dict:
         for k, v in zip(history, (e, c, rate, ev.failed)):
             history[k].append(v)
         line = f"[{name}] step {step:4d}  energy {e:.5f}  closure {100 * c:5.1f}%  {rate:8.0f} QPs/s  failed QPs {ev.failed}"
+        if args.warm_start:
+            line += f"  warm-finished {ev.warm}"
         if bar is not None:
             if step < args.steps:
                 bar.update(1)
@@ -117,7 +122,7 @@ def run_object(name: str, cfg: gm.GraspConfig, args, check: bool) -> dict:
 
     t0 = time.perf_counter()
     z = gm.optimize(z0, obj, cfg, steps=args.steps, lr=args.lr, method=args.grad, backend=args.backend,
-                    callback=callback)
+                    callback=callback, warm_start=args.warm_start)
     wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()

@@ -193,6 +193,21 @@ def test_failed_qps_are_excluded_not_silently_used():
     assert g is None or torch.isfinite(g).all()
 
 
+@pytest.mark.parametrize("method", ["envelope", "implicit"])
+def test_warm_started_optimization_follows_the_cold_one(method):
+    """optimize(..., warm_start=True): each step's QPs start from the last step's active sets; the
+    warm start accepts only exact KKT points, so the trajectory is the cold one up to rounding."""
+    cfg = gm.GraspConfig(contacts=4, wrenches=6)
+    obj = gm.OBJECTS["box"]
+    z0 = gm.initial_contacts(12, cfg, 3)
+    warm_counts = []
+    z_cold = gm.optimize(z0, obj, cfg, steps=6, method=method)
+    z_warm = gm.optimize(z0, obj, cfg, steps=6, method=method, warm_start=True,
+                         callback=lambda step, ev, dt: warm_counts.append(ev.warm))
+    assert warm_counts[0] == 0 and sum(warm_counts) > 0
+    assert float((z_warm - z_cold).abs().max()) < 1e-8
+
+
 # ----------------------------------------------------------------------------- --quick runs
 
 

@@ -79,3 +79,8 @@ def inf_norm(v: torch.Tensor) -> torch.Tensor:
     if v.shape[-1] == 0:
         return v.new_zeros(v.shape[:-1])
     return v.abs().amax(-1)
+
+
+def expand_vec(v: torch.Tensor, B: int) -> torch.Tensor:
+    """A canonical vector, shared ``(k,)`` or batched ``(B, k)``, as a ``(B, k)`` view."""
+    return v.expand(B, -1) if v.dim() == 1 else v

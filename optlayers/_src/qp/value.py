@@ -37,7 +37,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from optlayers._src.qp import backends
-from optlayers._src.qp.api import QPSolution
+from optlayers._src.qp import warm_start as warm
+from optlayers._src.qp.api import QPSolution, _refuse_sparse_warm_start
 from optlayers._src.qp.linalg import mv, outer, reduce_to
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import canonicalize
@@ -123,6 +124,7 @@ def qp_value(
     tol: float | None = None,
     max_iter: int = 50,
     polish: bool = True,
+    warm_start: QPSolution | torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, QPSolution]:
     """Optimal value of a batch of convex QPs, differentiable by the envelope theorem::
 
@@ -137,8 +139,9 @@ def qp_value(
         q: (*, n).
         G, h: (*, m, n), (*, m) or both ``None``.
         A, b: (*, p, n), (*, p) or both ``None``.
-        backend, on_failure, check_inputs, tol, max_iter, polish: as in
-            :func:`~optlayers.solve_qp` (``"osqp"`` included; the data must be dense).
+        backend, on_failure, check_inputs, tol, max_iter, polish, warm_start: as in
+            :func:`~optlayers.solve_qp` (``"osqp"`` included, without ``warm_start``; the data
+            must be dense).
         return_solution: also return the :class:`~optlayers.QPSolution` (x, λ, ν, status,
             iterations). Its tensors are **not** differentiable (use ``solve_qp`` for ∂x/∂θ).
 
@@ -163,11 +166,13 @@ def qp_value(
         )
     data = canonicalize(Q, q, G, h, A, b, check_values=check_inputs)
     if Backend.resolve(backend) is Backend.OSQP:
+        _refuse_sparse_warm_start(warm_start)
         raw, name = _solve_via_osqp(data, Q, q, G, h, A, b, tol, max_iter, polish)
     else:
         be = backends.select(backend, data)
+        guess = None if warm_start is None else warm.guess_of(warm_start, data)
         with torch.no_grad():
-            raw = be.solve(data.detach(), options)
+            raw = be.solve(data.detach(), options) if guess is None else warm.solve(data.detach(), guess, be, options)
         name = be.name.value
     ok = (raw.status == Status.SOLVED).unsqueeze(-1)
     # Failed problems enter with a zero solution: finite value (NaN-filled by the policy below)

@@ -35,10 +35,9 @@ import dataclasses
 
 import torch
 
-from optlayers._src.qp import kkt
+from optlayers._src.qp import active_set, kkt
 from optlayers._src.qp.backends import RawSolution
-from optlayers._src.qp.linalg import OUTER_PRODUCTS_MAX, inf_norm, mtv, mv
-from optlayers._src.qp.multiplier_repair import repair_multipliers
+from optlayers._src.qp.linalg import OUTER_PRODUCTS_MAX, expand_vec, inf_norm, mtv, mv
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import QPData
 from optlayers._src.qp.threads import intra_op_threads
@@ -273,7 +272,7 @@ def _work_of(d: QPData, delta: torch.Tensor) -> _Work:
     C = torch.cat([G, A], -2)
     eye_p = torch.eye(p, dtype=d.dtype, device=d.device)
     Dp = delta[:, None, None] * eye_p if mats_batched else delta[0] * eye_p
-    q, h, b = _expand_vec(d.q, B), _expand_vec(d.h, B), _expand_vec(d.b, B)
+    q, h, b = expand_vec(d.q, B), expand_vec(d.h, B), expand_vec(d.b, B)
     hb = torch.cat([h, b], -1)
     R = c0 = None
     mp, nu = m + p, n + 2 * m + p
@@ -297,10 +296,6 @@ def _work_of(d: QPData, delta: torch.Tensor) -> _Work:
         zn, zmp = q.new_zeros(B, 2 * n), q.new_zeros(B, mp)
         c0 = torch.cat([q, zn, q, -hb, zmp, hb, hb, q.new_zeros(B, 2)], -1)
     return _Work(d.Q, Qd, C, None if d.G.dim() == 3 else d.G, q, hb, delta, Dp, R, c0, n, m)
-
-
-def _expand_vec(v: torch.Tensor, B: int) -> torch.Tensor:
-    return v.expand(B, -1) if v.dim() == 1 else v
 
 
 def interior_point(data: QPData, options: QPOptions) -> RawSolution:
@@ -525,7 +520,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         x[rest], lam[rest], nu[rest], status[rest] = xr, lr, yr, sr
         parts = parts + [(rest[j], f) for j, f in rparts]
     return _factor_status(RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters,
-                                      factor=_merge_factors(data, parts)), factor_failed)
+                                      factor=active_set.merge_factors(data, parts)), factor_failed)
 
 
 def _factor_status(sol: RawSolution, factor_failed: torch.Tensor | None) -> RawSolution:
@@ -558,97 +553,18 @@ def polish(data: QPData, sol: RawSolution) -> RawSolution:
     x, lam, nu, status, parts = _polish(data, sol, POLISH_ROUNDS)
     covered = sum(j.numel() for j, _ in parts)
     candidates = int(((sol.status == Status.SOLVED) | (sol.status == Status.MAX_ITER)).sum())
-    factor = _merge_factors(data, parts) if covered == candidates else None
+    factor = active_set.merge_factors(data, parts) if covered == candidates else None
     return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=sol.iterations, factor=factor)
 
 
 def _polish(data: QPData, sol: RawSolution, rounds: int, repair: bool = True):
-    """The rounds of :func:`polish`: ``(x, lam, nu, status, parts)`` with ``parts`` a list of
-    ``(indices, factor)`` — the accepted problems of each round and their KKT factors.
-
-    With ``repair``, a problem whose polished point is primal feasible with a small KKT residual
-    but has wrong-signed multipliers (dependent active rows) gets nonnegative ones by NNLS
-    (:mod:`optlayers._src.qp.multiplier_repair`) and is accepted; it has no factor part (the
-    backward then refactors at its active set)."""
-    tol = tolerances_for(data.dtype).polish_tol
-    B, n, m = data.B, data.n, data.m
-    h_all = _expand_vec(data.h, B)
-    mask_all = kkt.classify_active(sol.lam, h_all - mv(data.G, sol.x))
+    """The rounds of :func:`polish` from the interior point's guess ``λ_i > s_i`` for the problems
+    that ended SOLVED or MAX_ITER: ``(x, lam, nu, status, parts)`` as in
+    :func:`optlayers._src.qp.active_set.solve_active_sets`."""
+    mask = kkt.classify_active(sol.lam, expand_vec(data.h, data.B) - mv(data.G, sol.x))
     candidate = (sol.status == Status.SOLVED) | (sol.status == Status.MAX_ITER)
-    pending = torch.nonzero(candidate).squeeze(-1)
-    x, lam, nu, status = sol.x, sol.lam, sol.nu, sol.status
-    factors: list[tuple[torch.Tensor, kkt.ActiveKKTFactor]] = []
-    for round_ in range(rounds):
-        k = pending.numel()
-        if k == 0:
-            break
-        whole = k == B
-        d = data if whole else data.take(pending)
-        mask = mask_all if whole else mask_all[pending]
-        h, q, b = _expand_vec(d.h, k), _expand_vec(d.q, k), _expand_vec(d.b, k)
-        fac = kkt.factor(d, mask)
-        rhs = torch.cat([-q, mask * h, b], -1)
-        u, r = kkt.solve_with_residual(d, fac, rhs)
-        xp, lp, yp = u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
-        excess = mv(d.G, xp) - h
-        # Accept where  ‖excess₊‖ ≤ tol(1 + ‖h‖),  −min λ ≤ tol(1 + ‖λ‖),  ‖r‖ ≤ tol(1 + ‖rhs‖)
-        # and u is finite (0·u.sum() is NaN otherwise, which fails the test).
-        na = torch.stack([excess.clamp_min(0), h, lp], 1).abs().amax(-1)
-        nb = torch.stack([r, rhs], 1).abs().amax(-1)
-        lhs = torch.stack([na[:, 0], -lp.amin(-1), nb[:, 0] + 0 * u.sum(-1)], -1)
-        passes = lhs <= tol * (1 + torch.stack([na[:, 1], na[:, 2], nb[:, 1]], -1))
-        ok = passes.all(-1)
-        repaired = torch.zeros_like(ok)
-        sign_only = ~ok & passes[:, 0] & passes[:, 2] if repair else repaired
-        if bool(sign_only.any()):
-            js = torch.nonzero(sign_only).squeeze(-1)
-            dj = d.take(js)
-            gj = mv(dj.Q, xp[js]) + q[js]
-            y, fixed = repair_multipliers(dj.G, dj.A, gj, mask[js] > 0, tol * (1 + nb[js, 1]))
-            jf = js[fixed]
-            lp, yp = lp.clone(), yp.clone()
-            lp[jf], yp[jf] = y[fixed, :m], y[fixed, m:]
-            ok[jf] = True
-            repaired[jf] = True
-        if whole and round_ == 0 and bool(ok.all()) and not bool(repaired.any()):  # the common case
-            status = torch.full_like(status, int(Status.SOLVED))
-            return xp, lp.clamp_min(0), yp, status, [(pending, fac)]
-        if round_ == 0:
-            x, lam, nu, status = x.clone(), lam.clone(), nu.clone(), status.clone()
-        done = pending[ok]
-        x[done], lam[done], nu[done] = xp[ok], lp[ok].clamp_min(0), yp[ok]
-        status[done] = int(Status.SOLVED)
-        with_factor = ok & ~repaired
-        factors.append((pending[with_factor], fac.take(torch.nonzero(with_factor).squeeze(-1))))
-        # Correct the guess of the rejected ones and try again.
-        bad = ~ok
-        # A row joins only if the acceptance test counts it as violated: with `excess > 0` rows at
-        # rounding level (excess 1e-22 on a degenerate grasp QP) joined, the next guess was wrong
-        # and the problem kept its interior-point x, 3e-5 off. Same rule in csrc/.
-        violated = excess > tol * (1 + na[:, 1:2])
-        corrected = ((mask > 0) & (lp >= 0)) | ((mask == 0) & violated)  # (ok rows: not used)
-        mask_all[pending[bad]] = corrected[bad].to(mask.dtype)
-        pending = pending[bad]
-    return x, lam, nu, status, factors
-
-
-def _merge_factors(data: QPData, parts) -> kkt.ActiveKKTFactor | None:
-    """One batch-wide factor from per-round pieces; None if some problem has none (not polished)."""
-    B = data.B
-    covered = sum(idx.numel() for idx, _ in parts)
-    # Factors of both kinds only if OPTLAYERS_TORCH_KKT changed during the solve.
-    if covered != B or len({f.is_cholesky for _, f in parts}) > 1:
-        return None
-    if len(parts) == 1:
-        return parts[0][1]
-    first = parts[0][1]
-    lu = first.lu.new_empty((B,) + first.lu.shape[1:])
-    piv = first.pivots.new_empty((B,) + first.pivots.shape[1:])
-    mask = first.mask.new_empty((B,) + first.mask.shape[1:])
-    delta = first.delta.new_empty(B)
-    for idx, f in parts:
-        lu[idx], piv[idx], mask[idx], delta[idx] = f.lu, f.pivots, f.mask, f.delta
-    return kkt.ActiveKKTFactor(lu=lu, pivots=piv, mask=mask, delta=delta)
+    return active_set.solve_active_sets(data, mask, torch.nonzero(candidate).squeeze(-1),
+                                        sol.x, sol.lam, sol.nu, sol.status, rounds, repair=repair)
 
 
 def _equality_only(data: QPData) -> RawSolution:
@@ -657,15 +573,15 @@ def _equality_only(data: QPData) -> RawSolution:
     B, n = data.B, data.n
     mask = data.q.new_zeros(B, 0)
     fac = kkt.factor(data, mask)
-    rhs = torch.cat([-_expand_vec(data.q, B), _expand_vec(data.b, B)], -1)
+    rhs = torch.cat([-expand_vec(data.q, B), expand_vec(data.b, B)], -1)
     u = kkt.solve(data, fac, rhs)
     x, nu = u[:, :n], u[:, n:]
-    stat_res = inf_norm(mv(data.Q, x) + _expand_vec(data.q, B) + mtv(data.A, nu))
-    prim_res = inf_norm(mv(data.A, x) - _expand_vec(data.b, B))
-    ok_d = stat_res <= tols.polish_tol * (1 + inf_norm(_expand_vec(data.q, B)))
+    stat_res = inf_norm(mv(data.Q, x) + expand_vec(data.q, B) + mtv(data.A, nu))
+    prim_res = inf_norm(mv(data.A, x) - expand_vec(data.b, B))
+    ok_d = stat_res <= tols.polish_tol * (1 + inf_norm(expand_vec(data.q, B)))
     # Relative to the size of the terms of Ax (|A||x|): a huge regularized x (an unbounded
     # problem) must not pass for an inconsistent Ax = b through rounding alone.
-    terms = torch.maximum(inf_norm(_expand_vec(data.b, B)), inf_norm(mv(data.A.abs(), x.abs())))
+    terms = torch.maximum(inf_norm(expand_vec(data.b, B)), inf_norm(mv(data.A.abs(), x.abs())))
     ok_p = prim_res <= tols.polish_tol * (1 + terms)
     finite = torch.isfinite(u).all(-1)
     status = torch.full((B,), int(Status.SOLVED), dtype=torch.int8, device=data.device)
