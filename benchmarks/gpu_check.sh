@@ -55,6 +55,12 @@ if [ "${GPU_CHECK_TORCH_KKT:-1}" != 0 ]; then
   timeout ${GPU_CHECK_TORCH_KKT_S:-120} $PY benchmarks/torch_kkt.py --device cuda --reps 3 > "$OUT/torch_kkt_gpu.txt" 2>&1
   echo "torch_kkt rc=$?" >> "$OUT/torch_kkt_gpu.txt"
 fi
+# Warm start vs cold solve (torch and native backends), same run.
+if [ "${GPU_CHECK_WARM:-1}" != 0 ]; then
+  stamp "warm_start" | tee -a "$OUT/build.log"
+  timeout ${GPU_CHECK_WARM_S:-120} $PY benchmarks/warm_start.py --device cuda --reps 3 --steps 10 > "$OUT/warm_start_gpu.txt" 2>&1
+  echo "warm_start rc=$?" >> "$OUT/warm_start_gpu.txt"
+fi
 if [ "${GPU_CHECK_PROFILE:-1}" != 0 ]; then
   stamp "profile" | tee -a "$OUT/build.log"
   timeout ${GPU_CHECK_PROFILE_S:-90} $PY benchmarks/gpu_profile.py ${GPU_PROFILE_ARGS:-} > "$OUT/gpu_profile.txt" 2>&1
@@ -63,3 +69,4 @@ fi
 stamp "done" | tee -a "$OUT/build.log"
 tail -n 4 "$OUT/tests_cuda.txt" 2>/dev/null; tail -n 12 "$OUT/gpu_bench.txt"; tail -n 8 "$OUT"/grasp_gpu_*.txt
 tail -n 10 "$OUT/torch_kkt_gpu.txt" 2>/dev/null
+tail -n 14 "$OUT/warm_start_gpu.txt" 2>/dev/null

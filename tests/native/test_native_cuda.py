@@ -209,3 +209,20 @@ def test_cuda_small_kernel_by_default_on_a_large_grasp_batch(monkeypatch):
     monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "small-bare")
     x2, _, status2 = _raw_solve(*P.data()[:4])
     assert bool((status2 == 0).all()) and torch.equal(x, x2)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_cuda_warm_start_equals_cpu(backend):
+    """solve_qp(warm_start=...) on the GPU: the guess phase (C++ K-solve or torch factor) accepts
+    the same problems as on the CPU and gives the same solutions and gradients."""
+    P = ol.testing.random_qp(32, 20, 30, 4, seed=5, dtype=torch.float64)
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        data = [t.to(dev).clone().requires_grad_() for t in P.data()]
+        old = ol.solve_qp(*[t.detach() for t in data], backend=backend, return_solution=True)
+        sol = ol.solve_qp(*data, backend=backend, return_solution=True, warm_start=old)
+        sol.x.sum().backward()
+        outs[dev] = (sol.x.detach().cpu(), sol.iterations.cpu(), data[1].grad.cpu())
+    assert bool((outs["cuda"][1] == 0).all())
+    assert torch.allclose(outs["cuda"][0], outs["cpu"][0], atol=1e-9)
+    assert torch.allclose(outs["cuda"][2], outs["cpu"][2], atol=1e-8)
