@@ -160,6 +160,10 @@ def test_layer_reuses_its_last_active_sets(backend):
     layer.reset_warm_start()
     assert bool((layer(P.Q, P.q, P.G, P.h, P.A, P.b).iterations > 0).all())
     assert list(layer.state_dict()) == []  # the guess is not model state
+    sparse = ol.QPLayer(warm_start=True)  # sparse data: the OSQP route, which warm-starts itself
+    for _ in range(2):
+        xs = sparse(P.Q[0].to_sparse(), P.q[0], P.G[0].to_sparse(), P.h[0])
+    assert torch.allclose(xs, ol.solve_qp(P.Q[0], P.q[0], P.G[0], P.h[0]), atol=1e-6)
     plain = ol.QPLayer(backend=backend, warm_start=True)  # returns x only, still warm-starts
     x0 = plain(P.Q, P.q, P.G, P.h, P.A, P.b)
     assert isinstance(x0, torch.Tensor) and plain._guess is not None

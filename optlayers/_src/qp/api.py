@@ -145,7 +145,8 @@ def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inpu
     whose shape does not fit the batch (``QPLayer`` across batch sizes) instead of raising."""
     policy = OnFailure.resolve(on_failure)
     if sparse_route.wants_sparse(Q, q, G, h, A, b, backend):  # sparse data or backend="osqp"
-        _refuse_sparse_warm_start(warm_start)
+        if warm_strict:  # (QPLayer: the OSQP route warm-starts by itself)
+            _refuse_sparse_warm_start(warm_start)
         return sparse_route.solve_qp_osqp(
             Q, q, G, h, A, b,
             options=options, on_failure=policy, check_inputs=check_inputs, return_solution=return_solution,
