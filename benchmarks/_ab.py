@@ -25,24 +25,35 @@ def restored_env(name: str):
             os.environ[name] = saved
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def median_ms(fn, reps: int, device) -> tuple[float, object]:
+    """Median ms of ``fn()`` over ``reps`` calls after one warm-up, and the last call's result."""
+    times, out = [], None
+    for _ in range(reps + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[1:])
+    return times[len(times) // 2] * 1e3, out
 
 
 def median_solve_ms(data, backend: str, reps: int, backward: bool = True) -> tuple[float, torch.Tensor]:
     """Median ms over ``reps`` calls (after one warm-up) of ``ol.solve_qp(*data, backend=backend)``,
     plus the backward of ``x.sum()`` w.r.t. every input when ``backward``; and the last x."""
-    device = data[1].device
-    times, x = [], None
-    for _ in range(reps + 1):
+
+    def call():
         inputs = [t.clone().requires_grad_(backward) for t in data]
-        _sync(device)
-        t0 = time.perf_counter()
         x = ol.solve_qp(*inputs, backend=backend)
         if backward:
             x.sum().backward()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    times = sorted(times[1:])
-    return times[len(times) // 2] * 1e3, x.detach()
+        return x
+
+    ms, x = median_ms(call, reps, data[1].device)
+    return ms, x.detach()

@@ -68,6 +68,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
+from _ab import sync  # noqa: E402
 from _peers import Contestant, Skip, Spec, _moreau, _proxsuite, _qpth  # noqa: E402
 from compare_qp import metadata, render_table  # noqa: E402
 
@@ -202,11 +203,6 @@ def contestants(only: str | None) -> list[tuple[str, bool, bool, object]]:
 # Timing one cell
 # ---------------------------------------------------------------------------------------------
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _median(fn, first: float, args, device) -> tuple[float, int]:
     """Median of k further runs; a call slower than --target-s is measured once (its first run:
     for calls of seconds the first-call overhead is negligible, and slow peers stay affordable)."""
@@ -215,10 +211,10 @@ def _median(fn, first: float, args, device) -> tuple[float, int]:
     k = min(args.max_repeats, max(args.min_repeats, math.ceil(args.target_s / max(first, 1e-9))))
     times = []
     for _ in range(k):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), k
 
@@ -254,20 +250,20 @@ def run_cell(name, ours, value, prepare, cell: Cell, data, args) -> dict:
             return x, gq, failed
 
         try:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             x, gq, failed = forward_backward()           # warm-up + accuracy run
-            _sync(device)
+            sync(device)
             first = time.perf_counter() - t0
             row["failed"] = failed
             ok = ~torch.isnan(x).any(-1)
             row["viol"] = float((x[ok] @ G.T - h).clamp_min(0).max()) if bool(ok.any()) else float("nan")
             row["_x"], row["_gq"] = x.detach(), gq.detach()
             row["fwdbwd_s"], row["fwdbwd_repeats"] = _median(forward_backward, first, args, device)
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             forward()
-            _sync(device)
+            sync(device)
             first = time.perf_counter() - t0
             row["fwd_s"], row["fwd_repeats"] = _median(forward, first, args, device)
         except Exception as err:  # noqa: BLE001

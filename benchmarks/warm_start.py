@@ -22,35 +22,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 import optlayers as ol
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 import grasp_model as gm  # noqa: E402
+from _ab import median_ms  # noqa: E402
 
 SIZES = ((32, 20, 20, 5), (128, 50, 50, 10), (8, 200, 200, 0), (1024, 100, 200, 0))
 QUICK_SIZES = ((8, 10, 12, 2),)
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, reps: int, device) -> tuple[float, object]:
-    """Median ms of ``fn()`` over ``reps`` calls after one warm-up, and the last result."""
-    out, times = None, []
-    for _ in range(reps + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    times = sorted(times[1:])
-    return times[len(times) // 2] * 1e3, out
 
 
 def fwd_bwd(data, backend, warm_start):
@@ -73,8 +57,8 @@ def perturbed(sizes, backends, device, reps: int) -> None:
         data = (data0[0], data0[1] + noise.to(device)) + data0[2:]
         for be in backends:
             old = ol.solve_qp(*data0, backend=be, return_solution=True)
-            tc, cold = timed(lambda: fwd_bwd(data, be, None), reps, device)
-            tw, w = timed(lambda: fwd_bwd(data, be, old), reps, device)
+            tc, cold = median_ms(lambda: fwd_bwd(data, be, None), reps, device)
+            tw, w = median_ms(lambda: fwd_bwd(data, be, old), reps, device)
             fin = float((w.iterations == 0).float().mean())
             dx = float((w.x - cold.x).detach().abs().max())
             print(f"{f'B={B} n={n} m={m} p={p}':26s} {be:8s} {tc:9.2f} {tw:9.2f} {tc / tw:6.2f}x {fin:14.2f} {dx:9.1e}")

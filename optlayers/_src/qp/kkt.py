@@ -58,7 +58,7 @@ import os
 
 import torch
 
-from optlayers._src.qp.linalg import WeightedGram, mtv, mv
+from optlayers._src.qp.linalg import WeightedGram, expand_mat, mtv, mv
 from optlayers._src.qp.problem import QPData
 from optlayers._src.qp.threads import intra_op_threads
 from optlayers._src.tolerances import tolerances_for
@@ -212,17 +212,12 @@ def cholesky_factor(data: QPData, mask: torch.Tensor, reg: float = CHOLESKY_REG)
             S = S + WeightedGram(data.G)(mask)
         if data.p:
             S = S + (data.A.mT @ data.A)
-        H = _batched(data.Q, B) + S / delta.view(B, 1, 1)
+        H = expand_mat(data.Q, B) + S / delta.view(B, 1, 1)
         H.diagonal(dim1=-2, dim2=-1).add_(delta.unsqueeze(-1))
         L, info = torch.linalg.cholesky_ex(H)
         L = torch.where((info == 0).view(B, 1, 1), L, torch.full_like(L, float("nan")))
     return ActiveKKTFactor(lu=L, pivots=torch.zeros(B, 0, dtype=torch.int32, device=data.device), mask=mask,
                            delta=delta)
-
-
-def _batched(M: torch.Tensor, B: int) -> torch.Tensor:
-    """A shared (r, c) matrix as a (B, r, c) view; a batched one as it is."""
-    return M.expand(B, *M.shape) if M.dim() == 2 else M
 
 
 def _lu_factor(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +286,7 @@ class _ReducedSystem:
             self.C = A
         else:
             B = data.B
-            G, A = (_batched(G, B), _batched(A, B)) if G.dim() != A.dim() else (G, A)
+            G, A = (expand_mat(G, B), expand_mat(A, B)) if G.dim() != A.dim() else (G, A)
             self.C = torch.cat([G, A], -2)
         self.w = torch.cat([fac.mask, fac.mask.new_ones(fac.mask.shape[0], data.p)], -1) if data.p else fac.mask
         self.on = self.w > 0

@@ -84,3 +84,8 @@ def inf_norm(v: torch.Tensor) -> torch.Tensor:
 def expand_vec(v: torch.Tensor, B: int) -> torch.Tensor:
     """A canonical vector, shared ``(k,)`` or batched ``(B, k)``, as a ``(B, k)`` view."""
     return v.expand(B, -1) if v.dim() == 1 else v
+
+
+def expand_mat(M: torch.Tensor, B: int) -> torch.Tensor:
+    """A canonical matrix, shared ``(r, c)`` or batched ``(B, r, c)``, as a ``(B, r, c)`` view."""
+    return M.expand(B, *M.shape) if M.dim() == 2 else M
