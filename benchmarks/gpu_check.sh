@@ -31,16 +31,26 @@ from optlayers._src.native import build, ops
 t = time.time(); ok, why = build.build(verbose=True); print('build', ok, why, f'{time.time() - t:.1f}s')
 print('cuda kernels:', ops.cuda_available())
 " >> "$OUT/build.log" 2>&1; echo "build rc=$?" >> "$OUT/build.log"
+# The small kernel's compiled variants and where its time goes (profile, sorted batch, polish off).
+if [ "${GPU_CHECK_VARIANTS:-1}" != 0 ]; then
+  stamp "small-kernel variants" | tee -a "$OUT/build.log"
+  timeout ${GPU_CHECK_VARIANTS_S:-150} $PY benchmarks/gpu_small_variants.py --reps 5 --json "$OUT/gpu_small_variants.json" \
+    > "$OUT/gpu_small_variants.txt" 2>&1
+  echo "variants rc=$?" >> "$OUT/gpu_small_variants.txt"
+fi
 if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
   stamp "tests" | tee -a "$OUT/build.log"
   timeout ${GPU_CHECK_TESTS_S:-150} $PY -m pytest -q -p no:cacheprovider --timeout 90 --durations=5 tests/native/test_native_cuda.py > "$OUT/tests_cuda.txt" 2>&1
   echo "tests rc=$?" >> "$OUT/tests_cuda.txt"
 fi
-stamp "bench" | tee -a "$OUT/build.log"
 mkdir -p /tmp/stub && : > /tmp/stub/cvxpy.py
 BENCH_PATH=$ROOT:$ROOT/.whl:/tmp/stub
-PYTHONPATH=$BENCH_PATH timeout ${GPU_BENCH_S:-170} $PY benchmarks/gpu_bench.py --budget-s ${GPU_BENCH_BUDGET_S:-120} ${GPU_BENCH_ARGS:-} --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.txt" 2>&1
-echo "bench rc=$?" >> "$OUT/gpu_bench.txt"
+if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
+  stamp "bench" | tee -a "$OUT/build.log"
+  PYTHONPATH=$BENCH_PATH timeout ${GPU_BENCH_S:-170} $PY benchmarks/gpu_bench.py --budget-s ${GPU_BENCH_BUDGET_S:-120} \
+    ${GPU_BENCH_ARGS:-} --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.txt" 2>&1
+  echo "bench rc=$?" >> "$OUT/gpu_bench.txt"
+fi
 # The grasp benchmark's real contact-force QPs, once per CUDA kernel named (default: the small kernel).
 [ "${GPU_CHECK_GRASP:-1}" != 0 ] && for k in ${GPU_CHECK_GRASP_KERNELS:-small}; do
   stamp "grasp ($k kernel)" | tee -a "$OUT/build.log"
@@ -66,7 +76,23 @@ if [ "${GPU_CHECK_PROFILE:-1}" != 0 ]; then
   timeout ${GPU_CHECK_PROFILE_S:-90} $PY benchmarks/gpu_profile.py ${GPU_PROFILE_ARGS:-} > "$OUT/gpu_profile.txt" 2>&1
   echo "profile rc=$?" >> "$OUT/gpu_profile.txt"
 fi
+# Nsight Compute on one launch of the small kernel (real grasp QPs, B = 48,000), where ncu exists and
+# may read the counters: occupancy, registers, warp stall reasons.
+if [ "${GPU_CHECK_NCU:-0}" != 0 ]; then
+  stamp "ncu" | tee -a "$OUT/build.log"
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+  if [ -n "$NCU" ]; then
+    OPTLAYERS_CUDA_KERNEL=small-bare timeout ${GPU_CHECK_NCU_S:-90} "$NCU" --target-processes all -k regex:qp_small_kernel -c 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis \
+      $PY benchmarks/gpu_small_variants.py --cases grasp48k --reps 1 --ncu > "$OUT/ncu_small.txt" 2>&1
+    echo "ncu rc=$?" >> "$OUT/ncu_small.txt"
+  else
+    echo "ncu not found" > "$OUT/ncu_small.txt"
+  fi
+fi
 stamp "done" | tee -a "$OUT/build.log"
-tail -n 4 "$OUT/tests_cuda.txt" 2>/dev/null; tail -n 12 "$OUT/gpu_bench.txt"; tail -n 8 "$OUT"/grasp_gpu_*.txt
+tail -n 4 "$OUT/tests_cuda.txt" 2>/dev/null; cat "$OUT/gpu_small_variants.txt" 2>/dev/null
+tail -n 12 "$OUT/gpu_bench.txt" 2>/dev/null; tail -n 8 "$OUT"/grasp_gpu_*.txt 2>/dev/null
 tail -n 10 "$OUT/torch_kkt_gpu.txt" 2>/dev/null
 tail -n 14 "$OUT/warm_start_gpu.txt" 2>/dev/null

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -30,6 +31,18 @@ int forced_kernel() {
   if (s == "small") return 3;  // where eligible, whatever the batch size (see plan_launch)
   if (s == "small-bare") return 4;  // the same without the fallback: status −1 shows what it left
   TORCH_CHECK(false, "OPTLAYERS_CUDA_KERNEL must be small, small-bare, thread, warp or block; got '", s, "'");
+}
+
+// OPTLAYERS_CUDA_SMALL_VARIANT=<int>: a variant of the small kernel (optlayers/qp_cuda.h,
+// kSmallVariants; benchmarks/gpu_small_variants.py). With the profile bit, the per-phase clock
+// sums of each call are printed to stderr ("optlayers small profile: ...").
+int small_variant() {
+  const char* v = std::getenv("OPTLAYERS_CUDA_SMALL_VARIANT");
+  if (v == nullptr || *v == 0) return 0;
+  const int k = std::atoi(v);
+  for (int ok : optlayers::kSmallVariants)
+    if (k == ok) return k;
+  TORCH_CHECK(false, "OPTLAYERS_CUDA_SMALL_VARIANT must be one of 0, 1, 2, 3, 4, 5, 8, 9; got '", v, "'");
 }
 
 int sm_count() {
@@ -129,8 +142,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (plan.kernel == optlayers::Kernel::kSmall) {
       small = true;
       auto counter = at::zeros({1}, opts.dtype(at::kLong));
+      const int variant = small_variant();
+      const bool profile = (variant & optlayers::kSmallProfile) != 0;
+      auto prof = at::zeros({profile ? optlayers::small::kProfSlots : 1}, opts.dtype(at::kLong));
       err = optlayers::launch_qp_small<T>(data, set, out,
-                                          reinterpret_cast<unsigned long long*>(counter.data_ptr<int64_t>()), stream);
+                                          reinterpret_cast<unsigned long long*>(counter.data_ptr<int64_t>()), stream,
+                                          variant, reinterpret_cast<unsigned long long*>(prof.data_ptr<int64_t>()));
+      if (profile && err == cudaSuccess) {
+        const auto c = prof.cpu();
+        const int64_t* v = c.data_ptr<int64_t>();
+        std::fprintf(stderr, "optlayers small profile: batch=%lld", (long long)batch);
+        static const char* names[] = {"setup", "residual", "factor", "step", "polish", "polish_calls",
+                                      "problems", "iterations", "total", "fetch"};
+        for (int k = 0; k < optlayers::small::kProfSlots; ++k) std::fprintf(stderr, " %s=%lld", names[k], (long long)v[k]);
+        std::fprintf(stderr, "\n");
+      }
     } else {
       auto work = at::empty({plan.groups * plan.workspace_per_group}, opts);
       err = optlayers::launch_qp_solve<T>(data, set, out, work.data_ptr<T>(), plan, stream);

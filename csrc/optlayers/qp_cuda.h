@@ -129,11 +129,24 @@ template <typename T>
 cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,
                             const LaunchPlan& plan, cudaStream_t stream);
 
+// Variants of the small kernel (a bit mask; qp_cuda_kernels.cuh::qp_small_kernel says what each
+// does; selected by OPTLAYERS_CUDA_SMALL_VARIANT for benchmarks/gpu_small_variants.py; default 0).
+constexpr int kSmallWarpFetch = 1;
+constexpr int kSmallUnroll2 = 2;
+constexpr int kSmallProfile = 4;
+constexpr int kSmallOccupancy = 8;
+// The combinations that are compiled.
+constexpr int kSmallVariants[] = {0, kSmallWarpFetch, kSmallUnroll2, kSmallWarpFetch | kSmallUnroll2, kSmallProfile,
+                                  kSmallProfile | kSmallWarpFetch, kSmallOccupancy, kSmallOccupancy | kSmallWarpFetch};
+
 // The small kernel (plan.kernel == kSmall): status small::kRetry marks the problems it leaves.
 // `counter`: one zeroed 64-bit integer in device memory (work counter of the persistent threads).
+// `prof`: small::kProfSlots zeroed 64-bit integers in device memory for a kSmallProfile variant
+// (else unused, may be null).
 template <typename T>
 cudaError_t launch_qp_small(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
-                            unsigned long long* counter, cudaStream_t stream);
+                            unsigned long long* counter, cudaStream_t stream, int variant = 0,
+                            unsigned long long* prof = nullptr);
 // Its backward solve: failed[i] = 1 where problem i must go to launch_kkt_solve instead.
 template <typename T>
 cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T* u, T kkt_reg, int8_t* failed,

@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "optlayers/qp_cuda.h"
 #include "optlayers/qp_ipm.h"
@@ -221,14 +222,47 @@ cudaError_t launch_kkt_solve(const QPBatch<T>& a, const T* mask, const T* rhs, T
 // ------------------------------------------------------------------------------------------------
 // Small problems: one thread per problem (optlayers/qp_small.h).
 
+// The SM's cycle counter (device code; the host pass of nvcc also parses member functions).
+__device__ inline long long device_clock() {
+#if defined(__CUDA_ARCH__)
+  return clock64();
+#else
+  return 0;
+#endif
+}
+
+// small::solve's profile hooks on the GPU: clock64() between marks, per thread (kSmallProfile).
+struct ClockProfile {
+  long long last;
+  long long acc[small::kProfSlots];
+  __device__ ClockProfile() : last(device_clock()) {
+    for (int k = 0; k < small::kProfSlots; ++k) acc[k] = 0;
+  }
+  __device__ void phase(int k) {
+    const long long t = device_clock();
+    acc[k] += t - last;
+    last = t;
+  }
+  __device__ void count(int k, long long v = 1) { acc[k] += v; }
+};
+
 // Persistent threads: the grid holds as many threads as fit on the GPU at once, and each thread
 // takes the next problem from a global counter whenever it finishes one, so threads whose problems
 // converge early go on working (instead of idling until the slowest of their wave is done), and
 // there is no partial last wave. With a shared G (and h) the row scales (and h̃) are computed once
 // per block into shared memory.
-template <typename T, int NT>
-__global__ void __launch_bounds__(kSmallThreads) qp_small_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
-                                                                 unsigned long long* next) {
+//
+// Variants (V, a bit mask of kSmallVariant*; benchmarks/gpu_small_variants.py measures them, the
+// default is 0): kSmallWarpFetch — a warp takes 32 consecutive problems at once, so its lanes start
+// together (phases such as the setup and the polish, which run serialized when lanes diverge, then
+// line up), at the price of lanes idling until the warp's slowest problem is done; kSmallUnroll2 —
+// the row loops unrolled by 2 (small::for_rows); kSmallProfile — clock64() per phase per thread,
+// summed into prof[small::kProfSlots] (a diagnostic: the marks cost registers and time);
+// kSmallOccupancy — at least 6 blocks an SM (≤ 170 registers a thread instead of 255): more warps
+// to hide latency with, at the price of spills.
+template <typename T, int NT, int V>
+__global__ void __launch_bounds__(kSmallThreads, (V & kSmallOccupancy) ? 6 : 1) qp_small_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
+                                                                 unsigned long long* next, unsigned long long* prof) {
   __shared__ T gs[small::kMaxM], hs[small::kMaxM];
   const bool shared_g = a.sG == 0, shared_h = shared_g && a.sh == 0;
   if (shared_g) {
@@ -240,12 +274,35 @@ __global__ void __launch_bounds__(kSmallThreads) qp_small_kernel(QPBatch<T> a, S
   }
   __syncthreads();
   small::Rows<T> rows;  // thread-local memory, interleaved across the warp by the hardware
+  constexpr int RU = (V & kSmallUnroll2) ? 2 : 1;
+  using Prof = typename std::conditional<(V & kSmallProfile) != 0, ClockProfile, small::NoProfile>::type;
+  Prof p;
+  const long long t_start = device_clock();
   for (;;) {
-    const int64_t i = int64_t(atomicAdd(next, 1ULL));
-    if (i >= a.batch) break;
+    int64_t i;
+    if constexpr ((V & kSmallWarpFetch) != 0) {
+      // The loop is warp-uniform: every lane of the warp reaches the shuffle (kSmallThreads % 32 == 0).
+      __syncwarp();
+      p.phase(small::kProfFetch);
+      const unsigned lane = threadIdx.x & 31u;
+      unsigned long long base = 0;
+      if (lane == 0) base = atomicAdd(next, 32ULL);
+      base = __shfl_sync(0xffffffffu, base, 0);
+      if (base >= (unsigned long long)a.batch) break;
+      i = int64_t(base) + lane;
+      if (i >= a.batch) continue;
+    } else {
+      i = int64_t(atomicAdd(next, 1ULL));
+      if (i >= a.batch) break;
+    }
+    p.phase(small::kProfFetch);
     const small::Data<T> d{a.Q + i * a.sQ, a.q + i * a.sq, a.G + i * a.sG, a.h + i * a.sh, a.n, a.m};
-    small::solve<T, NT>(d, set, rows, shared_g ? gs : nullptr, shared_h ? hs : nullptr, out.x + i * a.n,
-                        out.lam + i * a.m, out.status + i, out.iters + i);
+    small::solve<T, NT, RU, Prof>(d, set, rows, shared_g ? gs : nullptr, shared_h ? hs : nullptr, out.x + i * a.n,
+                                  out.lam + i * a.m, out.status + i, out.iters + i, p);
+  }
+  if constexpr ((V & kSmallProfile) != 0) {
+    p.acc[small::kProfTotal] += device_clock() - t_start;
+    for (int k = 0; k < small::kProfSlots; ++k) atomicAdd(prof + k, (unsigned long long)p.acc[k]);
   }
 }
 
@@ -272,23 +329,44 @@ int resident_blocks(K kernel, int64_t wanted) {
   return int(wanted < resident ? (wanted > 0 ? wanted : 1) : resident);
 }
 
+template <typename T, int NT, int V>
+cudaError_t launch_qp_small_variant(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
+                                    unsigned long long* counter, unsigned long long* prof, cudaStream_t stream) {
+  const int blocks = resident_blocks(qp_small_kernel<T, NT, V>, (a.batch + kSmallThreads - 1) / kSmallThreads);
+  qp_small_kernel<T, NT, V><<<blocks, kSmallThreads, 0, stream>>>(a, set, out, counter, prof);
+  return cudaGetLastError();
+}
+
 template <typename T, int NT>
 cudaError_t launch_qp_small_tile(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
-                                 unsigned long long* counter, cudaStream_t stream) {
-  const int blocks = resident_blocks(qp_small_kernel<T, NT>, (a.batch + kSmallThreads - 1) / kSmallThreads);
-  qp_small_kernel<T, NT><<<blocks, kSmallThreads, 0, stream>>>(a, set, out, counter);
-  return cudaGetLastError();
+                                 unsigned long long* counter, int variant, unsigned long long* prof,
+                                 cudaStream_t stream) {
+  switch (variant) {
+    case kSmallWarpFetch: return launch_qp_small_variant<T, NT, kSmallWarpFetch>(a, set, out, counter, prof, stream);
+    case kSmallUnroll2: return launch_qp_small_variant<T, NT, kSmallUnroll2>(a, set, out, counter, prof, stream);
+    case kSmallWarpFetch | kSmallUnroll2:
+      return launch_qp_small_variant<T, NT, kSmallWarpFetch | kSmallUnroll2>(a, set, out, counter, prof, stream);
+    case kSmallProfile: return launch_qp_small_variant<T, NT, kSmallProfile>(a, set, out, counter, prof, stream);
+    case kSmallProfile | kSmallWarpFetch:
+      return launch_qp_small_variant<T, NT, kSmallProfile | kSmallWarpFetch>(a, set, out, counter, prof, stream);
+    case kSmallOccupancy: return launch_qp_small_variant<T, NT, kSmallOccupancy>(a, set, out, counter, prof, stream);
+    case kSmallOccupancy | kSmallWarpFetch:
+      return launch_qp_small_variant<T, NT, kSmallOccupancy | kSmallWarpFetch>(a, set, out, counter, prof, stream);
+    default: return launch_qp_small_variant<T, NT, 0>(a, set, out, counter, prof, stream);
+  }
 }
 
 // `counter`: one zeroed 64-bit integer in device memory (the persistent threads' work counter).
 template <typename T>
 cudaError_t launch_qp_small(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
-                            unsigned long long* counter, cudaStream_t stream) {
+                            unsigned long long* counter, cudaStream_t stream, int variant,
+                            unsigned long long* prof) {
   if (a.batch == 0) return cudaSuccess;
+  if ((variant & kSmallProfile) != 0 && prof == nullptr) return cudaErrorInvalidValue;
   switch (small::tile(a.n)) {
-    case 8: return launch_qp_small_tile<T, 8>(a, set, out, counter, stream);
-    case 12: return launch_qp_small_tile<T, 12>(a, set, out, counter, stream);
-    default: return launch_qp_small_tile<T, 16>(a, set, out, counter, stream);
+    case 8: return launch_qp_small_tile<T, 8>(a, set, out, counter, variant, prof, stream);
+    case 12: return launch_qp_small_tile<T, 12>(a, set, out, counter, variant, prof, stream);
+    default: return launch_qp_small_tile<T, 16>(a, set, out, counter, variant, prof, stream);
   }
 }
 
@@ -312,7 +390,7 @@ cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T
   template cudaError_t launch_kkt_solve<T>(const QPBatch<T>&, const T*, const T*, T*, T, T*, const LaunchPlan&, \
                                            cudaStream_t);                                                   \
   template cudaError_t launch_qp_small<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&,              \
-                                          unsigned long long*, cudaStream_t);                               \
+                                          unsigned long long*, cudaStream_t, int, unsigned long long*);     \
   template cudaError_t launch_kkt_small<T>(const QPBatch<T>&, const T*, const T*, T*, T, int8_t*, cudaStream_t);
 
 }  // namespace optlayers

@@ -52,6 +52,42 @@ constexpr int kMaxM = 128;
 // Status of a problem this kernel leaves to the thread-group kernel.
 constexpr int8_t kRetry = -1;
 
+// Instrumentation hooks of solve (a diagnostic variant of the CUDA kernel, qp_cuda_kernels.cuh's
+// ClockProfile, used by benchmarks/gpu_small_variants.py): phase(k) charges the time since the last
+// mark to slot k, count(k, v) adds v to slot k. The default does nothing and compiles away.
+enum ProfileSlot : int {
+  kProfSetup = 0,    // row scales, initial point
+  kProfResidual,     // residuals and stopping tests at the top of an iteration
+  kProfFactor,       // forming and factoring K
+  kProfStep,         // predictor-corrector passes
+  kProfPolish,       // polish calls (early and final)
+  kProfPolishCalls,  // counts from here on
+  kProfProblems,
+  kProfIterations,
+  kProfTotal,        // whole kernel per thread (cycles)
+  kProfFetch,        // fetching the next problem (warp-aligned variant: waiting for the warp)
+  kProfSlots
+};
+struct NoProfile {
+  OL_HD OL_INLINE void phase(int) {}
+  OL_HD OL_INLINE void count(int, long long = 1) {}
+};
+
+// Row loops of the interior point, optionally unrolled by 2 (a CUDA kernel variant): the second
+// row's loads (G's row, s, z) can then issue before the first row's arithmetic finishes, which a
+// thread with little occupancy around it needs to hide latency. Same arithmetic in the same order.
+template <int RU, typename F>
+OL_HD OL_INLINE void for_rows(int m, const F& f) {
+  if constexpr (RU == 2) {
+#if defined(__CUDACC__)
+#pragma unroll 2
+#endif
+    for (int r = 0; r < m; ++r) f(r);
+  } else {
+    for (int r = 0; r < m; ++r) f(r);
+  }
+}
+
 OL_HD OL_INLINE bool eligible(int n, int m, int p) { return n >= 1 && n <= kMaxN && m >= 1 && m <= kMaxM && p == 0; }
 // The compile-time tile for n.
 OL_HD OL_INLINE int tile(int n) { return n <= 8 ? 8 : (n <= 12 ? 12 : 16); }
@@ -440,18 +476,18 @@ OL_HD OL_INLINE RowTerms<T, NT> row_terms(const Rows<T>& rows, int r, const T (&
 
 // One step of the interior point from the iterate (x, s, z) with residual rd and factor K:
 // predictor, σ = (μ_aff/μ)³, corrector, step to the boundary; updates x, s, z in place.
-template <typename T, int NT>
+template <typename T, int NT, int RU = 1>
 OL_HD OL_INLINE void predictor_corrector(const Data<T>& d, const Settings<T>& set, const T (&K)[Tri<NT>::size],
                                          const T (&rd)[NT], T mu, T sz, Rows<T>& rows, T (&x)[NT]) {
   const int m = d.m;
   T dxa[NT], dx[NT];
   // One pass over the rows: each row's g_r and RowTerms (with the predictor's terms once Δxₐ exists).
   auto pass = [&](bool with_dxa, auto&& body) {
-    for (int r = 0; r < m; ++r) {
+    for_rows<RU>(m, [&](int r) {
       T g[NT];
       load_row<T, NT>(d, r, g);
       body(r, g, row_terms<T, NT>(rows, r, g, x, with_dxa ? dxa : nullptr));
-    }
+    });
   };
   // Predictor (r_c = s∘z, r_c/s = z): Δxₐ = K⁻¹(−r_d − G̃ᵀ(z − W r_p)).
   OL_UNROLL
@@ -519,10 +555,12 @@ OL_HD OL_INLINE void predictor_corrector(const Data<T>& d, const Settings<T>& se
 // to the thread-group kernel (x and λ are then unspecified).
 // gs_shared / hs_shared: the row scales (and h̃) computed once for a batch that shares G (and h)
 // (row_scale; e.g. in CUDA shared memory), or null.
-template <typename T, int NT>
+// RU (1 or 2) unrolls the row loops (for_rows); prof receives the phase marks (NoProfile: none).
+template <typename T, int NT, int RU, typename Prof>
 OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const T* gs_shared, const T* hs_shared,
-                 T* x_out, T* lam_out, int8_t* status, int32_t* iters) {
+                 T* x_out, T* lam_out, int8_t* status, int32_t* iters, Prof& prof) {
   const int n = d.n, m = d.m;
+  prof.count(kProfProblems);
   T* s = rows.s;
   T* z = rows.z;
   rows.gs = gs_shared != nullptr ? gs_shared : rows.gs_own;
@@ -575,6 +613,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
   OL_UNROLL
   for (int j = 0; j < NT; ++j) qn = ol_max(qn, ol_abs(d.qv(j)));
   for (int r = 0; r < m; ++r) hn = ol_max(hn, ol_abs(hs[r]));
+  prof.phase(kProfSetup);
 
   bool solved = false;
   int it = 0;
@@ -582,7 +621,16 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
   T loose = set.polish_start;
   auto lam_hat = [&](int r) { return z[r] * gs[r]; };
   const double kkt_delta = set.polish ? double(set.kkt_reg) * data_scale<T>(d) : 0.0;  // the polish's δ
+  // A polish call, charged to its phase in the profile.
+  auto polish_at = [&](int rounds) {
+    prof.phase(kProfResidual);
+    const bool done = polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, rounds, x_out, lam_out);
+    prof.phase(kProfPolish);
+    prof.count(kProfPolishCalls);
+    return done;
+  };
   for (; ok && it <= set.max_iter; ++it) {
+    prof.count(kProfIterations);
     // Residuals: r_d = Qx + q + G̃ᵀz, r_p = G̃x + s − h̃, and the norms of the stopping tests.
     T Qx[NT], rd[NT], v[NT];
     OL_UNROLL
@@ -594,7 +642,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
       v[i] = 0;
     }
     T Gxn = 0, Gx_pos = 0, rpn = 0, sz = 0, hz = 0, ss = 0;
-    for (int r = 0; r < m; ++r) {
+    for_rows<RU>(m, [&](int r) {
       T g[NT];
       load_row<T, NT>(d, r, g);
       const T t = gs[r] * dot_row<T, T, NT>(g, x);
@@ -608,7 +656,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
       sz += s[r] * z[r];
       hz += hs[r] * z[r];
       ss += s[r] * s[r];
-    }
+    });
     T Qxn = 0, Gtzn = 0, rdn = 0, qx = 0, xQx = 0, xx = 0;
     OL_UNROLL
     for (int j = 0; j < NT; ++j) {
@@ -635,7 +683,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     // Early polish (as solve_qp): at a loose tolerance the active set is usually final.
     if (set.polish && loose > set.tol && pres <= loose && dres <= loose && gap <= loose) {
       loose *= T(1e-3);
-      if (polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, kEarlyPolishRounds, x_out, lam_out)) {
+      if (polish_at(kEarlyPolishRounds)) {
         *status = kSolved;
         *iters = it;
         return;
@@ -646,24 +694,28 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
     if (progress.stalled(merit, sz, cert) || it == set.max_iter) {
       // The serial path polishes an iteration-limited iterate too.
-      if (set.polish && polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, kPolishRounds, x_out, lam_out)) {
+      if (set.polish && polish_at(kPolishRounds)) {
         *status = kSolved;
         *iters = it;
         return;
       }
       break;
     }
+    prof.phase(kProfResidual);
     // Factor at W = Z S⁻¹.
-    if (!factor<T, NT>(d, [&](int r) { return z[r] / s[r] * gs[r] * gs[r]; }, delta, K)) {
+    const bool factored = factor<T, NT>(d, [&](int r) { return z[r] / s[r] * gs[r] * gs[r]; }, delta, K);
+    prof.phase(kProfFactor);
+    if (!factored) {
       // As solve_qp: a late factorization failure leaves an iterate the polish may finish.
-      if (set.polish && polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, kPolishRounds, x_out, lam_out)) {
+      if (set.polish && polish_at(kPolishRounds)) {
         *status = kSolved;
         *iters = it;
         return;
       }
       break;
     }
-    predictor_corrector<T, NT>(d, set, K, rd, mu, sz, rows, x);
+    predictor_corrector<T, NT, RU>(d, set, K, rd, mu, sz, rows, x);
+    prof.phase(kProfStep);
   }
   if (!solved) {
     *status = kRetry;
@@ -672,7 +724,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
   }
   *iters = it;
   if (set.polish) {
-    *status = polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, kPolishRounds, x_out, lam_out) ? kSolved : kRetry;
+    *status = polish_at(kPolishRounds) ? kSolved : kRetry;
     return;
   }
   OL_UNROLL
@@ -680,6 +732,13 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     if (j < n) x_out[j] = x[j];
   for (int r = 0; r < m; ++r) lam_out[r] = z[r] * gs[r];
   *status = kSolved;
+}
+
+template <typename T, int NT>
+OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const T* gs_shared, const T* hs_shared,
+                 T* x_out, T* lam_out, int8_t* status, int32_t* iters) {
+  NoProfile none;
+  solve<T, NT, 1, NoProfile>(d, set, rows, gs_shared, hs_shared, x_out, lam_out, status, iters, none);
 }
 
 // Backward solve (qp_ipm.h::kkt_solve with p = 0): u = K⁻¹ rhs for the active-set KKT matrix of

@@ -53,10 +53,11 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path, unit):
                           str(CSRC / unit), "-o", str(ptx)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     entries = re.findall(r"\.entry\s+(\S+)", ptx.read_text())
-    # 12 kernels of this unit's scalar type: solve/kkt × thread/warp/block, and solve/kkt × the
-    # small kernel's 3 tiles
-    assert len(entries) == 12, entries
-    assert sum("small_kernel" in e for e in entries) == 6, entries
+    # 33 kernels of this unit's scalar type: solve/kkt × thread/warp/block (6), the small kernel's
+    # 3 tiles × its 8 compiled variants (qp_cuda.h: kSmallVariants), and its backward's 3 tiles
+    assert len(entries) == 33, entries
+    assert sum("qp_small_kernel" in e for e in entries) == 24, entries
+    assert sum("kkt_small_kernel" in e for e in entries) == 3, entries
 
 
 def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
