@@ -1,18 +1,20 @@
-"""Where the small CUDA kernel's time goes, and which of its compiled variants is fastest (GPU only;
+"""Where the small CUDA kernel's time goes, and its staged schedule against the fused one (GPU only;
 run by benchmarks/gpu_check.sh, output under $OUT/gpu_small_variants.txt).
 
 The small kernel (csrc/optlayers/qp_small.h, one thread per problem) is the default on CUDA for
-n ≤ 16, m ≤ 128 without equalities. On an H100 it solved 48,000 planted grasp-sized QPs in 5.4 ms
-but the real contact-force QPs of examples/grasp_model.py (same sizes, 1.8× the iterations) in
-46 ms (benchmarks/results/gpu_h100_small.txt). This script measures, in one run:
+n ≤ 16, m ≤ 128 without equalities. It runs in stages: an interior-point launch, then a polish
+launch, and again for the problems whose early polish failed (qp_small.h: ipm_stage,
+polish_stage). Before, one thread ran all stages of its problem in one launch ("fused"), and lanes
+that polished while the others iterated serialized the warp: on an H200 the real grasp QPs took
+37.9 ms (48,000; 6.5 ms with the polish off) — benchmarks/results/gpu_h200_small.txt. This script
+measures, in one run:
 
-  * every compiled variant of the kernel (csrc/optlayers/qp_cuda.h, kSmallVariants; selected with
-    OPTLAYERS_CUDA_SMALL_VARIANT): 0 default, 1 warp-aligned fetch, 2 row loops unrolled by 2,
-    3 = 1 + 2, 8 at least 6 blocks an SM (fewer registers), 9 = 8 + 1 — forward time of the op
-    alone (OPTLAYERS_CUDA_KERNEL=small-bare: no fallback; "left" counts what it would re-solve);
-  * diagnostics on the default variant: the same batch sorted by iteration count (lanes of a warp
-    then do equal work), polish off, and the clock64() profile of variants 4 and 5 (share of each
-    phase in the threads' time, polish calls per problem);
+  * the compiled variants (csrc/optlayers/qp_cuda.h, kSmallVariants; selected with
+    OPTLAYERS_CUDA_SMALL_VARIANT): 0 staged (default), 1 fused — forward time of the op alone
+    (OPTLAYERS_CUDA_KERNEL=small-bare: no fallback; "left" counts what it would re-solve);
+  * diagnostics on the default: the same batch sorted by iteration count (lanes of a warp then do
+    equal work), polish off, and the clock64() profile of variants 4 (staged) and 5 (fused): share
+    of each phase in the threads' time, polish calls per problem;
   * the iteration statistics: mean, max, and the mean over warps (32 consecutive problems) of the
     warp's largest count — what a warp that waits for its slowest lane pays.
 
@@ -41,8 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 
 import optlayers as ol  # noqa: E402
 
-VARIANTS = {0: "default", 1: "warp-fetch", 2: "unroll2", 3: "warp-fetch+unroll2", 8: "occupancy6",
-            9: "occupancy6+warp-fetch"}
+VARIANTS = {0: "staged (default)", 1: "fused (one launch)"}
 PHASES = ("setup", "residual", "factor", "step", "polish", "fetch")
 
 
@@ -187,10 +188,32 @@ def run_case(key, label, Q, q, G, h, reps):
             shares = {p: prof.get(p, 0) / total for p in PHASES}
             n = max(prof.get("problems", 1), 1)
             rows.append({"case": key, "what": f"profile variant {v}", **prof})
-            print(f"  profile ({VARIANTS[v - 4]} fetch): " + ", ".join(f"{p} {s:.1%}" for p, s in shares.items())
+            print(f"  profile ({VARIANTS[v - 4]}): " + ", ".join(f"{p} {s:.1%}" for p, s in shares.items())
                   + f"; polish calls/problem {prof.get('polish_calls', 0) / n:.2f}, iterations/problem "
                   f"{prof.get('iterations', 0) / n:.2f}, cycles/problem/thread {total / n:,.0f}", flush=True)
     return rows
+
+
+def preflight() -> int:
+    """Staged (default) vs fused schedule on 4,800 real grasp QPs and 10,000 planted ones: status,
+    iterations, x and λ must be equal bit for bit (what tests/native/test_native_cuda.py checks)."""
+    import grasp_qp as gq
+
+    Q, q, G, h, _ = gq.grasp_batch(gq.Cell(4, 4_800), 0, "box", "cuda")
+    P = ol.testing.random_qp(10_000, 12, 41, 0, seed=0, shared=("G",), device="cuda")
+    ok_all = True
+    for label, data in (("grasp", (Q, q, G, h)), ("planted", (P.Q, P.q, P.G, P.h))):
+        with env(OPTLAYERS_CUDA_KERNEL="small-bare"):
+            with env(OPTLAYERS_CUDA_SMALL_VARIANT=0):
+                a = solve(*data)
+            with env(OPTLAYERS_CUDA_SMALL_VARIANT=1):
+                b = solve(*data)
+        ok = a.status == 0
+        same = (torch.equal(a.status, b.status) and torch.equal(a.iterations, b.iterations)
+                and torch.equal(a.x[ok], b.x[ok]))
+        print(f"preflight {label}: staged == fused: {same}; solved {int(ok.sum())} of {ok.numel()}", flush=True)
+        ok_all &= same
+    return 0 if ok_all else 1
 
 
 def main(argv=None):
@@ -199,10 +222,14 @@ def main(argv=None):
     ap.add_argument("--cases", default="grasp48k,grasp4.8k,planted48k,planted100k")
     ap.add_argument("--json")
     ap.add_argument("--ncu", action="store_true", help="one solve per case only (for Nsight Compute)")
+    ap.add_argument("--preflight", action="store_true",
+                    help="exit 1 unless the staged schedule gives the fused one's results (gpu_check.sh)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure")
         return 0
+    if args.preflight:
+        return preflight()
     if args.ncu:
         for key, (label, Q, q, G, h) in cases(args.cases.split(",")).items():
             solve(Q, q, G, h)

@@ -42,7 +42,7 @@ int small_variant() {
   const int k = std::atoi(v);
   for (int ok : optlayers::kSmallVariants)
     if (k == ok) return k;
-  TORCH_CHECK(false, "OPTLAYERS_CUDA_SMALL_VARIANT must be one of 0, 1, 2, 3, 4, 5, 8, 9; got '", v, "'");
+  TORCH_CHECK(false, "OPTLAYERS_CUDA_SMALL_VARIANT must be one of 0, 1, 4, 5; got '", v, "'");
 }
 
 int sm_count() {
@@ -141,13 +141,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     cudaError_t err;
     if (plan.kernel == optlayers::Kernel::kSmall) {
       small = true;
-      auto counter = at::zeros({1}, opts.dtype(at::kLong));
       const int variant = small_variant();
       const bool profile = (variant & optlayers::kSmallProfile) != 0;
+      auto counter = at::zeros({1}, opts.dtype(at::kLong));
       auto prof = at::zeros({profile ? optlayers::small::kProfSlots : 1}, opts.dtype(at::kLong));
-      err = optlayers::launch_qp_small<T>(data, set, out,
-                                          reinterpret_cast<unsigned long long*>(counter.data_ptr<int64_t>()), stream,
-                                          variant, reinterpret_cast<unsigned long long*>(prof.data_ptr<int64_t>()));
+      auto* cnt = reinterpret_cast<unsigned long long*>(counter.data_ptr<int64_t>());
+      auto* prf = reinterpret_cast<unsigned long long*>(prof.data_ptr<int64_t>());
+      if ((variant & optlayers::kSmallFused) != 0) {
+        err = optlayers::launch_qp_small_fused<T>(data, set, out, cnt, variant, prf, stream);
+      } else {
+        // The stages (optlayers/qp_cuda.h: SmallStages): interior point, polish, and again for the
+        // problems whose early polish failed; one host check of the stages per round.
+        auto stage = at::zeros({batch}, opts.dtype(at::kChar));
+        auto saved_v = at::empty({batch * optlayers::small::saved_scalars(m)}, opts);
+        auto saved_k = at::empty({batch * optlayers::small::kSavedInts}, opts.dtype(at::kInt));
+        const optlayers::SmallStages<T> st{stage.data_ptr<int8_t>(), saved_v.data_ptr<T>(),
+                                           saved_k.data_ptr<int32_t>(), cnt, prf};
+        err = cudaSuccess;
+        for (int round = 0; round < optlayers::small::kMaxRounds && err == cudaSuccess; ++round) {
+          if (round > 0) counter.zero_();
+          err = optlayers::launch_small_ipm<T>(data, set, out, st, variant, stream);
+          if (err == cudaSuccess) err = optlayers::launch_small_polish<T>(data, set, out, st, variant, stream);
+          if (err != cudaSuccess || !(stage == int64_t(optlayers::small::kStageResume)).any().item<bool>()) break;
+        }
+        // Not reached (see small::kMaxRounds), but never leave a problem without a status.
+        status.masked_fill_(stage != int64_t(optlayers::small::kStageDone), int64_t(optlayers::small::kRetry));
+      }
       if (profile && err == cudaSuccess) {
         const auto c = prof.cpu();
         const int64_t* v = c.data_ptr<int64_t>();

@@ -18,7 +18,8 @@ namespace optlayers {
 //   kBlock   one block per problem (__syncthreads, shared-memory reductions, K in shared memory
 //            when it fits) — for larger problems.
 //   kSmall   one CUDA thread per problem with the reduced matrix in registers (optlayers/qp_small.h)
-//            for n ≤ 16, m ≤ 128, p = 0 — the default there; the problems it leaves (status
+//            for n ≤ 16, m ≤ 128, p = 0 — the default there; the interior point and the polish
+//            run as separate launches (see SmallStages); the problems it leaves (status
 //            small::kRetry: infeasible, unbounded, iteration limit, polish not accepted) are
 //            re-solved by the warp kernel (qp_cuda_binding.cpp).
 enum class Kernel : int { kThread = 0, kWarp = 1, kBlock = 2, kSmall = 3 };
@@ -90,7 +91,7 @@ inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, 
   plan.shared_bytes = 0;
   plan.k_in_shared = false;
   if (plan.kernel == Kernel::kSmall) {
-    // One thread per problem at most; launch_qp_small caps the grid at the resident blocks
+    // One thread per problem at most; launch_small_ipm caps the grid at the resident blocks
     // (persistent threads). Thread-local arrays, no workspace.
     plan.threads = kSmallThreads;
     plan.blocks = int((batch + kSmallThreads - 1) / kSmallThreads);
@@ -129,24 +130,38 @@ template <typename T>
 cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,
                             const LaunchPlan& plan, cudaStream_t stream);
 
-// Variants of the small kernel (a bit mask; qp_cuda_kernels.cuh::qp_small_kernel says what each
-// does; selected by OPTLAYERS_CUDA_SMALL_VARIANT for benchmarks/gpu_small_variants.py; default 0).
-constexpr int kSmallWarpFetch = 1;
-constexpr int kSmallUnroll2 = 2;
-constexpr int kSmallProfile = 4;
-constexpr int kSmallOccupancy = 8;
-// The combinations that are compiled.
-constexpr int kSmallVariants[] = {0, kSmallWarpFetch, kSmallUnroll2, kSmallWarpFetch | kSmallUnroll2, kSmallProfile,
-                                  kSmallProfile | kSmallWarpFetch, kSmallOccupancy, kSmallOccupancy | kSmallWarpFetch};
-
-// The small kernel (plan.kernel == kSmall): status small::kRetry marks the problems it leaves.
-// `counter`: one zeroed 64-bit integer in device memory (work counter of the persistent threads).
-// `prof`: small::kProfSlots zeroed 64-bit integers in device memory for a kSmallProfile variant
-// (else unused, may be null).
+// The small kernel runs in stages (optlayers/qp_small.h: ipm_stage, polish_stage): the binding
+// launches the interior-point kernel and then the polish kernel over the batch, and again for the
+// problems whose early polish failed, until none is left (at most small::kMaxRounds rounds).
+// Per-problem scratch between the launches:
 template <typename T>
-cudaError_t launch_qp_small(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
-                            unsigned long long* counter, cudaStream_t stream, int variant = 0,
-                            unsigned long long* prof = nullptr);
+struct SmallStages {
+  int8_t* stage;                  // batch, small::Stage (zeroed: kStageStart)
+  T* saved_v;                     // batch × small::saved_scalars(m)
+  int32_t* saved_k;               // batch × small::kSavedInts
+  unsigned long long* counter;    // the persistent threads' work counter (zeroed before each launch)
+  unsigned long long* prof;       // small::kProfSlots zeroed counters for kSmallProfile, else unused
+};
+
+// Variants (a bit mask, OPTLAYERS_CUDA_SMALL_VARIANT; benchmarks/gpu_small_variants.py): the
+// default 0 is the staged solve; kSmallFused runs all stages of a problem in one thread and one
+// launch (the schedule before the split, to compare against); kSmallProfile adds clock64() phase
+// sums (qp_cuda_kernels.cuh: ClockProfile), printed to stderr by the binding.
+constexpr int kSmallFused = 1;
+constexpr int kSmallProfile = 4;
+constexpr int kSmallVariants[] = {0, kSmallFused, kSmallProfile, kSmallProfile | kSmallFused};
+
+template <typename T>
+cudaError_t launch_small_ipm(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
+                             const SmallStages<T>& st, int variant, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_small_polish(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
+                                const SmallStages<T>& st, int variant, cudaStream_t stream);
+// kSmallFused: `counter` one zeroed 64-bit integer in device memory; `prof` as in SmallStages.
+template <typename T>
+cudaError_t launch_qp_small_fused(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
+                                  unsigned long long* counter, int variant, unsigned long long* prof,
+                                  cudaStream_t stream);
 // Its backward solve: failed[i] = 1 where problem i must go to launch_kkt_solve instead.
 template <typename T>
 cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T* u, T kkt_reg, int8_t* failed,

@@ -246,25 +246,9 @@ struct ClockProfile {
   __device__ void count(int k, long long v = 1) { acc[k] += v; }
 };
 
-// Persistent threads: the grid holds as many threads as fit on the GPU at once, and each thread
-// takes the next problem from a global counter whenever it finishes one, so threads whose problems
-// converge early go on working (instead of idling until the slowest of their wave is done), and
-// there is no partial last wave. With a shared G (and h) the row scales (and h̃) are computed once
-// per block into shared memory.
-//
-// Variants (V, a bit mask of kSmallVariant*; benchmarks/gpu_small_variants.py measures them, the
-// default is 0): kSmallWarpFetch — a warp takes 32 consecutive problems at once, so its lanes start
-// together (phases such as the setup and the polish, which run serialized when lanes diverge, then
-// line up), at the price of lanes idling until the warp's slowest problem is done; kSmallUnroll2 —
-// the row loops unrolled by 2 (small::for_rows); kSmallProfile — clock64() per phase per thread,
-// summed into prof[small::kProfSlots] (a diagnostic: the marks cost registers and time);
-// kSmallOccupancy — at least 6 blocks an SM (≤ 170 registers a thread instead of 255): more warps
-// to hide latency with, at the price of spills.
-template <typename T, int NT, int V>
-__global__ void __launch_bounds__(kSmallThreads, (V & kSmallOccupancy) ? 6 : 1) qp_small_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
-                                                                 unsigned long long* next, unsigned long long* prof) {
-  __shared__ T gs[small::kMaxM], hs[small::kMaxM];
-  const bool shared_g = a.sG == 0, shared_h = shared_g && a.sh == 0;
+// Row scales (and h̃) of a shared G (and h), once per block into shared memory.
+template <typename T, int NT>
+__device__ void block_row_scales(const QPBatch<T>& a, T* gs, T* hs, bool shared_g, bool shared_h) {
   if (shared_g) {
     const small::Data<T> d0{a.Q, a.q, a.G, a.h, a.n, a.m};
     for (int r = threadIdx.x; r < a.m; r += blockDim.x) {
@@ -273,37 +257,99 @@ __global__ void __launch_bounds__(kSmallThreads, (V & kSmallOccupancy) ? 6 : 1) 
     }
   }
   __syncthreads();
+}
+
+template <typename T>
+__device__ small::Data<T> problem_of(const QPBatch<T>& a, int64_t i) {
+  return small::Data<T>{a.Q + i * a.sQ, a.q + i * a.sq, a.G + i * a.sG, a.h + i * a.sh, a.n, a.m};
+}
+
+template <typename Prof>
+__device__ void flush_profile(Prof& p, long long t_start, unsigned long long* prof) {
+  if constexpr (std::is_same<Prof, ClockProfile>::value) {
+    p.acc[small::kProfTotal] += device_clock() - t_start;
+    for (int k = 0; k < small::kProfSlots; ++k) atomicAdd(prof + k, (unsigned long long)p.acc[k]);
+  }
+}
+
+// The interior-point stage (small::ipm_stage) of every problem at kStageStart or kStageResume.
+// Persistent threads: the grid holds as many threads as fit on the GPU at once, and each thread
+// takes the next problem from a global counter whenever it finishes one, so threads whose problems
+// stop early go on working, and there is no partial last wave. With a shared G (and h) the row
+// scales (and h̃) are computed once per block into shared memory. V: kSmallProfile or 0.
+template <typename T, int NT, int V>
+__global__ void __launch_bounds__(kSmallThreads) qp_small_ipm_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
+                                                                     int8_t* stage, T* saved_v, int32_t* saved_k,
+                                                                     unsigned long long* next,
+                                                                     unsigned long long* prof) {
+  __shared__ T gs[small::kMaxM], hs[small::kMaxM];
+  const bool shared_g = a.sG == 0, shared_h = shared_g && a.sh == 0;
+  block_row_scales<T, NT>(a, gs, hs, shared_g, shared_h);
   small::Rows<T> rows;  // thread-local memory, interleaved across the warp by the hardware
-  constexpr int RU = (V & kSmallUnroll2) ? 2 : 1;
+  using Prof = typename std::conditional<(V & kSmallProfile) != 0, ClockProfile, small::NoProfile>::type;
+  Prof p;
+  const long long t_start = device_clock();
+  const int64_t nsv = small::saved_scalars(a.m);
+  for (;;) {
+    const int64_t i = int64_t(atomicAdd(next, 1ULL));
+    if (i >= a.batch) break;
+    const int8_t st = stage[i];
+    if (st != small::kStageStart && st != small::kStageResume) continue;
+    p.phase(small::kProfFetch);
+    small::ipm_stage<T, NT, Prof>(problem_of(a, i), set, rows, shared_g ? gs : nullptr, shared_h ? hs : nullptr,
+                                  small::Saved<T>{saved_v + i * nsv, saved_k + i * small::kSavedInts}, stage + i,
+                                  out.x + i * a.n, out.lam + i * a.m, out.status + i, out.iters + i, p);
+  }
+  flush_profile(p, t_start, prof);
+}
+
+// The polish stage (small::polish_stage) of every problem at kStageEarlyPolish or
+// kStageFinalPolish: one thread per problem, all of them polishing at the same time.
+template <typename T, int NT, int V>
+__global__ void __launch_bounds__(kSmallThreads) qp_small_polish_kernel(QPBatch<T> a, Settings<T> set,
+                                                                        QPOut<T> out, int8_t* stage, T* saved_v,
+                                                                        int32_t* saved_k,
+                                                                        unsigned long long* prof) {
+  __shared__ T gs[small::kMaxM], hs[small::kMaxM];
+  const bool shared_g = a.sG == 0, shared_h = shared_g && a.sh == 0;
+  block_row_scales<T, NT>(a, gs, hs, shared_g, shared_h);
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= a.batch) return;
+  const int8_t st = stage[i];
+  if (st != small::kStageEarlyPolish && st != small::kStageFinalPolish) return;
+  using Prof = typename std::conditional<(V & kSmallProfile) != 0, ClockProfile, small::NoProfile>::type;
+  Prof p;
+  const long long t_start = device_clock();
+  small::Rows<T> rows;
+  const int64_t nsv = small::saved_scalars(a.m);
+  small::polish_stage<T, NT, Prof>(problem_of(a, i), set, rows, shared_g ? gs : nullptr, shared_h ? hs : nullptr,
+                                   small::Saved<T>{saved_v + i * nsv, saved_k + i * small::kSavedInts}, stage + i,
+                                   out.x + i * a.n, out.lam + i * a.m, out.status + i, out.iters + i, p);
+  flush_profile(p, t_start, prof);
+}
+
+// The stages chained in one thread per problem (small::solve): the schedule before the split, kept
+// as variant kSmallFused to measure the split against (benchmarks/gpu_small_variants.py).
+template <typename T, int NT, int V>
+__global__ void __launch_bounds__(kSmallThreads) qp_small_fused_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
+                                                                       unsigned long long* next,
+                                                                       unsigned long long* prof) {
+  __shared__ T gs[small::kMaxM], hs[small::kMaxM];
+  const bool shared_g = a.sG == 0, shared_h = shared_g && a.sh == 0;
+  block_row_scales<T, NT>(a, gs, hs, shared_g, shared_h);
+  small::Rows<T> rows;
+  small::SavedBuf<T> saved;
   using Prof = typename std::conditional<(V & kSmallProfile) != 0, ClockProfile, small::NoProfile>::type;
   Prof p;
   const long long t_start = device_clock();
   for (;;) {
-    int64_t i;
-    if constexpr ((V & kSmallWarpFetch) != 0) {
-      // The loop is warp-uniform: every lane of the warp reaches the shuffle (kSmallThreads % 32 == 0).
-      __syncwarp();
-      p.phase(small::kProfFetch);
-      const unsigned lane = threadIdx.x & 31u;
-      unsigned long long base = 0;
-      if (lane == 0) base = atomicAdd(next, 32ULL);
-      base = __shfl_sync(0xffffffffu, base, 0);
-      if (base >= (unsigned long long)a.batch) break;
-      i = int64_t(base) + lane;
-      if (i >= a.batch) continue;
-    } else {
-      i = int64_t(atomicAdd(next, 1ULL));
-      if (i >= a.batch) break;
-    }
+    const int64_t i = int64_t(atomicAdd(next, 1ULL));
+    if (i >= a.batch) break;
     p.phase(small::kProfFetch);
-    const small::Data<T> d{a.Q + i * a.sQ, a.q + i * a.sq, a.G + i * a.sG, a.h + i * a.sh, a.n, a.m};
-    small::solve<T, NT, RU, Prof>(d, set, rows, shared_g ? gs : nullptr, shared_h ? hs : nullptr, out.x + i * a.n,
-                                  out.lam + i * a.m, out.status + i, out.iters + i, p);
+    small::solve<T, NT, Prof>(problem_of(a, i), set, rows, shared_g ? gs : nullptr, shared_h ? hs : nullptr,
+                              saved.view(), out.x + i * a.n, out.lam + i * a.m, out.status + i, out.iters + i, p);
   }
-  if constexpr ((V & kSmallProfile) != 0) {
-    p.acc[small::kProfTotal] += device_clock() - t_start;
-    for (int k = 0; k < small::kProfSlots; ++k) atomicAdd(prof + k, (unsigned long long)p.acc[k]);
-  }
+  flush_profile(p, t_start, prof);
 }
 
 template <typename T, int NT>
@@ -329,45 +375,64 @@ int resident_blocks(K kernel, int64_t wanted) {
   return int(wanted < resident ? (wanted > 0 ? wanted : 1) : resident);
 }
 
-template <typename T, int NT, int V>
-cudaError_t launch_qp_small_variant(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
-                                    unsigned long long* counter, unsigned long long* prof, cudaStream_t stream) {
-  const int blocks = resident_blocks(qp_small_kernel<T, NT, V>, (a.batch + kSmallThreads - 1) / kSmallThreads);
-  qp_small_kernel<T, NT, V><<<blocks, kSmallThreads, 0, stream>>>(a, set, out, counter, prof);
-  return cudaGetLastError();
-}
-
-template <typename T, int NT>
-cudaError_t launch_qp_small_tile(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
-                                 unsigned long long* counter, int variant, unsigned long long* prof,
-                                 cudaStream_t stream) {
-  switch (variant) {
-    case kSmallWarpFetch: return launch_qp_small_variant<T, NT, kSmallWarpFetch>(a, set, out, counter, prof, stream);
-    case kSmallUnroll2: return launch_qp_small_variant<T, NT, kSmallUnroll2>(a, set, out, counter, prof, stream);
-    case kSmallWarpFetch | kSmallUnroll2:
-      return launch_qp_small_variant<T, NT, kSmallWarpFetch | kSmallUnroll2>(a, set, out, counter, prof, stream);
-    case kSmallProfile: return launch_qp_small_variant<T, NT, kSmallProfile>(a, set, out, counter, prof, stream);
-    case kSmallProfile | kSmallWarpFetch:
-      return launch_qp_small_variant<T, NT, kSmallProfile | kSmallWarpFetch>(a, set, out, counter, prof, stream);
-    case kSmallOccupancy: return launch_qp_small_variant<T, NT, kSmallOccupancy>(a, set, out, counter, prof, stream);
-    case kSmallOccupancy | kSmallWarpFetch:
-      return launch_qp_small_variant<T, NT, kSmallOccupancy | kSmallWarpFetch>(a, set, out, counter, prof, stream);
-    default: return launch_qp_small_variant<T, NT, 0>(a, set, out, counter, prof, stream);
+// Calls f(std::integral_constant<int, NT>{}, std::integral_constant<int, V>{}) for n's tile and
+// the profile bit of `variant`.
+template <typename F>
+cudaError_t with_small_kernel(int n, int variant, const F& f) {
+  const bool profile = (variant & kSmallProfile) != 0;
+  switch (small::tile(n)) {
+    case 8:
+      return profile ? f(std::integral_constant<int, 8>{}, std::integral_constant<int, kSmallProfile>{})
+                     : f(std::integral_constant<int, 8>{}, std::integral_constant<int, 0>{});
+    case 12:
+      return profile ? f(std::integral_constant<int, 12>{}, std::integral_constant<int, kSmallProfile>{})
+                     : f(std::integral_constant<int, 12>{}, std::integral_constant<int, 0>{});
+    default:
+      return profile ? f(std::integral_constant<int, 16>{}, std::integral_constant<int, kSmallProfile>{})
+                     : f(std::integral_constant<int, 16>{}, std::integral_constant<int, 0>{});
   }
 }
 
-// `counter`: one zeroed 64-bit integer in device memory (the persistent threads' work counter).
 template <typename T>
-cudaError_t launch_qp_small(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
-                            unsigned long long* counter, cudaStream_t stream, int variant,
-                            unsigned long long* prof) {
+cudaError_t launch_small_ipm(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, const SmallStages<T>& st,
+                             int variant, cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  if ((variant & kSmallProfile) != 0 && st.prof == nullptr) return cudaErrorInvalidValue;
+  return with_small_kernel(a.n, variant, [&](auto nt, auto v) {
+    constexpr int NT = decltype(nt)::value, V = decltype(v)::value;
+    const int blocks = resident_blocks(qp_small_ipm_kernel<T, NT, V>, (a.batch + kSmallThreads - 1) / kSmallThreads);
+    qp_small_ipm_kernel<T, NT, V><<<blocks, kSmallThreads, 0, stream>>>(a, set, out, st.stage, st.saved_v, st.saved_k,
+                                                                         st.counter, st.prof);
+    return cudaGetLastError();
+  });
+}
+
+template <typename T>
+cudaError_t launch_small_polish(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
+                                const SmallStages<T>& st, int variant, cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  if ((variant & kSmallProfile) != 0 && st.prof == nullptr) return cudaErrorInvalidValue;
+  return with_small_kernel(a.n, variant, [&](auto nt, auto v) {
+    constexpr int NT = decltype(nt)::value, V = decltype(v)::value;
+    const int blocks = int((a.batch + kSmallThreads - 1) / kSmallThreads);
+    qp_small_polish_kernel<T, NT, V><<<blocks, kSmallThreads, 0, stream>>>(a, set, out, st.stage, st.saved_v,
+                                                                            st.saved_k, st.prof);
+    return cudaGetLastError();
+  });
+}
+
+template <typename T>
+cudaError_t launch_qp_small_fused(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
+                                  unsigned long long* counter, int variant, unsigned long long* prof,
+                                  cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
   if ((variant & kSmallProfile) != 0 && prof == nullptr) return cudaErrorInvalidValue;
-  switch (small::tile(a.n)) {
-    case 8: return launch_qp_small_tile<T, 8>(a, set, out, counter, variant, prof, stream);
-    case 12: return launch_qp_small_tile<T, 12>(a, set, out, counter, variant, prof, stream);
-    default: return launch_qp_small_tile<T, 16>(a, set, out, counter, variant, prof, stream);
-  }
+  return with_small_kernel(a.n, variant, [&](auto nt, auto v) {
+    constexpr int NT = decltype(nt)::value, V = decltype(v)::value;
+    const int blocks = resident_blocks(qp_small_fused_kernel<T, NT, V>, (a.batch + kSmallThreads - 1) / kSmallThreads);
+    qp_small_fused_kernel<T, NT, V><<<blocks, kSmallThreads, 0, stream>>>(a, set, out, counter, prof);
+    return cudaGetLastError();
+  });
 }
 
 template <typename T>
@@ -389,8 +454,12 @@ cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T
                                           const LaunchPlan&, cudaStream_t);                                 \
   template cudaError_t launch_kkt_solve<T>(const QPBatch<T>&, const T*, const T*, T*, T, T*, const LaunchPlan&, \
                                            cudaStream_t);                                                   \
-  template cudaError_t launch_qp_small<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&,              \
-                                          unsigned long long*, cudaStream_t, int, unsigned long long*);     \
+  template cudaError_t launch_small_ipm<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&,             \
+                                          const SmallStages<T>&, int, cudaStream_t);                        \
+  template cudaError_t launch_small_polish<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&,          \
+                                             const SmallStages<T>&, int, cudaStream_t);                     \
+  template cudaError_t launch_qp_small_fused<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&,        \
+                                               unsigned long long*, int, unsigned long long*, cudaStream_t); \
   template cudaError_t launch_kkt_small<T>(const QPBatch<T>&, const T*, const T*, T*, T, int8_t*, cudaStream_t);
 
 }  // namespace optlayers

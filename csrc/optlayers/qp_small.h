@@ -52,7 +52,7 @@ constexpr int kMaxM = 128;
 // Status of a problem this kernel leaves to the thread-group kernel.
 constexpr int8_t kRetry = -1;
 
-// Instrumentation hooks of solve (a diagnostic variant of the CUDA kernel, qp_cuda_kernels.cuh's
+// Instrumentation hooks of the stages (a diagnostic variant of the CUDA kernels, qp_cuda_kernels.cuh's
 // ClockProfile, used by benchmarks/gpu_small_variants.py): phase(k) charges the time since the last
 // mark to slot k, count(k, v) adds v to slot k. The default does nothing and compiles away.
 enum ProfileSlot : int {
@@ -65,28 +65,13 @@ enum ProfileSlot : int {
   kProfProblems,
   kProfIterations,
   kProfTotal,        // whole kernel per thread (cycles)
-  kProfFetch,        // fetching the next problem (warp-aligned variant: waiting for the warp)
+  kProfFetch,        // fetching the next problem
   kProfSlots
 };
 struct NoProfile {
   OL_HD OL_INLINE void phase(int) {}
   OL_HD OL_INLINE void count(int, long long = 1) {}
 };
-
-// Row loops of the interior point, optionally unrolled by 2 (a CUDA kernel variant): the second
-// row's loads (G's row, s, z) can then issue before the first row's arithmetic finishes, which a
-// thread with little occupancy around it needs to hide latency. Same arithmetic in the same order.
-template <int RU, typename F>
-OL_HD OL_INLINE void for_rows(int m, const F& f) {
-  if constexpr (RU == 2) {
-#if defined(__CUDACC__)
-#pragma unroll 2
-#endif
-    for (int r = 0; r < m; ++r) f(r);
-  } else {
-    for (int r = 0; r < m; ++r) f(r);
-  }
-}
 
 OL_HD OL_INLINE bool eligible(int n, int m, int p) { return n >= 1 && n <= kMaxN && m >= 1 && m <= kMaxM && p == 0; }
 // The compile-time tile for n.
@@ -476,18 +461,18 @@ OL_HD OL_INLINE RowTerms<T, NT> row_terms(const Rows<T>& rows, int r, const T (&
 
 // One step of the interior point from the iterate (x, s, z) with residual rd and factor K:
 // predictor, σ = (μ_aff/μ)³, corrector, step to the boundary; updates x, s, z in place.
-template <typename T, int NT, int RU = 1>
+template <typename T, int NT>
 OL_HD OL_INLINE void predictor_corrector(const Data<T>& d, const Settings<T>& set, const T (&K)[Tri<NT>::size],
                                          const T (&rd)[NT], T mu, T sz, Rows<T>& rows, T (&x)[NT]) {
   const int m = d.m;
   T dxa[NT], dx[NT];
   // One pass over the rows: each row's g_r and RowTerms (with the predictor's terms once Δxₐ exists).
   auto pass = [&](bool with_dxa, auto&& body) {
-    for_rows<RU>(m, [&](int r) {
+    for (int r = 0; r < m; ++r) {
       T g[NT];
       load_row<T, NT>(d, r, g);
       body(r, g, row_terms<T, NT>(rows, r, g, x, with_dxa ? dxa : nullptr));
-    });
+    }
   };
   // Predictor (r_c = s∘z, r_c/s = z): Δxₐ = K⁻¹(−r_d − G̃ᵀ(z − W r_p)).
   OL_UNROLL
@@ -551,26 +536,59 @@ OL_HD OL_INLINE void predictor_corrector(const Data<T>& d, const Settings<T>& se
   for (int j = 0; j < NT; ++j) x[j] += alpha * dx[j];
 }
 
-// Solve one problem. Writes x (n), λ (m), status and iterations; status kRetry leaves the problem
-// to the thread-group kernel (x and λ are then unspecified).
-// gs_shared / hs_shared: the row scales (and h̃) computed once for a batch that shares G (and h)
-// (row_scale; e.g. in CUDA shared memory), or null.
-// RU (1 or 2) unrolls the row loops (for_rows); prof receives the phase marks (NoProfile: none).
-template <typename T, int NT, int RU, typename Prof>
-OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const T* gs_shared, const T* hs_shared,
-                 T* x_out, T* lam_out, int8_t* status, int32_t* iters, Prof& prof) {
-  const int n = d.n, m = d.m;
-  prof.count(kProfProblems);
-  T* s = rows.s;
-  T* z = rows.z;
+// ------------------------------------------------------------------------------------------------
+// The solve in stages: the interior point runs until a problem wants a polish, and the polish runs
+// as its own stage. Why: on the GPU the lanes of a warp hold different problems, and a lane that
+// polishes (a long double-precision path) while the others iterate serializes the two paths: on an
+// H200 the real grasp QPs of examples/grasp_model.py (1.7 polish calls a problem) ran with 6 of 32
+// lanes active on average (Nsight Compute) and took 37.9 ms for 48,000 of them, 6.5 ms with the
+// polish off (benchmarks/results/gpu_h200_small.txt). The CUDA binding therefore launches the
+// interior point and the polish as separate kernels (all lanes of a warp do the same stage), and
+// a problem whose early polish fails goes back to the interior point, resumed from its saved iterate.
+// solve() below chains the stages for one problem, so the host emulation runs the same code and
+// the split is invisible in the results: same arithmetic, same order, bit for bit.
+
+// Where a problem stands between stages.
+enum Stage : int8_t {
+  kStageStart = 0,         // not started
+  kStageEarlyPolish = 1,   // interior point stopped at an early-polish point (resumes if it fails)
+  kStageFinalPolish = 2,   // converged, stalled, at the iteration limit or after a failed factorization
+  kStageResume = 3,        // the early polish failed: continue the interior point
+  kStageDone = 4,          // status and outputs written
+};
+
+// Rounds of (interior point, polish) stages a batch runs at most: a problem polishes early at most
+// once per threshold polish_start, polish_start·1e-3, … above tol (2 for the defaults), so 3 rounds
+// finish every problem; beyond kMaxRounds a problem is left to the thread-group kernel.
+constexpr int kMaxRounds = 16;
+
+// A problem's saved iterate between stages: scalars (T) and integers per problem, laid out
+// [s (m), z (m), x (NT), loose, best, best_sz, best_cert] and [it, stall].
+OL_HD OL_INLINE int64_t saved_scalars(int m) { return 2 * int64_t(m) + kMaxN + 4; }
+constexpr int kSavedInts = 2;
+
+template <typename T>
+struct Saved {
+  T* v;
+  int32_t* k;
+};
+// Scratch for one problem's saved iterate where the stages run back to back (host, fused kernel).
+template <typename T>
+struct SavedBuf {
+  T v[2 * kMaxM + kMaxN + 4];
+  int32_t k[kSavedInts];
+  OL_HD OL_INLINE Saved<T> view() { return Saved<T>{v, k}; }
+};
+
+// Row scales gs = 1/‖g_r‖ (one copy for the batch when shared) and h̃ = h ∘ gs into `rows`;
+// returns max(1, |Q|, |G̃|) (the interior point's δ = kkt_reg × this).
+template <typename T, int NT>
+OL_HD OL_INLINE T scales(const Data<T>& d, Rows<T>& rows, const T* gs_shared, const T* hs_shared) {
   rows.gs = gs_shared != nullptr ? gs_shared : rows.gs_own;
   rows.hs = hs_shared != nullptr ? hs_shared : rows.hs_own;
-  const T* gs = rows.gs;
-  const T* hs = rows.hs;
-  // Row scales (1/‖row‖, 1 for zero rows), the scale max(1, |Q|, |G̃|) and δ.
   T scale = 1;
-  for (int64_t i = 0; i < int64_t(n) * n; ++i) scale = ol_max(scale, ol_abs(d.Q[i]));
-  for (int r = 0; r < m; ++r) {
+  for (int64_t i = 0; i < int64_t(d.n) * d.n; ++i) scale = ol_max(scale, ol_abs(d.Q[i]));
+  for (int r = 0; r < d.m; ++r) {
     const T sc = gs_shared != nullptr ? gs_shared[r] : row_scale<T, NT>(d, r);
     if (gs_shared == nullptr) rows.gs_own[r] = sc;
     if (hs_shared == nullptr) rows.hs_own[r] = d.h[r] * sc;
@@ -579,35 +597,73 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     OL_UNROLL
     for (int j = 0; j < NT; ++j) scale = ol_max(scale, ol_abs(g[j] * sc));
   }
-  const T delta = set.kkt_reg * scale;
+  return scale;
+}
 
-  // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃), s = h̃ − G̃x, then both shifted to ≥ 1.
+// The interior-point stage of one problem (qp_ipm.h::solve_qp with p = 0): from the start
+// (*stage == kStageStart) or from the iterate saved when its early polish failed (kStageResume),
+// until it converges, stops, or wants a polish. Sets *stage to kStageEarlyPolish or
+// kStageFinalPolish (iterate saved in `sv` for polish_stage), or kStageDone with *status (kRetry:
+// left to the thread-group kernel; or, without the polish, kSolved with x and λ written).
+// prof receives the phase marks (NoProfile: none).
+template <typename T, int NT, typename Prof>
+OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const T* gs_shared, const T* hs_shared,
+                     Saved<T> sv, int8_t* stage, T* x_out, T* lam_out, int8_t* status, int32_t* iters, Prof& prof) {
+  const int n = d.n, m = d.m;
+  T* s = rows.s;
+  T* z = rows.z;
+  const T delta = set.kkt_reg * scales<T, NT>(d, rows, gs_shared, hs_shared);
+  const T* gs = rows.gs;
+  const T* hs = rows.hs;
+  const bool resume = *stage == kStageResume;
+
   T K[Tri<NT>::size];
   T x[NT];
-  bool ok = factor<T, NT>(d, [&](int r) { return gs[r] * gs[r]; }, delta, K);
-  OL_UNROLL
-  for (int j = 0; j < NT; ++j) x[j] = -d.qv(j);
-  for (int r = 0; r < m; ++r) {
-    T g[NT];
-    load_row<T, NT>(d, r, g);
-    const T c = gs[r] * hs[r];
+  bool ok = true;
+  int it = 0;
+  Progress<T> progress;
+  T loose = set.polish_start;
+  if (!resume) {
+    prof.count(kProfProblems);
+    // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃), s = h̃ − G̃x, then both shifted to ≥ 1.
+    ok = factor<T, NT>(d, [&](int r) { return gs[r] * gs[r]; }, delta, K);
     OL_UNROLL
-    for (int j = 0; j < NT; ++j) x[j] += c * g[j];
-  }
-  chol_solve<T, NT>(K, x);
-  T smin = ol_inf<T>(), smax = -ol_inf<T>();
-  for (int r = 0; r < m; ++r) {
-    T g[NT];
-    load_row<T, NT>(d, r, g);
-    s[r] = hs[r] - gs[r] * dot_row<T, T, NT>(g, x);
-    smin = ol_min(smin, s[r]);
-    smax = ol_max(smax, s[r]);
-  }
-  const T shift_s = ol_max(T(1) - smin, T(0)), shift_z = ol_max(T(1) + smax, T(0));
-  for (int r = 0; r < m; ++r) {
-    const T s0 = s[r];
-    s[r] = s0 + shift_s;
-    z[r] = -s0 + shift_z;
+    for (int j = 0; j < NT; ++j) x[j] = -d.qv(j);
+    for (int r = 0; r < m; ++r) {
+      T g[NT];
+      load_row<T, NT>(d, r, g);
+      const T c = gs[r] * hs[r];
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) x[j] += c * g[j];
+    }
+    chol_solve<T, NT>(K, x);
+    T smin = ol_inf<T>(), smax = -ol_inf<T>();
+    for (int r = 0; r < m; ++r) {
+      T g[NT];
+      load_row<T, NT>(d, r, g);
+      s[r] = hs[r] - gs[r] * dot_row<T, T, NT>(g, x);
+      smin = ol_min(smin, s[r]);
+      smax = ol_max(smax, s[r]);
+    }
+    const T shift_s = ol_max(T(1) - smin, T(0)), shift_z = ol_max(T(1) + smax, T(0));
+    for (int r = 0; r < m; ++r) {
+      const T s0 = s[r];
+      s[r] = s0 + shift_s;
+      z[r] = -s0 + shift_z;
+    }
+  } else {
+    for (int r = 0; r < m; ++r) {
+      s[r] = sv.v[r];
+      z[r] = sv.v[m + r];
+    }
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) x[j] = sv.v[2 * m + j];
+    loose = sv.v[2 * m + kMaxN];
+    progress.best = sv.v[2 * m + kMaxN + 1];
+    progress.best_sz = sv.v[2 * m + kMaxN + 2];
+    progress.best_cert = sv.v[2 * m + kMaxN + 3];
+    it = sv.k[0];
+    progress.stall = sv.k[1];
   }
   T qn = 0, hn = 0;
   OL_UNROLL
@@ -615,20 +671,26 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
   for (int r = 0; r < m; ++r) hn = ol_max(hn, ol_abs(hs[r]));
   prof.phase(kProfSetup);
 
-  bool solved = false;
-  int it = 0;
-  Progress<T> progress;
-  T loose = set.polish_start;
-  auto lam_hat = [&](int r) { return z[r] * gs[r]; };
-  const double kkt_delta = set.polish ? double(set.kkt_reg) * data_scale<T>(d) : 0.0;  // the polish's δ
-  // A polish call, charged to its phase in the profile.
-  auto polish_at = [&](int rounds) {
+  // Hand the iterate to polish_stage (an early polish also saves what resuming needs).
+  auto save_for_polish = [&](int8_t next) {
+    for (int r = 0; r < m; ++r) {
+      sv.v[r] = s[r];
+      sv.v[m + r] = z[r];
+    }
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) sv.v[2 * m + j] = x[j];
+    sv.v[2 * m + kMaxN] = loose;
+    sv.v[2 * m + kMaxN + 1] = progress.best;
+    sv.v[2 * m + kMaxN + 2] = progress.best_sz;
+    sv.v[2 * m + kMaxN + 3] = progress.best_cert;
+    sv.k[0] = it;
+    sv.k[1] = progress.stall;
+    *stage = next;
     prof.phase(kProfResidual);
-    const bool done = polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, rounds, x_out, lam_out);
-    prof.phase(kProfPolish);
-    prof.count(kProfPolishCalls);
-    return done;
   };
+  bool solved = false;
+  // A resumed iterate failed its early polish at the top of this iteration: go on from there.
+  bool skip_early = resume;
   for (; ok && it <= set.max_iter; ++it) {
     prof.count(kProfIterations);
     // Residuals: r_d = Qx + q + G̃ᵀz, r_p = G̃x + s − h̃, and the norms of the stopping tests.
@@ -642,7 +704,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
       v[i] = 0;
     }
     T Gxn = 0, Gx_pos = 0, rpn = 0, sz = 0, hz = 0, ss = 0;
-    for_rows<RU>(m, [&](int r) {
+    for (int r = 0; r < m; ++r) {
       T g[NT];
       load_row<T, NT>(d, r, g);
       const T t = gs[r] * dot_row<T, T, NT>(g, x);
@@ -656,7 +718,7 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
       sz += s[r] * z[r];
       hz += hs[r] * z[r];
       ss += s[r] * s[r];
-    });
+    }
     T Qxn = 0, Gtzn = 0, rdn = 0, qx = 0, xQx = 0, xx = 0;
     OL_UNROLL
     for (int j = 0; j < NT; ++j) {
@@ -679,24 +741,24 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     const bool dual_inf = qx < T(0) && ray <= set.inf_tol * (-qx);
     const T total = sz + xx + ss;
     if (!(ol_abs(total) < ol_inf<T>())) break;
-    if (converged) { solved = true; break; }
-    // Early polish (as solve_qp): at a loose tolerance the active set is usually final.
-    if (set.polish && loose > set.tol && pres <= loose && dres <= loose && gap <= loose) {
-      loose *= T(1e-3);
-      if (polish_at(kEarlyPolishRounds)) {
-        *status = kSolved;
-        *iters = it;
-        return;
-      }
+    if (converged) {
+      solved = true;
+      break;
     }
+    // Early polish (as solve_qp): at a loose tolerance the active set is usually final.
+    if (!skip_early && set.polish && loose > set.tol && pres <= loose && dres <= loose && gap <= loose) {
+      loose *= T(1e-3);
+      save_for_polish(kStageEarlyPolish);
+      return;
+    }
+    skip_early = false;
     if (primal_inf || dual_inf) break;
     const T merit = ol_max(ol_max(pres, dres), gap);
     const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
     if (progress.stalled(merit, sz, cert) || it == set.max_iter) {
       // The serial path polishes an iteration-limited iterate too.
-      if (set.polish && polish_at(kPolishRounds)) {
-        *status = kSolved;
-        *iters = it;
+      if (set.polish) {
+        save_for_polish(kStageFinalPolish);
         return;
       }
       break;
@@ -707,24 +769,23 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
     prof.phase(kProfFactor);
     if (!factored) {
       // As solve_qp: a late factorization failure leaves an iterate the polish may finish.
-      if (set.polish && polish_at(kPolishRounds)) {
-        *status = kSolved;
-        *iters = it;
+      if (set.polish) {
+        save_for_polish(kStageFinalPolish);
         return;
       }
       break;
     }
-    predictor_corrector<T, NT, RU>(d, set, K, rd, mu, sz, rows, x);
+    predictor_corrector<T, NT>(d, set, K, rd, mu, sz, rows, x);
     prof.phase(kProfStep);
   }
+  *iters = it;
+  *stage = kStageDone;
   if (!solved) {
     *status = kRetry;
-    *iters = it;
     return;
   }
-  *iters = it;
   if (set.polish) {
-    *status = polish_at(kPolishRounds) ? kSolved : kRetry;
+    save_for_polish(kStageFinalPolish);
     return;
   }
   OL_UNROLL
@@ -734,11 +795,66 @@ OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const 
   *status = kSolved;
 }
 
+// The polish stage of a problem that ipm_stage left at kStageEarlyPolish or kStageFinalPolish:
+// polish its saved iterate (kEarlyPolishRounds or kPolishRounds rounds). Accepted: x, λ, status
+// kSolved and the iteration count written, kStageDone. Not accepted: an early polish resumes the
+// interior point (kStageResume), a final one leaves the problem to the thread-group kernel (kRetry).
+template <typename T, int NT, typename Prof>
+OL_HD void polish_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const T* gs_shared,
+                        const T* hs_shared, Saved<T> sv, int8_t* stage, T* x_out, T* lam_out, int8_t* status,
+                        int32_t* iters, Prof& prof) {
+  const int m = d.m;
+  scales<T, NT>(d, rows, gs_shared, hs_shared);
+  const T* gs = rows.gs;
+  T x[NT];
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) x[j] = sv.v[2 * m + j];
+  const T* z = sv.v + m;
+  auto lam_hat = [&](int r) { return z[r] * gs[r]; };
+  const bool early = *stage == kStageEarlyPolish;
+  const double kkt_delta = double(set.kkt_reg) * data_scale<T>(d);  // the polish's δ
+  prof.phase(kProfSetup);
+  const bool done = polish<T, NT>(d, set, kkt_delta, x, lam_hat, rows, early ? kEarlyPolishRounds : kPolishRounds,
+                                  x_out, lam_out);
+  prof.phase(kProfPolish);
+  prof.count(kProfPolishCalls);
+  if (done) {
+    *status = kSolved;
+    *iters = sv.k[0];
+    *stage = kStageDone;
+  } else if (early) {
+    *stage = kStageResume;
+  } else {
+    *status = kRetry;
+    *iters = sv.k[0];
+    *stage = kStageDone;
+  }
+}
+
+// Solve one problem: the stages chained (what the CUDA binding does with one launch per stage).
+// Writes x (n), λ (m), status and iterations; status kRetry leaves the problem to the
+// thread-group kernel (x and λ are then unspecified). gs_shared / hs_shared: the row scales (and
+// h̃) computed once for a batch that shares G (and h) (row_scale), or null. `saved`: scratch of
+// saved_scalars(m) scalars and kSavedInts integers.
+template <typename T, int NT, typename Prof>
+OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const T* gs_shared, const T* hs_shared,
+                 Saved<T> saved, T* x_out, T* lam_out, int8_t* status, int32_t* iters, Prof& prof) {
+  int8_t stage = kStageStart;
+  while (stage != kStageDone) {
+    if (stage == kStageStart || stage == kStageResume) {
+      ipm_stage<T, NT, Prof>(d, set, rows, gs_shared, hs_shared, saved, &stage, x_out, lam_out, status, iters, prof);
+    } else {
+      polish_stage<T, NT, Prof>(d, set, rows, gs_shared, hs_shared, saved, &stage, x_out, lam_out, status, iters,
+                                prof);
+    }
+  }
+}
+
 template <typename T, int NT>
 OL_HD void solve(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const T* gs_shared, const T* hs_shared,
-                 T* x_out, T* lam_out, int8_t* status, int32_t* iters) {
+                 Saved<T> saved, T* x_out, T* lam_out, int8_t* status, int32_t* iters) {
   NoProfile none;
-  solve<T, NT, 1, NoProfile>(d, set, rows, gs_shared, hs_shared, x_out, lam_out, status, iters, none);
+  solve<T, NT, NoProfile>(d, set, rows, gs_shared, hs_shared, saved, x_out, lam_out, status, iters, none);
 }
 
 // Backward solve (qp_ipm.h::kkt_solve with p = 0): u = K⁻¹ rhs for the active-set KKT matrix of

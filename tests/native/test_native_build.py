@@ -53,10 +53,12 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path, unit):
                           str(CSRC / unit), "-o", str(ptx)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     entries = re.findall(r"\.entry\s+(\S+)", ptx.read_text())
-    # 33 kernels of this unit's scalar type: solve/kkt × thread/warp/block (6), the small kernel's
-    # 3 tiles × its 8 compiled variants (qp_cuda.h: kSmallVariants), and its backward's 3 tiles
-    assert len(entries) == 33, entries
-    assert sum("qp_small_kernel" in e for e in entries) == 24, entries
+    # 27 kernels of this unit's scalar type: solve/kkt × thread/warp/block (6); the small kernel's
+    # interior-point stage, polish stage and fused schedule, each for 3 tiles × with/without the
+    # clock profile (18); its backward for 3 tiles
+    assert len(entries) == 27, entries
+    for stage in ("qp_small_ipm_kernel", "qp_small_polish_kernel", "qp_small_fused_kernel"):
+        assert sum(stage in e for e in entries) == 6, (stage, entries)
     assert sum("kkt_small_kernel" in e for e in entries) == 3, entries
 
 
