@@ -2,18 +2,16 @@
 run by benchmarks/gpu_check.sh, output under $OUT/gpu_small_variants.txt).
 
 The small kernel (csrc/optlayers/qp_small.h, one thread per problem) is the default on CUDA for
-n ≤ 16, m ≤ 128 without equalities. It runs in stages: an interior-point launch, then a polish
-launch, and again for the problems whose early polish failed (qp_small.h: ipm_stage,
-polish_stage). Before, one thread ran all stages of its problem in one launch ("fused"), and lanes
-that polished while the others iterated serialized the warp: on an H200 the real grasp QPs took
-37.9 ms (48,000; 6.5 ms with the polish off) — benchmarks/results/gpu_h200_small.txt. This script
-measures, in one run:
+n ≤ 16, m ≤ 128 without equalities. Its stages (interior point until a polish is wanted, polish,
+resume after a failed early polish) run either chained in one thread ("fused", the default) or as
+separate launches over the batch ("staged"; csrc/optlayers/qp_cuda.h). This script measures, in
+one run:
 
   * the compiled variants (csrc/optlayers/qp_cuda.h, kSmallVariants; selected with
-    OPTLAYERS_CUDA_SMALL_VARIANT): 0 staged (default), 1 fused — forward time of the op alone
+    OPTLAYERS_CUDA_SMALL_VARIANT): 0 fused (default), 1 staged — forward time of the op alone
     (OPTLAYERS_CUDA_KERNEL=small-bare: no fallback; "left" counts what it would re-solve);
   * diagnostics on the default: the same batch sorted by iteration count (lanes of a warp then do
-    equal work), polish off, and the clock64() profile of variants 4 (staged) and 5 (fused): share
+    equal work), polish off, and the clock64() profile of variants 4 (fused) and 5 (staged): share
     of each phase in the threads' time, polish calls per problem;
   * the iteration statistics: mean, max, and the mean over warps (32 consecutive problems) of the
     warp's largest count — what a warp that waits for its slowest lane pays.
@@ -43,7 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 
 import optlayers as ol  # noqa: E402
 
-VARIANTS = {0: "staged (default)", 1: "fused (one launch)"}
+VARIANTS = {0: "fused (default)", 1: "staged"}
 PHASES = ("setup", "residual", "factor", "step", "polish", "fetch")
 
 
@@ -195,7 +193,7 @@ def run_case(key, label, Q, q, G, h, reps):
 
 
 def preflight() -> int:
-    """Staged (default) vs fused schedule on 4,800 real grasp QPs and 10,000 planted ones: status,
+    """Fused (default) vs staged schedule on 4,800 real grasp QPs and 10,000 planted ones: status,
     iterations, x and λ must be equal bit for bit (what tests/native/test_native_cuda.py checks)."""
     import grasp_qp as gq
 
@@ -211,7 +209,7 @@ def preflight() -> int:
         ok = a.status == 0
         same = (torch.equal(a.status, b.status) and torch.equal(a.iterations, b.iterations)
                 and torch.equal(a.x[ok], b.x[ok]))
-        print(f"preflight {label}: staged == fused: {same}; solved {int(ok.sum())} of {ok.numel()}", flush=True)
+        print(f"preflight {label}: fused == staged: {same}; solved {int(ok.sum())} of {ok.numel()}", flush=True)
         ok_all &= same
     return 0 if ok_all else 1
 
@@ -223,7 +221,7 @@ def main(argv=None):
     ap.add_argument("--json")
     ap.add_argument("--ncu", action="store_true", help="one solve per case only (for Nsight Compute)")
     ap.add_argument("--preflight", action="store_true",
-                    help="exit 1 unless the staged schedule gives the fused one's results (gpu_check.sh)")
+                    help="exit 1 unless the two schedules give the same results (gpu_check.sh)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure")

@@ -147,11 +147,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       auto prof = at::zeros({profile ? optlayers::small::kProfSlots : 1}, opts.dtype(at::kLong));
       auto* cnt = reinterpret_cast<unsigned long long*>(counter.data_ptr<int64_t>());
       auto* prf = reinterpret_cast<unsigned long long*>(prof.data_ptr<int64_t>());
-      if ((variant & optlayers::kSmallFused) != 0) {
+      if ((variant & optlayers::kSmallStaged) == 0) {
         err = optlayers::launch_qp_small_fused<T>(data, set, out, cnt, variant, prf, stream);
       } else {
-        // The stages (optlayers/qp_cuda.h: SmallStages): interior point, polish, and again for the
-        // problems whose early polish failed; one host check of the stages per round.
+        // The staged schedule (optlayers/qp_cuda.h: SmallStages): interior point, polish, and again
+        // for the problems whose early polish failed; one host check of the stages per round.
         auto stage = at::zeros({batch}, opts.dtype(at::kChar));
         auto saved_v = at::empty({batch * optlayers::small::saved_scalars(m)}, opts);
         auto saved_k = at::empty({batch * optlayers::small::kSavedInts}, opts.dtype(at::kInt));

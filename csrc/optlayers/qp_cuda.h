@@ -18,8 +18,8 @@ namespace optlayers {
 //   kBlock   one block per problem (__syncthreads, shared-memory reductions, K in shared memory
 //            when it fits) — for larger problems.
 //   kSmall   one CUDA thread per problem with the reduced matrix in registers (optlayers/qp_small.h)
-//            for n ≤ 16, m ≤ 128, p = 0 — the default there; the interior point and the polish
-//            run as separate launches (see SmallStages); the problems it leaves (status
+//            for n ≤ 16, m ≤ 128, p = 0 — the default there (two schedules: see SmallStages);
+//            the problems it leaves (status
 //            small::kRetry: infeasible, unbounded, iteration limit, polish not accepted) are
 //            re-solved by the warp kernel (qp_cuda_binding.cpp).
 enum class Kernel : int { kThread = 0, kWarp = 1, kBlock = 2, kSmall = 3 };
@@ -130,10 +130,17 @@ template <typename T>
 cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,
                             const LaunchPlan& plan, cudaStream_t stream);
 
-// The small kernel runs in stages (optlayers/qp_small.h: ipm_stage, polish_stage): the binding
-// launches the interior-point kernel and then the polish kernel over the batch, and again for the
-// problems whose early polish failed, until none is left (at most small::kMaxRounds rounds).
-// Per-problem scratch between the launches:
+// The small kernel's two schedules of the same stages (optlayers/qp_small.h: ipm_stage,
+// polish_stage; bit for bit the same results):
+//   fused (default)  one thread runs every stage of its problem in one launch (small::solve);
+//   staged           the interior-point kernel and then the polish kernel over the batch, and again
+//                    for the problems whose early polish failed (at most small::kMaxRounds rounds,
+//                    one host synchronization each), so that all lanes of a warp do the same stage.
+// Measured on an H200 (benchmarks/results/gpu_h200_small.txt, forward, same run): real grasp QPs
+// B = 4,800 6.5 (fused) vs 7.5 ms (staged), B = 48,000 17.9 vs 17.8; planted B = 48,000 f64 4.5 vs
+// 4.5; B = 100,000 n = 16 f32 10.6 vs 9.6 — so the default is the schedule without host
+// synchronizations (CUDA-graph friendly); OPTLAYERS_CUDA_SMALL_VARIANT=1 selects the staged one.
+// Per-problem scratch of the staged schedule between its launches:
 template <typename T>
 struct SmallStages {
   int8_t* stage;                  // batch, small::Stage (zeroed: kStageStart)
@@ -143,13 +150,12 @@ struct SmallStages {
   unsigned long long* prof;       // small::kProfSlots zeroed counters for kSmallProfile, else unused
 };
 
-// Variants (a bit mask, OPTLAYERS_CUDA_SMALL_VARIANT; benchmarks/gpu_small_variants.py): the
-// default 0 is the staged solve; kSmallFused runs all stages of a problem in one thread and one
-// launch (the schedule before the split, to compare against); kSmallProfile adds clock64() phase
-// sums (qp_cuda_kernels.cuh: ClockProfile), printed to stderr by the binding.
-constexpr int kSmallFused = 1;
+// Variants (a bit mask, OPTLAYERS_CUDA_SMALL_VARIANT; benchmarks/gpu_small_variants.py): 0 the fused
+// schedule (default); kSmallStaged the staged one; kSmallProfile adds clock64() phase sums
+// (qp_cuda_kernels.cuh: ClockProfile), printed to stderr by the binding.
+constexpr int kSmallStaged = 1;
 constexpr int kSmallProfile = 4;
-constexpr int kSmallVariants[] = {0, kSmallFused, kSmallProfile, kSmallProfile | kSmallFused};
+constexpr int kSmallVariants[] = {0, kSmallStaged, kSmallProfile, kSmallProfile | kSmallStaged};
 
 template <typename T>
 cudaError_t launch_small_ipm(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
@@ -157,7 +163,7 @@ cudaError_t launch_small_ipm(const QPBatch<T>& a, const Settings<T>& set, const 
 template <typename T>
 cudaError_t launch_small_polish(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
                                 const SmallStages<T>& st, int variant, cudaStream_t stream);
-// kSmallFused: `counter` one zeroed 64-bit integer in device memory; `prof` as in SmallStages.
+// The fused schedule: `counter` one zeroed 64-bit integer in device memory; `prof` as in SmallStages.
 template <typename T>
 cudaError_t launch_qp_small_fused(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out,
                                   unsigned long long* counter, int variant, unsigned long long* prof,

@@ -273,9 +273,10 @@ __device__ void flush_profile(Prof& p, long long t_start, unsigned long long* pr
 }
 
 // The interior-point stage (small::ipm_stage) of every problem at kStageStart or kStageResume.
-// Persistent threads: the grid holds as many threads as fit on the GPU at once, and each thread
-// takes the next problem from a global counter whenever it finishes one, so threads whose problems
-// stop early go on working, and there is no partial last wave. With a shared G (and h) the row
+// (The staged schedule, kSmallStaged.) Persistent threads: the grid holds as many threads as fit
+// on the GPU at once, and each thread takes the next problem from a global counter whenever it
+// finishes one, so threads whose problems stop early go on working, and there is no partial last
+// wave. With a shared G (and h) the row
 // scales (and h̃) are computed once per block into shared memory. V: kSmallProfile or 0.
 template <typename T, int NT, int V>
 __global__ void __launch_bounds__(kSmallThreads) qp_small_ipm_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
@@ -328,8 +329,8 @@ __global__ void __launch_bounds__(kSmallThreads) qp_small_polish_kernel(QPBatch<
   flush_profile(p, t_start, prof);
 }
 
-// The stages chained in one thread per problem (small::solve): the schedule before the split, kept
-// as variant kSmallFused to measure the split against (benchmarks/gpu_small_variants.py).
+// The fused schedule (the default; optlayers/qp_cuda.h): the stages chained in one thread per problem
+// (small::solve), persistent threads as above.
 template <typename T, int NT, int V>
 __global__ void __launch_bounds__(kSmallThreads) qp_small_fused_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
                                                                        unsigned long long* next,

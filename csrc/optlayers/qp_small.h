@@ -36,16 +36,6 @@
 
 #include "optlayers/qp_ipm.h"
 
-// Loops over the active rows of a KKT system skip the inactive ones on the host; on the GPU they
-// run every row with the inactive ones' terms selected to zero, because the lanes of a warp have
-// different active sets and a skip only serializes them (H200, polish stage of 48,000 real grasp
-// QPs: 7.6 of 32 lanes active with the skips). Same values either way (±0 terms).
-#if defined(__CUDA_ARCH__)
-#define OL_SKIP_INACTIVE 0
-#else
-#define OL_SKIP_INACTIVE 1
-#endif
-
 #if defined(__CUDACC__)
 #define OL_UNROLL _Pragma("unroll")
 #define OL_NOINLINE __noinline__
@@ -119,8 +109,7 @@ OL_HD OL_INLINE U dot_row(const T (&g)[NT], const U (&v)[NT]) {
   return acc;
 }
 
-// K ← Q + δI + Σ_r c_r g_r g_rᵀ (packed lower, arithmetic in U); rows with c_r = 0 are skipped
-// on the host (OL_SKIP_INACTIVE).
+// K ← Q + δI + Σ_r c_r g_r g_rᵀ (packed lower, arithmetic in U); rows with c_r = 0 are skipped.
 template <typename U, typename T, int NT, typename Coef>
 OL_HD OL_INLINE void form(const Data<T>& d, const Coef& coef, U delta, U (&K)[Tri<NT>::size]) {
   OL_UNROLL
@@ -133,7 +122,7 @@ OL_HD OL_INLINE void form(const Data<T>& d, const Coef& coef, U delta, U (&K)[Tr
   U c = d.m > 0 ? coef(0) : U(0);
   for (int r = 0; r < d.m; ++r) {
     const U c_next = r + 1 < d.m ? coef(r + 1) : U(0);
-    if (!OL_SKIP_INACTIVE || c != U(0)) {
+    if (c != U(0)) {
       T g[NT];
       load_row<T, NT>(d, r, g);
       OL_UNROLL
@@ -256,20 +245,19 @@ OL_HD OL_INLINE void kkt_apply(const Data<T>& d, const uint8_t* act, const KKT<T
   OL_UNROLL
   for (int j = 0; j < NT; ++j) ux[j] = r1[j];
   for (int r = 0; r < d.m; ++r) {
-    if (OL_SKIP_INACTIVE && !act[r]) continue;
+    if (!act[r]) continue;
     T g[NT];
     load_row<T, NT>(d, r, g);
-    const double c = act[r] ? r2[r] * inv : 0.0;
+    const double c = r2[r] * inv;
     OL_UNROLL
     for (int j = 0; j < NT; ++j) ux[j] += c * double(g[j]);
   }
   chol_solve<double, NT>(f.M, ux);
   for (int r = 0; r < d.m; ++r) {
-    if (OL_SKIP_INACTIVE && !act[r]) continue;
+    if (!act[r]) continue;
     T g[NT];
     load_row<T, NT>(d, r, g);
-    const double v = (dot_row<double, T, NT>(g, ux) - r2[r]) * inv;
-    ul[r] = act[r] ? v : ul[r];  // inactive rows keep theirs (ul may alias r2)
+    ul[r] = (dot_row<double, T, NT>(g, ux) - r2[r]) * inv;
   }
 }
 
@@ -302,14 +290,13 @@ OL_HD OL_INLINE void kkt_refined(const Data<T>& d, const KKT<T, NT>& f, const do
     OL_UNROLL
     for (int i = 0; i < NT; ++i) e1[i] = b1[i] - e1[i];
     for (int r = 0; r < d.m; ++r) {
-      if (OL_SKIP_INACTIVE && !act[r]) continue;
+      if (!act[r]) continue;
       T g[NT];
       load_row<T, NT>(d, r, g);
-      const double l = act[r] ? rows.ul[r] : 0.0;
+      const double l = rows.ul[r];
       OL_UNROLL
       for (int j = 0; j < NT; ++j) e1[j] -= l * double(g[j]);
-      const double e = b2(r) - dot_row<double, T, NT>(g, ux);
-      rows.e2[r] = act[r] ? e : rows.e2[r];
+      rows.e2[r] = b2(r) - dot_row<double, T, NT>(g, ux);
     }
     // Padded variables are decoupled (Q_ii = 1, no G): their exact rows read u_i = b₁_i = 0.
     double dx[NT];
@@ -322,11 +309,10 @@ OL_HD OL_INLINE void kkt_refined(const Data<T>& d, const KKT<T, NT>& f, const do
       un = ol_max(un, ol_abs(ux[j]));
     }
     for (int r = 0; r < d.m; ++r) {
-      if (OL_SKIP_INACTIVE && !act[r]) continue;
-      const double du = act[r] ? rows.e2[r] : 0.0;
-      rows.ul[r] += du;
-      dn = ol_max(dn, ol_abs(du));
-      un = ol_max(un, act[r] ? ol_abs(rows.ul[r]) : 0.0);
+      if (!act[r]) continue;
+      rows.ul[r] += rows.e2[r];
+      dn = ol_max(dn, ol_abs(rows.e2[r]));
+      un = ol_max(un, ol_abs(rows.ul[r]));
     }
     if (dn <= 2.3e-16 * un) break;
   }
@@ -393,13 +379,12 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
         load_row<T, NT>(d, r, g);
         const double gx = dot_row<double, T, NT>(g, ux);
         viol = ol_max(viol, gx - double(d.h[r]));
-        const bool a = rows.act[r] != 0;
-        if (OL_SKIP_INACTIVE && !a) continue;
-        const double l = a ? rows.ul[r] : 0.0;
+        if (!rows.act[r]) continue;
+        const double l = rows.ul[r];
         OL_UNROLL
         for (int j = 0; j < NT; ++j) rx[j] += l * double(g[j]);
-        res = ol_max(res, a ? ol_abs(gx - double(d.h[r])) : 0.0);
-        rhs_n = ol_max(rhs_n, a ? ol_abs(double(d.h[r])) : 0.0);
+        res = ol_max(res, ol_abs(gx - double(d.h[r])));
+        rhs_n = ol_max(rhs_n, ol_abs(double(d.h[r])));
         neg = ol_max(neg, -l);
         ln = ol_max(ln, ol_abs(l));
         finite = finite && (l == l) && ol_abs(l) < ol_inf<double>();
@@ -424,14 +409,13 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
     // Correct the guess with the unshifted solution: violated inactive rows join, active rows with
     // negative multipliers leave.
     for (int r = 0; r < m; ++r) {
-      const bool a = rows.act[r] != 0;
-      double v = 0;
-      if (!OL_SKIP_INACTIVE || !a) {
+      if (rows.act[r]) {
+        if (rows.ul[r] < 0) rows.act[r] = 0;
+      } else {
         T g[NT];
         load_row<T, NT>(d, r, g);
-        v = dot_row<double, T, NT>(g, ux) - double(d.h[r]);
+        if (dot_row<double, T, NT>(g, ux) - double(d.h[r]) > ptol * (1 + hn)) rows.act[r] = 1;  // as qp_ipm.h
       }
-      rows.act[r] = a ? (rows.ul[r] < 0 ? 0 : 1) : (v > ptol * (1 + hn) ? 1 : 0);  // as qp_ipm.h
     }
   }
   return false;
@@ -553,16 +537,20 @@ OL_HD OL_INLINE void predictor_corrector(const Data<T>& d, const Settings<T>& se
 }
 
 // ------------------------------------------------------------------------------------------------
-// The solve in stages: the interior point runs until a problem wants a polish, and the polish runs
-// as its own stage. Why: on the GPU the lanes of a warp hold different problems, and a lane that
-// polishes (a long double-precision path) while the others iterate serializes the two paths: on an
-// H200 the real grasp QPs of examples/grasp_model.py (1.7 polish calls a problem) ran with 6 of 32
-// lanes active on average (Nsight Compute) and took 37.9 ms for 48,000 of them, 6.5 ms with the
-// polish off (benchmarks/results/gpu_h200_small.txt). The CUDA binding therefore launches the
-// interior point and the polish as separate kernels (all lanes of a warp do the same stage), and
-// a problem whose early polish fails goes back to the interior point, resumed from its saved iterate.
-// solve() below chains the stages for one problem, so the host emulation runs the same code and
-// the split is invisible in the results: same arithmetic, same order, bit for bit.
+// The solve in stages: the interior point runs until a problem wants a polish (ipm_stage), the
+// polish is its own stage (polish_stage), and a problem whose early polish fails resumes the
+// interior point from its saved iterate. solve() chains the stages in one thread (the CUDA
+// default, "fused"); the CUDA binding can also launch them as separate kernels over the batch
+// ("staged", qp_cuda.h), and the host emulation runs them batch by batch; all three give the same
+// results bit for bit (same arithmetic in the same order).
+// Why stages: on the GPU the lanes of a warp hold different problems, and the polish (a long
+// double-precision path) used to be called from inside the interior point's loop: on an H200 the
+// real grasp QPs of examples/grasp_model.py (1.7 polish calls a problem) ran with 6 of 32 lanes
+// active on average (Nsight Compute) and took 37.9 ms for 48,000 of them, 6.5 ms with the polish
+// off. With the polish out of the loop they take 17.9 ms (fused) or 17.8 (staged), and the staged
+// interior-point kernel runs 25 of 32 lanes active; the polish stage itself (7.6 lanes active,
+// per-lane active sets, rounds and attempts) is now the larger half of the time
+// (benchmarks/results/gpu_h200_small.txt).
 
 // Where a problem stands between stages.
 enum Stage : int8_t {

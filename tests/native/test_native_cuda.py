@@ -240,11 +240,11 @@ def test_cuda_warm_start_equals_cpu(backend):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cuda_small_kernel_stages_equal_the_fused_schedule(dtype, monkeypatch):
-    """The staged small kernel (interior point and polish as separate launches, resumed after a
-    failed early polish) gives bit for bit what the fused schedule (every stage in one thread,
-    OPTLAYERS_CUDA_SMALL_VARIANT=1) gives: x, λ, status and iterations, on the real grasp QPs (1.7
-    polish calls a problem, so resumed interior points) and on planted ones; and the profile variant
-    (4) the same again."""
+    """The staged schedule of the small kernel (interior point and polish as separate launches,
+    resumed after a failed early polish; OPTLAYERS_CUDA_SMALL_VARIANT=1) gives bit for bit what the
+    default fused schedule (every stage in one thread) gives: x, λ, status and iterations, on the
+    real grasp QPs (1.7 polish calls a problem, so resumed interior points) and on planted ones; and
+    the profile variant (4) the same again."""
     monkeypatch.setenv("OPTLAYERS_CUDA_KERNEL", "small-bare")
     Qg, qg, Gg, hg = grasp_batch(160, dtype=dtype, device="cuda")
     P = ol.testing.random_qp(3000, 12, 41, 0, seed=3, shared=("G",), dtype=dtype, device="cuda")
