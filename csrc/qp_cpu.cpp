@@ -107,11 +107,13 @@ void for_each_block(int64_t blocks, int64_t nv, int64_t ns, const F& body) {
 // op falls back to its thread-group kernel. A test hook (tests/native/test_native_small.py): the
 // GPU code is checked on machines without a GPU. Off by default; the CPU's own paths are faster.
 // OPTLAYERS_CPU_SMALL=2: the same without the fallback (status −1 marks what it would re-solve).
-// Returns 0 (off or not eligible), 1 or 2.
+// Both run the stages batch by batch, as the CUDA kernel's staged schedule launches them;
+// OPTLAYERS_CPU_SMALL=3 chains them per problem (small::solve), as its default fused schedule
+// does, without the fallback. Returns 0 (off or not eligible), 1, 2 or 3.
 int small_emulation(int n, int m, int p) {
   const char* v = std::getenv("OPTLAYERS_CPU_SMALL");
   if (v == nullptr || !optlayers::small::eligible(n, m, p)) return 0;
-  return v[0] == '1' ? 1 : v[0] == '2' ? 2 : 0;
+  return v[0] == '1' ? 1 : v[0] == '2' ? 2 : v[0] == '3' ? 3 : 0;
 }
 
 // The active-set KKT solve (qp_kkt_solve) of an eligible problem takes small::kkt_solve, its
@@ -187,6 +189,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       std::vector<int32_t> saved_k(batch * sm::kSavedInts);
       with_small_tile(n, [&](auto nt) {
         constexpr int NT = decltype(nt)::value;
+        if (emulation == 3) {  // the fused schedule
+          for_each_dynamic<T>(batch, 1, [&](int64_t i, T*) {
+            thread_local sm::Rows<T> rows;
+            thread_local sm::SavedBuf<T> saved;
+            const sm::Data<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, n, m};
+            sm::solve<T, NT>(d, set, rows, nullptr, nullptr, saved.view(), px + i * n, pl + i * m, ps + i, pi + i);
+            stage[i] = sm::kStageDone;
+          });
+          return;
+        }
         for (int round = 0; round < sm::kMaxRounds; ++round) {
           for (const bool polish_round : {false, true}) {
             for_each_dynamic<T>(batch, 1, [&](int64_t i, T*) {
@@ -215,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         factor.zero_();
         for (int64_t i = 0; i < batch; ++i) pf[i * fs + fs - 1] = T(-1);
       }
-      if (emulation == 2) return;  // tests: see what the small kernel leaves
+      if (emulation >= 2) return;  // tests: see what the small kernel leaves
       std::vector<int64_t> retry;
       for (int64_t i = 0; i < batch; ++i)
         if (ps[i] == optlayers::small::kRetry) retry.push_back(i);

@@ -541,8 +541,11 @@ OL_HD OL_INLINE void predictor_corrector(const Data<T>& d, const Settings<T>& se
 // polish is its own stage (polish_stage), and a problem whose early polish fails resumes the
 // interior point from its saved iterate. solve() chains the stages in one thread (the CUDA
 // default, "fused"); the CUDA binding can also launch them as separate kernels over the batch
-// ("staged", qp_cuda.h), and the host emulation runs them batch by batch; all three give the same
-// results bit for bit (same arithmetic in the same order).
+// ("staged", qp_cuda.h), and the host emulation runs them batch by batch; all three do the same
+// arithmetic in the same order, so they agree bit for bit up to the compiler's contraction of
+// multiply-adds, which may differ between two inlined copies (on the H200 the CUDA schedules
+// agreed bit for bit; on the host float64 agrees bit for bit and float32 degenerate QPs can end
+// differently: tests/native/test_native_small.py::test_small_fused_schedule_equals_staged).
 // Why stages: on the GPU the lanes of a warp hold different problems, and the polish (a long
 // double-precision path) used to be called from inside the interior point's loop: on an H200 the
 // real grasp QPs of examples/grasp_model.py (1.7 polish calls a problem) ran with 6 of 32 lanes
