@@ -119,7 +119,7 @@ int small_emulation(int n, int m, int p) {
 // The active-set KKT solve (qp_kkt_solve) of an eligible problem takes small::kkt_solve, its
 // n×n double-precision Cholesky with refinement, by default (OPTLAYERS_CPU_SMALL=0: the serial
 // path's compact LU instead, for tests): same solution to round-off, and on 4,800 grasp QPs
-// (n = 12, m = 41) 7.9 ms instead of 18.2 on this 2-core machine. It serves the warm start's guess
+// (n = 12, m = 41) 7.8 ms instead of 18.4 on this 2-core machine. It serves the warm start's guess
 // and forward-mode products; the reverse-mode backward has its own fused path (qp_backward_cpu).
 bool small_kkt(int n, int m, int p) {
   const char* v = std::getenv("OPTLAYERS_CPU_SMALL");
@@ -180,8 +180,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     int32_t* pi = iters.data_ptr<int32_t>();
     T* pf = keep_factor ? factor.data_ptr<T>() : nullptr;
     if (const int emulation = small_emulation(n, m, p)) {
-      // The stages batch by batch, as the CUDA binding launches them (small::solve would chain them
-      // per problem with the same results; this also exercises the saved-iterate layout and rounds).
+      // The stages batch by batch, as the CUDA staged schedule launches them (this exercises the
+      // saved-iterate layout and the rounds), or with emulation 3 chained per problem (small::solve,
+      // the CUDA default): the same arithmetic in the same order.
       namespace sm = optlayers::small;
       std::vector<int8_t> stage(batch, sm::kStageStart);
       const int64_t nsv = sm::saved_scalars(m);

@@ -39,9 +39,9 @@ int forced_kernel() {
 int small_variant() {
   const char* v = std::getenv("OPTLAYERS_CUDA_SMALL_VARIANT");
   if (v == nullptr || *v == 0) return 0;
-  const int k = std::atoi(v);
+  const std::string s(v);
   for (int ok : optlayers::kSmallVariants)
-    if (k == ok) return k;
+    if (s == std::to_string(ok)) return ok;
   TORCH_CHECK(false, "OPTLAYERS_CUDA_SMALL_VARIANT must be one of 0, 1, 4, 5; got '", v, "'");
 }
 

@@ -276,8 +276,8 @@ __device__ void flush_profile(Prof& p, long long t_start, unsigned long long* pr
 // (The staged schedule, kSmallStaged.) Persistent threads: the grid holds as many threads as fit
 // on the GPU at once, and each thread takes the next problem from a global counter whenever it
 // finishes one, so threads whose problems stop early go on working, and there is no partial last
-// wave. With a shared G (and h) the row
-// scales (and h̃) are computed once per block into shared memory. V: kSmallProfile or 0.
+// wave. With a shared G (and h) the row scales (and h̃) are computed once per block into shared
+// memory. V: kSmallProfile or 0.
 template <typename T, int NT, int V>
 __global__ void __launch_bounds__(kSmallThreads) qp_small_ipm_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
                                                                      int8_t* stage, T* saved_v, int32_t* saved_k,

@@ -565,12 +565,13 @@ enum Stage : int8_t {
 };
 
 // Rounds of (interior point, polish) stages a batch runs at most: a problem polishes early at most
-// once per threshold polish_start, polish_start·1e-3, … above tol (2 for the defaults), so 3 rounds
-// finish every problem; beyond kMaxRounds a problem is left to the thread-group kernel.
+// once per threshold polish_start, polish_start·1e-3, … above tol (with the defaults 3 in float64,
+// 1 in float32), so 4 rounds finish every problem; beyond kMaxRounds a problem is left to the
+// thread-group kernel.
 constexpr int kMaxRounds = 16;
 
 // A problem's saved iterate between stages: scalars (T) and integers per problem, laid out
-// [s (m), z (m), x (NT), loose, best, best_sz, best_cert] and [it, stall].
+// [s (m), z (m), x (kMaxN slots), loose, best, best_sz, best_cert] and [it, stall].
 OL_HD OL_INLINE int64_t saved_scalars(int m) { return 2 * int64_t(m) + kMaxN + 4; }
 constexpr int kSavedInts = 2;
 
