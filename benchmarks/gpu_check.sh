@@ -83,13 +83,13 @@ if [ "${GPU_CHECK_PROFILE:-1}" != 0 ]; then
   timeout ${GPU_CHECK_PROFILE_S:-90} $PY benchmarks/gpu_profile.py ${GPU_PROFILE_ARGS:-} > "$OUT/gpu_profile.txt" 2>&1
   echo "profile rc=$?" >> "$OUT/gpu_profile.txt"
 fi
-# Nsight Compute on the first interior-point launch of the small kernel (real grasp QPs, B = 48,000), where ncu exists and
+# Nsight Compute on the first launch of the small kernel (real grasp QPs, B = 48,000), where ncu exists and
 # may read the counters: occupancy, registers, warp stall reasons.
 if [ "${GPU_CHECK_NCU:-0}" != 0 ]; then
   stamp "ncu" | tee -a "$OUT/build.log"
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
   if [ -n "$NCU" ]; then
-    OPTLAYERS_CUDA_KERNEL=small-bare timeout ${GPU_CHECK_NCU_S:-90} "$NCU" --target-processes all -k regex:qp_small_ipm_kernel -c 1 \
+    OPTLAYERS_CUDA_KERNEL=small-bare timeout ${GPU_CHECK_NCU_S:-90} "$NCU" --target-processes all -k regex:"qp_small_(fused|ipm|polish)_kernel" -c 1 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section MemoryWorkloadAnalysis \
       $PY benchmarks/gpu_small_variants.py --cases grasp48k --reps 1 --ncu > "$OUT/ncu_small.txt" 2>&1
@@ -103,3 +103,9 @@ tail -n 4 "$OUT/tests_cuda.txt" 2>/dev/null; cat "$OUT/gpu_small_variants.txt" 2
 tail -n 12 "$OUT/gpu_bench.txt" 2>/dev/null; tail -n 8 "$OUT"/grasp_gpu_*.txt 2>/dev/null
 tail -n 10 "$OUT/torch_kkt_gpu.txt" 2>/dev/null
 tail -n 14 "$OUT/warm_start_gpu.txt" 2>/dev/null
+# The lent machine hands back at most 8 files (this script writes ~14): one archive holds them all
+# (tar xzf gpu_check_outputs.tgz); GPU_CHECK_BUNDLE=0 leaves them loose.
+if [ "${GPU_CHECK_BUNDLE:-1}" != 0 ]; then
+  (cd "$OUT" && find . -maxdepth 1 -type f ! -name gpu_check_outputs.tgz ! -name .bundle_list -printf '%P\n' > .bundle_list \
+    && tar czf gpu_check_outputs.tgz -T .bundle_list && xargs rm -f < .bundle_list && rm -f .bundle_list)
+fi
