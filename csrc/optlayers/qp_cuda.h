@@ -140,6 +140,8 @@ cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const Q
 // B = 4,800 6.5 (fused) vs 7.5 ms (staged), B = 48,000 17.9 vs 17.8; planted B = 48,000 f64 4.5 vs
 // 4.5; B = 100,000 n = 16 f32 10.6 vs 9.6 — so the default is the schedule without host
 // synchronizations (CUDA-graph friendly); OPTLAYERS_CUDA_SMALL_VARIANT=1 selects the staged one.
+// Beware: at tile 16 in float64 ptxas (CUDA 13, sm_90) gives the staged interior-point kernel only
+// 32 registers (55 KB of spill stores; the fused kernel gets 255): B = 48,000, n = 15 ran 3× slower.
 // Per-problem scratch of the staged schedule between its launches:
 template <typename T>
 struct SmallStages {
