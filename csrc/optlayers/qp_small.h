@@ -216,6 +216,7 @@ struct Rows {
   T s[kMaxM], z[kMaxM], gs_own[kMaxM], hs_own[kMaxM];
   double ul[kMaxM], e2[kMaxM];  // KKT solves: u_λ and the residual's λ part (active rows)
   uint8_t act[kMaxM];           // active-set guess
+  uint8_t neg0[kMaxM];          // polish: active rows with a negative unshifted multiplier
   const T* gs;  // row scales 1/‖g_r‖: gs_own, or one copy for the batch when G is shared
   const T* hs;  // scaled h̃ = h ∘ gs: hs_own, or one copy when G and h are shared
 };
@@ -361,10 +362,18 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
   KKT<T, NT> f;
   for (int round = 0; round < rounds; ++round) {
     if (!kkt_factor<T, NT>(d, rows.act, delta, f)) return false;
-    double ux[NT];
-    bool accept = false;
-    for (int attempt = 0; attempt < 3; ++attempt) {
+    double ux[NT], ux0[NT];
+    bool accept = false, shifted = false;
+    // qp_ipm.h::polish makes a third attempt, unshifted again, for its multiplier repair and the
+    // correction below; without the repair only the correction needs that solution, which is
+    // attempt 0's (same system, same right-hand side): it is kept (x and the multipliers' signs)
+    // instead of solved twice.
+    for (int attempt = 0; attempt < 2; ++attempt) {
       if (attempt == 1) {
+        OL_UNROLL
+        for (int j = 0; j < NT; ++j) ux0[j] = ux[j];
+        for (int r = 0; r < m; ++r) rows.neg0[r] = rows.act[r] && rows.ul[r] < 0 ? 1 : 0;
+        shifted = true;
         kkt_refined<T, NT>(d, f, b1, b2, shift, rows, ux);
       } else {
         kkt_refined<T, NT>(d, f, b1, b2, no_shift, rows, ux);
@@ -408,9 +417,13 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
     }
     // Correct the guess with the unshifted solution: violated inactive rows join, active rows with
     // negative multipliers leave.
+    if (shifted) {
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) ux[j] = ux0[j];
+    }
     for (int r = 0; r < m; ++r) {
       if (rows.act[r]) {
-        if (rows.ul[r] < 0) rows.act[r] = 0;
+        if (shifted ? rows.neg0[r] != 0 : rows.ul[r] < 0) rows.act[r] = 0;
       } else {
         T g[NT];
         load_row<T, NT>(d, r, g);
