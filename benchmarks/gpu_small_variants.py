@@ -40,24 +40,10 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 
 import optlayers as ol  # noqa: E402
+from gpu_bench import timed  # noqa: E402  (CUDA events, median after a warm-up)
 
 VARIANTS = {0: "fused (default)", 1: "staged"}
 PHASES = ("setup", "residual", "factor", "step", "polish", "fetch")
-
-
-def timed(fn, reps):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 @contextlib.contextmanager
