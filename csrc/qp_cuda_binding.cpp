@@ -144,9 +144,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const int variant = small_variant();
       const bool profile = (variant & optlayers::kSmallProfile) != 0;
       auto counter = at::zeros({1}, opts.dtype(at::kLong));
-      auto prof = at::zeros({profile ? optlayers::small::kProfSlots : 1}, opts.dtype(at::kLong));
       auto* cnt = reinterpret_cast<unsigned long long*>(counter.data_ptr<int64_t>());
-      auto* prf = reinterpret_cast<unsigned long long*>(prof.data_ptr<int64_t>());
+      at::Tensor prof;  // only for the profile variant: no extra allocation on the common path
+      if (profile) prof = at::zeros({optlayers::small::kProfSlots}, opts.dtype(at::kLong));
+      auto* prf = profile ? reinterpret_cast<unsigned long long*>(prof.data_ptr<int64_t>()) : nullptr;
       if ((variant & optlayers::kSmallStaged) == 0) {
         err = optlayers::launch_qp_small_fused<T>(data, set, out, cnt, variant, prf, stream);
       } else {

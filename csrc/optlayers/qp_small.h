@@ -601,18 +601,27 @@ struct SavedBuf {
   OL_HD OL_INLINE Saved<T> view() { return Saved<T>{v, k}; }
 };
 
-// Row scales gs = 1/‖g_r‖ (one copy for the batch when shared) and h̃ = h ∘ gs into `rows`;
-// returns max(1, |Q|, |G̃|) (the interior point's δ = kkt_reg × this).
+// Row scales gs = 1/‖g_r‖ and h̃ = h ∘ gs into `rows`: pointers to the batch's one copy where G
+// (and h) are shared, else computed into the problem's own arrays.
 template <typename T, int NT>
-OL_HD OL_INLINE T scales(const Data<T>& d, Rows<T>& rows, const T* gs_shared, const T* hs_shared) {
+OL_HD OL_INLINE void bind_row_scales(const Data<T>& d, Rows<T>& rows, const T* gs_shared, const T* hs_shared) {
   rows.gs = gs_shared != nullptr ? gs_shared : rows.gs_own;
   rows.hs = hs_shared != nullptr ? hs_shared : rows.hs_own;
-  T scale = 1;
-  for (int64_t i = 0; i < int64_t(d.n) * d.n; ++i) scale = ol_max(scale, ol_abs(d.Q[i]));
+  if (gs_shared != nullptr && hs_shared != nullptr) return;
   for (int r = 0; r < d.m; ++r) {
     const T sc = gs_shared != nullptr ? gs_shared[r] : row_scale<T, NT>(d, r);
     if (gs_shared == nullptr) rows.gs_own[r] = sc;
     if (hs_shared == nullptr) rows.hs_own[r] = d.h[r] * sc;
+  }
+}
+
+// max(1, |Q|, |G̃|) entrywise with the bound row scales (the interior point's δ = kkt_reg × this).
+template <typename T, int NT>
+OL_HD OL_INLINE T scaled_data_scale(const Data<T>& d, const Rows<T>& rows) {
+  T scale = 1;
+  for (int64_t i = 0; i < int64_t(d.n) * d.n; ++i) scale = ol_max(scale, ol_abs(d.Q[i]));
+  for (int r = 0; r < d.m; ++r) {
+    const T sc = rows.gs[r];
     T g[NT];
     load_row<T, NT>(d, r, g);
     OL_UNROLL
@@ -633,7 +642,8 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
   const int n = d.n, m = d.m;
   T* s = rows.s;
   T* z = rows.z;
-  const T delta = set.kkt_reg * scales<T, NT>(d, rows, gs_shared, hs_shared);
+  bind_row_scales<T, NT>(d, rows, gs_shared, hs_shared);
+  const T delta = set.kkt_reg * scaled_data_scale<T, NT>(d, rows);
   const T* gs = rows.gs;
   const T* hs = rows.hs;
   const bool resume = *stage == kStageResume;
@@ -825,7 +835,7 @@ OL_HD void polish_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows,
                         const T* hs_shared, Saved<T> sv, int8_t* stage, T* x_out, T* lam_out, int8_t* status,
                         int32_t* iters, Prof& prof) {
   const int m = d.m;
-  scales<T, NT>(d, rows, gs_shared, hs_shared);
+  bind_row_scales<T, NT>(d, rows, gs_shared, hs_shared);  // λ̂ = z ∘ gs; the polish needs no δ of the IPM
   const T* gs = rows.gs;
   T x[NT];
   OL_UNROLL
