@@ -41,7 +41,7 @@ fi
 # The small kernel's compiled variants and where its time goes (profile, sorted batch, polish off).
 if [ "${GPU_CHECK_VARIANTS:-1}" != 0 ]; then
   stamp "small-kernel variants" | tee -a "$OUT/build.log"
-  timeout ${GPU_CHECK_VARIANTS_S:-150} $PY benchmarks/gpu_small_variants.py --reps 5 --json "$OUT/gpu_small_variants.json" \
+  timeout ${GPU_CHECK_VARIANTS_S:-200} $PY benchmarks/gpu_small_variants.py --reps 5 --json "$OUT/gpu_small_variants.json" \
     > "$OUT/gpu_small_variants.txt" 2>&1
   echo "variants rc=$?" >> "$OUT/gpu_small_variants.txt"
 fi

@@ -11,12 +11,14 @@ one run:
     OPTLAYERS_CUDA_SMALL_VARIANT): 0 fused (default), 1 staged — forward time of the op alone
     (OPTLAYERS_CUDA_KERNEL=small-bare: no fallback; "left" counts what it would re-solve);
   * diagnostics on the default: the same batch sorted by iteration count (lanes of a warp then do
-    equal work), polish off, and the clock64() profile of variants 4 (fused) and 5 (staged): share
-    of each phase in the threads' time, polish calls per problem;
+    equal work), polish off, polish only at the end (no early polish), and the clock64() profile
+    of variants 4 (fused) and 5 (staged): share of each phase in the threads' time, polish calls
+    per problem;
   * the iteration statistics: mean, max, and the mean over warps (32 consecutive problems) of the
     warp's largest count — what a warp that waits for its slowest lane pays.
 
-Cases: the real grasp QPs (K = 4: n = 12, m = 41, shared G and h, float64) at B = 4,800 and 48,000;
+Cases: the real grasp QPs (K = 4: n = 12, m = 41, shared G and h, float64) at B = 4,800 and 48,000,
+and at 48,000 in float32 ("grasp48k-f32": where the kept iterate and the multiplier repair matter);
 planted grasp-sized QPs (ol.testing.random_qp, shared G) at B = 48,000 (n = 12, m = 41, float64)
 and B = 100,000 (n = 16, m = 55, float32). Times: CUDA events, median of --reps after a warm-up.
 
@@ -86,6 +88,10 @@ def cases(which):
             if name in which:
                 Q, q, G, h, _ = gq.grasp_batch(gq.Cell(4, B), 0, "box", "cuda")
                 out[name] = (f"real grasp QPs B={B:,} n=12 m=41 f64", Q, q, G, h)
+        if "grasp48k-f32" in which:  # float32: the polish fails on ill-determined ones (kept iterate, repair)
+            Q, q, G, h, _ = gq.grasp_batch(gq.Cell(4, 48_000), 0, "box", "cuda")
+            out["grasp48k-f32"] = ("real grasp QPs B=48,000 n=12 m=41 f32",
+                                   *(t.to(torch.float32).contiguous() for t in (Q, q, G, h)))
     if "planted48k" in which:
         P = ol.testing.random_qp(48_000, 12, 41, 0, seed=0, shared=("G",), device="cuda")
         out["planted48k"] = ("planted B=48,000 n=12 m=41 f64 shared G", P.Q, P.q, P.G, P.h)
@@ -102,8 +108,9 @@ class Sol:
         self.x, self.status, self.iterations = out[0], out[3], out[4]
 
 
-def solve(Q, q, G, h, polish=True):
-    """The qp_solve op alone (what the layer calls; no Python checks), as the layer's defaults set it."""
+def solve(Q, q, G, h, polish=True, polish_start=None):
+    """The qp_solve op alone (what the layer calls; no Python checks), as the layer's defaults set it
+    (polish_start: None = the default early-polish threshold, 0 = polish only at the end)."""
     from optlayers._src.native import ops
     from optlayers._src.qp.problem import canonicalize
     from optlayers._src.tolerances import tolerances_for
@@ -115,7 +122,8 @@ def solve(Q, q, G, h, polish=True):
     tl = tolerances_for(d.dtype)
     with torch.no_grad():
         return Sol(torch.ops.optlayers.qp_solve(*d.tensors(), d.B, tl.ipm_tol, tl.infeasibility_tol, tl.kkt_reg,
-                                                tl.polish_tol, tl.polish_start, tl.step_to_boundary, 50, polish,
+                                                tl.polish_tol, tl.polish_start if polish_start is None else polish_start,
+                                                tl.step_to_boundary, 50, polish,
                                                 False))
 
 
@@ -160,6 +168,14 @@ def run_case(key, label, Q, q, G, h, reps):
                      "mean_iters": float(nop.iterations.float().mean()), "left": int((nop.status == -1).sum())})
         print(f"  {'default, polish off':<32} {ms:9.3f} ms   mean iterations {rows[-1]['mean_iters']:.2f} "
               f"left {rows[-1]['left']}", flush=True)
+        # No early polish: one polish a problem, after convergence (a failed early polish costs a
+        # polish call, on the GPU ~10 interior-point iterations of a thread's time: run 2's profile).
+        fin = solve(Q, q, G, h, polish_start=0.0)
+        ms = timed(lambda: solve(Q, q, G, h, polish_start=0.0), reps)
+        rows.append({"case": key, "what": "default, polish only at the end", "fwd_ms": ms,
+                     "mean_iters": float(fin.iterations.float().mean()), "left": int((fin.status == -1).sum())})
+        print(f"  {'default, polish only at the end':<32} {ms:9.3f} ms   mean iterations {rows[-1]['mean_iters']:.2f} "
+              f"left {rows[-1]['left']}", flush=True)
         for v in (4, 5):
             with env(OPTLAYERS_CUDA_SMALL_VARIANT=v):
                 solve(Q, q, G, h)
@@ -203,7 +219,7 @@ def preflight() -> int:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--cases", default="grasp48k,grasp4.8k,planted48k,planted100k")
+    ap.add_argument("--cases", default="grasp48k,grasp48k-f32,grasp4.8k,planted48k,planted100k")
     ap.add_argument("--json")
     ap.add_argument("--ncu", action="store_true", help="one solve per case only (for Nsight Compute)")
     ap.add_argument("--preflight", action="store_true",

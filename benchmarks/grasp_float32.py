@@ -8,16 +8,22 @@ polish must find the active set from an imprecise iterate. This script solves ba
 (0 SOLVED, 3 MAX_ITER, 4 NUMERICAL_ERROR, ...). Not a timing: a count, reproducible on any machine
 up to the rounding of its BLAS.
 
+The row ``small-bare`` is the CUDA small-problem kernel (csrc/optlayers/qp_small.h) run on the host
+(``OPTLAYERS_CPU_SMALL=2``: the same code, no fallback): ``RETRY`` counts the problems it would leave
+to the GPU's warp-kernel fallback (a full re-solve there).
+
 Usage:
     python benchmarks/grasp_float32.py                 # 8 seeds × 2 objects = 12,288 QPs per backend
     python benchmarks/grasp_float32.py --seeds 2       # quicker
     python benchmarks/grasp_float32.py --dtype float64 # the control
+    python benchmarks/grasp_float32.py --contacts 5    # K = 5 (n = 15, m = 51)
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import sys
 
@@ -31,30 +37,49 @@ import grasp_model as gm  # noqa: E402
 import optlayers as ol  # noqa: E402
 
 
-def batches(seeds: int, dtype: torch.dtype, grasps: int = 128):
-    cfg = gm.GraspConfig(contacts=4, wrenches=6)
+def batches(seeds: int, dtype: torch.dtype, grasps: int = 128, contacts: int = 4):
+    cfg = gm.GraspConfig(contacts=contacts, wrenches=6)
     for name in sorted(gm.OBJECTS):
         for seed in range(seeds):
             yield tuple(t.to(dtype).contiguous() for t in gm.qp_batch(gm.OBJECTS[name], cfg, grasps, seed))
+
+
+@contextlib.contextmanager
+def small_emulation(on: bool):
+    """OPTLAYERS_CPU_SMALL=2 inside the block (the op reads it on every call), restored after."""
+    old = os.environ.get("OPTLAYERS_CPU_SMALL")
+    if on:
+        os.environ["OPTLAYERS_CPU_SMALL"] = "2"
+    try:
+        yield
+    finally:
+        if on:
+            if old is None:
+                os.environ.pop("OPTLAYERS_CPU_SMALL", None)
+            else:
+                os.environ["OPTLAYERS_CPU_SMALL"] = old
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="float64: the control")
+    ap.add_argument("--contacts", type=int, default=4, help="contacts per grasp: 4 (n=12, m=41) or 5 (n=15, m=51)")
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    backends = ["torch"] + (["native"] if ol.native.status()[0] else [])
+    backends = ["torch"] + (["native", "small-bare"] if ol.native.status()[0] else [])
     counts = {b: collections.Counter() for b in backends}
-    for Q, q, G, h in batches(args.seeds, dtype):
+    for Q, q, G, h in batches(args.seeds, dtype, contacts=args.contacts):
         for b in backends:
-            sol = ol.solve_qp(Q, q, G, h, backend=b, return_solution=True, on_failure="nan")
-            counts[b].update(ol.Status(int(c)).name for c in sol.status.tolist())
+            with small_emulation(b == "small-bare"):
+                sol = ol.solve_qp(Q, q, G, h, backend="native" if b == "small-bare" else b, return_solution=True,
+                                  on_failure="nan")
+            counts[b].update("RETRY" if int(c) == -1 else ol.Status(int(c)).name for c in sol.status.tolist())
     for b in backends:
         total = sum(counts[b].values())
         unsolved = total - counts[b]["SOLVED"]
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts[b].items()) if k != "SOLVED")
-        print(f"{b:>7}: {unsolved} of {total} {args.dtype} grasp QPs unsolved ({100 * unsolved / total:.2f}%)"
+        print(f"{b:>10}: {unsolved} of {total} {args.dtype} grasp QPs unsolved ({100 * unsolved / total:.2f}%)"
               + (f": {detail}" if detail else ""))
     return 0
 

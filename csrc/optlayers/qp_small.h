@@ -14,12 +14,13 @@
 // Scope: inequality-constrained problems (p = 0) with 1 ≤ n ≤ kMaxN and 1 ≤ m ≤ kMaxM. The
 // interior point is qp_ipm.h::solve_qp step for step (row scaling, initial point, Mehrotra
 // predictor-corrector on K = Q + G̃ᵀWG̃ + δI, regularization retry, early polish attempts, stopping
-// and stall rules), the polish is qp_ipm.h::polish's (guess, the multiplier-shifted second try,
-// correction rounds, same acceptance test), computed in double precision for either storage type.
-// This kernel only finishes the common case: a problem that ends any other way (infeasible,
-// unbounded, iteration limit, failed factorization, a polish that is not accepted, where the serial
-// path would go on to its NNLS multiplier repair) gets status kRetry, and the caller re-solves it
-// from the start with the thread-group kernel, so statuses and the hard cases keep their meaning.
+// and stall rules), the polish is qp_ipm.h::polish's (guess, the multiplier-shifted second try, the
+// NNLS multiplier repair, correction rounds, same acceptance test), computed in double precision
+// for either storage type; a converged problem whose polish fails keeps its interior-point iterate
+// (status SOLVED), as in solve_qp. This kernel finishes what converges: a problem that ends any
+// other way (infeasible, unbounded, stalled, iteration limit, failed factorization — unless the
+// polish then succeeds) gets status kRetry, and the caller re-solves it from the start with the
+// thread-group kernel, so statuses and the hard cases keep their meaning.
 // The same holds for the backward solve (kkt): a failed factorization returns false.
 //
 // Active-set KKT systems (polish, backward) are solved without the k×k Schur complement of the
@@ -217,6 +218,7 @@ struct Rows {
   double ul[kMaxM], e2[kMaxM];  // KKT solves: u_λ and the residual's λ part (active rows)
   uint8_t act[kMaxM];           // active-set guess
   uint8_t neg0[kMaxM];          // polish: active rows with a negative unshifted multiplier
+  uint8_t pas[kMaxM];           // multiplier repair: the Lawson–Hanson passive set
   const T* gs;  // row scales 1/‖g_r‖: gs_own, or one copy for the batch when G is shared
   const T* hs;  // scaled h̃ = h ∘ gs: hs_own, or one copy when G and h are shared
 };
@@ -325,10 +327,138 @@ OL_HD OL_INLINE double data_scale(const Data<T>& d) {
   return double(optlayers::data_scale(SerialGroup{}, Problem<T>{d.Q, d.q, d.G, d.h, nullptr, nullptr, d.n, d.m, 0}));
 }
 
-// The polish (qp_ipm.h::polish without its NNLS multiplier repair): guess 𝒜 = {λ_r > h_r − G_r x},
-// solve, accept if primal feasible with nonnegative multipliers and a KKT residual ≤ polish_tol; a
-// solution failing only the sign test is solved once more with the right-hand side h_𝒜 − δλ̂;
-// otherwise correct the guess (violated rows join, negative multipliers leave) for `rounds` rounds.
+// Multiplier repair (qp_ipm.h::repair_multipliers with p = 0, in double precision). At a degenerate
+// solution the active rows can be linearly dependent (a grasp contact with zero force: its friction
+// facets and normal bound all active on 3 variables); the active-set system then fixes x but not
+// the multipliers, and both of the polish's solves may give some of them a negative sign although a
+// nonnegative choice exists. Given the polished x, Lawson–Hanson NNLS finds λ_𝒜 ≥ 0 minimizing
+// ‖Qx + q + G_𝒜ᵀλ‖; true, with λ in rows.e2 (active rows; free once the solves are done), when that
+// stationarity residual is ≤ tol. Lawson–Hanson keeps the passive rows linearly independent, so
+// there are at most n of them: their Gram matrix is factored in an NT×NT packed buffer (unused
+// slots an identity); more than NT passive rows, or a Gram matrix that is not positive definite,
+// fail as the serial Cholesky does. Not inlined on the GPU (a rare path: keep it out of the
+// polish's register allocation).
+template <typename T, int NT>
+OL_HD OL_NOINLINE bool repair(const Data<T>& d, const double (&x)[NT], double tol, Rows<T>& rows) {
+  const int m = d.m;
+  const uint8_t* act = rows.act;
+  double* y = rows.e2;
+  uint8_t* pas = rows.pas;
+  double gq[NT];  // g = Qx + q, fixed during the repair
+  q_times<T, NT>(d, x, gq);
+  double gn = 0;
+  int k = 0;
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) {
+    gq[j] += double(d.qv(j));
+    gn = ol_max(gn, ol_abs(gq[j]));
+  }
+  for (int r = 0; r < m; ++r) {
+    y[r] = 0;
+    pas[r] = 0;
+    k += act[r];
+  }
+  int idx[NT];
+  double sol[NT];  // the passive rows' least-squares multipliers, in idx order
+  int np = 0;
+  // Least squares on the passive set: (G_P G_Pᵀ) s = −G_P g by Cholesky; false if singular.
+  auto solve_passive = [&]() {
+    np = 0;
+    for (int r = 0; r < m && np <= NT; ++r)
+      if (pas[r]) {
+        if (np < NT) idx[np] = r;
+        ++np;
+      }
+    if (np > NT) return false;
+    double gram[Tri<NT>::size];
+    OL_UNROLL
+    for (int a = 0; a < NT; ++a) {
+      sol[a] = 0;
+      OL_UNROLL
+      for (int b = 0; b <= a; ++b) gram[tri(a, b)] = a == b ? 1.0 : 0.0;
+    }
+    for (int a = 0; a < np; ++a) {
+      T ga[NT];
+      load_row<T, NT>(d, idx[a], ga);
+      double gad[NT];
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) gad[j] = double(ga[j]);
+      sol[a] = -dot_row<double, double, NT>(gad, gq);
+      for (int b = 0; b <= a; ++b) {
+        T gb[NT];
+        load_row<T, NT>(d, idx[b], gb);
+        gram[tri(a, b)] = dot_row<double, T, NT>(gb, gad);
+      }
+    }
+    if (!chol<double, NT>(gram)) return false;
+    chol_solve<double, NT>(gram, sol);
+    return true;
+  };
+  const double wtol = tol * (1 + gn) * 1e-3;
+  double res[NT];
+  auto residual = [&]() {
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) res[j] = gq[j];
+    for (int r = 0; r < m; ++r) {
+      if (y[r] == 0.0) continue;
+      T g[NT];
+      load_row<T, NT>(d, r, g);
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) res[j] += y[r] * double(g[j]);
+    }
+  };
+  for (int outer = 0; outer < 3 * k; ++outer) {
+    residual();
+    int t = -1;
+    double best = wtol;
+    for (int r = 0; r < m; ++r) {
+      if (!act[r] || pas[r]) continue;
+      T g[NT];
+      load_row<T, NT>(d, r, g);
+      const double wr = -dot_row<double, T, NT>(g, res);
+      if (wr > best) {
+        best = wr;
+        t = r;
+      }
+    }
+    if (t < 0) break;
+    pas[t] = 1;
+    for (int inner = 0; inner <= k; ++inner) {
+      if (!solve_passive()) return false;
+      bool feasible = true;
+      double alpha = 1;
+      for (int a = 0; a < np; ++a)
+        if (!(sol[a] > 0.0)) {
+          feasible = false;
+          const double den = y[idx[a]] - sol[a];
+          if (den > 0.0) alpha = ol_min(alpha, y[idx[a]] / den);
+        }
+      if (feasible) {
+        for (int a = 0; a < np; ++a) y[idx[a]] = sol[a];
+        break;
+      }
+      for (int a = 0; a < np; ++a) {
+        const int r = idx[a];
+        y[r] += alpha * (sol[a] - y[r]);
+        if (!(y[r] > 0.0)) {
+          pas[r] = 0;
+          y[r] = 0;
+        }
+      }
+    }
+  }
+  residual();
+  double rn = 0;
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) rn = ol_max(rn, ol_abs(res[j]));
+  return rn <= tol;
+}
+
+// The polish (qp_ipm.h::polish): guess 𝒜 = {λ_r > h_r − G_r x}, solve, accept if primal feasible
+// with nonnegative multipliers and a KKT residual ≤ polish_tol; a solution failing only the sign
+// test is solved once more with the right-hand side h_𝒜 − δλ̂, and if that fails too the multiplier
+// repair (NNLS, `repair`) looks for nonnegative multipliers at its x; otherwise correct the guess
+// (violated rows join, negative multipliers leave) for `rounds` rounds.
 // lam_hat(r) gives the interior point's multiplier λ̂_r; delta = kkt_reg · data_scale (computed once
 // per problem by the caller: a problem may be polished several times). On acceptance writes x (n)
 // and λ (m). Not inlined on the GPU: its double-precision factor would otherwise share the register
@@ -363,6 +493,7 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
   for (int round = 0; round < rounds; ++round) {
     if (!kkt_factor<T, NT>(d, rows.act, delta, f)) return false;
     double ux[NT], ux0[NT];
+    double rhs_n = 0;
     bool accept = false, shifted = false;
     // qp_ipm.h::polish makes a third attempt, unshifted again, for its multiplier repair and the
     // correction below; without the repair only the correction needs that solution, which is
@@ -381,7 +512,8 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
       // Tests: the exact KKT residual, finiteness, primal feasibility of every row, multiplier signs.
       double rx[NT];
       q_times<T, NT>(d, ux, rx);
-      double res = 0, rhs_n = 0, viol = 0, neg = 0, ln = 0;
+      double res = 0, viol = 0, neg = 0, ln = 0;
+      rhs_n = 0;
       bool finite = true;
       for (int r = 0; r < m; ++r) {
         T g[NT];
@@ -413,6 +545,16 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
       for (int j = 0; j < NT; ++j)
         if (j < d.n) x_out[j] = T(ux[j]);
       for (int r = 0; r < m; ++r) lam_out[r] = rows.act[r] ? T(ol_max(rows.ul[r], 0.0)) : T(0);
+      return true;
+    }
+    // Right x, wrong-signed multipliers after both solves (attempt 0 was primal feasible, or there
+    // would have been no shifted one): look for nonnegative multipliers at attempt 0's x, as
+    // qp_ipm.h::polish does with its third, unshifted solve (the same solution).
+    if (shifted && repair<T, NT>(d, ux0, ptol * (1 + rhs_n), rows)) {
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j)
+        if (j < d.n) x_out[j] = T(ux0[j]);
+      for (int r = 0; r < m; ++r) lam_out[r] = rows.act[r] ? T(ol_max(rows.e2[r], 0.0)) : T(0);
       return true;
     }
     // Correct the guess with the unshifted solution: violated inactive rows join, active rows with
@@ -584,9 +726,9 @@ enum Stage : int8_t {
 constexpr int kMaxRounds = 16;
 
 // A problem's saved iterate between stages: scalars (T) and integers per problem, laid out
-// [s (m), z (m), x (kMaxN slots), loose, best, best_sz, best_cert] and [it, stall].
+// [s (m), z (m), x (kMaxN slots), loose, best, best_sz, best_cert] and [it, stall, converged].
 OL_HD OL_INLINE int64_t saved_scalars(int m) { return 2 * int64_t(m) + kMaxN + 4; }
-constexpr int kSavedInts = 2;
+constexpr int kSavedInts = 3;
 
 template <typename T>
 struct Saved {
@@ -703,7 +845,7 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
   prof.phase(kProfSetup);
 
   // Hand the iterate to polish_stage (an early polish also saves what resuming needs).
-  auto save_for_polish = [&](int8_t next) {
+  auto save_for_polish = [&](int8_t next, bool converged) {
     for (int r = 0; r < m; ++r) {
       sv.v[r] = s[r];
       sv.v[m + r] = z[r];
@@ -716,6 +858,7 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
     sv.v[2 * m + kMaxN + 3] = progress.best_cert;
     sv.k[0] = it;
     sv.k[1] = progress.stall;
+    sv.k[2] = converged ? 1 : 0;
     *stage = next;
     prof.phase(kProfResidual);
   };
@@ -779,7 +922,7 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
     // Early polish (as solve_qp): at a loose tolerance the active set is usually final.
     if (!skip_early && set.polish && loose > set.tol && pres <= loose && dres <= loose && gap <= loose) {
       loose *= T(1e-3);
-      save_for_polish(kStageEarlyPolish);
+      save_for_polish(kStageEarlyPolish, false);
       return;
     }
     skip_early = false;
@@ -789,7 +932,7 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
     if (progress.stalled(merit, sz, cert) || it == set.max_iter) {
       // The serial path polishes an iteration-limited iterate too.
       if (set.polish) {
-        save_for_polish(kStageFinalPolish);
+        save_for_polish(kStageFinalPolish, false);
         return;
       }
       break;
@@ -801,7 +944,7 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
     if (!factored) {
       // As solve_qp: a late factorization failure leaves an iterate the polish may finish.
       if (set.polish) {
-        save_for_polish(kStageFinalPolish);
+        save_for_polish(kStageFinalPolish, false);
         return;
       }
       break;
@@ -816,7 +959,7 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
     return;
   }
   if (set.polish) {
-    save_for_polish(kStageFinalPolish);
+    save_for_polish(kStageFinalPolish, true);
     return;
   }
   OL_UNROLL
@@ -829,7 +972,10 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
 // The polish stage of a problem that ipm_stage left at kStageEarlyPolish or kStageFinalPolish:
 // polish its saved iterate (kEarlyPolishRounds or kPolishRounds rounds). Accepted: x, λ, status
 // kSolved and the iteration count written, kStageDone. Not accepted: an early polish resumes the
-// interior point (kStageResume), a final one leaves the problem to the thread-group kernel (kRetry).
+// interior point (kStageResume); a final one after convergence keeps the interior point's iterate
+// with status kSolved, as solve_qp does when its polish fails; any other final one (stalled, out of
+// iterations, unfactorable: solve_qp returns its lowest-merit iterate, which this kernel does not
+// keep) leaves the problem to the thread-group kernel (kRetry).
 template <typename T, int NT, typename Prof>
 OL_HD void polish_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, const T* gs_shared,
                         const T* hs_shared, Saved<T> sv, int8_t* stage, T* x_out, T* lam_out, int8_t* status,
@@ -855,6 +1001,14 @@ OL_HD void polish_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows,
     *stage = kStageDone;
   } else if (early) {
     *stage = kStageResume;
+  } else if (sv.k[2] != 0) {
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j)
+      if (j < d.n) x_out[j] = x[j];
+    for (int r = 0; r < m; ++r) lam_out[r] = z[r] * gs[r];
+    *status = kSolved;
+    *iters = sv.k[0];
+    *stage = kStageDone;
   } else {
     *status = kRetry;
     *iters = sv.k[0];

@@ -36,6 +36,7 @@ def test_gpu_small_variants_runs_on_the_host_emulation(monkeypatch, capsys):
     whats = [r["what"] for r in rows]
     assert whats[:2] == ["variant 0 (fused (default))", "variant 1 (staged)"], whats
     assert "default, batch sorted by iterations" in whats and "default, polish off" in whats
+    assert "default, polish only at the end" in whats
     for r in rows[:2]:  # the host ignores the CUDA variant: same solution, nothing left over
         assert r["x_diff_vs_default"] == 0.0 and r["left"] == 0
     assert "iterations: mean" in out and "no profile line in stderr" in out  # no CUDA profile on the host

@@ -11,7 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "grasp_float32.py"
 def test_grasp_float32_counts_every_problem_once_per_backend():
     out = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "1"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    rows = [re.match(r"\s*(\w+): (\d+) of (\d+) float32 grasp QPs unsolved", line) for line in out.stdout.splitlines()]
+    rows = [re.match(r"\s*([\w-]+): (\d+) of (\d+) float32 grasp QPs unsolved", line) for line in out.stdout.splitlines()]
     rows = [r for r in rows if r]
     assert rows and rows[0].group(1) == "torch"
     for r in rows:

@@ -7,13 +7,14 @@ import sys
 import torch
 
 
-def grasp_batch(grasps: int = 16, device: str = "cpu", dtype=torch.float64):
+def grasp_batch(grasps: int = 16, device: str = "cpu", dtype=torch.float64, contacts: int = 4):
     """(Q (B,n,n), q (B,n), G (m,n), h (m)) for `grasps` initial grasps × 6 wrenches on a box, K = 4
-    contacts (n = 12, m = 41); many have a zero-force contact (dependent active rows)."""
+    contacts (n = 12, m = 41; K = 5: n = 15, m = 51); many have a zero-force contact (dependent
+    active rows)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
     import grasp_model as gm
 
-    out = gm.qp_batch(gm.OBJECTS["box"], gm.GraspConfig(contacts=4, wrenches=6), grasps, 0)
+    out = gm.qp_batch(gm.OBJECTS["box"], gm.GraspConfig(contacts=contacts, wrenches=6), grasps, 0)
     return tuple(t.detach().to(device=device, dtype=dtype).contiguous() for t in out)
 
 

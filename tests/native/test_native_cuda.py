@@ -259,5 +259,7 @@ def test_cuda_small_kernel_stages_equal_the_fused_schedule(dtype, monkeypatch):
             x, lam, status, iters = outs[variant]
             assert torch.equal(status, status0) and torch.equal(iters, iters0), variant
             assert torch.equal(x[ok], x0[ok]) and torch.equal(lam[ok], lam0[ok]), variant
-        if dtype == torch.float64:  # float32: 13% of these grasp QPs go to the fallback (H200)
-            assert int(ok.sum()) >= 0.99 * data[1].shape[0]
+        # float32: 13% of these grasp QPs went to the fallback on the H200 before the small kernel
+        # kept a converged iterate whose polish fails and got the multiplier repair (host
+        # emulation: 15% → 0.9%; not yet run on a GPU).
+        assert int(ok.sum()) >= (0.99 if dtype == torch.float64 else 0.97) * data[1].shape[0]
