@@ -752,7 +752,7 @@ OL_HD inline int64_t backward_workspace_size(int n, int m, int p) {
 // (kkt.classify_active), u solves K u = (g_x, M g_λ, g_ν) with the active-set KKT matrix, and
 //   ∇Q = −½(u_x xᵀ + x u_xᵀ), ∇q = −u_x, ∇G = −(Mλ u_xᵀ + M u_λ xᵀ), ∇h = M u_λ,
 //   ∇A = −(ν u_xᵀ + u_ν xᵀ), ∇b = u_ν.
-// g_x, g_λ, g_ν may be null (zero upstream gradient).
+// g_x, g_λ, g_ν may be null (zero upstream gradient); so may any output (not wanted: skipped).
 template <typename T, typename Grp>
 OL_HD void kkt_backward(const Grp& g, const Problem<T>& d, const T* x, const T* lam, const T* nu, const T* gx,
                         const T* glam, const T* gnu, T kkt_reg, T* dQ, T* dq, T* dG, T* dh, T* dA, T* db,
@@ -772,21 +772,27 @@ OL_HD void kkt_backward(const Grp& g, const Problem<T>& d, const T* x, const T* 
   const T* ux = u;
   const T* ul = u + n;
   const T* un = u + n + m;
-  for (int idx = g.rank(); idx < n * n; idx += g.size()) {
-    const int i = idx / n, j = idx % n;
-    dQ[idx] -= T(0.5) * (ux[i] * x[j] + x[i] * ux[j]);
-  }
-  for (int j = g.rank(); j < n; j += g.size()) dq[j] -= ux[j];
-  for (int idx = g.rank(); idx < m * n; idx += g.size()) {
-    const int i = idx / n, j = idx % n;
-    dG[idx] -= mask[i] * (lam[i] * ux[j] + ul[i] * x[j]);
-  }
-  for (int i = g.rank(); i < m; i += g.size()) dh[i] += mask[i] * ul[i];
-  for (int idx = g.rank(); idx < p * n; idx += g.size()) {
-    const int e = idx / n, j = idx % n;
-    dA[idx] -= nu[e] * ux[j] + un[e] * x[j];
-  }
-  for (int e = g.rank(); e < p; e += g.size()) db[e] += un[e];
+  if (dQ != nullptr)
+    for (int idx = g.rank(); idx < n * n; idx += g.size()) {
+      const int i = idx / n, j = idx % n;
+      dQ[idx] -= T(0.5) * (ux[i] * x[j] + x[i] * ux[j]);
+    }
+  if (dq != nullptr)
+    for (int j = g.rank(); j < n; j += g.size()) dq[j] -= ux[j];
+  if (dG != nullptr)
+    for (int idx = g.rank(); idx < m * n; idx += g.size()) {
+      const int i = idx / n, j = idx % n;
+      dG[idx] -= mask[i] * (lam[i] * ux[j] + ul[i] * x[j]);
+    }
+  if (dh != nullptr)
+    for (int i = g.rank(); i < m; i += g.size()) dh[i] += mask[i] * ul[i];
+  if (dA != nullptr)
+    for (int idx = g.rank(); idx < p * n; idx += g.size()) {
+      const int e = idx / n, j = idx % n;
+      dA[idx] -= nu[e] * ux[j] + un[e] * x[j];
+    }
+  if (db != nullptr)
+    for (int e = g.rank(); e < p; e += g.size()) db[e] += un[e];
   g.sync();
 }
 
@@ -1230,7 +1236,12 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     // every round.)
     T res = 0, rhs_n = 0, viol = 0, neg = 0, ln = 0;
     bool finite = false, primal_ok = false, accept = false;
-    for (int attempt = 0; attempt < 3; ++attempt) {
+    // No finite λ̂ on the active rows (the warm start's guess, csrc/qp_cpu.cpp::qp_active_set_solve):
+    // attempts 1 and 2 would repeat attempt 0 exactly, and are skipped.
+    T part_fin = 0;
+    for (int a = g.rank(); a < k; a += g.size()) part_fin = ol_abs(lam[act[a]]) < ol_inf<T>() ? T(1) : part_fin;
+    const bool shiftable = g.max(part_fin) > T(0);
+    for (int attempt = 0; attempt < (shiftable ? 3 : 1); ++attempt) {
       const bool shifted = attempt == 1;
       for (int i = g.rank(); i < N; i += g.size()) {
         const T li = (shifted && i >= n && i < n + k) ? lam[act[i - n]] : T(0);

@@ -737,8 +737,8 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
 // active set M = 1[λ > h − Gx], u = K⁻¹ (g_x, M g_λ, g_ν) with the active-set KKT matrix
 // (kkt_factor, refined), then per problem ∇Q −= ½(u_x xᵀ + x u_xᵀ), ∇q −= u_x,
 // ∇G −= M(λ u_xᵀ + u_λ xᵀ), ∇h += M u_λ, ∇A −= ν u_xᵀ + u_ν xᵀ, ∇b += u_ν, added into the pointers
-// out(i) returns ({dQ, dq, dG, dh, dA, db}; shared inputs may return one buffer for all). Problems
-// with status ≠ 0 contribute nothing; a lane whose H is singular for the block solve,
+// out(i) returns ({dQ, dq, dG, dh, dA, db}; shared inputs may return one buffer for all; null: not
+// wanted). Problems with status ≠ 0 contribute nothing; a lane whose H is singular for the block solve,
 // or whose refined residual stays above √ε, runs the serial kkt_backward. gx, glam, gnu may be null.
 template <typename T, typename Out>
 void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const T* nu, const int8_t* status,
@@ -807,19 +807,22 @@ void backward_block(const BatchData<T>& bd, const T* x, const T* lam, const T* n
     const T* ni = nu + i * p;
     for (int a = 0; a < n; ++a) {
       const T ua = st.ux[a][l];
-      for (int b = 0; b < n; ++b) dQ[a * n + b] -= T(0.5) * (ua * xi[b] + xi[a] * st.ux[b][l]);
-      dq[a] -= ua;
+      if (dQ != nullptr)
+        for (int b = 0; b < n; ++b) dQ[a * n + b] -= T(0.5) * (ua * xi[b] + xi[a] * st.ux[b][l]);
+      if (dq != nullptr) dq[a] -= ua;
     }
     for (int r = 0; r < m; ++r) {
       if (!(st.act[r][l] > T(0))) continue;
       const T lr = li[r], ur = st.ua[r][l];
-      for (int j = 0; j < n; ++j) dG[r * n + j] -= lr * st.ux[j][l] + ur * xi[j];
-      dh[r] += ur;
+      if (dG != nullptr)
+        for (int j = 0; j < n; ++j) dG[r * n + j] -= lr * st.ux[j][l] + ur * xi[j];
+      if (dh != nullptr) dh[r] += ur;
     }
     for (int e = 0; e < p; ++e) {
       const T ne = ni[e], ue = st.ua[m + e][l];
-      for (int j = 0; j < n; ++j) dA[e * n + j] -= ne * st.ux[j][l] + ue * xi[j];
-      db[e] += ue;
+      if (dA != nullptr)
+        for (int j = 0; j < n; ++j) dA[e * n + j] -= ne * st.ux[j][l] + ue * xi[j];
+      if (db != nullptr) db[e] += ue;
     }
   }
 }

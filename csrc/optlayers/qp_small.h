@@ -470,6 +470,9 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
   const double ptol = double(set.polish_tol);
   double hn = 0;
   for (int r = 0; r < m; ++r) hn = ol_max(hn, double(ol_abs(d.h[r])));
+  // Whether some λ̂ is finite: if none is (the warm start's guess, qp_cpu.cpp::qp_active_set_solve),
+  // the shifted solve below would repeat the first one exactly, and is skipped.
+  bool shiftable = false;
   {
     double xd[NT];
     OL_UNROLL
@@ -477,7 +480,9 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
     for (int r = 0; r < m; ++r) {
       T g[NT];
       load_row<T, NT>(d, r, g);
-      rows.act[r] = double(lam_hat(r)) > double(d.h[r]) - dot_row<double, T, NT>(g, xd) ? 1 : 0;
+      const double l = double(lam_hat(r));
+      shiftable = shiftable || ol_abs(l) < ol_inf<double>();
+      rows.act[r] = l > double(d.h[r]) - dot_row<double, T, NT>(g, xd) ? 1 : 0;
     }
   }
   double b1[NT];
@@ -505,6 +510,7 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
         for (int j = 0; j < NT; ++j) ux0[j] = ux[j];
         for (int r = 0; r < m; ++r) rows.neg0[r] = rows.act[r] && rows.ul[r] < 0 ? 1 : 0;
         shifted = true;
+        if (!shiftable) break;  // (ux = ux0: the correction below reads either)
         kkt_refined<T, NT>(d, f, b1, b2, shift, rows, ux);
       } else {
         kkt_refined<T, NT>(d, f, b1, b2, no_shift, rows, ux);

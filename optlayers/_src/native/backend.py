@@ -48,6 +48,19 @@ class NativeBackend:
         x, lam, nu, status, iters = ops.solve(data, options.tol_for(data.dtype), options.max_iter, options.polish)
         return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters, kkt_solver="native")
 
+    def solve_keeping(self, data: QPData, options: QPOptions) -> RawSolution:
+        """:meth:`solve` that also keeps the polish LUs for the backward where that pays (CPU; the
+        warm start's cold part, whose backward runs outside the op's own autograd)."""
+        from optlayers._src.native import ops
+
+        if data.device.type != "cpu":
+            return self.solve(data, options)
+        x, lam, nu, status, iters, factor = ops.solve_keeping(
+            data, options.tol_for(data.dtype), options.max_iter, options.polish
+        )
+        return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters, kkt_solver="native",
+                           native_factor=factor if factor.numel() else None)
+
     def solve_differentiable(self, data: QPData, options: QPOptions) -> RawSolution:
         # Same op on the data as given, differentiated by the op's backward (ops.py).
         from optlayers._src.native import ops

@@ -1,6 +1,7 @@
 """Python side of the native ops: loading, fake (meta) kernels and autograd registration.
 
-``torch.ops.optlayers.qp_solve``, ``qp_kkt_solve`` and ``qp_backward`` are defined in C++
+``torch.ops.optlayers.qp_solve``, ``qp_kkt_solve``, ``qp_backward`` and ``qp_active_set_solve`` are
+defined in C++
 (``csrc/qp_cpu.cpp``: ``TORCH_LIBRARY`` schemas + CPU kernels; ``csrc/qp_cuda_binding.cpp``: CUDA
 kernels). Here we add, once the library is loaded:
 
@@ -118,6 +119,44 @@ def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
     return torch.ops.optlayers.qp_kkt_solve(data.Q, data.G, data.A, mask, rhs, tolerances_for(data.dtype).kkt_reg)
 
 
+def has_active_set_solve(device: torch.device) -> bool:
+    """``qp_active_set_solve`` (the warm start's guessed active sets in one C++ pass) exists for
+    CPU tensors; elsewhere the warm start goes through ``active_set.py`` and ``qp_kkt_solve``."""
+    return device.type == "cpu"
+
+
+def active_set_solve(data: QPData, guess: torch.Tensor, rounds: int, keep_factor: bool = False):
+    """Per problem, the KKT system of the guessed active set (``guess`` (B, m), nonzero = active)
+    through the interior point's polish: solve, acceptance test, multiplier repair and
+    ``rounds − 1`` corrected guesses (csrc/qp_cpu.cpp::qp_active_set_solve_cpu). Returns
+    (x, lam, nu, status, factor): SOLVED where accepted, MAX_ITER (zeros) elsewhere; ``factor``
+    the accepted polish LUs for ``qp_backward`` with ``keep_factor`` (see :func:`keep_factor`),
+    else empty."""
+    tl = tolerances_for(data.dtype)
+    keep = keep_factor and _keep_factor(data)
+    return torch.ops.optlayers.qp_active_set_solve(*data.tensors(), guess, tl.kkt_reg, tl.polish_tol, rounds, keep)
+
+
+def solve_keeping(data: QPData, tol: float, max_iter: int, polish: bool):
+    """``qp_solve`` without autograd, also returning the kept polish LUs where :func:`_keep_factor`
+    says keeping pays (else an empty factor): (x, lam, nu, status, iterations, factor)."""
+    tl = tolerances_for(data.dtype)
+    return torch.ops.optlayers.qp_solve(*data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol,
+                                        tl.polish_start, tl.step_to_boundary, max_iter, polish,
+                                        polish and _keep_factor(data))
+
+
+def fused_backward(data: QPData, x, lam, nu, factor, gx, glam, gnu, needs) -> tuple:
+    """Reverse-mode gradients of a solution (x, λ, ν) by the fused C++ backward (``qp_backward``:
+    active set, KKT solve and gradient outer products per problem; CPU tensors only), for
+    solutions that did not come from ``qp_solve``'s own autograd (the warm start's); ``factor``:
+    kept polish LUs (qp_solve's layout) or empty; ``needs``: which of (Q, q, G, h, A, b) want a
+    gradient (the others come back empty)."""
+    status = torch.zeros(data.B, dtype=torch.int8, device=x.device)
+    return torch.ops.optlayers.qp_backward(*data.tensors(), x, lam, nu, status, factor, gx, glam, gnu,
+                                           tolerances_for(x.dtype).kkt_reg, needs_mask(needs))
+
+
 def _qp_solve_fake(Q, q, G, h, A, b, batch, tol, inf_tol, kkt_reg, polish_tol, polish_start, step_to_boundary, max_iter,
                    polish, keep_factor):
     n, m, p = q.shape[-1], h.shape[-1], b.shape[-1]
@@ -135,8 +174,21 @@ def _qp_kkt_solve_fake(Q, G, A, mask, rhs, kkt_reg):
     return torch.empty_like(rhs)
 
 
-def _qp_backward_fake(Q, q, G, h, A, b, x, lam, nu, status, factor, gx, glam, gnu, kkt_reg):
-    return tuple(torch.empty_like(t) for t in (Q, q, G, h, A, b))
+def _qp_backward_fake(Q, q, G, h, A, b, x, lam, nu, status, factor, gx, glam, gnu, kkt_reg, needs=63):
+    return tuple(torch.empty_like(t) if (needs >> k) & 1 else t.new_empty(0)
+                 for k, t in enumerate((Q, q, G, h, A, b)))
+
+
+def needs_mask(needs) -> int:
+    """qp_backward's bitmask of the wanted gradients (bit k: input k of Q, q, G, h, A, b)."""
+    return sum(1 << k for k, need in enumerate(needs) if need)
+
+
+def _qp_active_set_solve_fake(Q, q, G, h, A, b, guess, kkt_reg, polish_tol, rounds, keep_factor):
+    batch, n, m, p = guess.shape[0], q.shape[-1], h.shape[-1], b.shape[-1]
+    return (q.new_empty(batch, n), q.new_empty(batch, m), q.new_empty(batch, p),
+            q.new_empty(batch, dtype=torch.int8),
+            q.new_empty(batch, _factor_size(n, m, p)) if keep_factor else q.new_empty(0))
 
 
 def _has_fused_backward(device: torch.device) -> bool:
@@ -160,7 +212,8 @@ def _backward(ctx, gx, glam, gnu, _gstatus, _giters, _gfactor):
         # One C++ pass per problem: active set, KKT solve and the gradient outer products
         # (csrc/optlayers/qp_ipm.h::kkt_backward, the fused form of backward.kkt_vjp).
         grads = torch.ops.optlayers.qp_backward(
-            Q, q, G, h, A, b, x, lam, nu, status, factor, gx, glam, gnu, tolerances_for(x.dtype).kkt_reg
+            Q, q, G, h, A, b, x, lam, nu, status, factor, gx, glam, gnu, tolerances_for(x.dtype).kkt_reg,
+            needs_mask(needs),
         )
         return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * ctx.n_options
     data = data_of(Q, q, G, h, A, b, ctx.batch)
@@ -202,4 +255,5 @@ def _register() -> None:
     torch.library.register_fake("optlayers::qp_solve")(_qp_solve_fake)
     torch.library.register_fake("optlayers::qp_kkt_solve")(_qp_kkt_solve_fake)
     torch.library.register_fake("optlayers::qp_backward")(_qp_backward_fake)
+    torch.library.register_fake("optlayers::qp_active_set_solve")(_qp_active_set_solve_fake)
     torch.library.register_autograd("optlayers::qp_solve", _backward, setup_context=_setup_context)

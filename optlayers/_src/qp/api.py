@@ -73,8 +73,9 @@ def _attach(data: QPData, raw: RawSolution) -> tuple[torch.Tensor, torch.Tensor,
     plain = data.detach()
     mask = kkt.classify_active(lam, plain.h - mv(plain.G, x))
     if raw.kkt_solver == "native":
+        # (The lu slot carries the native polish LUs, if kept, to qp_backward.)
         empty = x.new_empty(0)
-        factors = (mask, empty, empty.to(torch.int32), empty)
+        factors = (mask, raw.native_factor if raw.native_factor is not None else empty, empty.to(torch.int32), empty)
     else:
         fac = raw.factor
         if fac is None or not bool(ok.all()):
@@ -157,7 +158,7 @@ def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inpu
     # (A duck-typed test: isinstance against the runtime-checkable Protocol costs ~50 µs a call.)
     if guess is not None:
         with torch.no_grad():
-            raw = warm.solve(data.detach(), guess, be, options)
+            raw = warm.solve(data.detach(), guess, be, options, keep_factor=_needs_derivative(data))
         x, lam, nu = _attach(data, raw) if _needs_derivative(data) else (raw.x, raw.lam, raw.nu)
     elif callable(getattr(be, "solve_differentiable", None)) and not _has_forward_tangents(data):
         # The backend's op carries its own (registered) reverse-mode autograd, which uses the

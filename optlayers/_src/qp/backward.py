@@ -117,8 +117,9 @@ class QPSolutionMap(torch.autograd.Function):
     """``(Q, q, G, h, A, b; x*, λ*, ν*, K-factor) ↦ (x*, λ*, ν*)`` with the implicit derivative.
 
     Inputs are canonical (:class:`QPData` layout: batched ``(B, …)`` or shared). The solution,
-    the active mask and the factor tensors (``lu``, ``pivots``, ``delta``; empty for the native
-    solver, which refactors in C++) are non-differentiable inputs; ``kind`` names the K-solver.
+    the active mask and the factor tensors (``lu``, ``pivots``, ``delta``; for the native solver
+    ``lu`` holds its kept polish LUs or is empty, and the rest is empty) are non-differentiable
+    inputs; ``kind`` names the K-solver.
     """
 
     @staticmethod
@@ -136,9 +137,17 @@ class QPSolutionMap(torch.autograd.Function):
     def backward(ctx, gx, glam, gnu):
         Q, q, G, h, A, b, x, lam, nu, mask, lu, pivots, delta = ctx.saved_tensors
         data = data_of(Q, q, G, h, A, b, x.shape[0])
+        needs = ctx.needs_input_grad[:6]
+        if ctx.kind == "native" and x.device.type == "cpu":
+            # The native op's own fused backward (active set, KKT solve and outer products per
+            # problem in C++; the same formulas as kkt_vjp), e.g. for warm-started solutions.
+            from optlayers._src.native import ops
+
+            grads = ops.fused_backward(data, x, lam, nu, lu, gx, glam, gnu, needs)
+            return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 8
         solve = kkt_solver(ctx.kind, data, mask, lu, pivots, delta)
         with _threads(ctx.kind, data):
-            grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, solve, ctx.needs_input_grad[:6])
+            grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, solve, needs)
         return grads + (None,) * 8
 
     @staticmethod

@@ -70,20 +70,38 @@ def guess_of(warm_start, data: QPData, *, strict: bool = True) -> torch.Tensor |
     return guess.reshape(data.B, data.m).to(data.dtype)
 
 
-def solve(data: QPData, guess: torch.Tensor, backend: QPBackend, options: QPOptions) -> RawSolution:
-    """Solve the (detached) batch: the guessed active sets first, the backend for the rest."""
+def _native_active_set_solve(device: torch.device) -> bool:
+    from optlayers._src.native import ops
+
+    return ops.has_active_set_solve(device)
+
+
+def solve(data: QPData, guess: torch.Tensor, backend: QPBackend, options: QPOptions,
+          keep_factor: bool = False) -> RawSolution:
+    """Solve the (detached) batch: the guessed active sets first, the backend for the rest.
+    ``keep_factor``: a backward will follow (the native CPU path then keeps its polish LUs for it
+    where that pays, as ``qp_solve`` does under autograd)."""
     B, n, m, p = data.B, data.n, data.m, data.p
     ref = data.q
     x0, lam0, nu0 = ref.new_zeros(B, n), ref.new_zeros(B, m), ref.new_zeros(B, p)
     status0 = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=ref.device)
     everyone = torch.arange(B, device=ref.device)
     # The native backend's own K-solve (C++, refined per problem) is several times faster than the
-    # PyTorch factor on small problems; no NNLS repair here: a rejected problem's cold solve polishes
-    # (and repairs) it anyway.
+    # PyTorch factor on small problems. On CPU the whole guess-and-verify runs in C++ (with the
+    # polish's NNLS multiplier repair); elsewhere no repair here: a rejected problem's cold solve
+    # polishes (and repairs) it anyway.
     kind = "native" if backend.name is Backend.NATIVE else "torch"
-    x, lam, nu, status, parts = active_set.solve_active_sets(
-        data, guess, everyone, x0, lam0, nu0, status0, WARM_START_ROUNDS, repair=False, solver=kind
-    )
+    if kind == "native" and _native_active_set_solve(data.device):
+        # CPU: every round in one C++ pass (the polish's solve, test, repair and correction per
+        # problem) instead of ~20 tensor ops a round around qp_kkt_solve.
+        from optlayers._src.native import ops
+
+        x, lam, nu, status, native_factor = ops.active_set_solve(data, guess, WARM_START_ROUNDS, keep_factor)
+        return _native_rest(data, backend, options, x, lam, nu, status, native_factor, keep_factor)
+    else:
+        x, lam, nu, status, parts = active_set.solve_active_sets(
+            data, guess, everyone, x0, lam0, nu0, status0, WARM_START_ROUNDS, repair=False, solver=kind
+        )
     iterations = torch.zeros(B, dtype=torch.int32, device=ref.device)
     rest = torch.nonzero(status != int(Status.SOLVED)).squeeze(-1)
     if rest.numel():
@@ -97,3 +115,24 @@ def solve(data: QPData, guess: torch.Tensor, backend: QPBackend, options: QPOpti
     # otherwise it refactors (the native K-solve always does).
     factor = active_set.merge_factors(data, parts) if kind == "torch" else None
     return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iterations, factor=factor, kkt_solver=kind)
+
+
+def _native_rest(data, backend, options, x, lam, nu, status, native_factor, keep_factor) -> RawSolution:
+    """The native CPU path's cold part: the problems no guess finished, solved from scratch; the
+    kept polish LUs of both parts merged (a row whose last slot is −1 has none)."""
+    iterations = torch.zeros(data.B, dtype=torch.int32, device=data.device)
+    nf = native_factor if native_factor.numel() else None
+    rest = torch.nonzero(status != int(Status.SOLVED)).squeeze(-1)
+    if rest.numel():
+        sub = data.take(rest)
+        keeping = keep_factor and callable(getattr(backend, "solve_keeping", None))
+        cold = backend.solve_keeping(sub, options) if keeping else backend.solve(sub, options)
+        x[rest], lam[rest], nu[rest], status[rest] = cold.x, cold.lam, cold.nu, cold.status
+        iterations[rest] = cold.iterations
+        if nf is not None:
+            if cold.native_factor is not None:
+                nf[rest] = cold.native_factor
+            else:
+                nf[rest, -1] = -1
+    return RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iterations, kkt_solver="native",
+                       native_factor=nf)

@@ -26,6 +26,8 @@ class RawSolution:
     backward), else ``None``.
     kkt_solver: which K-solve the backward uses: ``"torch"`` (``kkt.py``'s factor, reused when
     present) or ``"native"`` (the C++ solve of csrc/, refactoring at the mask).
+    native_factor: the native polish LUs (B, factor_size) that ``qp_backward`` reuses (CPU), or
+    ``None`` (it refactors).
     """
 
     x: torch.Tensor
@@ -35,6 +37,7 @@ class RawSolution:
     iterations: torch.Tensor
     factor: ActiveKKTFactor | None = None
     kkt_solver: str = "torch"
+    native_factor: torch.Tensor | None = None
 
 
 class QPBackend(Protocol):
