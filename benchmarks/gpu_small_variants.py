@@ -11,9 +11,9 @@ one run:
     OPTLAYERS_CUDA_SMALL_VARIANT): 0 fused (default), 1 staged — forward time of the op alone
     (OPTLAYERS_CUDA_KERNEL=small-bare: no fallback; "left" counts what it would re-solve);
   * diagnostics on the default: the same batch sorted by iteration count (lanes of a warp then do
-    equal work), polish off, polish only at the end (no early polish), and the clock64() profile
-    of variants 4 (fused) and 5 (staged): share of each phase in the threads' time, polish calls
-    per problem;
+    equal work), polish off, polish only at the end (no early polish) or from 1e-4 on, and the
+    clock64() profile of variants 4 (fused) and 5 (staged): share of each phase in the threads'
+    time, polish calls per problem;
   * the iteration statistics: mean, max, and the mean over warps (32 consecutive problems) of the
     warp's largest count — what a warp that waits for its slowest lane pays.
 
@@ -168,14 +168,18 @@ def run_case(key, label, Q, q, G, h, reps):
                      "mean_iters": float(nop.iterations.float().mean()), "left": int((nop.status == -1).sum())})
         print(f"  {'default, polish off':<32} {ms:9.3f} ms   mean iterations {rows[-1]['mean_iters']:.2f} "
               f"left {rows[-1]['left']}", flush=True)
-        # No early polish: one polish a problem, after convergence (a failed early polish costs a
-        # polish call, on the GPU ~10 interior-point iterations of a thread's time: run 2's profile).
-        fin = solve(Q, q, G, h, polish_start=0.0)
-        ms = timed(lambda: solve(Q, q, G, h, polish_start=0.0), reps)
-        rows.append({"case": key, "what": "default, polish only at the end", "fwd_ms": ms,
-                     "mean_iters": float(fin.iterations.float().mean()), "left": int((fin.status == -1).sum())})
-        print(f"  {'default, polish only at the end':<32} {ms:9.3f} ms   mean iterations {rows[-1]['mean_iters']:.2f} "
-              f"left {rows[-1]['left']}", flush=True)
+        # The early polish's threshold: a failed early polish costs a polish call, on the GPU ~10
+        # interior-point iterations of a thread's time (H200 run 2's profile); 0 = no early polish,
+        # one polish a problem after convergence; 1e-4 = later, fewer failed attempts (qp_small.h
+        # on the host, 6,144 real grasp QPs, float64: polish calls 1.72 → 1.29 a problem, iterations
+        # 10.4 → 10.5; planted n = 12: iterations 6.3 → 7.4, one polish either way).
+        for ps, what in ((0.0, "default, polish only at the end"), (1e-4, "default, polish_start 1e-4")):
+            fin = solve(Q, q, G, h, polish_start=ps)
+            ms = timed(lambda: solve(Q, q, G, h, polish_start=ps), reps)
+            rows.append({"case": key, "what": what, "fwd_ms": ms, "mean_iters": float(fin.iterations.float().mean()),
+                         "left": int((fin.status == -1).sum())})
+            print(f"  {what:<32} {ms:9.3f} ms   mean iterations {rows[-1]['mean_iters']:.2f} "
+                  f"left {rows[-1]['left']}", flush=True)
         for v in (4, 5):
             with env(OPTLAYERS_CUDA_SMALL_VARIANT=v):
                 solve(Q, q, G, h)

@@ -272,6 +272,12 @@ __device__ void flush_profile(Prof& p, long long t_start, unsigned long long* pr
   }
 }
 
+// Launch bounds: with the thread count alone ptxas (CUDA 13, sm_90) gave the staged interior-point
+// kernel in float64 at tile 16 only 32 registers and 55 KB of spills (3× slower than the fused
+// kernel's arithmetic on the H200), and kkt_small_kernel<double, 16> 168 registers and 6.6 KB; with a
+// minimum of one block per SM they get 255 registers and spill 8.4 / 4.7 KB (ptxas -v here; not yet
+// run on a GPU). The fused and polish kernels already get 255 and keep the plain bound.
+
 // The interior-point stage (small::ipm_stage) of every problem at kStageStart or kStageResume.
 // (The staged schedule, kSmallStaged.) Persistent threads: the grid holds as many threads as fit
 // on the GPU at once, and each thread takes the next problem from a global counter whenever it
@@ -279,7 +285,7 @@ __device__ void flush_profile(Prof& p, long long t_start, unsigned long long* pr
 // wave. With a shared G (and h) the row scales (and h̃) are computed once per block into shared
 // memory. V: kSmallProfile or 0.
 template <typename T, int NT, int V>
-__global__ void __launch_bounds__(kSmallThreads) qp_small_ipm_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
+__global__ void __launch_bounds__(kSmallThreads, 1) qp_small_ipm_kernel(QPBatch<T> a, Settings<T> set, QPOut<T> out,
                                                                      int8_t* stage, T* saved_v, int32_t* saved_k,
                                                                      unsigned long long* next,
                                                                      unsigned long long* prof) {
@@ -354,7 +360,7 @@ __global__ void __launch_bounds__(kSmallThreads) qp_small_fused_kernel(QPBatch<T
 }
 
 template <typename T, int NT>
-__global__ void __launch_bounds__(kSmallThreads) kkt_small_kernel(QPBatch<T> a, const T* mask, const T* rhs, T* u,
+__global__ void __launch_bounds__(kSmallThreads, 1) kkt_small_kernel(QPBatch<T> a, const T* mask, const T* rhs, T* u,
                                                                   T kkt_reg, int8_t* failed) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= a.batch) return;

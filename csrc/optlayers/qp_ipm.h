@@ -1236,11 +1236,16 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     // every round.)
     T res = 0, rhs_n = 0, viol = 0, neg = 0, ln = 0;
     bool finite = false, primal_ok = false, accept = false;
-    // No finite λ̂ on the active rows (the warm start's guess, csrc/qp_cpu.cpp::qp_active_set_solve):
-    // attempts 1 and 2 would repeat attempt 0 exactly, and are skipped.
+    // No finite λ̂ on the active rows (the warm start's guess, csrc/qp_cpu.cpp::qp_active_set_solve,
+    // host only): attempts 1 and 2 would repeat attempt 0 exactly, and are skipped. (On the GPU λ̂ is
+    // always the interior point's: no group reduction spent on it there.)
+#if defined(__CUDA_ARCH__)
+    const bool shiftable = true;
+#else
     T part_fin = 0;
     for (int a = g.rank(); a < k; a += g.size()) part_fin = ol_abs(lam[act[a]]) < ol_inf<T>() ? T(1) : part_fin;
     const bool shiftable = g.max(part_fin) > T(0);
+#endif
     for (int attempt = 0; attempt < (shiftable ? 3 : 1); ++attempt) {
       const bool shifted = attempt == 1;
       for (int i = g.rank(); i < N; i += g.size()) {
