@@ -219,6 +219,9 @@ struct Rows {
   uint8_t act[kMaxM];           // active-set guess
   uint8_t neg0[kMaxM];          // polish: active rows with a negative unshifted multiplier
   uint8_t pas[kMaxM];           // multiplier repair: the Lawson–Hanson passive set
+  double ux0[kMaxN];            // polish → repair: attempt 0's x
+  double repair_tol;            // polish → repair: the stationarity tolerance
+  bool shiftable;               // polish: some λ̂ is finite (see polish_rounds)
   const T* gs;  // row scales 1/‖g_r‖: gs_own, or one copy for the batch when G is shared
   const T* hs;  // scaled h̃ = h ∘ gs: hs_own, or one copy when G and h are shared
 };
@@ -336,15 +339,17 @@ OL_HD OL_INLINE double data_scale(const Data<T>& d) {
 // stationarity residual is ≤ tol. Lawson–Hanson keeps the passive rows linearly independent, so
 // there are at most n of them: their Gram matrix is factored in an NT×NT packed buffer (unused
 // slots an identity); more than NT passive rows, or a Gram matrix that is not positive definite,
-// fail as the serial Cholesky does. Not inlined on the GPU (a rare path: keep it out of the
-// polish's register allocation).
+// fail as the serial Cholesky does. x_in: NT values. Not inlined on the GPU (a rare path: keep it
+// out of the polish's register allocation).
 template <typename T, int NT>
-OL_HD OL_NOINLINE bool repair(const Data<T>& d, const double (&x)[NT], double tol, Rows<T>& rows) {
+OL_HD OL_NOINLINE bool repair(const Data<T>& d, const double* x_in, double tol, Rows<T>& rows) {
   const int m = d.m;
   const uint8_t* act = rows.act;
   double* y = rows.e2;
   uint8_t* pas = rows.pas;
-  double gq[NT];  // g = Qx + q, fixed during the repair
+  double x[NT], gq[NT];  // gq: g = Qx + q, fixed during the repair
+  OL_UNROLL
+  for (int j = 0; j < NT; ++j) x[j] = x_in[j];
   q_times<T, NT>(d, x, gq);
   double gn = 0;
   int k = 0;
@@ -461,21 +466,49 @@ OL_HD OL_NOINLINE bool repair(const Data<T>& d, const double (&x)[NT], double to
 // (violated rows join, negative multipliers leave) for `rounds` rounds.
 // lam_hat(r) gives the interior point's multiplier λ̂_r; delta = kkt_reg · data_scale (computed once
 // per problem by the caller: a problem may be polished several times). On acceptance writes x (n)
-// and λ (m). Not inlined on the GPU: its double-precision factor would otherwise share the register
-// allocation of the interior point's loop, which calls it (early polish), and push K out of registers.
+// and λ (m).
+//
+// In two functions, so that the repair is called from `polish` (inlined into its caller) and not
+// from inside the rounds: on the GPU a call from polish_rounds (itself not inlined) made ptxas spill
+// 432 instead of 68 bytes in the fused float kernel at tile 16 (ptxas -v, CUDA 13, sm_90).
+
+enum PolishResult : int { kPolishFailed = 0, kPolishAccepted = 1, kPolishRepair = 2 };
+
+// Rounds [*round, rounds) of the polish. *round = 0: the guess from x and λ̂ first; *round > 0:
+// resume after a repair that failed at round *round − 1 (that round's correction first, from
+// rows.ux0 and rows.neg0). Returns kPolishAccepted (x_out, lam_out written), kPolishFailed, or
+// kPolishRepair with *round = the round whose shifted solve failed the sign test too (its attempt 0's
+// x in rows.ux0, the repair's tolerance in rows.repair_tol). Not inlined on the GPU: its
+// double-precision factor would otherwise share the register allocation of the interior point's
+// loop, and push K out of registers.
 template <typename T, int NT, typename LamHat>
-OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double delta, const T (&x)[NT],
-                              const LamHat& lam_hat, Rows<T>& rows, int rounds, T* x_out, T* lam_out) {
+OL_HD OL_NOINLINE int polish_rounds(const Data<T>& d, const Settings<T>& set, double delta, const T (&x)[NT],
+                                    const LamHat& lam_hat, Rows<T>& rows, int rounds, int* round, T* x_out,
+                                    T* lam_out) {
   const int m = d.m;
   const double ptol = double(set.polish_tol);
   double hn = 0;
   for (int r = 0; r < m; ++r) hn = ol_max(hn, double(ol_abs(d.h[r])));
-  // Whether some λ̂ is finite: if none is (the warm start's guess, qp_cpu.cpp::qp_active_set_solve,
-  // host only), the shifted solve below would repeat the first one exactly, and is skipped. Not on
-  // the GPU, where λ̂ is always the interior point's: that one branch made ptxas spill 1.0 → 1.8 KB
-  // more in the fused kernel at tile 12 (float64).
-  bool shiftable = false;
-  {
+  // Correct the guess with an unshifted solution (x, and the multipliers' signs: attempt 0's in
+  // rows.neg0 when `shifted`, else rows.ul): violated inactive rows join, active rows with negative
+  // multipliers leave.
+  auto correct = [&](const double (&ux)[NT], bool shifted) {
+    for (int r = 0; r < m; ++r) {
+      if (rows.act[r]) {
+        if (shifted ? rows.neg0[r] != 0 : rows.ul[r] < 0) rows.act[r] = 0;
+      } else {
+        T g[NT];
+        load_row<T, NT>(d, r, g);
+        if (dot_row<double, T, NT>(g, ux) - double(d.h[r]) > ptol * (1 + hn)) rows.act[r] = 1;  // as qp_ipm.h
+      }
+    }
+  };
+  if (*round == 0) {
+    // Whether some λ̂ is finite: if none is (the warm start's guess, qp_cpu.cpp::qp_active_set_solve,
+    // host only), the shifted solve below would repeat the first one exactly, and is skipped. Not on
+    // the GPU, where λ̂ is always the interior point's: that one branch made ptxas spill 1.0 → 1.8 KB
+    // more in the fused kernel at tile 12 (float64).
+    bool shiftable = false;
     double xd[NT];
     OL_UNROLL
     for (int j = 0; j < NT; ++j) xd[j] = double(x[j]);
@@ -486,6 +519,12 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
       shiftable = shiftable || ol_abs(l) < ol_inf<double>();
       rows.act[r] = l > double(d.h[r]) - dot_row<double, T, NT>(g, xd) ? 1 : 0;
     }
+    rows.shiftable = shiftable;
+  } else {
+    double ux0[NT];
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) ux0[j] = rows.ux0[j];
+    correct(ux0, true);
   }
   double b1[NT];
   OL_UNROLL
@@ -497,15 +536,14 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
     return ol_abs(l) < ol_inf<double>() ? delta * l : 0.0;
   };
   KKT<T, NT> f;
-  for (int round = 0; round < rounds; ++round) {
-    if (!kkt_factor<T, NT>(d, rows.act, delta, f)) return false;
+  for (int rnd = *round; rnd < rounds; ++rnd) {
+    if (!kkt_factor<T, NT>(d, rows.act, delta, f)) return kPolishFailed;
     double ux[NT], ux0[NT];
     double rhs_n = 0;
     bool accept = false, shifted = false;
     // qp_ipm.h::polish makes a third attempt, unshifted again, for its multiplier repair and the
-    // correction below; without the repair only the correction needs that solution, which is
-    // attempt 0's (same system, same right-hand side): it is kept (x and the multipliers' signs)
-    // instead of solved twice.
+    // correction below; here both use attempt 0's solution (same system, same right-hand side):
+    // it is kept (x and the multipliers' signs) instead of solved twice.
     for (int attempt = 0; attempt < 2; ++attempt) {
       if (attempt == 1) {
         OL_UNROLL
@@ -513,7 +551,7 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
         for (int r = 0; r < m; ++r) rows.neg0[r] = rows.act[r] && rows.ul[r] < 0 ? 1 : 0;
         shifted = true;
 #if !defined(__CUDA_ARCH__)
-        if (!shiftable) break;  // (ux = ux0: the correction below reads either)
+        if (!rows.shiftable) break;
 #endif
         kkt_refined<T, NT>(d, f, b1, b2, shift, rows, ux);
       } else {
@@ -555,35 +593,39 @@ OL_HD OL_NOINLINE bool polish(const Data<T>& d, const Settings<T>& set, double d
       for (int j = 0; j < NT; ++j)
         if (j < d.n) x_out[j] = T(ux[j]);
       for (int r = 0; r < m; ++r) lam_out[r] = rows.act[r] ? T(ol_max(rows.ul[r], 0.0)) : T(0);
-      return true;
+      return kPolishAccepted;
     }
-    // Right x, wrong-signed multipliers after both solves (attempt 0 was primal feasible, or there
-    // would have been no shifted one): look for nonnegative multipliers at attempt 0's x, as
-    // qp_ipm.h::polish does with its third, unshifted solve (the same solution).
-    if (shifted && repair<T, NT>(d, ux0, ptol * (1 + rhs_n), rows)) {
-      OL_UNROLL
-      for (int j = 0; j < NT; ++j)
-        if (j < d.n) x_out[j] = T(ux0[j]);
-      for (int r = 0; r < m; ++r) lam_out[r] = rows.act[r] ? T(ol_max(rows.e2[r], 0.0)) : T(0);
-      return true;
-    }
-    // Correct the guess with the unshifted solution: violated inactive rows join, active rows with
-    // negative multipliers leave.
     if (shifted) {
+      // Right x, wrong-signed multipliers after both solves (attempt 0 was primal feasible, or there
+      // would have been no shifted one): the caller looks for nonnegative multipliers at attempt 0's
+      // x, as qp_ipm.h::polish does with its third, unshifted solve (the same solution).
       OL_UNROLL
-      for (int j = 0; j < NT; ++j) ux[j] = ux0[j];
+      for (int j = 0; j < NT; ++j) rows.ux0[j] = ux0[j];
+      rows.repair_tol = ptol * (1 + rhs_n);
+      *round = rnd;
+      return kPolishRepair;
     }
-    for (int r = 0; r < m; ++r) {
-      if (rows.act[r]) {
-        if (shifted ? rows.neg0[r] != 0 : rows.ul[r] < 0) rows.act[r] = 0;
-      } else {
-        T g[NT];
-        load_row<T, NT>(d, r, g);
-        if (dot_row<double, T, NT>(g, ux) - double(d.h[r]) > ptol * (1 + hn)) rows.act[r] = 1;  // as qp_ipm.h
-      }
-    }
+    correct(ux, false);
   }
-  return false;
+  return kPolishFailed;
+}
+
+// The polish: its rounds, and the multiplier repair where a round asks for it (a failed repair
+// resumes the rounds with that round's correction). True with x (n) and λ (m) written on acceptance.
+template <typename T, int NT, typename LamHat>
+OL_HD OL_INLINE bool polish(const Data<T>& d, const Settings<T>& set, double delta, const T (&x)[NT],
+                            const LamHat& lam_hat, Rows<T>& rows, int rounds, T* x_out, T* lam_out) {
+  int round = 0;
+  for (;;) {
+    const int r = polish_rounds<T, NT, LamHat>(d, set, delta, x, lam_hat, rows, rounds, &round, x_out, lam_out);
+    if (r != kPolishRepair) return r == kPolishAccepted;
+    if (repair<T, NT>(d, rows.ux0, rows.repair_tol, rows)) {
+      for (int j = 0; j < d.n; ++j) x_out[j] = T(rows.ux0[j]);
+      for (int r2 = 0; r2 < d.m; ++r2) lam_out[r2] = rows.act[r2] ? T(ol_max(rows.e2[r2], 0.0)) : T(0);
+      return true;
+    }
+    if (++round >= rounds) return false;
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
