@@ -1,7 +1,7 @@
 """The native CPU kernel's two paths in the same run: batch-interleaved lanes vs. one problem per thread.
 
 ``csrc/optlayers/qp_lanes.h`` solves W problems per SIMD vector; ``OPTLAYERS_CPU_LANES=1`` forces
-it, ``=0`` forces the serial path (``qp_ipm.h``), unset lets the op choose (n ≤ 64, m + p ≤ 128,
+it, ``=0`` forces the serial path (``qp_ipm.h``), unset lets the op choose (n ≤ 80, m + p ≤ 128,
 B ≥ two blocks). This script times forward+backward (gradients w.r.t. all inputs) of
 ``ol.solve_qp(..., backend="native")`` under both settings for each size, float64, and prints the
 ratio serial / lanes (> 1: lanes faster) plus the max |x_lanes − x_serial|. The sizes cover the

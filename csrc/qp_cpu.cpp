@@ -70,10 +70,10 @@ void for_each_dynamic(int64_t count, int64_t ws, const F& body) {
 // raw rows and Cholesky factor; it grew with (m + p)² before the block KKT solve replaced the
 // range-space method), bounded by kLanesMaxM automatically and kLanesForcedMaxM when forced.
 // kLanesMaxN from fwd+bwd timings on the 2-core AVX-512 machine (float64, lanes vs serial,
-// benchmarks/native_lanes.py, results/native_lanes_cpu.txt): lanes 1.6–2.0× faster from n = 20 to
-// n = 64 (m + p ≤ 128), 1.3× at B=128 n=80 m=80 p=10, 0.77× at B=64 n=100 m=100 p=10 and 0.4× at
-// B=8 n=200 m=200 p=50.
-constexpr int kLanesMaxN = 64;
+// benchmarks/native_lanes.py, results/native_lanes_cpu.txt; latest run): lanes 1.5–1.9× faster from
+// n = 20 to 50 (m + p ≤ 128), 1.23× at B=128 n=64 m=64 p=10, 1.17× at n=80 m=80 p=10, 1.03× at B=64
+// n=100 m=100 p=10 (a tie) and 0.43× at B=8 n=200 m=200 p=50.
+constexpr int kLanesMaxN = 80;
 constexpr int kLanesMaxM = 128;
 constexpr int kLanesForcedMaxM = 1024;
 

@@ -123,11 +123,11 @@ def test_lanes_gradients_match_serial(p, shared, monkeypatch):
 
 
 def test_auto_routing_gives_the_planted_solution(monkeypatch):
-    """Unset: batches of ≥ 2 blocks with n ≤ 64 and m + p ≤ 128 take the lanes, others (B = 3;
-    n = 70) the serial path; either way the planted solution (the choice is invisible but for
+    """Unset: batches of ≥ 2 blocks with n ≤ 80 and m + p ≤ 128 take the lanes, others (B = 3;
+    n = 90) the serial path; either way the planted solution (the choice is invisible but for
     speed)."""
     monkeypatch.delenv("OPTLAYERS_CPU_LANES", raising=False)
-    for B, n, p in ((40, 10, 0), (40, 10, 2), (3, 10, 2), (20, 40, 3), (20, 70, 3)):
+    for B, n, p in ((40, 10, 0), (40, 10, 2), (3, 10, 2), (20, 40, 3), (20, 70, 3), (20, 90, 3)):
         P = ol.testing.random_qp(B, n, 12, p, seed=4)
         sol = ol.solve_qp(*P.data(), backend="native", return_solution=True)
         assert float((sol.x - P.x).abs().max()) < 1e-10

@@ -99,14 +99,14 @@ def _lanes_likely(data: QPData) -> bool:
     """Whether the CPU op will take its batch-interleaved float64 path (csrc/qp_cpu.cpp::use_lanes),
     which polishes and differentiates whole blocks by its own KKT solve: there is no LU to
     keep, and asking for one would send the block to the serial polish. A mirror of the C++ rule
-    (float64, m > 0, n ≤ 64, m + p ≤ 128, at least two blocks: B ≥ 16 with 8 lanes; with 4-wide
+    (float64, m > 0, n ≤ 80, m + p ≤ 128, at least two blocks: B ≥ 16 with 8 lanes; with 4-wide
     vectors the op already takes lanes from B = 8, where keeping is then just not needed)."""
     forced = os.environ.get("OPTLAYERS_CPU_LANES", "")
     if forced.startswith("0") or data.dtype != torch.float64 or data.m == 0:
         return False
     if forced.startswith("1"):
         return data.m + data.p <= 1024
-    return data.n <= 64 and data.m + data.p <= 128 and data.B >= 16
+    return data.n <= 80 and data.m + data.p <= 128 and data.B >= 16
 
 
 def _keep_factor(data: QPData) -> bool:
