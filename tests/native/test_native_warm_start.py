@@ -124,3 +124,19 @@ def test_warm_gradients_with_kept_factor_equal_the_cold_ones():
     assert bool((it[:3] == 0).all()) and bool((it[3:] > 0).any())
     for a, b in zip(warm, cold):
         assert float((a - b).abs().max()) <= 1e-9 * (1 + float(b.abs().max()))
+
+
+@pytest.mark.parametrize("n,m,p,shared,dtype", [(8, 140, 0, ("G",), D), (10, 20, 0, ("Q",), torch.float32),
+                                                (16, 40, 2, ("G",), D)])
+def test_guess_op_routes_and_dtypes(n, m, p, shared, dtype):
+    """The op's routes beyond the planted default: m > 128 (qp_ipm.h's polish although n ≤ 16),
+    float32 (qp_small.h's double-precision polish), equalities with n ≤ 16 (qp_ipm.h's); shared
+    data read from one copy. The right guess gives the planted solution."""
+    P = ol.testing.random_qp((6,), n=n, m=m, p=p, active_fraction=0.3, seed=2, dtype=dtype, shared=shared)
+    d = canonicalize(*P.data())
+    x, lam, nu, status, _ = ops.active_set_solve(d, P.active.to(dtype), 2)
+    assert status.tolist() == [S.SOLVED] * 6
+    tol = 1e-10 if dtype == D else 1e-4
+    assert float((x - P.x).abs().max()) < tol * (1 + float(P.x.abs().max()))
+    w = ol.solve_qp(*P.data(), backend="native", return_solution=True, warm_start=P.active)
+    assert bool((w.iterations == 0).all()) and torch.equal(w.x, x)
