@@ -377,11 +377,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active
         for_each_dynamic<T>(batch, 1, [&](int64_t i, T*) {
           thread_local sm::Rows<T> rows;
           const sm::Data<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, n, m};
-          const T* gi = pg + i * m;
-          const T x0[NT] = {};
           const double delta = double(set.kkt_reg) * sm::data_scale<T>(d);
-          if (sm::polish<T, NT>(d, set, delta, x0, [&](int r) { return gi[r] != T(0) ? inf : -inf; }, rows, int(rounds),
-                                px + i * n, pl + i * m))
+          if (sm::polish_guess<T, NT>(d, set, delta, pg + i * m, rows, int(rounds), px + i * n, pl + i * m))
             ps[i] = optlayers::kSolved;
         });
       });

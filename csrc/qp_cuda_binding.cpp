@@ -251,9 +251,48 @@ at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const a
   return qp_kkt_solve_cuda_impl(Q_, G_, A_, mask_, rhs_, kkt_reg, true);
 }
 
+// The warm start's guessed active sets (csrc/qp_cpu.cpp::qp_active_set_solve_cpu) for the problems
+// the small kernel takes (n ≤ 16, m ≤ 128, p = 0; optlayers/_src/native/ops.py routes only those
+// here): one thread per problem through small::polish_guess. No factor is kept on CUDA.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active_set_solve_cuda(
+    const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_, const at::Tensor& A_,
+    const at::Tensor& b_, const at::Tensor& guess_, double kkt_reg, double polish_tol, int64_t rounds,
+    bool keep_factor) {
+  (void)keep_factor;
+  TORCH_CHECK(guess_.dim() == 2, "optlayers native: guess must be (batch, m)");
+  const int64_t batch = guess_.size(0);
+  check_data(Q_, "Q", 2, batch, q_); check_data(q_, "q", 1, batch, q_);
+  check_data(G_, "G", 2, batch, q_); check_data(h_, "h", 1, batch, q_);
+  check_data(A_, "A", 2, batch, q_); check_data(b_, "b", 1, batch, q_);
+  check_data(guess_, "guess", 1, batch, q_);
+  TORCH_CHECK(rounds >= 1, "optlayers native: rounds must be positive");
+  c10::cuda::CUDAGuard guard(q_.device());
+  auto Q = Q_.contiguous(), q = q_.contiguous(), G = G_.contiguous(), h = h_.contiguous();
+  auto A = A_.contiguous(), b = b_.contiguous(), guess = guess_.contiguous();
+  const int n = q.size(-1), m = h.size(-1), p = b.size(-1);
+  TORCH_CHECK(guess.size(1) == m && optlayers::small::eligible(n, m, p),
+              "optlayers native: qp_active_set_solve on CUDA takes n <= 16, 1 <= m <= 128, p = 0 (the small "
+              "kernel's problems); got n = ", n, ", m = ", m, ", p = ", p);
+  auto opts = q.options();
+  auto x = at::zeros({batch, n}, opts), lam = at::zeros({batch, m}, opts), nu = at::zeros({batch, 0}, opts);
+  auto status = at::empty({batch}, opts.dtype(at::kChar));
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_active_set_solve_cuda", [&] {
+    using T = scalar_t;
+    const optlayers::Settings<T> set{T(0), T(0), T(kkt_reg), T(polish_tol), T(0), 0, true, T(0)};
+    const auto err = optlayers::launch_active_set_small<T>(batch_of<T>(Q, q, G, h, A, b, batch, n, m, p),
+                                                           guess.data_ptr<T>(), set, int(rounds), x.data_ptr<T>(),
+                                                           lam.data_ptr<T>(), status.data_ptr<int8_t>(),
+                                                           c10::cuda::getCurrentCUDAStream());
+    TORCH_CHECK(err == cudaSuccess, "optlayers qp_active_set_solve CUDA launch failed: ", cudaGetErrorString(err));
+  });
+  // A problem none of whose guesses was accepted keeps zeros (the polish writes only on acceptance).
+  return {x, lam, nu, status, at::empty({0}, opts)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(optlayers, CUDA, m) {
   m.impl("qp_solve", &qp_solve_cuda);
   m.impl("qp_kkt_solve", &qp_kkt_solve_cuda);
+  m.impl("qp_active_set_solve", &qp_active_set_solve_cuda);
 }

@@ -179,4 +179,10 @@ template <typename T>
 cudaError_t launch_kkt_solve(const QPBatch<T>& a, const T* mask, const T* rhs, T* u, T kkt_reg, T* work,
                              const LaunchPlan& plan, cudaStream_t stream);
 
+// The warm start's guessed active sets (guess: batch × m, nonzero = active) for problems the small
+// kernel takes (small::eligible): status kSolved with x, λ where accepted, else kMaxIter.
+template <typename T>
+cudaError_t launch_active_set_small(const QPBatch<T>& a, const T* guess, const Settings<T>& set, int rounds, T* x,
+                                    T* lam, int8_t* status, cudaStream_t stream);
+
 }  // namespace optlayers

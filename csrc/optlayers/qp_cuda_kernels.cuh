@@ -370,6 +370,22 @@ __global__ void __launch_bounds__(kSmallThreads, 1) kkt_small_kernel(QPBatch<T> 
   failed[i] = small::kkt_solve<T, NT>(d, mask + i * a.m, kkt_reg, rhs + i * N, rows, u + i * N) ? 0 : 1;
 }
 
+// The warm start's guessed active sets (small::polish_guess), one thread per problem: status kSolved
+// with x, λ where a guess (or its correction) is accepted, else kMaxIter (x and λ untouched: the
+// caller zeroed them).
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallThreads) active_set_small_kernel(QPBatch<T> a, const T* guess, Settings<T> set,
+                                                                         int rounds, T* x, T* lam, int8_t* status) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= a.batch) return;
+  small::Rows<T> rows;
+  const small::Data<T> d = problem_of(a, i);
+  const double delta = double(set.kkt_reg) * small::data_scale<T>(d);
+  status[i] = small::polish_guess<T, NT>(d, set, delta, guess + i * a.m, rows, rounds, x + i * a.n, lam + i * a.m)
+                  ? int8_t(kSolved)
+                  : int8_t(kMaxIter);
+}
+
 // Resident blocks of `kernel` on this device (occupancy × SMs), at most `wanted`.
 template <typename K>
 int resident_blocks(K kernel, int64_t wanted) {
@@ -455,6 +471,19 @@ cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t launch_active_set_small(const QPBatch<T>& a, const T* guess, const Settings<T>& set, int rounds, T* x,
+                                    T* lam, int8_t* status, cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  const int blocks = int((a.batch + kSmallThreads - 1) / kSmallThreads);
+  switch (small::tile(a.n)) {
+    case 8: active_set_small_kernel<T, 8><<<blocks, kSmallThreads, 0, stream>>>(a, guess, set, rounds, x, lam, status); break;
+    case 12: active_set_small_kernel<T, 12><<<blocks, kSmallThreads, 0, stream>>>(a, guess, set, rounds, x, lam, status); break;
+    default: active_set_small_kernel<T, 16><<<blocks, kSmallThreads, 0, stream>>>(a, guess, set, rounds, x, lam, status); break;
+  }
+  return cudaGetLastError();
+}
+
 // One scalar type's launchers (used by qp_cuda_float.cu / qp_cuda_double.cu).
 #define OPTLAYERS_INSTANTIATE_CUDA(T)                                                                         \
   template cudaError_t launch_qp_solve<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&, T*,       \
@@ -467,6 +496,8 @@ cudaError_t launch_kkt_small(const QPBatch<T>& a, const T* mask, const T* rhs, T
                                              const SmallStages<T>&, int, cudaStream_t);                     \
   template cudaError_t launch_qp_small_fused<T>(const QPBatch<T>&, const Settings<T>&, const QPOut<T>&,        \
                                                unsigned long long*, int, unsigned long long*, cudaStream_t); \
-  template cudaError_t launch_kkt_small<T>(const QPBatch<T>&, const T*, const T*, T*, T, int8_t*, cudaStream_t);
+  template cudaError_t launch_kkt_small<T>(const QPBatch<T>&, const T*, const T*, T*, T, int8_t*, cudaStream_t); \
+  template cudaError_t launch_active_set_small<T>(const QPBatch<T>&, const T*, const Settings<T>&, int, T*, T*, \
+                                                  int8_t*, cudaStream_t);
 
 }  // namespace optlayers

@@ -221,7 +221,6 @@ struct Rows {
   uint8_t pas[kMaxM];           // multiplier repair: the Lawson–Hanson passive set
   double ux0[kMaxN];            // polish → repair: attempt 0's x
   double repair_tol;            // polish → repair: the stationarity tolerance
-  bool shiftable;               // polish: some λ̂ is finite (see polish_rounds)
   const T* gs;  // row scales 1/‖g_r‖: gs_own, or one copy for the batch when G is shared
   const T* hs;  // scaled h̃ = h ∘ gs: hs_own, or one copy when G and h are shared
 };
@@ -480,8 +479,9 @@ enum PolishResult : int { kPolishFailed = 0, kPolishAccepted = 1, kPolishRepair 
 // kPolishRepair with *round = the round whose shifted solve failed the sign test too (its attempt 0's
 // x in rows.ux0, the repair's tolerance in rows.repair_tol). Not inlined on the GPU: its
 // double-precision factor would otherwise share the register allocation of the interior point's
-// loop, and push K out of registers.
-template <typename T, int NT, typename LamHat>
+// loop, and push K out of registers. kGuess: λ̂ is ±∞ (polish_guess: the warm start's guessed active
+// set), so the multiplier-shifted solve would repeat the first one exactly, and is skipped.
+template <typename T, int NT, typename LamHat, bool kGuess>
 OL_HD OL_NOINLINE int polish_rounds(const Data<T>& d, const Settings<T>& set, double delta, const T (&x)[NT],
                                     const LamHat& lam_hat, Rows<T>& rows, int rounds, int* round, T* x_out,
                                     T* lam_out) {
@@ -504,22 +504,14 @@ OL_HD OL_NOINLINE int polish_rounds(const Data<T>& d, const Settings<T>& set, do
     }
   };
   if (*round == 0) {
-    // Whether some λ̂ is finite: if none is (the warm start's guess, qp_cpu.cpp::qp_active_set_solve,
-    // host only), the shifted solve below would repeat the first one exactly, and is skipped. Not on
-    // the GPU, where λ̂ is always the interior point's: that one branch made ptxas spill 1.0 → 1.8 KB
-    // more in the fused kernel at tile 12 (float64).
-    bool shiftable = false;
     double xd[NT];
     OL_UNROLL
     for (int j = 0; j < NT; ++j) xd[j] = double(x[j]);
     for (int r = 0; r < m; ++r) {
       T g[NT];
       load_row<T, NT>(d, r, g);
-      const double l = double(lam_hat(r));
-      shiftable = shiftable || ol_abs(l) < ol_inf<double>();
-      rows.act[r] = l > double(d.h[r]) - dot_row<double, T, NT>(g, xd) ? 1 : 0;
+      rows.act[r] = double(lam_hat(r)) > double(d.h[r]) - dot_row<double, T, NT>(g, xd) ? 1 : 0;
     }
-    rows.shiftable = shiftable;
   } else {
     double ux0[NT];
     OL_UNROLL
@@ -550,9 +542,7 @@ OL_HD OL_NOINLINE int polish_rounds(const Data<T>& d, const Settings<T>& set, do
         for (int j = 0; j < NT; ++j) ux0[j] = ux[j];
         for (int r = 0; r < m; ++r) rows.neg0[r] = rows.act[r] && rows.ul[r] < 0 ? 1 : 0;
         shifted = true;
-#if !defined(__CUDA_ARCH__)
-        if (!rows.shiftable) break;
-#endif
+        if (kGuess) break;  // (ux = ux0: the correction reads either)
         kkt_refined<T, NT>(d, f, b1, b2, shift, rows, ux);
       } else {
         kkt_refined<T, NT>(d, f, b1, b2, no_shift, rows, ux);
@@ -612,12 +602,13 @@ OL_HD OL_NOINLINE int polish_rounds(const Data<T>& d, const Settings<T>& set, do
 
 // The polish: its rounds, and the multiplier repair where a round asks for it (a failed repair
 // resumes the rounds with that round's correction). True with x (n) and λ (m) written on acceptance.
-template <typename T, int NT, typename LamHat>
+template <typename T, int NT, typename LamHat, bool kGuess = false>
 OL_HD OL_INLINE bool polish(const Data<T>& d, const Settings<T>& set, double delta, const T (&x)[NT],
                             const LamHat& lam_hat, Rows<T>& rows, int rounds, T* x_out, T* lam_out) {
   int round = 0;
   for (;;) {
-    const int r = polish_rounds<T, NT, LamHat>(d, set, delta, x, lam_hat, rows, rounds, &round, x_out, lam_out);
+    const int r = polish_rounds<T, NT, LamHat, kGuess>(d, set, delta, x, lam_hat, rows, rounds, &round, x_out,
+                                                       lam_out);
     if (r != kPolishRepair) return r == kPolishAccepted;
     if (repair<T, NT>(d, rows.ux0, rows.repair_tol, rows)) {
       for (int j = 0; j < d.n; ++j) x_out[j] = T(rows.ux0[j]);
@@ -626,6 +617,19 @@ OL_HD OL_INLINE bool polish(const Data<T>& d, const Settings<T>& set, double del
     }
     if (++round >= rounds) return false;
   }
+}
+
+// The warm start's guess (csrc/qp_cpu.cpp::qp_active_set_solve and its CUDA kernel): the polish of
+// the guessed active set {r : guess_r ≠ 0} (m values), started from x = 0 with λ̂_r = ±∞ so that its
+// guess λ̂_r > h_r − g_rᵀx is exactly the given one; `rounds` rounds (the given set and rounds − 1
+// corrections). True with x (n) and λ (m) written where a round is accepted. delta: kkt_reg ×
+// data_scale.
+template <typename T, int NT>
+OL_HD OL_INLINE bool polish_guess(const Data<T>& d, const Settings<T>& set, double delta, const T* guess,
+                                  Rows<T>& rows, int rounds, T* x_out, T* lam_out) {
+  const T x0[NT] = {};
+  auto lam_hat = [&](int r) { return guess[r] != T(0) ? ol_inf<T>() : -ol_inf<T>(); };
+  return polish<T, NT, decltype(lam_hat), true>(d, set, delta, x0, lam_hat, rows, rounds, x_out, lam_out);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -53,13 +53,14 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path, unit):
                           str(CSRC / unit), "-o", str(ptx)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     entries = re.findall(r"\.entry\s+(\S+)", ptx.read_text())
-    # 27 kernels of this unit's scalar type: solve/kkt × thread/warp/block (6); the small kernel's
+    # 30 kernels of this unit's scalar type: solve/kkt × thread/warp/block (6); the small kernel's
     # interior-point stage, polish stage and fused schedule, each for 3 tiles × with/without the
-    # clock profile (18); its backward for 3 tiles
-    assert len(entries) == 27, entries
+    # clock profile (18); its backward and the warm start's guessed active sets for 3 tiles each
+    assert len(entries) == 30, entries
     for stage in ("qp_small_ipm_kernel", "qp_small_polish_kernel", "qp_small_fused_kernel"):
         assert sum(stage in e for e in entries) == 6, (stage, entries)
     assert sum("kkt_small_kernel" in e for e in entries) == 3, entries
+    assert sum("active_set_small_kernel" in e for e in entries) == 3, entries
 
 
 def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):

@@ -263,3 +263,41 @@ def test_cuda_small_kernel_stages_equal_the_fused_schedule(dtype, monkeypatch):
         # kept a converged iterate whose polish fails and got the multiplier repair (host
         # emulation: 15% → 0.9%; not yet run on a GPU).
         assert int(ok.sum()) >= (0.99 if dtype == torch.float64 else 0.97) * data[1].shape[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_warm_start_guess_op_equals_cpu(dtype):
+    """The warm start's guessed active sets on CUDA (active_set_small_kernel: small::polish_guess, one
+    thread per problem) against the CPU op (the same function on the host): real grasp QPs after a
+    1e-3 change of q, guessed from the old solution. Acceptance can differ where host and device
+    round differently on degenerate problems; x agrees where both accept. Then solve_qp on CUDA with
+    warm_start: every problem SOLVED, x as the cold CUDA solve's."""
+    from optlayers._src.native import ops
+    from optlayers._src.qp.problem import canonicalize
+
+    Q, q, G, h = grasp_batch(64, dtype=dtype)
+    old = ol.solve_qp(Q, q, G, h, backend="native", return_solution=True)
+    g = torch.Generator().manual_seed(0)
+    q2 = q + 1e-3 * torch.randn(q.shape, generator=g, dtype=dtype) * q.abs().mean()
+    guess = (old.lam > 0).to(dtype)
+    cpu = ops.active_set_solve(canonicalize(Q, q2, G, h), guess, 2)
+    dev = [t.cuda() for t in (Q, q2, G, h)]
+    gpu = [t.cpu() for t in ops.active_set_solve(canonicalize(*dev), guess.cuda(), 2)[:4]]
+    both = (cpu[3] == 0) & (gpu[3] == 0)
+    assert float((cpu[3] == gpu[3]).double().mean()) >= (0.99 if dtype == torch.float64 else 0.95)
+    assert float(both.double().mean()) > 0.6
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    assert float((cpu[0][both] - gpu[0][both]).abs().max()) < tol
+    warm = ol.solve_qp(*dev, backend="native", return_solution=True, warm_start=old.lam.cuda() > 0)
+    cold = ol.solve_qp(*dev, backend="native", return_solution=True)
+    assert bool((warm.status == 0).all()) and bool((warm.iterations == 0).any())
+    if dtype == torch.float64:
+        assert float((warm.x - cold.x).abs().max()) < 1e-9
+    else:  # ill-determined float32 grasp QPs: x only to ~1e-2, the objective to ~1e-5
+        Qd, qd = dev[0].double(), dev[1].double()
+
+        def f(x):
+            x = x.double()
+            return 0.5 * torch.einsum("bi,bij,bj->b", x, Qd, x) + (qd * x).sum(-1)
+
+        assert float(((f(warm.x) - f(cold.x)).abs() / (1 + f(cold.x).abs())).max()) < 1e-4

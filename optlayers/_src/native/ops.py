@@ -119,10 +119,14 @@ def kkt_solve(data: QPData, mask: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
     return torch.ops.optlayers.qp_kkt_solve(data.Q, data.G, data.A, mask, rhs, tolerances_for(data.dtype).kkt_reg)
 
 
-def has_active_set_solve(device: torch.device) -> bool:
-    """``qp_active_set_solve`` (the warm start's guessed active sets in one C++ pass) exists for
-    CPU tensors; elsewhere the warm start goes through ``active_set.py`` and ``qp_kkt_solve``."""
-    return device.type == "cpu"
+def has_active_set_solve(data: QPData) -> bool:
+    """Whether ``qp_active_set_solve`` (the warm start's guessed active sets in one native pass)
+    takes ``data``: on CPU any problem; on CUDA those of the small kernel (n ≤ 16, 1 ≤ m ≤ 128,
+    p = 0: one thread per problem). Elsewhere the warm start goes through ``active_set.py`` and
+    ``qp_kkt_solve``."""
+    if data.device.type == "cpu":
+        return True
+    return data.device.type == "cuda" and cuda_available() and 1 <= data.n <= 16 and 1 <= data.m <= 128 and data.p == 0
 
 
 def active_set_solve(data: QPData, guess: torch.Tensor, rounds: int, keep_factor: bool = False):

@@ -70,10 +70,10 @@ def guess_of(warm_start, data: QPData, *, strict: bool = True) -> torch.Tensor |
     return guess.reshape(data.B, data.m).to(data.dtype)
 
 
-def _native_active_set_solve(device: torch.device) -> bool:
+def _native_active_set_solve(data: QPData) -> bool:
     from optlayers._src.native import ops
 
-    return ops.has_active_set_solve(device)
+    return ops.has_active_set_solve(data)
 
 
 def solve(data: QPData, guess: torch.Tensor, backend: QPBackend, options: QPOptions,
@@ -87,13 +87,14 @@ def solve(data: QPData, guess: torch.Tensor, backend: QPBackend, options: QPOpti
     status0 = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=ref.device)
     everyone = torch.arange(B, device=ref.device)
     # The native backend's own K-solve (C++, refined per problem) is several times faster than the
-    # PyTorch factor on small problems. On CPU the whole guess-and-verify runs in C++ (with the
-    # polish's NNLS multiplier repair); elsewhere no repair here: a rejected problem's cold solve
-    # polishes (and repairs) it anyway.
+    # PyTorch factor on small problems. Where the native op takes the batch the whole
+    # guess-and-verify runs there (with the polish's NNLS multiplier repair); elsewhere no repair
+    # here: a rejected problem's cold solve polishes (and repairs) it anyway.
     kind = "native" if backend.name is Backend.NATIVE else "torch"
-    if kind == "native" and _native_active_set_solve(data.device):
-        # CPU: every round in one C++ pass (the polish's solve, test, repair and correction per
-        # problem) instead of ~20 tensor ops a round around qp_kkt_solve.
+    if kind == "native" and _native_active_set_solve(data):
+        # CPU (and CUDA for the small kernel's problems): every round in one native pass (the
+        # polish's solve, test, repair and correction per problem) instead of ~20 tensor ops a round
+        # around qp_kkt_solve.
         from optlayers._src.native import ops
 
         x, lam, nu, status, native_factor = ops.active_set_solve(data, guess, WARM_START_ROUNDS, keep_factor)
