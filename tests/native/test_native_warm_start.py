@@ -140,3 +140,27 @@ def test_guess_op_routes_and_dtypes(n, m, p, shared, dtype):
     assert float((x - P.x).abs().max()) < tol * (1 + float(P.x.abs().max()))
     w = ol.solve_qp(*P.data(), backend="native", return_solution=True, warm_start=P.active)
     assert bool((w.iterations == 0).all()) and torch.equal(w.x, x)
+
+
+def test_warm_started_failed_problem_gives_zero_gradient():
+    """A warm-started batch with an infeasible problem: its statuses reach the fused C++ backward,
+    which skips it as the op's own backward does — finite gradients, the infeasible problem's
+    contribution to the shared h zero (the cold solve's gradients exactly)."""
+    Q = torch.eye(2, dtype=D).expand(3, 2, 2)
+    q = torch.tensor([[1.0, -2.0], [0.0, 0.0], [-1.0, 0.5]], dtype=D)
+    G = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=D)
+    h = torch.tensor([[0.5, 0.5, 1.0], [-1.0, -1.0, 1.0], [0.5, 0.5, 1.0]], dtype=D)  # problem 1: x₀ ≤ −1, x₀ ≥ 1
+
+    def grads(warm):
+        qq, hh = q.clone().requires_grad_(), h.clone().requires_grad_()
+        sol = ol.solve_qp(Q, qq, G, hh, backend="native", return_solution=True, on_failure="nan", warm_start=warm)
+        ok = sol.status == 0
+        (sol.x[ok].sum() + sol.lam[ok].sum()).backward()
+        return sol.status.tolist(), qq.grad, hh.grad
+
+    st_c, gq_c, gh_c = grads(None)
+    st_w, gq_w, gh_w = grads(torch.ones(3, 3, dtype=torch.bool))
+    assert st_c == st_w == [S.SOLVED, S.PRIMAL_INFEASIBLE, S.SOLVED]
+    assert bool(torch.isfinite(gq_w).all()) and bool(torch.isfinite(gh_w).all())
+    assert float(gq_w[1].abs().max()) == 0.0 and float(gh_w[1].abs().max()) == 0.0
+    assert torch.allclose(gq_w, gq_c, atol=1e-12) and torch.allclose(gh_w, gh_c, atol=1e-12)

@@ -134,8 +134,8 @@ def active_set_solve(data: QPData, guess: torch.Tensor, rounds: int, keep_factor
     through the interior point's polish: solve, acceptance test, multiplier repair and
     ``rounds − 1`` corrected guesses (csrc/qp_cpu.cpp::qp_active_set_solve_cpu). Returns
     (x, lam, nu, status, factor): SOLVED where accepted, MAX_ITER (zeros) elsewhere; ``factor``
-    the accepted polish LUs for ``qp_backward`` with ``keep_factor`` (see :func:`keep_factor`),
-    else empty."""
+    the accepted polish LUs for ``qp_backward`` with ``keep_factor`` where :func:`_keep_factor`
+    says keeping pays, else empty."""
     tl = tolerances_for(data.dtype)
     keep = keep_factor and _keep_factor(data)
     return torch.ops.optlayers.qp_active_set_solve(*data.tensors(), guess, tl.kkt_reg, tl.polish_tol, rounds, keep)
@@ -150,13 +150,13 @@ def solve_keeping(data: QPData, tol: float, max_iter: int, polish: bool):
                                         polish and _keep_factor(data))
 
 
-def fused_backward(data: QPData, x, lam, nu, factor, gx, glam, gnu, needs) -> tuple:
+def fused_backward(data: QPData, x, lam, nu, status, factor, gx, glam, gnu, needs) -> tuple:
     """Reverse-mode gradients of a solution (x, λ, ν) by the fused C++ backward (``qp_backward``:
     active set, KKT solve and gradient outer products per problem; CPU tensors only), for
-    solutions that did not come from ``qp_solve``'s own autograd (the warm start's); ``factor``:
-    kept polish LUs (qp_solve's layout) or empty; ``needs``: which of (Q, q, G, h, A, b) want a
-    gradient (the others come back empty)."""
-    status = torch.zeros(data.B, dtype=torch.int8, device=x.device)
+    solutions that did not come from ``qp_solve``'s own autograd (the warm start's). ``status``
+    (B,) int8: problems not SOLVED contribute nothing; ``factor``: kept polish LUs (qp_solve's
+    layout) or empty; ``needs``: which of (Q, q, G, h, A, b) want a gradient (the others come back
+    empty)."""
     return torch.ops.optlayers.qp_backward(*data.tensors(), x, lam, nu, status, factor, gx, glam, gnu,
                                            tolerances_for(x.dtype).kkt_reg, needs_mask(needs))
 

@@ -73,9 +73,11 @@ def _attach(data: QPData, raw: RawSolution) -> tuple[torch.Tensor, torch.Tensor,
     plain = data.detach()
     mask = kkt.classify_active(lam, plain.h - mv(plain.G, x))
     if raw.kkt_solver == "native":
-        # (The lu slot carries the native polish LUs, if kept, to qp_backward.)
+        # The lu slot carries the native polish LUs (if kept) and the pivots slot the statuses to
+        # qp_backward, which skips the failed problems as the op's own backward does.
         empty = x.new_empty(0)
-        factors = (mask, raw.native_factor if raw.native_factor is not None else empty, empty.to(torch.int32), empty)
+        lu = raw.native_factor if raw.native_factor is not None else empty
+        factors = (mask, lu, raw.status.to(torch.int32), empty)
     else:
         fac = raw.factor
         if fac is None or not bool(ok.all()):

@@ -118,8 +118,8 @@ class QPSolutionMap(torch.autograd.Function):
 
     Inputs are canonical (:class:`QPData` layout: batched ``(B, …)`` or shared). The solution,
     the active mask and the factor tensors (``lu``, ``pivots``, ``delta``; for the native solver
-    ``lu`` holds its kept polish LUs or is empty, and the rest is empty) are non-differentiable
-    inputs; ``kind`` names the K-solver.
+    ``lu`` holds its kept polish LUs or is empty, ``pivots`` the statuses (int32) and ``delta`` is
+    empty) are non-differentiable inputs; ``kind`` names the K-solver.
     """
 
     @staticmethod
@@ -143,7 +143,7 @@ class QPSolutionMap(torch.autograd.Function):
             # problem in C++; the same formulas as kkt_vjp), e.g. for warm-started solutions.
             from optlayers._src.native import ops
 
-            grads = ops.fused_backward(data, x, lam, nu, lu, gx, glam, gnu, needs)
+            grads = ops.fused_backward(data, x, lam, nu, pivots.to(torch.int8), lu, gx, glam, gnu, needs)
             return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 8
         solve = kkt_solver(ctx.kind, data, mask, lu, pivots, delta)
         with _threads(ctx.kind, data):

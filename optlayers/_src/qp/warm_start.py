@@ -81,28 +81,26 @@ def solve(data: QPData, guess: torch.Tensor, backend: QPBackend, options: QPOpti
     """Solve the (detached) batch: the guessed active sets first, the backend for the rest.
     ``keep_factor``: a backward will follow (the native CPU path then keeps its polish LUs for it
     where that pays, as ``qp_solve`` does under autograd)."""
+    kind = "native" if backend.name is Backend.NATIVE else "torch"
+    if kind == "native" and _native_active_set_solve(data):
+        # CPU (and CUDA for the small kernel's problems): every round in one native pass (the
+        # polish's solve, test, NNLS repair and correction per problem) instead of ~20 tensor ops a
+        # round around qp_kkt_solve.
+        from optlayers._src.native import ops
+
+        x, lam, nu, status, native_factor = ops.active_set_solve(data, guess, WARM_START_ROUNDS, keep_factor)
+        return _native_rest(data, backend, options, x, lam, nu, status, native_factor, keep_factor)
+    # Otherwise tensor ops around a batched K-solve: the native one (C++, refined per problem) is
+    # several times faster than the PyTorch factor on small problems. No NNLS repair here: a
+    # rejected problem's cold solve polishes (and repairs) it anyway.
     B, n, m, p = data.B, data.n, data.m, data.p
     ref = data.q
     x0, lam0, nu0 = ref.new_zeros(B, n), ref.new_zeros(B, m), ref.new_zeros(B, p)
     status0 = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=ref.device)
     everyone = torch.arange(B, device=ref.device)
-    # The native backend's own K-solve (C++, refined per problem) is several times faster than the
-    # PyTorch factor on small problems. Where the native op takes the batch the whole
-    # guess-and-verify runs there (with the polish's NNLS multiplier repair); elsewhere no repair
-    # here: a rejected problem's cold solve polishes (and repairs) it anyway.
-    kind = "native" if backend.name is Backend.NATIVE else "torch"
-    if kind == "native" and _native_active_set_solve(data):
-        # CPU (and CUDA for the small kernel's problems): every round in one native pass (the
-        # polish's solve, test, repair and correction per problem) instead of ~20 tensor ops a round
-        # around qp_kkt_solve.
-        from optlayers._src.native import ops
-
-        x, lam, nu, status, native_factor = ops.active_set_solve(data, guess, WARM_START_ROUNDS, keep_factor)
-        return _native_rest(data, backend, options, x, lam, nu, status, native_factor, keep_factor)
-    else:
-        x, lam, nu, status, parts = active_set.solve_active_sets(
-            data, guess, everyone, x0, lam0, nu0, status0, WARM_START_ROUNDS, repair=False, solver=kind
-        )
+    x, lam, nu, status, parts = active_set.solve_active_sets(
+        data, guess, everyone, x0, lam0, nu0, status0, WARM_START_ROUNDS, repair=False, solver=kind
+    )
     iterations = torch.zeros(B, dtype=torch.int32, device=ref.device)
     rest = torch.nonzero(status != int(Status.SOLVED)).squeeze(-1)
     if rest.numel():
@@ -119,8 +117,8 @@ def solve(data: QPData, guess: torch.Tensor, backend: QPBackend, options: QPOpti
 
 
 def _native_rest(data, backend, options, x, lam, nu, status, native_factor, keep_factor) -> RawSolution:
-    """The native CPU path's cold part: the problems no guess finished, solved from scratch; the
-    kept polish LUs of both parts merged (a row whose last slot is −1 has none)."""
+    """The native path's cold part: the problems no guess finished, solved from scratch; the kept
+    polish LUs of both parts merged (a row whose last slot is −1 has none; CPU only)."""
     iterations = torch.zeros(data.B, dtype=torch.int32, device=data.device)
     nf = native_factor if native_factor.numel() else None
     rest = torch.nonzero(status != int(Status.SOLVED)).squeeze(-1)
