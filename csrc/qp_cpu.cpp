@@ -331,10 +331,12 @@ at::Tensor qp_kkt_solve_cpu(const at::Tensor& Q_, const at::Tensor& G_, const at
 // ν zero) where none is: the caller solves those from scratch. With keep_factor the accepted
 // polish LU is kept as qp_solve keeps it (for qp_backward; k = −1 where there is none). The polish
 // reads its guess as {r : λ̂_r > h_r − g_rᵀx}; it gets x = 0 and λ̂_r = ±∞, so the guess is exactly
-// the given one, and its multiplier-shifted second solve (which needs a finite λ̂) is skipped.
-// Problems with n ≤ 16, m ≤ 128, p = 0 take qp_small.h's polish (double precision, n×n Cholesky),
-// the rest qp_ipm.h's (compact LU). One op call, no Python per round: on 4,800 grasp QPs this
-// replaced ~20 tensor ops a round around qp_kkt_solve (warm_start.py's benchmark).
+// the given one (its multiplier-shifted second solve, which needs a finite λ̂, changes nothing).
+// float64 batches the lanes path takes (use_lanes) are polished W problems a block
+// (qp_lanes.h::guess_block, as qp_solve polishes them); otherwise problems with n ≤ 16, m ≤ 128,
+// p = 0 take qp_small.h's polish (double precision, n×n Cholesky), the rest qp_ipm.h's (compact
+// LU); the small-problem shift-less duplicate solve is skipped. One op call, no Python per round:
+// it replaced ~20 tensor ops a round around qp_kkt_solve (benchmarks/warm_start.py).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active_set_solve_cpu(
     const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_, const at::Tensor& A_,
     const at::Tensor& b_, const at::Tensor& guess_, double kkt_reg, double polish_tol, int64_t rounds,
@@ -367,6 +369,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active
     int8_t* ps = status.data_ptr<int8_t>();
     T* pf = keep_factor ? factor.data_ptr<T>() : nullptr;
     const T inf = std::numeric_limits<T>::infinity();
+    constexpr int W = optlayers::lanes::width<T>();
+    if (pf == nullptr && optlayers::lanes::block_kkt<T>() && use_lanes(n, m, p, batch, W)) {
+      // float64 batches of small problems: W problems a block through the lanes' polish
+      // (qp_lanes.h::guess_block), as qp_solve polishes them.
+      const optlayers::lanes::BatchData<T> bd{pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA, sb, n, m, p};
+      for_each_block<T>((batch + W - 1) / W, optlayers::lanes::block_vectors(n, m, p),
+                        optlayers::lanes::polish_scalars(n, m, p), [&](int64_t blk, auto* vw, T* sw) {
+        const int64_t i0 = blk * W;
+        optlayers::lanes::guess_block<T>(bd, i0, int(std::min<int64_t>(W, batch - i0)), pg + i0 * m, set, vw, sw,
+                                         px + i0 * n, pl + i0 * m, pn + i0 * p, ps + i0, int(rounds));
+      });
+      return;
+    }
     if (optlayers::small::eligible(n, m, p)) {
       if (pf != nullptr) {  // qp_small.h's polish keeps no LU: k = −1 marks "no usable factor"
         for (int64_t i = 0; i < batch; ++i) pf[i * fs + fs - 1] = T(-1);

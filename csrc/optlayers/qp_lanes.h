@@ -610,7 +610,7 @@ struct BatchData {
 // x_out, lam_out, status_out hold the interior-point result of the block's problems on entry.
 template <typename T>
 void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T>& set, State<T>& st, T* pw,
-                  T* x_out, T* lam_out, T* nu_out, int8_t* status_out) {
+                  T* x_out, T* lam_out, T* nu_out, int8_t* status_out, int rounds = kPolishRounds) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
   const int n = bd.n, m = bd.m, p = bd.p, mk = m + p;
@@ -728,8 +728,47 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
     if (done) {
       status_out[l] = kSolved;
     } else {
-      polish(SerialGroup{}, d, set, pw, x, lam, nu, status_out + l, kPolishRounds, static_cast<T*>(nullptr));
+      polish(SerialGroup{}, d, set, pw, x, lam, nu, status_out + l, rounds, static_cast<T*>(nullptr));
     }
+  }
+}
+
+// The warm start's guessed active sets for the block [i0, i0 + count) (csrc/qp_cpu.cpp::
+// qp_active_set_solve; guess: count × m, nonzero = active): polish_block from x = 0 and λ̂ = ±∞, so
+// that its guess λ̂_r > h_r − g_rᵀx is exactly the given one, every lane entering as an
+// iteration-limited one; rejected lanes go through the serial polish (`rounds` rounds from the same
+// guess). Status kSolved with x, λ, ν where accepted, else kMaxIter with zeros. float64 (block_kkt).
+template <typename T>
+void guess_block(const BatchData<T>& bd, int64_t i0, int count, const T* guess, const Settings<T>& set,
+                 typename Vec<T>::type* wv, T* pw, T* x_out, T* lam_out, T* nu_out, int8_t* status_out, int rounds) {
+  constexpr int W = Vec<T>::W;
+  const int n = bd.n, m = bd.m, p = bd.p;
+  State<T> st = carve<T>(wv, n, m, p);
+  // Interleave what the polish reads: Q, q, the raw rows [G; A] and their right-hand sides (h, b).
+  for (int l = 0; l < W; ++l) {
+    const int64_t i = i0 + (l < count ? l : count - 1);
+    const T *Q = bd.Q + i * bd.sQ, *q = bd.q + i * bd.sq, *G = bd.G + i * bd.sG, *h = bd.h + i * bd.sh;
+    const T *A = bd.A + i * bd.sA, *b = bd.b + i * bd.sb;
+    for (int64_t e = 0; e < int64_t(n) * n; ++e) st.Q[e][l] = Q[e];
+    for (int j = 0; j < n; ++j) st.q[j][l] = q[j];
+    for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gr[e][l] = G[e];
+    for (int64_t e = 0; e < int64_t(p) * n; ++e) st.Gr[int64_t(m) * n + e][l] = A[e];
+    for (int r = 0; r < m; ++r) st.h[r][l] = h[r];
+    for (int e = 0; e < p; ++e) st.h[m + e][l] = b[e];
+  }
+  for (int l = 0; l < count; ++l) {
+    for (int j = 0; j < n; ++j) x_out[int64_t(l) * n + j] = T(0);
+    for (int r = 0; r < m; ++r) lam_out[int64_t(l) * m + r] = guess[int64_t(l) * m + r] != T(0) ? ol_inf<T>() : -ol_inf<T>();
+    for (int e = 0; e < p; ++e) nu_out[int64_t(l) * p + e] = T(0);
+    status_out[l] = kMaxIter;
+  }
+  polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, nu_out, status_out, rounds);
+  for (int l = 0; l < count; ++l) {
+    if (status_out[l] == kSolved) continue;
+    status_out[l] = kMaxIter;
+    for (int j = 0; j < n; ++j) x_out[int64_t(l) * n + j] = T(0);
+    for (int r = 0; r < m; ++r) lam_out[int64_t(l) * m + r] = T(0);
+    for (int e = 0; e < p; ++e) nu_out[int64_t(l) * p + e] = T(0);
   }
 }
 

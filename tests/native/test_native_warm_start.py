@@ -164,3 +164,29 @@ def test_warm_started_failed_problem_gives_zero_gradient():
     assert bool(torch.isfinite(gq_w).all()) and bool(torch.isfinite(gh_w).all())
     assert float(gq_w[1].abs().max()) == 0.0 and float(gh_w[1].abs().max()) == 0.0
     assert torch.allclose(gq_w, gq_c, atol=1e-12) and torch.allclose(gh_w, gh_c, atol=1e-12)
+
+
+@pytest.mark.parametrize("B,n,m,p", [(40, 20, 20, 5), (64, 12, 41, 0), (24, 50, 60, 8)])
+def test_guess_op_lanes_blocks_equal_the_serial_polish(B, n, m, p, monkeypatch):
+    """float64 batches the lanes path takes (n ≤ 80, m + p ≤ 128, ≥ 2 blocks) run their guesses W
+    problems a block (qp_lanes.h::guess_block: the block polish, its repair, the serial polish for
+    rejected lanes); OPTLAYERS_CPU_LANES=0 sends them through the per-problem polish. Guesses from
+    the solution of a perturbed problem, so some are wrong: the same problems are accepted, at the
+    same x (to round-off)."""
+    P = _planted(B, n, m, p, seed=5)
+    d = canonicalize(*P.data())
+    g = torch.Generator().manual_seed(3)
+    guess = P.active.clone()
+    flip = torch.rand(guess.shape, generator=g) < 0.05  # a few wrong rows
+    guess = (guess ^ flip).to(D)
+    outs = {}
+    for lanes in ("1", "0"):
+        monkeypatch.setenv("OPTLAYERS_CPU_LANES", lanes)
+        outs[lanes] = ops.active_set_solve(d, guess, 2)
+    (x1, l1, n1, s1, _), (x0, l0, n0, s0, _) = outs["1"], outs["0"]
+    assert torch.equal(s1, s0)
+    ok = s1 == S.SOLVED
+    assert bool(ok.any()) and bool((~ok).any() or flip.any())
+    assert float((x1[ok] - x0[ok]).abs().max()) < 1e-10
+    assert float((x1[ok] - P.x[ok]).abs().max()) < 1e-10
+    assert float(x1[~ok].abs().sum()) == 0.0 and float(l1[~ok].abs().sum()) == 0.0
