@@ -372,13 +372,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active
     constexpr int W = optlayers::lanes::width<T>();
     if (pf == nullptr && optlayers::lanes::block_kkt<T>() && use_lanes(n, m, p, batch, W)) {
       // float64 batches of small problems: W problems a block through the lanes' polish
-      // (qp_lanes.h::guess_block), as qp_solve polishes them.
+      // (qp_lanes.h::guess_block), as qp_solve polishes them. Lanes the block does not accept go
+      // on to qp_small.h's polish where it takes them (its n×n Cholesky: on 4,800 grasp QPs,
+      // whose degenerate guesses are often rejected by the block round, the op took 22.9 ms with
+      // the serial LU polish there), else to the serial polish.
       const optlayers::lanes::BatchData<T> bd{pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA, sb, n, m, p};
-      for_each_block<T>((batch + W - 1) / W, optlayers::lanes::block_vectors(n, m, p),
-                        optlayers::lanes::polish_scalars(n, m, p), [&](int64_t blk, auto* vw, T* sw) {
-        const int64_t i0 = blk * W;
-        optlayers::lanes::guess_block<T>(bd, i0, int(std::min<int64_t>(W, batch - i0)), pg + i0 * m, set, vw, sw,
-                                         px + i0 * n, pl + i0 * m, pn + i0 * p, ps + i0, int(rounds));
+      const bool small_rest = optlayers::small::eligible(n, m, p);
+      with_small_tile(n, [&](auto nt) {
+        constexpr int NT = decltype(nt)::value;
+        for_each_block<T>((batch + W - 1) / W, optlayers::lanes::block_vectors(n, m, p),
+                          optlayers::lanes::polish_scalars(n, m, p), [&](int64_t blk, auto* vw, T* sw) {
+          const int64_t i0 = blk * W;
+          const int count = int(std::min<int64_t>(W, batch - i0));
+          optlayers::lanes::guess_block<T>(bd, i0, count, pg + i0 * m, set, vw, sw, px + i0 * n, pl + i0 * m,
+                                           pn + i0 * p, ps + i0, int(rounds), !small_rest);
+          if (!small_rest) return;
+          namespace sm = optlayers::small;
+          thread_local sm::Rows<T> rows;
+          for (int64_t i = i0; i < i0 + count; ++i) {
+            if (ps[i] == optlayers::kSolved) continue;
+            const sm::Data<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, n, m};
+            const double delta = double(set.kkt_reg) * sm::data_scale<T>(d);
+            if (sm::polish_guess<T, NT>(d, set, delta, pg + i * m, rows, int(rounds), px + i * n, pl + i * m))
+              ps[i] = optlayers::kSolved;
+          }
+        });
       });
       return;
     }

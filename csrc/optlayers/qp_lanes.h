@@ -610,7 +610,8 @@ struct BatchData {
 // x_out, lam_out, status_out hold the interior-point result of the block's problems on entry.
 template <typename T>
 void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T>& set, State<T>& st, T* pw,
-                  T* x_out, T* lam_out, T* nu_out, int8_t* status_out, int rounds = kPolishRounds) {
+                  T* x_out, T* lam_out, T* nu_out, int8_t* status_out, int rounds = kPolishRounds,
+                  bool serial_rest = true) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
   const int n = bd.n, m = bd.m, p = bd.p, mk = m + p;
@@ -727,7 +728,7 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
     }
     if (done) {
       status_out[l] = kSolved;
-    } else {
+    } else if (serial_rest) {
       polish(SerialGroup{}, d, set, pw, x, lam, nu, status_out + l, rounds, static_cast<T*>(nullptr));
     }
   }
@@ -737,10 +738,12 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
 // qp_active_set_solve; guess: count × m, nonzero = active): polish_block from x = 0 and λ̂ = ±∞, so
 // that its guess λ̂_r > h_r − g_rᵀx is exactly the given one, every lane entering as an
 // iteration-limited one; rejected lanes go through the serial polish (`rounds` rounds from the same
-// guess). Status kSolved with x, λ, ν where accepted, else kMaxIter with zeros. float64 (block_kkt).
+// guess), or with serial_rest = false are left to the caller. Status kSolved with x, λ, ν where
+// accepted, else kMaxIter with zeros. float64 (block_kkt).
 template <typename T>
 void guess_block(const BatchData<T>& bd, int64_t i0, int count, const T* guess, const Settings<T>& set,
-                 typename Vec<T>::type* wv, T* pw, T* x_out, T* lam_out, T* nu_out, int8_t* status_out, int rounds) {
+                 typename Vec<T>::type* wv, T* pw, T* x_out, T* lam_out, T* nu_out, int8_t* status_out, int rounds,
+                 bool serial_rest = true) {
   constexpr int W = Vec<T>::W;
   const int n = bd.n, m = bd.m, p = bd.p;
   State<T> st = carve<T>(wv, n, m, p);
@@ -762,7 +765,7 @@ void guess_block(const BatchData<T>& bd, int64_t i0, int count, const T* guess, 
     for (int e = 0; e < p; ++e) nu_out[int64_t(l) * p + e] = T(0);
     status_out[l] = kMaxIter;
   }
-  polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, nu_out, status_out, rounds);
+  polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, nu_out, status_out, rounds, serial_rest);
   for (int l = 0; l < count; ++l) {
     if (status_out[l] == kSolved) continue;
     status_out[l] = kMaxIter;
