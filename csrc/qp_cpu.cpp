@@ -370,6 +370,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active
     T* pf = keep_factor ? factor.data_ptr<T>() : nullptr;
     const T inf = std::numeric_limits<T>::infinity();
     constexpr int W = optlayers::lanes::width<T>();
+    // Problem i through qp_small.h's polish (status SOLVED where accepted); nt: the tile.
+    auto small_guess = [&](auto nt, int64_t i) {
+      namespace sm = optlayers::small;
+      thread_local sm::Rows<T> rows;
+      const sm::Data<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, n, m};
+      if (sm::polish_guess<T, decltype(nt)::value>(d, set, pg + i * m, rows, int(rounds), px + i * n, pl + i * m))
+        ps[i] = optlayers::kSolved;
+    };
     if (pf == nullptr && optlayers::lanes::block_kkt<T>() && use_lanes(n, m, p, batch, W)) {
       // float64 batches of small problems: W problems a block through the lanes' polish
       // (qp_lanes.h::guess_block), as qp_solve polishes them. Lanes the block does not accept go
@@ -379,7 +387,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active
       const optlayers::lanes::BatchData<T> bd{pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA, sb, n, m, p};
       const bool small_rest = optlayers::small::eligible(n, m, p);
       with_small_tile(n, [&](auto nt) {
-        constexpr int NT = decltype(nt)::value;
         for_each_block<T>((batch + W - 1) / W, optlayers::lanes::block_vectors(n, m, p),
                           optlayers::lanes::polish_scalars(n, m, p), [&](int64_t blk, auto* vw, T* sw) {
           const int64_t i0 = blk * W;
@@ -387,15 +394,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active
           optlayers::lanes::guess_block<T>(bd, i0, count, pg + i0 * m, set, vw, sw, px + i0 * n, pl + i0 * m,
                                            pn + i0 * p, ps + i0, int(rounds), !small_rest);
           if (!small_rest) return;
-          namespace sm = optlayers::small;
-          thread_local sm::Rows<T> rows;
-          for (int64_t i = i0; i < i0 + count; ++i) {
-            if (ps[i] == optlayers::kSolved) continue;
-            const sm::Data<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, n, m};
-            const double delta = double(set.kkt_reg) * sm::data_scale<T>(d);
-            if (sm::polish_guess<T, NT>(d, set, delta, pg + i * m, rows, int(rounds), px + i * n, pl + i * m))
-              ps[i] = optlayers::kSolved;
-          }
+          for (int64_t i = i0; i < i0 + count; ++i)
+            if (ps[i] != optlayers::kSolved) small_guess(nt, i);
         });
       });
       return;
@@ -404,21 +404,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active
       if (pf != nullptr) {  // qp_small.h's polish keeps no LU: k = −1 marks "no usable factor"
         for (int64_t i = 0; i < batch; ++i) pf[i * fs + fs - 1] = T(-1);
       }
-      namespace sm = optlayers::small;
-      with_small_tile(n, [&](auto nt) {
-        constexpr int NT = decltype(nt)::value;
-        for_each_dynamic<T>(batch, 1, [&](int64_t i, T*) {
-          thread_local sm::Rows<T> rows;
-          const sm::Data<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, n, m};
-          const double delta = double(set.kkt_reg) * sm::data_scale<T>(d);
-          if (sm::polish_guess<T, NT>(d, set, delta, pg + i * m, rows, int(rounds), px + i * n, pl + i * m))
-            ps[i] = optlayers::kSolved;
-        });
-      });
+      with_small_tile(n, [&](auto nt) { for_each_dynamic<T>(batch, 1, [&](int64_t i, T*) { small_guess(nt, i); }); });
       return;
     }
-    const int64_t N = int64_t(n) + m + p;
-    for_each_dynamic<T>(batch, N * N + 6 * N + 3 * int64_t(m) + 16, [&](int64_t i, T* work) {
+    for_each_dynamic<T>(batch, optlayers::polish_workspace_size(n, m, p), [&](int64_t i, T* work) {
       optlayers::SerialGroup g;
       optlayers::Problem<T> d{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p};
       T* xi = px + i * n;

@@ -379,9 +379,8 @@ __global__ void __launch_bounds__(kSmallThreads) active_set_small_kernel(QPBatch
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= a.batch) return;
   small::Rows<T> rows;
-  const small::Data<T> d = problem_of(a, i);
-  const double delta = double(set.kkt_reg) * small::data_scale<T>(d);
-  status[i] = small::polish_guess<T, NT>(d, set, delta, guess + i * a.m, rows, rounds, x + i * a.n, lam + i * a.m)
+  status[i] = small::polish_guess<T, NT>(problem_of(a, i), set, guess + i * a.m, rows, rounds, x + i * a.n,
+                                         lam + i * a.m)
                   ? int8_t(kSolved)
                   : int8_t(kMaxIter);
 }

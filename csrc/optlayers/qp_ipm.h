@@ -138,9 +138,15 @@ OL_HD OL_INLINE T retry_shift(T delta, T diag_max) {
 // Rows of n scalars padded for the host SIMD loops (see row_ld); an upper bound for any T.
 OL_HD OL_INLINE int64_t ld_bound(int n) { return (int64_t(n) + 15) / 16 * 16; }
 
+// Workspace (scalars) of polish, with its KKT solves and multiplier repair (the tail of
+// workspace_size: solve_qp hands it the rest of its own).
+OL_HD inline int64_t polish_workspace_size(int n, int m, int p) {
+  const int64_t N = int64_t(n) + m + p;  // largest compact KKT system
+  return N * N + 6 * N + 3 * int64_t(m) + 16;  // LU, pivots, r, du, rhs, u, act, Gx, set
+}
+
 // Workspace (in scalars) for one problem; ints are stored in scalar slots.
 OL_HD inline int64_t workspace_size(int n, int m, int p) {
-  const int64_t N = int64_t(n) + m + p;  // largest compact KKT system
   const int64_t L = ld_bound(n);
   const int64_t np = int64_t(n) * (n + 1) / 2;
   return int64_t(n) * L            // K / Cholesky factor (rows padded to L)
@@ -150,8 +156,7 @@ OL_HD inline int64_t workspace_size(int n, int m, int p) {
          + 8 * L                   // n-vectors: x dxa dx rd tn tn2 (+2 spare)
          + 16 * int64_t(m) + 8 * int64_t(p)  // m- and p-vectors
          + (8 * int64_t(m) > np + 16 ? 8 * int64_t(m) : np + 16)  // form_K coefficients / packed sums
-         + N * N + 6 * N + 3 * int64_t(m)    // polish / KKT: LU, pivots, r, du, rhs, u, act, Gx, set
-         + 16;
+         + polish_workspace_size(n, m, p);
 }
 
 // Contiguous dot product and axpy, run by one thread (vectorized on the host).

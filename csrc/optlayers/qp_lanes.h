@@ -601,17 +601,41 @@ struct BatchData {
   }
 };
 
+// Interleave the block [i0, i0 + count) into st (lanes past `count` repeat the last problem): Q, q,
+// G and A (into Gt, At, which the interior point scales in place), h and b (into h), and the raw
+// rows [G; A] that the active-set KKT solves read (Gr).
+template <typename T>
+void interleave(const BatchData<T>& bd, int64_t i0, int count, State<T>& st) {
+  constexpr int W = Vec<T>::W;
+  const int n = bd.n, m = bd.m, p = bd.p;
+  for (int l = 0; l < W; ++l) {
+    const int64_t i = i0 + (l < count ? l : count - 1);
+    const T *Q = bd.Q + i * bd.sQ, *q = bd.q + i * bd.sq, *G = bd.G + i * bd.sG, *h = bd.h + i * bd.sh;
+    for (int64_t e = 0; e < int64_t(n) * n; ++e) st.Q[e][l] = Q[e];
+    for (int j = 0; j < n; ++j) st.q[j][l] = q[j];
+    for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gt[e][l] = G[e];
+    for (int r = 0; r < m; ++r) st.h[r][l] = h[r];
+    const T *A = bd.A + i * bd.sA, *b = bd.b + i * bd.sb;
+    for (int64_t e = 0; e < int64_t(p) * n; ++e) st.At[e][l] = A[e];
+    for (int e = 0; e < p; ++e) st.h[m + e][l] = b[e];
+  }
+  for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gr[e] = st.Gt[e];
+  for (int64_t e = 0; e < int64_t(p) * n; ++e) st.Gr[int64_t(m) * n + e] = st.At[e];
+}
+
 // The polish of a block (qp_ipm.h::polish, first round, for all lanes at once): guess the active
 // set from the interior-point result (λ_i > h_i − g_iᵀx), solve its KKT system (kkt_factor,
 // refined), and accept a lane under the serial test (primal feasible, multipliers ≥ 0, exact KKT
 // residual, all to polish_tol). A lane with the right x but wrong-signed multipliers (dependent
 // active rows) gets the serial NNLS multiplier repair; every other lane (rejected, H ill
-// conditioned for the block solve) runs the serial polish with its correction rounds.
-// x_out, lam_out, status_out hold the interior-point result of the block's problems on entry.
+// conditioned for the block solve) runs the serial polish with its correction rounds (`rounds`;
+// with serial_rest = false it is left to the caller with its status unchanged).
+// x_out, lam_out, status_out hold the interior-point result of the block's problems on entry;
+// guess: λ̂ is ±∞ (guess_block), so the multiplier-shifted second solve is skipped.
 template <typename T>
 void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T>& set, State<T>& st, T* pw,
                   T* x_out, T* lam_out, T* nu_out, int8_t* status_out, int rounds = kPolishRounds,
-                  bool serial_rest = true) {
+                  bool serial_rest = true, bool guess = false) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W;
   const int n = bd.n, m = bd.m, p = bd.p, mk = m + p;
@@ -674,7 +698,7 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
   // arbitrary signs; the refinement is against the exact h_𝒜, so x does not change (as in the
   // serial polish). Lanes keep the second solution where it is accepted.
   const auto retry = primal_ok & ~accept;
-  if (any(retry, W)) {
+  if (!guess && any(retry, W)) {  // (a guess's λ̂ = ±∞: the shifted solve would repeat the first)
     for (int j = 0; j < n; ++j) st.u1x[j] = st.ux[j];
     for (int r = 0; r < mk; ++r) st.u1a[r] = st.ua[r];
     const V rhs_n1 = rhs_n;
@@ -744,28 +768,16 @@ template <typename T>
 void guess_block(const BatchData<T>& bd, int64_t i0, int count, const T* guess, const Settings<T>& set,
                  typename Vec<T>::type* wv, T* pw, T* x_out, T* lam_out, T* nu_out, int8_t* status_out, int rounds,
                  bool serial_rest = true) {
-  constexpr int W = Vec<T>::W;
   const int n = bd.n, m = bd.m, p = bd.p;
   State<T> st = carve<T>(wv, n, m, p);
-  // Interleave what the polish reads: Q, q, the raw rows [G; A] and their right-hand sides (h, b).
-  for (int l = 0; l < W; ++l) {
-    const int64_t i = i0 + (l < count ? l : count - 1);
-    const T *Q = bd.Q + i * bd.sQ, *q = bd.q + i * bd.sq, *G = bd.G + i * bd.sG, *h = bd.h + i * bd.sh;
-    const T *A = bd.A + i * bd.sA, *b = bd.b + i * bd.sb;
-    for (int64_t e = 0; e < int64_t(n) * n; ++e) st.Q[e][l] = Q[e];
-    for (int j = 0; j < n; ++j) st.q[j][l] = q[j];
-    for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gr[e][l] = G[e];
-    for (int64_t e = 0; e < int64_t(p) * n; ++e) st.Gr[int64_t(m) * n + e][l] = A[e];
-    for (int r = 0; r < m; ++r) st.h[r][l] = h[r];
-    for (int e = 0; e < p; ++e) st.h[m + e][l] = b[e];
-  }
+  interleave<T>(bd, i0, count, st);
   for (int l = 0; l < count; ++l) {
     for (int j = 0; j < n; ++j) x_out[int64_t(l) * n + j] = T(0);
     for (int r = 0; r < m; ++r) lam_out[int64_t(l) * m + r] = guess[int64_t(l) * m + r] != T(0) ? ol_inf<T>() : -ol_inf<T>();
     for (int e = 0; e < p; ++e) nu_out[int64_t(l) * p + e] = T(0);
     status_out[l] = kMaxIter;
   }
-  polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, nu_out, status_out, rounds, serial_rest);
+  polish_block<T>(bd, i0, count, set, st, pw, x_out, lam_out, nu_out, status_out, rounds, serial_rest, true);
   for (int l = 0; l < count; ++l) {
     if (status_out[l] == kSolved) continue;
     status_out[l] = kMaxIter;
@@ -883,21 +895,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   State<T> st = carve<T>(wv, n, m, p);
   const V zero{}, one = splat<V>(T(1)), inf = splat<V>(ol_inf<T>());
 
-  // Interleave the block's data.
-  for (int l = 0; l < W; ++l) {
-    const int64_t i = i0 + (l < count ? l : count - 1);
-    const T *Q = bd.Q + i * bd.sQ, *q = bd.q + i * bd.sq, *G = bd.G + i * bd.sG, *h = bd.h + i * bd.sh;
-    for (int64_t e = 0; e < int64_t(n) * n; ++e) st.Q[e][l] = Q[e];
-    for (int j = 0; j < n; ++j) st.q[j][l] = q[j];
-    for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gt[e][l] = G[e];
-    for (int r = 0; r < m; ++r) st.h[r][l] = h[r];
-    const T *A = bd.A + i * bd.sA, *b = bd.b + i * bd.sb;
-    for (int64_t e = 0; e < int64_t(p) * n; ++e) st.At[e][l] = A[e];
-    for (int e = 0; e < p; ++e) st.h[m + e][l] = b[e];
-  }
-  // Raw [G; A] for the polish.
-  for (int64_t e = 0; e < int64_t(m) * n; ++e) st.Gr[e] = st.Gt[e];
-  for (int64_t e = 0; e < int64_t(p) * n; ++e) st.Gr[int64_t(m) * n + e] = st.At[e];
+  interleave<T>(bd, i0, count, st);
   // Row scales and G̃ = diag(gs) G; δ = kkt_reg · max(1, |Q|, |G̃|).
   V scale = one;
   for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = vmax(scale, vabs(st.Q[e]));

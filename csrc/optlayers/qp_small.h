@@ -622,11 +622,11 @@ OL_HD OL_INLINE bool polish(const Data<T>& d, const Settings<T>& set, double del
 // The warm start's guess (csrc/qp_cpu.cpp::qp_active_set_solve and its CUDA kernel): the polish of
 // the guessed active set {r : guess_r ≠ 0} (m values), started from x = 0 with λ̂_r = ±∞ so that its
 // guess λ̂_r > h_r − g_rᵀx is exactly the given one; `rounds` rounds (the given set and rounds − 1
-// corrections). True with x (n) and λ (m) written where a round is accepted. delta: kkt_reg ×
-// data_scale.
+// corrections). True with x (n) and λ (m) written where a round is accepted.
 template <typename T, int NT>
-OL_HD OL_INLINE bool polish_guess(const Data<T>& d, const Settings<T>& set, double delta, const T* guess,
-                                  Rows<T>& rows, int rounds, T* x_out, T* lam_out) {
+OL_HD OL_INLINE bool polish_guess(const Data<T>& d, const Settings<T>& set, const T* guess, Rows<T>& rows, int rounds,
+                                  T* x_out, T* lam_out) {
+  const double delta = double(set.kkt_reg) * data_scale<T>(d);  // the polish's δ, as polish_stage's
   const T x0[NT] = {};
   auto lam_hat = [&](int r) { return guess[r] != T(0) ? ol_inf<T>() : -ol_inf<T>(); };
   return polish<T, NT, decltype(lam_hat), true>(d, set, delta, x0, lam_hat, rows, rounds, x_out, lam_out);

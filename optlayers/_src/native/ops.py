@@ -68,13 +68,19 @@ def solve(data: QPData, tol: float, max_iter: int, polish: bool, *, differentiab
     With ``differentiable`` the op is called through :class:`_QPSolveFunction` (same backward as
     the op's registered autograd, without its per-call Python overhead of ~0.3 ms each way).
     """
-    tl = tolerances_for(data.dtype)
     grad = differentiable and torch.is_grad_enabled() and any(t.requires_grad for t in data.tensors())
-    args = (*data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, tl.polish_start,
-            tl.step_to_boundary, max_iter, polish, grad and polish and _keep_factor(data))
+    args = _solve_args(data, tol, max_iter, polish, grad)
     if grad:
         return _QPSolveFunction.apply(*args)[:5]
     return torch.ops.optlayers.qp_solve(*args)[:5]
+
+
+def _solve_args(data: QPData, tol: float, max_iter: int, polish: bool, keep: bool) -> tuple:
+    """qp_solve's arguments for ``data`` with the dtype's tolerances; the polish LU is kept where
+    ``keep`` asks for it and :func:`_keep_factor` says it pays."""
+    tl = tolerances_for(data.dtype)
+    return (*data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol, tl.polish_start,
+            tl.step_to_boundary, max_iter, polish, keep and polish and _keep_factor(data))
 
 
 # Keep the polish LU for the backward (one factorization less per problem) when it is worth its
@@ -144,10 +150,7 @@ def active_set_solve(data: QPData, guess: torch.Tensor, rounds: int, keep_factor
 def solve_keeping(data: QPData, tol: float, max_iter: int, polish: bool):
     """``qp_solve`` without autograd, also returning the kept polish LUs where :func:`_keep_factor`
     says keeping pays (else an empty factor): (x, lam, nu, status, iterations, factor)."""
-    tl = tolerances_for(data.dtype)
-    return torch.ops.optlayers.qp_solve(*data.tensors(), data.B, tol, tl.infeasibility_tol, tl.kkt_reg, tl.polish_tol,
-                                        tl.polish_start, tl.step_to_boundary, max_iter, polish,
-                                        polish and _keep_factor(data))
+    return torch.ops.optlayers.qp_solve(*_solve_args(data, tol, max_iter, polish, True))
 
 
 def fused_backward(data: QPData, x, lam, nu, status, factor, gx, glam, gnu, needs) -> tuple:

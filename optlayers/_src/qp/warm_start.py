@@ -70,26 +70,21 @@ def guess_of(warm_start, data: QPData, *, strict: bool = True) -> torch.Tensor |
     return guess.reshape(data.B, data.m).to(data.dtype)
 
 
-def _native_active_set_solve(data: QPData) -> bool:
-    from optlayers._src.native import ops
-
-    return ops.has_active_set_solve(data)
-
-
 def solve(data: QPData, guess: torch.Tensor, backend: QPBackend, options: QPOptions,
           keep_factor: bool = False) -> RawSolution:
     """Solve the (detached) batch: the guessed active sets first, the backend for the rest.
     ``keep_factor``: a backward will follow (the native CPU path then keeps its polish LUs for it
     where that pays, as ``qp_solve`` does under autograd)."""
     kind = "native" if backend.name is Backend.NATIVE else "torch"
-    if kind == "native" and _native_active_set_solve(data):
-        # CPU (and CUDA for the small kernel's problems): every round in one native pass (the
-        # polish's solve, test, NNLS repair and correction per problem) instead of ~20 tensor ops a
-        # round around qp_kkt_solve.
+    if kind == "native":
         from optlayers._src.native import ops
 
-        x, lam, nu, status, native_factor = ops.active_set_solve(data, guess, WARM_START_ROUNDS, keep_factor)
-        return _native_rest(data, backend, options, x, lam, nu, status, native_factor, keep_factor)
+        if ops.has_active_set_solve(data):
+            # CPU (and CUDA for the small kernel's problems): every round in one native pass (the
+            # polish's solve, test, NNLS repair and correction per problem) instead of ~20 tensor
+            # ops a round around qp_kkt_solve.
+            x, lam, nu, status, native_factor = ops.active_set_solve(data, guess, WARM_START_ROUNDS, keep_factor)
+            return _native_rest(data, backend, options, x, lam, nu, status, native_factor, keep_factor)
     # Otherwise tensor ops around a batched K-solve: the native one (C++, refined per problem) is
     # several times faster than the PyTorch factor on small problems. No NNLS repair here: a
     # rejected problem's cold solve polishes (and repairs) it anyway.
@@ -124,8 +119,7 @@ def _native_rest(data, backend, options, x, lam, nu, status, native_factor, keep
     rest = torch.nonzero(status != int(Status.SOLVED)).squeeze(-1)
     if rest.numel():
         sub = data.take(rest)
-        keeping = keep_factor and callable(getattr(backend, "solve_keeping", None))
-        cold = backend.solve_keeping(sub, options) if keeping else backend.solve(sub, options)
+        cold = backend.solve_keeping(sub, options) if keep_factor else backend.solve(sub, options)
         x[rest], lam[rest], nu[rest], status[rest] = cold.x, cold.lam, cold.nu, cold.status
         iterations[rest] = cold.iterations
         if nf is not None:
