@@ -52,6 +52,14 @@ int sm_count() {
   return sms;
 }
 
+// Dynamic shared memory a block of this device may opt in to (the block kernel's K; qp_cuda.h).
+int64_t shared_optin() {
+  int dev = 0, bytes = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return bytes;
+}
+
 int64_t stride_of(const at::Tensor& t, int64_t core_dims) {
   return t.dim() > core_dims ? t.numel() / t.size(0) : 0;
 }
@@ -81,9 +89,10 @@ optlayers::QPBatch<T> batch_of(const at::Tensor& Q, const at::Tensor& q, const a
 // `allow_small` (the small kernel's fallback) the warp kernel instead of the small one.
 template <typename T>
 optlayers::LaunchPlan choose_plan(int n, int m, int p, int64_t batch, int sms, int forced, bool allow_small) {
-  auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced == 4 ? 3 : forced);
+  const int64_t smem = shared_optin();
+  auto plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), forced == 4 ? 3 : forced, smem);
   if (plan.kernel == optlayers::Kernel::kSmall && !allow_small)
-    plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), int(optlayers::Kernel::kWarp));
+    plan = optlayers::plan_launch(n, m, p, batch, sms, sizeof(T), int(optlayers::Kernel::kWarp), smem);
   return plan;
 }
 

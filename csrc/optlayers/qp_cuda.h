@@ -31,7 +31,11 @@ enum class Kernel : int { kThread = 0, kWarp = 1, kBlock = 2, kSmall = 3 };
 // thread's workspace (tens of KB) is touched uncoalesced and far exceeds its share of L1, whereas
 // a warp's fits (benchmarks/results/gpu_h100.txt).
 constexpr int kSmallMaxN = 32;
-// The block kernel keeps K (n×n) in dynamic shared memory up to this size (n ≤ 78 in float64).
+// The block kernel keeps K (n×n) in dynamic shared memory when its reductions' scratch and K fit the
+// device's limit per block: this default without opt-in (n ≤ 78 in float64), or what the binding
+// passes to plan_launch, the opt-in limit (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KB on
+// H100/H200, n ≤ 170 in float64; the launcher then raises the kernel's attribute). Before, n = 100
+// kept K in global memory: B = 10,000, n = 100, m = 200 took 2.76 s forward on an H200.
 constexpr int64_t kSharedKMaxBytes = 48 * 1024;
 // Cap on the thread kernel's workspaces (one per resident thread) for the whole grid.
 constexpr int64_t kThreadWorkspaceMaxBytes = int64_t(4) << 30;
@@ -74,8 +78,10 @@ constexpr int kBlockThreads = 128;
 
 // Host code (used by the torch binding): the grid for a batch on a device with sm_count SMs.
 // `forced` (0, 1, 2, 3 = Kernel; −1: choose) overrides the choice, e.g. for benchmarks; 3 (small) falls
-// back to the choice by size where the small kernel is not eligible.
-inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, int scalar_bytes, int forced = -1) {
+// back to the choice by size where the small kernel is not eligible. `shared_limit`: dynamic shared
+// memory a block may have (see kSharedKMaxBytes).
+inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, int scalar_bytes, int forced = -1,
+                              int64_t shared_limit = kSharedKMaxBytes) {
   LaunchPlan plan;
   const bool small_ok = small::eligible(n, m, p);
   if (forced >= 0 && forced <= 2) {
@@ -117,9 +123,9 @@ inline LaunchPlan plan_launch(int n, int m, int p, int64_t batch, int sm_count, 
     plan.blocks = int(batch < max_groups ? batch : max_groups);
     plan.threads = kBlockThreads;
     plan.groups = plan.blocks;
-    const int64_t k_bytes = int64_t(n) * n * scalar_bytes;
-    plan.k_in_shared = k_bytes <= kSharedKMaxBytes;
-    plan.shared_bytes = 33 * sizeof(double) + (plan.k_in_shared ? k_bytes : 0);
+    const int64_t k_bytes = int64_t(n) * n * scalar_bytes, scratch = 33 * sizeof(double);
+    plan.k_in_shared = scratch + k_bytes <= (shared_limit > kSharedKMaxBytes ? shared_limit : kSharedKMaxBytes);
+    plan.shared_bytes = scratch + (plan.k_in_shared ? k_bytes : 0);
   }
   if (plan.blocks < 1) plan.blocks = 1;
   if (plan.groups < 1) plan.groups = 1;

@@ -55,6 +55,10 @@ struct WarpGroup {
 #endif
     return v;
   }
+  // One lane set: the warp.
+  OL_HD OL_INLINE int lanes() const { return 32; }
+  template <typename T>
+  OL_HD OL_INLINE T lane_sum(T v) const { return sum(v); }
 };
 
 struct BlockGroup {
@@ -107,6 +111,21 @@ struct BlockGroup {
   OL_HD OL_INLINE T sum(T v) const { return reduce<T, false>(v); }
   template <typename T>
   OL_HD OL_INLINE T max(T v) const { return reduce<T, true>(v); }
+  // Lane sets are the block's warps (blockDim.x is a multiple of 32).
+  OL_HD OL_INLINE int lanes() const {
+#if defined(__CUDA_ARCH__)
+    return 32;
+#else
+    return 1;
+#endif
+  }
+  template <typename T>
+  OL_HD OL_INLINE T lane_sum(T v) const {
+#if defined(__CUDA_ARCH__)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+#endif
+    return v;
+  }
 };
 
 template <typename T>
@@ -187,6 +206,20 @@ __global__ void kkt_solve_block_kernel(QPBatch<T> a, const T* mask, const T* rhs
     kkt_solve(g, problem_at(a, i), mask + i * a.m, kkt_reg, rhs + i * N, u + i * N, work + blockIdx.x * ws);
 }
 
+// Resident blocks of `kernel` on this device (occupancy × SMs) with `threads` threads and `smem` bytes of
+// dynamic shared memory a block, at most `wanted`.
+template <typename K>
+int resident_blocks(K kernel, int64_t wanted, int threads = kSmallThreads, int64_t smem = 0) {
+  int dev = 0, sms = 1, per_sm = 1;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, size_t(smem)) != cudaSuccess ||
+      per_sm < 1)
+    per_sm = 1;
+  const int64_t resident = int64_t(per_sm) * sms;
+  return int(wanted < resident ? (wanted > 0 ? wanted : 1) : resident);
+}
+
 template <typename T>
 cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const QPOut<T>& out, T* work,
                             const LaunchPlan& plan, cudaStream_t stream) {
@@ -196,7 +229,15 @@ cudaError_t launch_qp_solve(const QPBatch<T>& a, const Settings<T>& set, const Q
   } else if (plan.kernel == Kernel::kWarp) {
     qp_solve_warp_kernel<T><<<plan.blocks, plan.threads, 0, stream>>>(a, set, out, work, plan.workspace_per_group);
   } else {
-    qp_solve_block_kernel<T><<<plan.blocks, plan.threads, plan.shared_bytes, stream>>>(
+    // K beyond 48 KB of shared memory needs the kernel's opt-in; a block loops over its problems,
+    // so the grid is capped at the blocks that are resident at once (2 an SM at n = 100, float64).
+    if (plan.shared_bytes > kSharedKMaxBytes) {
+      const cudaError_t e = cudaFuncSetAttribute(qp_solve_block_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 int(plan.shared_bytes));
+      if (e != cudaSuccess) return e;
+    }
+    const int blocks = resident_blocks(qp_solve_block_kernel<T>, plan.blocks, plan.threads, plan.shared_bytes);
+    qp_solve_block_kernel<T><<<blocks, plan.threads, plan.shared_bytes, stream>>>(
         a, set, out, work, plan.workspace_per_group, plan.k_in_shared);
   }
   return cudaGetLastError();
@@ -385,17 +426,6 @@ __global__ void __launch_bounds__(kSmallThreads) active_set_small_kernel(QPBatch
                   : int8_t(kMaxIter);
 }
 
-// Resident blocks of `kernel` on this device (occupancy × SMs), at most `wanted`.
-template <typename K>
-int resident_blocks(K kernel, int64_t wanted) {
-  int dev = 0, sms = 1, per_sm = 1;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSmallThreads, 0) != cudaSuccess || per_sm < 1)
-    per_sm = 1;
-  const int64_t resident = int64_t(per_sm) * sms;
-  return int(wanted < resident ? (wanted > 0 ? wanted : 1) : resident);
-}
 
 // Calls f(std::integral_constant<int, NT>{}, std::integral_constant<int, V>{}) for n's tile and
 // the profile bit of `variant`.

@@ -8,8 +8,14 @@
 //     rank(), size()        this thread's index in the group, the group's size
 //     sync()                barrier (no-op for a serial group)
 //     sum(v), max(v)        all-reduce over the group (every member gets the result)
+//     lanes()               width L of the group's lane sets: ranks [kL, kL + L) form one (a warp
+//                           on the GPU, L = 32; 1 for a serial group); L divides size()
+//     lane_sum(v)           all-reduce over this member's lane set only (warp shuffles on the GPU;
+//                           all L members of the set call it, the other sets need not)
 // and every loop is written `for (i = g.rank(); i < N; i += g.size())`, followed by g.sync()
 // before other members read what it wrote. With SerialGroup (size 1) this is plain serial code.
+// Loops over matrix rows whose inner loop runs over a row's entries give each row to one lane set
+// and the entries to its lanes (see Lanes), so that a warp reads consecutive addresses.
 //
 // The algorithm is the one of the pure-PyTorch backend (optlayers/_src/qp/backends/torch_ipm.py;
 // see its docstring for the maths): Mehrotra predictor-corrector on the reduced system
@@ -110,6 +116,18 @@ struct SerialGroup {
   OL_HD OL_INLINE T sum(T v) const { return v; }
   template <typename T>
   OL_HD OL_INLINE T max(T v) const { return v; }
+  OL_HD OL_INLINE int lanes() const { return 1; }
+  template <typename T>
+  OL_HD OL_INLINE T lane_sum(T v) const { return v; }
+};
+
+// A member's place in the two-level split of its group: lane set `set` of `sets`, lane `lane`
+// of `width`. Rows go to sets (`for (r = set; r < rows; r += sets)`), a row's entries to lanes.
+struct Lanes {
+  int lane, width, set, sets;
+  template <typename Grp>
+  OL_HD OL_INLINE explicit Lanes(const Grp& g)
+      : lane(g.rank() % g.lanes()), width(g.lanes()), set(g.rank() / g.lanes()), sets(g.size() / g.lanes()) {}
 };
 
 template <typename T>
@@ -218,27 +236,50 @@ struct HostVec {
 // ----------------------------------------------------------------------------------------------
 // Small dense kernels (group-cooperative).
 
-// In-place lower Cholesky of the n×n matrix K (row-major; upper part ignored). Returns false if
-// a pivot is not positive.
+// In-place lower Cholesky of the n×n matrix K (row-major; upper part ignored on input). Returns
+// false if a pivot is not positive. Serial: left-looking, contiguous dots. Thread groups:
+// right-looking, and each column of L is also written, transposed, into the upper triangle
+// (K[j][i] = L[i][j] for i > j), so that the trailing update and the triangular solves read rows,
+// consecutive entries on consecutive lanes (a column of the row-major K is a strided read: a
+// shared-memory bank conflict or one memory sector per lane). A failed factorization leaves K
+// overwritten (callers rebuild it).
 template <typename T, typename Grp>
 OL_HD bool cholesky(const Grp& g, T* K, int n) {
-  for (int j = 0; j < n; ++j) {
-    T part = 0;
-    if constexpr (Grp::kSerial) {
-      part = dot_serial(K + j * n, K + j * n, j);
-    } else {
-      for (int k = g.rank(); k < j; k += g.size()) part += K[j * n + k] * K[j * n + k];
+  if constexpr (Grp::kSerial) {
+    for (int j = 0; j < n; ++j) {
+      const T d = K[j * n + j] - dot_serial(K + j * n, K + j * n, j);
+      if (!(d > T(0))) return false;
+      const T ljj = ol_sqrt(d);
+      for (int i = j + 1; i < n; ++i) K[i * n + j] = (K[i * n + j] - dot_serial(K + i * n, K + j * n, j)) / ljj;
+      K[j * n + j] = ljj;
     }
-    const T d = K[j * n + j] - g.sum(part);
-    if (!(d > T(0))) return false;
-    const T ljj = ol_sqrt(d);
-    g.sync();
-    for (int i = j + 1 + g.rank(); i < n; i += g.size())
-      K[i * n + j] = (K[i * n + j] - dot_serial(K + i * n, K + j * n, j)) / ljj;
-    if (g.rank() == 0) K[j * n + j] = ljj;
-    g.sync();
+    return true;
+  } else {
+    const Lanes ln(g);
+    for (int j = 0; j < n; ++j) {
+      // K[j][j] is final here (the last trailing update was followed by a sync), so every member
+      // reads the same pivot and they all return together.
+      const T djj = K[j * n + j];
+      if (!(djj > T(0))) return false;
+      const T ljj = ol_sqrt(djj), inv = T(1) / ljj;
+      T* Kj = K + j * n;
+      for (int i = j + 1 + g.rank(); i < n; i += g.size()) {
+        const T v = K[i * n + j] * inv;
+        K[i * n + j] = v;
+        Kj[i] = v;  // the mirror: row j, upper part
+      }
+      g.sync();
+      if (g.rank() == 0) Kj[j] = ljj;  // not read again in this step
+      // Trailing update K[i][k] −= L[i][j] L[k][j] for j < k ≤ i: row i to a lane set, k to its lanes.
+      for (int i = j + 1 + ln.set; i < n; i += ln.sets) {
+        const T lij = Kj[i];
+        T* Ki = K + i * n;
+        for (int k = j + 1 + ln.lane; k <= i; k += ln.width) Ki[k] -= lij * Kj[k];
+      }
+      g.sync();
+    }
+    return true;
   }
-  return true;
 }
 
 // Solve (L Lᵀ) x = r in place (r ← x). Serial in the triangular sweeps, parallel in updates.
@@ -253,11 +294,11 @@ OL_HD void chol_solve(const Grp& g, const T* L, int n, T* r) {
     }
     return;
   }
-  for (int i = 0; i < n; ++i) {  // forward: L y = r (column sweep)
+  for (int i = 0; i < n; ++i) {  // forward: L y = r (column sweep; column i of L is row i's upper part)
     if (g.rank() == 0) r[i] /= L[i * n + i];
     g.sync();
     const T yi = r[i];
-    for (int k = i + 1 + g.rank(); k < n; k += g.size()) r[k] -= L[k * n + i] * yi;
+    for (int k = i + 1 + g.rank(); k < n; k += g.size()) r[k] -= L[i * n + k] * yi;
     g.sync();
   }
   for (int i = n - 1; i >= 0; --i) {  // backward: Lᵀ x = y (row i of L is column i of Lᵀ)
@@ -272,7 +313,7 @@ OL_HD void chol_solve(const Grp& g, const T* L, int n, T* r) {
 // The reduced matrix K of the interior point is factored as K = LLᵀ. Serial (host) code stores it
 // as U = Lᵀ in the upper triangle of row-major rows of length ld (padded), which makes every
 // inner loop a contiguous pass over one row: a right-looking Cholesky whose trailing update is a
-// rank-4 "gemv" per row. Thread groups keep the lower layout of `cholesky` above. Only these three
+// rank-4 "gemv" per row. Thread groups keep the layout of `cholesky` above (L, and its mirror above the diagonal). Only these three
 // functions touch the factor, so each layout is self-consistent.
 template <typename T, typename Grp>
 OL_HD bool reduced_cholesky(const Grp& g, T* K, int n, int ld) {
@@ -338,11 +379,11 @@ OL_HD void reduced_forward(const Grp& g, const T* K, int n, int ld, T* r) {
     }
   } else {
     (void)ld;
-    for (int i = 0; i < n; ++i) {
+    for (int i = 0; i < n; ++i) {  // column i of L, read from its mirror in row i (see cholesky)
       if (g.rank() == 0) r[i] /= K[i * n + i];
       g.sync();
       const T yi = r[i];
-      for (int k = i + 1 + g.rank(); k < n; k += g.size()) r[k] -= K[k * n + i] * yi;
+      for (int k = i + 1 + g.rank(); k < n; k += g.size()) r[k] -= K[i * n + k] * yi;
       g.sync();
     }
   }
@@ -393,7 +434,18 @@ OL_HD void mat_times(const Grp& g, const T* M, int ld, int rows, int cols, const
     for (; i < rows; ++i) out[i] = dot_serial(M + int64_t(i) * ld, x, cols);
     return;
   }
-  for (int i = g.rank(); i < rows; i += g.size()) out[i] = dot_serial(M + int64_t(i) * ld, x, cols);
+  if (cols < g.lanes()) {  // short rows (the warp kernel's small n): one member per row
+    for (int i = g.rank(); i < rows; i += g.size()) out[i] = dot_serial(M + int64_t(i) * ld, x, cols);
+  } else {  // one lane set per row, its lanes over the row's entries
+    const Lanes ln(g);
+    for (int i = ln.set; i < rows; i += ln.sets) {
+      const T* Mi = M + int64_t(i) * ld;
+      T part = 0;
+      for (int j = ln.lane; j < cols; j += ln.width) part += Mi[j] * x[j];
+      part = g.lane_sum(part);
+      if (ln.lane == 0) out[i] = part;
+    }
+  }
   g.sync();
 }
 
@@ -555,6 +607,7 @@ OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act
     M[idx] = v;
   }
   g.sync();
+  const Lanes ln(g);
   // LU with partial pivoting (Doolittle, right-looking). The pivot search and the row swap are
   // spread over the group: the first row of largest |M[r][c]| (the serial rule), found by a max
   // of the values and then a max of −(row index) among the members holding that value.
@@ -578,14 +631,16 @@ OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act
     g.sync();
     const T pivot = M[c * N + c];
     const T inv = pivot != T(0) ? T(1) / pivot : T(0);
-    for (int r = c + 1 + g.rank(); r < N; r += g.size()) {
-      const T f = M[r * N + c] * inv;
-      M[r * N + c] = f;
-      if (f != T(0)) {
-        T* Mr = M + r * N;
-        const T* Mc = M + c * N;
-        for (int j = c + 1; j < N; ++j) Mr[j] -= f * Mc[j];
-      }
+    for (int r = c + 1 + g.rank(); r < N; r += g.size()) M[r * N + c] *= inv;
+    g.sync();
+    // Trailing update: row r to a lane set, its entries to the set's lanes (consecutive addresses
+    // on consecutive lanes; one thread per row strided a warp's accesses by N).
+    const T* Mc = M + c * N;
+    for (int r = c + 1 + ln.set; r < N; r += ln.sets) {
+      T* Mr = M + r * N;
+      const T f = Mr[c];
+      if (f != T(0))
+        for (int j = c + 1 + ln.lane; j < N; j += ln.width) Mr[j] -= f * Mc[j];
     }
     g.sync();
   }
@@ -954,15 +1009,32 @@ OL_HD void form_K(const Grp& g, const Problem<T>& d, IPMState<T>& st, const T* w
     g.sync();
     return;
   }
-  for (int i = g.rank(); i < n; i += g.size()) {
-    T* Ki = K + i * n;
-    for (int j = 0; j <= i; ++j) Ki[j] = d.Q[i * n + j];
-    Ki[i] += delta;
-    for (int r = 0; r < m; ++r) {
-      const T* Gr = d.G + int64_t(r) * n;
-      const T a = wt[r] * Gr[i];
-      if (a != T(0))
-        for (int j = 0; j <= i; ++j) Ki[j] += a * Gr[j];
+  // Tiles of kRows rows × L columns (L = g.lanes(): a warp on the GPU), one per lane set at a time,
+  // over the lower triangle: each lane sums its column of the tile over the m rows of G in
+  // registers and writes K once. Per row r of G a warp loads kRows entries by broadcast and L
+  // consecutive ones. (One member per row of K instead read-modify-wrote K once per row of G,
+  // with a warp's accesses strided by n: in global memory beyond the block kernel's shared K.)
+  constexpr int kRows = 8;
+  const Lanes ln(g);
+  int tile = 0;
+  for (int i0 = 0; i0 < n; i0 += kRows) {
+    const int rows = ol_min(kRows, n - i0);
+    for (int j0 = 0; j0 < i0 + rows; j0 += ln.width, ++tile) {  // columns up to the tile's last row
+      if (tile % ln.sets != ln.set) continue;
+      const int j = j0 + ln.lane;
+      const bool col = j < n;
+      T acc[kRows];
+      for (int b = 0; b < kRows; ++b) acc[b] = T(0);
+      for (int r = 0; r < m; ++r) {
+        const T* Gr = d.G + int64_t(r) * n;
+        const T gj = col ? wt[r] * Gr[j] : T(0);
+        // Constant trip count and guarded loads: acc stays in registers.
+        for (int b = 0; b < kRows; ++b) acc[b] += (b < rows ? Gr[i0 + b] : T(0)) * gj;
+      }
+      for (int b = 0; b < kRows; ++b) {
+        const int i = i0 + b;
+        if (b < rows && col && j <= i) K[i * n + j] = acc[b] + d.Q[i * n + j] + (i == j ? delta : T(0));
+      }
     }
   }
   g.sync();

@@ -85,6 +85,13 @@ def test_cuda_launch_plan_compiles_as_plain_cpp(tmp_path):
         "  auto f = optlayers::plan_launch(16, 55, 0, 1000, 132, 4, 3);\n"
         "  auto e = optlayers::plan_launch(16, 55, 2, 100000, 132, 4, 3);\n"
         "  if (int(v.kernel) != 1 || int(f.kernel) != 3 || int(e.kernel) != 1) return 1;\n"
+        # n = 100 with the H100's opt-in shared memory (227 KB): K (80,000 bytes) in shared memory
+        "  auto o = optlayers::plan_launch(100, 200, 0, 10000, 132, 8, -1, 227 * 1024);\n"
+        "  if (int(o.kernel) != 2 || !o.k_in_shared || o.shared_bytes != 33 * 8 + 100 * 100 * 8) return 1;\n"
+        # n = 171 does not fit even then; a limit below the default 48 KB does not lower it
+        "  auto g = optlayers::plan_launch(171, 200, 0, 10000, 132, 8, -1, 227 * 1024);\n"
+        "  auto d = optlayers::plan_launch(60, 80, 10, 8, 132, 8, -1, 1024);\n"
+        "  if (g.k_in_shared || !d.k_in_shared) return 1;\n"
         '  std::printf("%d %lld %d %d %lld %d %d %lld %d %d %lld\\n", int(t.kernel), (long long)t.groups,\n'
         "              int(w.kernel), (long long)w.groups, int(b.kernel), b.k_in_shared, (long long)b.groups,\n"
         "              (long long)s.shared_bytes, int(u.kernel), u.threads, (long long)u.groups);\n"

@@ -41,7 +41,7 @@ def driver(tmp_path_factory):
 def _problems():
     """(name, n, m, p, Q, q, G, h, A, b, planted x or None, expected status)."""
     out = []
-    for B, n, m, p in [(2, 3, 4, 0), (2, 5, 7, 2), (2, 12, 41, 0), (1, 20, 20, 5), (1, 40, 60, 8)]:
+    for B, n, m, p in [(2, 3, 4, 0), (2, 5, 7, 2), (2, 12, 41, 0), (1, 20, 20, 5), (1, 40, 60, 8), (1, 70, 140, 0)]:
         P = ol.testing.random_qp(B, n, m, p, dtype=torch.float64, seed=n)
         for i in range(B):
             out.append((f"planted{i}-n{n}m{m}p{p}", n, m, p, P.Q[i], P.q[i], P.G[i], P.h[i], P.A[i], P.b[i],
@@ -104,12 +104,14 @@ def _parse(stdout):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("lanes,k_shared", [(1, 0), (3, 1), (32, 0)], ids=["1-lane", "3-lanes-Kshared", "warp"])
-def test_group_path_matches_serial_path(driver, tmp_path, lanes, k_shared, dtype):
+@pytest.mark.parametrize("lanes,width,k_shared", [(1, 1, 0), (3, 1, 1), (32, 32, 0), (8, 4, 1)],
+                         ids=["1-lane", "3-sets-of-1-Kshared", "warp", "2-sets-of-4-Kshared"])
+def test_group_path_matches_serial_path(driver, tmp_path, lanes, width, k_shared, dtype):
+    """``lanes`` members in lane sets of ``width`` (a warp: 32 of 32; a block: sets of 32)."""
     problems = _problems()
     data = tmp_path / "qps.bin"
     _write(data, problems)
-    run = subprocess.run([str(driver), str(data), str(lanes), str(k_shared), str(int(dtype == "float32"))],
+    run = subprocess.run([str(driver), str(data), str(lanes), str(k_shared), str(int(dtype == "float32")), str(width)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     rows = _parse(run.stdout)
@@ -143,8 +145,9 @@ def test_group_path_matches_serial_path(driver, tmp_path, lanes, k_shared, dtype
         assert np.abs(g_vals[n + m + p:] - s_vals[n + m + p:]).max() <= 10 * tol * scale, name
 
 
-@pytest.mark.parametrize("lanes,k_shared,f32", [(32, 0, 1), (3, 1, 0)], ids=["warp-float32", "3-lanes-Kshared-float64"])
-def test_group_path_has_no_data_races(tmp_path, lanes, k_shared, f32):
+@pytest.mark.parametrize("lanes,width,k_shared,f32", [(32, 32, 0, 1), (8, 4, 1, 0)],
+                         ids=["warp-float32", "2-sets-of-4-Kshared-float64"])
+def test_group_path_has_no_data_races(tmp_path, lanes, width, k_shared, f32):
     """The same driver under ThreadSanitizer: every read of a workspace slot another member wrote
     must be ordered by a sync(). (It found a missing sync in the polish — the right-hand side was
     written and read under different member-to-index mappings — which made the warp/float32 case
@@ -159,6 +162,7 @@ def test_group_path_has_no_data_races(tmp_path, lanes, k_shared, f32):
         pytest.skip(f"no ThreadSanitizer build here: {out.stderr.strip().splitlines()[-1:]}")
     data = tmp_path / "qps.bin"
     _write(data, _problems())
-    run = subprocess.run([str(exe), str(data), str(lanes), str(k_shared), str(f32)], capture_output=True, text=True,
+    run = subprocess.run([str(exe), str(data), str(lanes), str(k_shared), str(f32), str(width)],
+                         capture_output=True, text=True,
                          timeout=600, env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
     assert "ThreadSanitizer" not in run.stderr and run.returncode == 0, run.stderr[-3000:]

@@ -5,12 +5,14 @@
 // compares it with the serial (CPU) path problem by problem.
 //
 // Input (binary, little-endian): int64 count; then per problem int64 n, m, p and float64 Q, q, G,
-// h, A, b (row-major). Usage: group_emulation FILE S K_SHARED FLOAT32
+// h, A, b (row-major). Usage: group_emulation FILE S K_SHARED FLOAT32 [L]: a group of S members in
+// lane sets of L (default min(S, 32); L must divide S).
 // Output per problem and path ("serial", "group"): status, x, lam, nu and the backward gradients
 // dq, dh, db for gx = 1 (kkt_backward), one line each.
 #include <barrier>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -19,18 +21,34 @@
 namespace {
 
 struct Shared {
-  explicit Shared(int s) : bar(s), slots(s) {}
+  // s members in lane sets of `lanes` (lanes divides s), each set with its own barrier and slots.
+  Shared(int s, int lanes) : bar(s), slots(s), lane_slots(s), lane_bars(s / lanes) {
+    for (auto& b : lane_bars) b = std::make_unique<std::barrier<>>(lanes);
+  }
   std::barrier<> bar;
-  std::vector<double> slots;
+  std::vector<double> slots, lane_slots;
+  std::vector<std::unique_ptr<std::barrier<>>> lane_bars;
 };
 
 struct ThreadGroup {
   static constexpr bool kSerial = false;
   Shared* sh;
-  int r, s;
+  int r, s, l;
   int rank() const { return r; }
   int size() const { return s; }
+  int lanes() const { return l; }
   void sync() const { sh->bar.arrive_and_wait(); }
+  // Sum over this member's lane set (a warp shuffle on the GPU): only the set's members take part.
+  template <typename T>
+  T lane_sum(T v) const {
+    std::barrier<>& bar = *sh->lane_bars[r / l];
+    sh->lane_slots[r] = double(v);
+    bar.arrive_and_wait();
+    double acc = 0;
+    for (int i = r / l * l; i < r / l * l + l; ++i) acc += sh->lane_slots[i];
+    bar.arrive_and_wait();
+    return T(acc);
+  }
   template <typename T>
   T reduce(T v, bool is_max) const {
     sh->slots[r] = double(v);
@@ -85,7 +103,7 @@ void run(const Grp& g, const Data<T>& dat, const optlayers::Settings<T>& set, T*
 }
 
 template <typename T>
-int main_t(FILE* f, int S, bool k_shared) {
+int main_t(FILE* f, int S, int L, bool k_shared) {
   long long count = 0;
   if (std::fread(&count, 8, 1, f) != 1) return 2;
   const bool f32 = sizeof(T) == 4;
@@ -112,11 +130,11 @@ int main_t(FILE* f, int S, bool k_shared) {
         run(optlayers::SerialGroup{}, dat, set, work.data(), static_cast<T*>(nullptr), x.data(), lam.data(),
             nu.data(), &st, &it, grads.data(), gx.data());
       } else {
-        Shared sh(S);
+        Shared sh(S, L);
         std::vector<std::thread> lanes;
         for (int r = 0; r < S; ++r)
           lanes.emplace_back([&, r] {
-            run(ThreadGroup{&sh, r, S}, dat, set, work.data(), k_shared ? kshared.data() : nullptr, x.data(),
+            run(ThreadGroup{&sh, r, S, L}, dat, set, work.data(), k_shared ? kshared.data() : nullptr, x.data(),
                 lam.data(), nu.data(), &st, &it, grads.data(), gx.data());
           });
         for (auto& l : lanes) l.join();
@@ -139,5 +157,7 @@ int main(int argc, char** argv) {
   if (!f) return 2;
   const int S = std::atoi(argv[2]);
   const bool k_shared = std::atoi(argv[3]) != 0;
-  return std::atoi(argv[4]) ? main_t<float>(f, S, k_shared) : main_t<double>(f, S, k_shared);
+  const int L = argc > 5 ? std::atoi(argv[5]) : (S < 32 ? S : 32);
+  if (S < 1 || L < 1 || S % L != 0) return 2;
+  return std::atoi(argv[4]) ? main_t<float>(f, S, L, k_shared) : main_t<double>(f, S, L, k_shared);
 }
