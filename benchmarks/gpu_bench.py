@@ -164,6 +164,7 @@ def main():
         ("B=128 n=20 m=20 p=5 f64", 128, 20, 20, 5, torch.float64, (), group),
         ("B=48k grasp n=12 m=41 f32 shared G", 48_000, 12, 41, 0, torch.float32, ("G",), small),
         ("B=1024 n=50 m=50 p=10 f64", 1024, 50, 50, 10, torch.float64, (), ["native-block", "torch"]),
+        ("B=1024 n=100 m=200 f64", 1024, 100, 200, 0, torch.float64, (), ["native-block", "torch"]),
         ("B=10k n=100 m=200 f64", 10_000, 100, 200, 0, torch.float64, (), ["native-block", "torch"]),
     ]
     if args.cases:

@@ -8,7 +8,8 @@
 //   - SerialGroup (one thread: the CPU's serial code path), only when forced (slower, see qp_cuda.h);
 //   - WarpGroup  (32 lanes, shuffles);
 //   - BlockGroup (blockDim threads, __syncthreads, shared-memory reductions) for larger n, with
-//     the reduced KKT matrix K (n×n) in dynamic shared memory when it fits (kSharedKMaxBytes).
+//     the reduced KKT matrix K (n×n) in dynamic shared memory when it fits (up to the device's
+//     opt-in limit: kSharedKMaxBytes in qp_cuda.h). Lane sets (lanes(), lane_sum()) are warps.
 // Workspaces live in global memory, one per resident group (grid-stride over problems), so memory
 // does not grow with the batch. Shared data (one Q/G/A for the batch) is read through stride 0.
 #pragma once

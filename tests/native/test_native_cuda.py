@@ -31,7 +31,8 @@ def test_cuda_kernels_were_built():
     assert cuda_available(), "torch sees a GPU but the native library has no CUDA kernels"
 
 
-@pytest.mark.parametrize("B,n,m,p,shared", [(64, 12, 41, 0, ("G",)), (32, 20, 20, 5, ()), (8, 60, 80, 10, ())])
+@pytest.mark.parametrize("B,n,m,p,shared", [(64, 12, 41, 0, ("G",)), (32, 20, 20, 5, ()), (8, 60, 80, 10, ()),
+                                             (4, 100, 200, 10, ())])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_cuda_equals_cpu_with_gradients(B, n, m, p, shared, dtype, kernel):
     P = ol.testing.random_qp(B, n, m, p, seed=n, shared=shared, dtype=dtype)
@@ -72,7 +73,8 @@ def test_cuda_opcheck():
 @pytest.mark.parametrize("B,n,m,p,shared", [
     (10_000, 12, 41, 0, ("G",)),   # warp kernel, grasp-sized, one G for the batch
     (6, 40, 60, 8, ()),            # block kernel, K in shared memory
-    (3, 100, 200, 0, ()),          # block kernel, K in global memory
+    (3, 100, 200, 0, ()),          # block kernel, K in opt-in shared memory (> 48 KB)
+    (2, 240, 60, 0, ()),           # block kernel, K in global memory (> 227 KB in float32 too)
     (257, 33, 20, 4, ("Q", "A")),  # first size past the warp limit, shared Q and A
 ])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

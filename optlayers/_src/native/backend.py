@@ -11,7 +11,11 @@ from optlayers._src.qp.problem import QPData
 # up to n = CUDA_AUTO_MAX_N and the PyTorch backend (batched cuBLAS/cuSOLVER) above. Measured on an
 # H100 (benchmarks/results/gpu_h100.txt, fwd+bwd, float64): B=1,024, n=50 (block kernel, K in
 # shared memory) native 22.8 ms vs torch 47.7 ms; B=10,000, n=100, m=200 (K in global memory)
-# native 3,240 ms vs torch 400 ms. The crossover between n = 50 and 100 was not measured.
+# native 3,240 ms vs torch 400 ms. The crossover between n = 50 and 100 was not measured. The block
+# kernel has since been rewritten for such sizes (K in opt-in shared memory up to n = 170 in float64,
+# coalesced K assembly, factorizations and products: csrc/optlayers/qp_ipm.h) but not yet run on a
+# GPU; benchmarks/gpu_bench.py times both backends at n = 100 (B = 1,024 and 10,000) in one run, and
+# this limit moves only on those numbers.
 CUDA_MAX_KKT_SIZE = 512
 CUDA_AUTO_MAX_N = 64
 # On CPU the native kernel solves one problem per thread with SIMD loops over padded rows. Measured
