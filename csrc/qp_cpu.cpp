@@ -143,7 +143,11 @@ void with_small_tile(int n, const F& f) {
 }
 
 int64_t stride_of(const at::Tensor& t, int64_t core_dims) {
-  return t.dim() > core_dims ? t.numel() / t.size(0) : 0;
+  // From the shape, not numel() / size(0): an empty batch (size(0) = 0) must not divide by zero.
+  if (t.dim() <= core_dims) return 0;
+  int64_t s = 1;
+  for (int64_t d = 1; d < t.dim(); ++d) s *= t.size(d);
+  return s;
 }
 
 void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_t batch, at::ScalarType st) {
@@ -464,7 +468,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     for (int k = 0; k < 6; ++k) {
       const int64_t cd = (k % 2 == 0) ? 2 : 1;
       stride[k] = stride_of(ins[k], cd);
-      core[k] = ins[k].dim() > cd ? ins[k].numel() / batch : ins[k].numel();
+      core[k] = ins[k].dim() > cd ? stride[k] : ins[k].numel();
       out_ptr[k] = wanted(k) ? outs[k].data_ptr<T>() : nullptr;
       in_ptr[k] = ins[k].data_ptr<T>();
     }

@@ -61,7 +61,11 @@ int64_t shared_optin() {
 }
 
 int64_t stride_of(const at::Tensor& t, int64_t core_dims) {
-  return t.dim() > core_dims ? t.numel() / t.size(0) : 0;
+  // From the shape, not numel() / size(0): an empty batch (size(0) = 0) must not divide by zero.
+  if (t.dim() <= core_dims) return 0;
+  int64_t s = 1;
+  for (int64_t d = 1; d < t.dim(); ++d) s *= t.size(d);
+  return s;
 }
 
 // Same contract as the CPU op (csrc/qp_cpu.cpp::check_data), plus: every tensor on q's device.

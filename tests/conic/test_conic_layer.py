@@ -289,3 +289,20 @@ def test_gp_parameters_must_be_positive():
     layer = CvxpyLayer(case.problem, case.parameters, case.variables, gp=True)
     with pytest.raises(ValueError, match=r"params\[0\] \(a\) must be positive"):
         layer(torch.tensor(-1.0, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cone", ["qp", "soc"])
+def test_empty_batch_gives_empty_outputs_and_zero_gradients(cone):
+    """A batch of zero problems (the empty tail of a data loader) on the QP route and on a cone
+    solver: empty outputs, zero gradients for the shared parameters, no solver call."""
+    x = cp.Variable(3)
+    c = cp.Parameter(3)
+    M = cp.Parameter((2, 3))
+    cons = [x >= -1, M @ x <= 1] if cone == "qp" else [x >= -1, cp.norm(M @ x) <= 2]
+    layer = ol.CvxpyLayer(cp.Problem(cp.Minimize(c @ x + cp.sum_squares(x)), cons), parameters=[c, M], variables=[x])
+    cc = torch.randn(0, 3, dtype=torch.float64, requires_grad=True)
+    MM = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    out, = layer(cc, MM)
+    assert out.shape == (0, 3)
+    out.sum().backward()
+    assert cc.grad.shape == (0, 3) and torch.equal(MM.grad, torch.zeros(2, 3, dtype=torch.float64))

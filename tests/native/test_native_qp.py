@@ -186,3 +186,21 @@ def test_auto_routing_limits_by_device():
     assert be.auto_eligible(SimpleNamespace(n=50, device=cuda))
     assert not be.auto_eligible(SimpleNamespace(n=100, device=cuda))
     assert CUDA_AUTO_MAX_N < CPU_AUTO_MAX_N
+
+
+def test_ops_take_an_empty_batch():
+    """The raw op and its backward with batch 0 (no Python-side short cut): empty outputs, no crash
+    (the op once divided by the batch size: SIGFPE)."""
+    from optlayers._src.native import ops
+
+    ok, why = native_status()
+    if not ok:
+        pytest.skip(why)
+    P = ol.testing.random_qp(1, 4, 3, 1, dtype=torch.float64, seed=0)
+    data = canonicalize(*(t[:0].clone().requires_grad_() for t in P.data()))
+    x, lam, nu, status, iters = ops.solve(data, 1e-9, 50, True, differentiable=True)
+    assert x.shape == (0, 4) and lam.shape == (0, 3) and nu.shape == (0, 1) and status.shape == (0,)
+    x.sum().backward()
+    assert data.q.grad is None or data.q.grad.shape == (0, 4)
+    raw = torch.ops.optlayers.qp_solve(*ops._solve_args(data.detach(), 1e-9, 50, True, False))
+    assert raw[0].shape == (0, 4)

@@ -180,3 +180,23 @@ def test_no_grad_context_returns_plain_tensors(backend):
         sol = ol.solve_qp(*leaves, return_solution=True, backend=backend)
     assert not sol.x.requires_grad and not sol.lam.requires_grad and not sol.nu.requires_grad
     assert float((sol.x - P.x).abs().max()) <= 1e-10
+
+
+@pytest.mark.parametrize("batch", [(0,), (2, 0)], ids=["B=0", "2x0"])
+def test_empty_batch_returns_empty_outputs_and_gradients(backend, batch):
+    """A batch with no problems (e.g. the last, empty chunk of a data loader): empty outputs of the
+    right shapes, empty gradients, warm start and optimal value included. (The native op once
+    divided by the batch size here: SIGFPE.)"""
+    P = ol.testing.random_qp(2, 5, 6, 2, dtype=torch.float64, seed=3)
+    data = [t[:1].expand(*batch, *t.shape[1:]).clone().requires_grad_() for t in P.data()]
+    sol = ol.solve_qp(*data, backend=backend, return_solution=True)
+    assert sol.x.shape == (*batch, 5) and sol.lam.shape == (*batch, 6) and sol.nu.shape == (*batch, 2)
+    assert sol.status.shape == batch and sol.iterations.shape == batch
+    sol.x.sum().backward()
+    assert [tuple(t.grad.shape) for t in data] == [tuple(t.shape) for t in data]
+    warm = ol.solve_qp(*(t.detach() for t in data), backend=backend, warm_start=sol)
+    assert warm.shape == (*batch, 5)
+    assert ol.qp_value(*(t.detach() for t in data), backend=backend).shape == batch
+    # one shared G, h for an empty batch of q
+    x = ol.solve_qp(P.Q[0], P.q[:0], P.G[0], P.h[0], backend=backend)
+    assert x.shape == (0, 5)

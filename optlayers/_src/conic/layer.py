@@ -421,6 +421,8 @@ class CvxpyLayer(torch.nn.Module):
         prog = self.program
         values, batch_shape, dtype, device = self._check(params)
         B = math.prod(batch_shape) if batch_shape else 1
+        if B == 0:
+            return self._empty_batch(values, tuple(batch_shape), dtype, device, options)
         batched = tuple(v.dim() > len(slot.shape) for v, slot in zip(values, prog.params))
 
         # θ̄ = (θ_batched | θ_shared, 1) → data with one sparse matmul per column group.
@@ -457,6 +459,17 @@ class CvxpyLayer(torch.nn.Module):
             refine_steps=refine_steps.reshape(tuple(batch_shape)),
             solver_status=list(solver_status), backend=options.backend.value,
         )
+
+    def _empty_batch(self, values, batch_shape: tuple[int, ...], dtype, device, options):
+        """A batch without problems: empty outputs, still on the graph of the parameters that
+        require grad (so a loss that sums them backpropagates zero gradients, not an error)."""
+        anchor = sum((v.sum() * 0 for v in values if v.requires_grad), torch.zeros((), dtype=dtype, device=device))
+        outs = tuple(anchor.to(dtype).expand(batch_shape + om.shape).clone() for om in self.program.outputs)
+        if not self.return_solution:
+            return outs
+        empty = torch.zeros(batch_shape, dtype=torch.int32, device=device)
+        return ConicSolution(values=outs, status=empty.to(torch.int8), iterations=empty, refine_steps=empty.clone(),
+                             solver_status=[], backend=options.backend.value)
 
     def _output_index(self, k: int, device: torch.device):
         """Index (and scale, ``None`` if all ones) tensors of output k on ``device`` (cached)."""

@@ -220,6 +220,8 @@ def _check_values(raw: dict[str, torch.Tensor]) -> None:
         return
     # One host sync for all six: max |entry| is non-finite iff some entry is NaN or ±Inf.
     names = [k for k, t in raw.items() if t.numel()]
+    if not names or raw["Q"].numel() == 0:  # an empty batch (or n = 0): nothing to check
+        return
     peaks = torch.stack([raw[k].detach().abs().amax() for k in names])
     finite = torch.isfinite(peaks).tolist()
     for name, ok in zip(names, finite):
