@@ -5,7 +5,8 @@
 //       -> (x (B,n), lam (B,m), nu (B,p), status (B,) int8, iterations (B,) int32,
 //           factor (B, factor_size) with keep_factor (the polish LU, reused by qp_backward), else (0,))
 //   optlayers::qp_kkt_solve(Q, G, A, mask, rhs, kkt_reg) -> u (B, n+m+p)
-//   optlayers::qp_check(Q, q, G, h, A, b, psd_tol) -> float64 [8] (see qp_check_cpu)
+//   optlayers::qp_check(Q, q, G, h, A, b, psd_tol) -> float64 [12] (see qp_check_cpu)
+//   optlayers::qp_cost_range(Q, q) -> float64 [4] (see qp_cost_range_cpu)
 //   optlayers::qp_backward(Q, q, G, h, A, b, x, lam, nu, status, factor, gx?, glam?, gnu?, kkt_reg,
 //                          needs=63)
 //       -> (dQ, dq, dG, dh, dA, db), each shaped like its input (shared inputs get the batch sum);
@@ -550,14 +551,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 
+// out[0], out[1] = min, max over the rows of v (rows × len) of max |v[r][·]| (0, 0 without rows).
+template <typename T>
+void peak_range(const T* v, int64_t rows, int64_t len, double* out) {
+  out[0] = out[1] = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    T top = 0;
+    for (int64_t i = 0; i < len; ++i) top = std::max(top, std::abs(v[r * len + i]));
+    out[0] = r == 0 ? double(top) : std::min(out[0], double(top));
+    out[1] = std::max(out[1], double(top));
+  }
+}
+
 // Value checks of solve_qp's inputs in one pass (the C++ form of problem._check_values):
 // returns float64 [nonfinite Q, q, G, h, A, b (0/1 each), max relative asymmetry of Q,
-// index of the first Q (in its own batch) whose Cholesky of Q + psd_tol·max(1, max|Q|)·I fails, or −1].
+// index of the first Q (in its own batch) whose Cholesky of Q + psd_tol·max(1, max|Q|)·I fails, or −1,
+// then the smallest and largest max|Q| over the Qs and the smallest and largest max|q| over the qs]
+// (the range of the objective's scale: optlayers/_src/qp/cost_scaling.py).
 at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
                         const at::Tensor& A_, const at::Tensor& b_, double psd_tol) {
   std::array<at::Tensor, 6> ins{Q_.contiguous(), q_.contiguous(), G_.contiguous(), h_.contiguous(),
                                 A_.contiguous(), b_.contiguous()};
-  auto out = at::zeros({8}, at::kDouble);
+  auto out = at::zeros({12}, at::kDouble);
   double* po = out.data_ptr<double>();
   po[7] = -1;
   AT_DISPATCH_FLOATING_TYPES(q_.scalar_type(), "optlayers_qp_check_cpu", [&] {
@@ -573,16 +588,18 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
     const int n = Q.size(-1);
     const int64_t count = Q.dim() > 2 ? Q.size(0) : 1;
     const T* pQ = Q.data_ptr<T>();
-    std::vector<double> asym(count, 0.0);
+    std::vector<double> asym(count, 0.0), peak(count, 0.0);
     std::vector<int64_t> bad(count, 0);
-    // Q number c: its scale max(1, max|Q|), and its relative asymmetry stored in asym[c].
+    // Q number c: its scale max(1, max|Q|); its relative asymmetry and max|Q| stored in asym[c], peak[c].
     auto scale_and_asymmetry = [&](int64_t c) {
       const T* M = pQ + c * int64_t(n) * n;
-      T scale = 1, worst = 0;
-      for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = std::max(scale, std::abs(M[e]));
+      T top = 0, worst = 0;
+      for (int64_t e = 0; e < int64_t(n) * n; ++e) top = std::max(top, std::abs(M[e]));
+      const T scale = std::max(T(1), top);
       for (int i = 0; i < n; ++i)
         for (int j = 0; j < i; ++j) worst = std::max(worst, std::abs(M[i * n + j] - M[j * n + i]));
       asym[c] = double(worst / scale);
+      peak[c] = double(top);
       return scale;
     };
     // Many small Q (n ≤ 64): the PSD test of W matrices at once, one per SIMD lane (the lanes
@@ -621,10 +638,30 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
         bad[c] = optlayers::cholesky(g, L.data(), n) ? 0 : 1;
       }
     });
+    po[8] = count ? peak[0] : 0.0;
+    po[9] = po[8];
     for (int64_t c = 0; c < count; ++c) {
       po[6] = std::max(po[6], asym[c]);
       if (bad[c] && po[7] < 0) po[7] = double(c);
+      po[8] = std::min(po[8], peak[c]);
+      po[9] = std::max(po[9], peak[c]);
     }
+    const at::Tensor& qv = ins[1];
+    peak_range(qv.data_ptr<T>(), qv.dim() > 1 ? qv.size(0) : 1, n, po + 10);
+  });
+  return out;
+}
+
+// qp_cost_range(Q, q) -> float64 [min, max of max|Q| over the Qs, min, max of max|q| over the qs]
+// (what qp_check also returns; for solve_qp(check_inputs=False), optlayers/_src/qp/cost_scaling.py).
+at::Tensor qp_cost_range_cpu(const at::Tensor& Q_, const at::Tensor& q_) {
+  auto Q = Q_.contiguous(), q = q_.contiguous();
+  auto out = at::zeros({4}, at::kDouble);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_cost_range_cpu", [&] {
+    using T = scalar_t;
+    const int64_t n = q.size(-1);
+    peak_range(Q.data_ptr<T>(), Q.dim() > 2 ? Q.size(0) : 1, n * n, out.data_ptr<double>());
+    peak_range(q.data_ptr<T>(), q.dim() > 1 ? q.size(0) : 1, n, out.data_ptr<double>() + 2);
   });
   return out;
 }
@@ -638,6 +675,7 @@ TORCH_LIBRARY(optlayers, m) {
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("qp_kkt_solve(Tensor Q, Tensor G, Tensor A, Tensor mask, Tensor rhs, float kkt_reg) -> Tensor");
   m.def("qp_check(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, float psd_tol) -> Tensor");
+  m.def("qp_cost_range(Tensor Q, Tensor q) -> Tensor");
   m.def("qp_active_set_solve(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, Tensor guess, "
         "float kkt_reg, float polish_tol, int rounds, bool keep_factor) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("qp_backward(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, Tensor x, Tensor lam, "
@@ -650,5 +688,6 @@ TORCH_LIBRARY_IMPL(optlayers, CPU, m) {
   m.impl("qp_kkt_solve", &qp_kkt_solve_cpu);
   m.impl("qp_backward", &qp_backward_cpu);
   m.impl("qp_check", &qp_check_cpu);
+  m.impl("qp_cost_range", &qp_cost_range_cpu);
   m.impl("qp_active_set_solve", &qp_active_set_solve_cpu);
 }

@@ -205,7 +205,7 @@ def test_value_checks_of_many_small_q(bad):
     Q = P.Q.clone()
     if bad is not None:  # shift its spectrum so that λ_min = −1e-2 (far beyond psd_tol)
         Q[bad] -= (float(torch.linalg.eigvalsh(Q[bad]).min()) + 1e-2) * torch.eye(9, dtype=Q.dtype)
-    nonfinite, asym, first = ops.check_values(Q, P.q, P.G, P.h, P.A, P.b, 1e-10)
+    nonfinite, asym, first, _ = ops.check_values(Q, P.q, P.G, P.h, P.A, P.b, 1e-10)
     assert not any(nonfinite) and asym < 1e-12
     assert first == (-1 if bad is None else bad)
     if bad is not None:

@@ -45,6 +45,9 @@ class QPData:
     b: torch.Tensor
     batch_shape: torch.Size
     present: tuple[bool, bool]  # (inequalities given, equalities given)
+    # (min, max of max|Q| over the Qs, min, max of max|q| over the qs) where the input checks
+    # computed them, else None (optlayers/_src/qp/cost_scaling.py).
+    cost_range: tuple[float, float, float, float] | None = None
 
     @property
     def B(self) -> int:
@@ -181,8 +184,7 @@ def canonicalize(
         listing = ", ".join(f"{k}: {tuple(v)}" for k, v in batches.items() if len(v))
         raise ValueError(f"the batch dimensions of the QP data do not broadcast together ({listing})") from None
 
-    if check_values:
-        _check_values(raw)
+    cost_range = _check_values(raw) if check_values else None
 
     B = math.prod(batch_shape)
     canon = {}
@@ -198,30 +200,31 @@ def canonicalize(
             canon[name] = t if t.dim() == len(core) else t.reshape(core)  # shared: one copy for the batch
         else:
             canon[name] = t.expand(tuple(batch_shape) + tuple(core)).reshape((B,) + tuple(core))
-    return QPData(batch_shape=torch.Size(batch_shape), present=present, **canon)
+    return QPData(batch_shape=torch.Size(batch_shape), present=present, cost_range=cost_range, **canon)
 
 
-def _check_values(raw: dict[str, torch.Tensor]) -> None:
+def _check_values(raw: dict[str, torch.Tensor]) -> tuple[float, float, float, float] | None:
     """Finite entries everywhere; Q symmetric positive semidefinite (within tolerance).
 
     On CPU with the native ops loaded, one C++ pass does all three checks (the per-call cost of
-    the torch version below dominates small batches); the errors are the same either way.
+    the torch version below dominates small batches); the errors are the same either way. That
+    pass also returns the range of the objective's scale (``QPData.cost_range``); None otherwise.
     """
     tol = tolerances_for(raw["q"].dtype)
     fast = _native_checks(raw, tol.psd_tol)
     if fast is not None:
-        nonfinite, asym, first_bad = fast
+        nonfinite, asym, first_bad, cost_range = fast
         for name, bad in zip(_FIELDS, nonfinite):
             if bad:
                 raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
         _raise_if_asymmetric(asym, tol)
         if first_bad >= 0:
             _raise_indefinite(raw["Q"].detach())
-        return
+        return cost_range
     # One host sync for all six: max |entry| is non-finite iff some entry is NaN or ±Inf.
     names = [k for k, t in raw.items() if t.numel()]
     if not names or raw["Q"].numel() == 0:  # an empty batch (or n = 0): nothing to check
-        return
+        return None
     peaks = torch.stack([raw[k].detach().abs().amax() for k in names])
     finite = torch.isfinite(peaks).tolist()
     for name, ok in zip(names, finite):
@@ -236,6 +239,7 @@ def _check_values(raw: dict[str, torch.Tensor]) -> None:
     _, info = torch.linalg.cholesky_ex(Q + tol.psd_tol * scale * eye)
     if bool((info > 0).any()):
         _raise_indefinite(Q)
+    return None
 
 
 def _native_checks(raw: dict[str, torch.Tensor], psd_tol: float):

@@ -1,0 +1,105 @@
+"""Objectives far from unit scale (optlayers/_src/qp/cost_scaling.py).
+
+min s·(½xᵀQx + qᵀx) has the solution x of s = 1 and multipliers s·λ. Before the cost scaling, both
+dense backends stalled for s ≥ 1e4 (MAX_ITER) and returned SOLVED with x off by 4e-2 at s = 1e-8.
+"""
+
+import pytest
+import torch
+
+import optlayers as ol
+from optlayers._src.qp import cost_scaling
+from optlayers._src.qp.problem import canonicalize
+
+SCALES = [1e-8, 1e-4, 1e4, 1e8]
+
+
+@pytest.mark.parametrize("s", SCALES)
+def test_scaled_objective_has_the_same_solution_and_scaled_multipliers(backend, s):
+    P = ol.testing.random_qp(16, 10, 15, 3, dtype=torch.float64, seed=0)
+    Q, q, G, h, A, b = P.data()
+    sol = ol.solve_qp(Q * s, q * s, G, h, A, b, backend=backend, return_solution=True)
+    assert bool((sol.status == 0).all())
+    assert float((sol.x - P.x).abs().max()) < 1e-9
+    assert float((sol.lam - s * P.lam).abs().max()) < 1e-9 * s * (1 + float(P.lam.abs().max()))
+    assert float((sol.nu - s * P.nu).abs().max()) < 1e-9 * s * (1 + float(P.nu.abs().max()))
+
+
+@pytest.mark.parametrize("s", [1e-6, 1e6])
+def test_gradients_of_a_scaled_objective_are_the_chain_rule_of_the_unscaled_ones(backend, s):
+    """x(sQ, sq, G, h) = x(Q, q, G, h): ∂x/∂(sq) = ∂x/∂q / s, ∂x/∂G and ∂x/∂h unchanged."""
+    P = ol.testing.random_qp(4, 6, 9, 2, dtype=torch.float64, seed=2)
+    w = torch.linspace(-1, 1, 4 * 6, dtype=torch.float64).view(4, 6)
+    grads = []
+    for scale in (1.0, s):
+        Q, q, G, h, A, b = (t.clone() for t in P.data())
+        Q, q = (Q * scale).requires_grad_(), (q * scale).requires_grad_()
+        G.requires_grad_(), h.requires_grad_()
+        x = ol.solve_qp(Q, q, G, h, A, b, backend=backend)
+        (w * x).sum().backward()
+        grads.append((Q.grad * scale, q.grad * scale, G.grad, h.grad))
+    for g1, gs in zip(*grads):
+        assert torch.allclose(g1, gs, rtol=1e-7, atol=1e-9), float((g1 - gs).abs().max())
+
+
+@pytest.mark.parametrize("s", [1e-5, 1e5])
+def test_scaled_gradient_matches_finite_differences(backend, s):
+    P = ol.testing.random_qp(2, 8, 6, 1, dtype=torch.float64, seed=5)  # not a vertex: ∂x/∂q ≠ 0
+    Q, q, G, h, A, b = P.data()
+
+    def f(q_):
+        return ol.solve_qp(Q * s, q_, G, h, A, b, backend=backend)
+
+    # ∂x/∂q ~ 1/s: steps of 1e-5·s on q (entries ~ s), tolerances in the gradient's units.
+    report = ol.testing.check_grad(f, ((q * s).requires_grad_(),), eps=1e-5 * s, atol=1e-8 / s, rtol=1e-5)
+    assert report.ok
+
+
+def test_optimal_value_scales_and_its_gradient_is_the_envelope(backend):
+    P = ol.testing.random_qp(8, 6, 9, 2, dtype=torch.float64, seed=4)
+    Q, q, G, h, A, b = P.data()
+    s = 1e7
+    v1 = ol.qp_value(Q, q, G, h, A, b, backend=backend)
+    hs = h.clone().requires_grad_()
+    vs = ol.qp_value(Q * s, q * s, G, hs, A, b, backend=backend)
+    assert torch.allclose(vs, s * v1, rtol=1e-9)
+    vs.sum().backward()
+    assert torch.allclose(hs.grad, -s * P.lam, rtol=1e-7, atol=1e-9 * s)
+
+
+def test_shared_Q_with_problems_of_different_scales(backend):
+    """One Q for the batch, q rows 1e-6 … 1e6 apart: each problem gets its own σ."""
+    P = ol.testing.random_qp(4, 6, 8, 0, dtype=torch.float64, seed=7, shared=("Q", "G"))
+    s = torch.tensor([1e-6, 1.0, 1e3, 1e6], dtype=torch.float64)
+    # Scaling Q too (per problem) keeps the planted solution: pass the scaled Qs as a batch ...
+    Qb = P.Q.expand(4, 6, 6) * s.view(-1, 1, 1)
+    sol = ol.solve_qp(Qb, P.q * s.view(-1, 1), P.G, P.h, backend=backend, return_solution=True)
+    assert bool((sol.status == 0).all()) and float((sol.x - P.x).abs().max()) < 1e-9
+    # ... and a shared Q with q alone scaled: a different problem per row, checked against the
+    # same problem solved one at a time.
+    x = ol.solve_qp(P.Q, P.q * s.view(-1, 1), P.G, P.h, backend=backend)
+    for i in range(4):
+        xi = ol.solve_qp(P.Q, P.q[i] * s[i], P.G, P.h[i], backend=backend)
+        assert torch.allclose(x[i], xi, rtol=1e-9, atol=1e-9)
+
+
+def test_warm_start_of_a_scaled_problem(backend):
+    P = ol.testing.random_qp(8, 8, 12, 2, dtype=torch.float64, seed=9)
+    Q, q, G, h, A, b = P.data()
+    s = 1e6
+    cold = ol.solve_qp(Q * s, q * s, G, h, A, b, backend=backend, return_solution=True)
+    warm = ol.solve_qp(Q * s, q * s, G, h, A, b, backend=backend, return_solution=True, warm_start=cold)
+    assert bool((warm.status == 0).all()) and torch.allclose(warm.x, P.x, atol=1e-9)
+    assert torch.allclose(warm.lam, cold.lam, rtol=1e-8, atol=1e-8 * s)
+
+
+def test_well_scaled_data_is_not_touched():
+    """σ inside [LOW, HIGH] for every problem: no scaling (results as before, bit for bit)."""
+    P = ol.testing.random_qp(32, 10, 15, 3, dtype=torch.float64, seed=0)
+    assert cost_scaling.scales(canonicalize(*P.data())) is None
+    assert cost_scaling.scales(canonicalize(*P.data(), check_values=False)) is None
+    # an LP with q = 0 (a feasibility problem): σ = 0, nothing to scale
+    assert cost_scaling.scales(canonicalize(None, torch.zeros(3, 4, dtype=torch.float64))) is None
+    big = canonicalize(P.Q * 1e3, P.q * 1e3, P.G, P.h)
+    sigma = cost_scaling.scales(big)
+    assert sigma is not None and bool((sigma > cost_scaling.HIGH).all())
