@@ -5,8 +5,8 @@
 //       -> (x (B,n), lam (B,m), nu (B,p), status (B,) int8, iterations (B,) int32,
 //           factor (B, factor_size) with keep_factor (the polish LU, reused by qp_backward), else (0,))
 //   optlayers::qp_kkt_solve(Q, G, A, mask, rhs, kkt_reg) -> u (B, n+m+p)
-//   optlayers::qp_check(Q, q, G, h, A, b, psd_tol) -> float64 [12] (see qp_check_cpu)
-//   optlayers::qp_cost_range(Q, q) -> float64 [4] (see qp_cost_range_cpu)
+//   optlayers::qp_check(Q, q, G, h, A, b, psd_tol) -> float64 [11] (see qp_check_cpu)
+//   optlayers::qp_scale_stats(Q, q, G, A) -> float64 [3] (see qp_scale_stats_cpu)
 //   optlayers::qp_backward(Q, q, G, h, A, b, x, lam, nu, status, factor, gx?, glam?, gnu?, kkt_reg,
 //                          needs=63)
 //       -> (dQ, dq, dG, dh, dA, db), each shaped like its input (shared inputs get the batch sum);
@@ -551,28 +551,94 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 
-// out[0], out[1] = min, max over the rows of v (rows × len) of max |v[r][·]| (0, 0 without rows).
+// The scale statistics of canonical data (each of Q, q, G, A batched (B, …) or shared) into po[0..3):
+// [min, max over the problems of σ_i = max(max|Q_i|, max|q_i|), max over the problems of the spread
+// of the column scales max_j c_j / min_{c_j > 0} c_j, c_j = max(max_k |Q_kj|, max_r |G_rj| / max|G_r|,
+// max_e |A_ej| / max|A_e|)] — what optlayers/_src/qp/scaling.py decides from (zeros for B = 0).
 template <typename T>
-void peak_range(const T* v, int64_t rows, int64_t len, double* out) {
-  out[0] = out[1] = 0;
-  for (int64_t r = 0; r < rows; ++r) {
+void scale_stats_into(const at::Tensor& Q, const at::Tensor& q, const at::Tensor& G, const at::Tensor& A, double* po) {
+  const int64_t n = q.size(-1), m = G.size(-2), p = A.size(-2);
+  int64_t B = 1;
+  for (const auto& [t, core] : {std::pair{&Q, 2}, {&q, 1}, {&G, 2}, {&A, 2}})
+    if (t->dim() > core) B = t->size(0);
+  po[0] = po[1] = po[2] = 0;
+  if (B == 0 || n == 0) return;
+  const bool bQ = Q.dim() > 2, bq = q.dim() > 1, bG = G.dim() > 2, bA = A.dim() > 2;
+  // (Branch-free max loops with OpenMP SIMD max reductions: this pass runs on every call.)
+  auto row_max = [n](const T* Mr) {
     T top = 0;
-    for (int64_t i = 0; i < len; ++i) top = std::max(top, std::abs(v[r * len + i]));
-    out[0] = r == 0 ? double(top) : std::min(out[0], double(top));
-    out[1] = std::max(out[1], double(top));
+    OL_PRAGMA(omp simd reduction(max : top))
+    for (int64_t j = 0; j < n; ++j) {
+      const T v = Mr[j] < T(0) ? -Mr[j] : Mr[j];
+      top = v > top ? v : top;
+    }
+    return top;
+  };
+  // c_j of the rows of M (rows × n), each row divided by its largest entry, max-ed into c.
+  auto rows_into = [n, &row_max](const T* M, int64_t rows, T* __restrict c) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* Mr = M + r * n;
+      const T top = row_max(Mr);
+      if (top > T(0)) {
+        const T inv = T(1) / top;
+        OL_PRAGMA(omp simd)
+        for (int64_t j = 0; j < n; ++j) {
+          const T v = (Mr[j] < T(0) ? -Mr[j] : Mr[j]) * inv;
+          c[j] = v > c[j] ? v : c[j];
+        }
+      }
+    }
+  };
+  // Shared G and A: their column scales once.
+  std::vector<T> c_shared(n, T(0));
+  if (!bG) rows_into(G.data_ptr<T>(), m, c_shared.data());
+  if (!bA) rows_into(A.data_ptr<T>(), p, c_shared.data());
+  std::vector<double> sig(B), spread(B);
+  // Chunks of ~16k entries: at B = 32, n = 20 (900 entries a problem) both cores take part.
+  const int64_t per_problem = n * ((bQ ? n : 0) + (bG ? m : 0) + (bA ? p : 0)) + 1;
+  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / per_problem), [&](int64_t i0, int64_t i1) {
+    std::vector<T> c(n);
+    for (int64_t i = i0; i < i1; ++i) {
+      c = c_shared;
+      if (bG) rows_into(G.data_ptr<T>() + i * m * n, m, c.data());
+      if (bA) rows_into(A.data_ptr<T>() + i * p * n, p, c.data());
+      const T* Qi = Q.data_ptr<T>() + (bQ ? i * n * n : 0);
+      const T* qi = q.data_ptr<T>() + (bq ? i * n : 0);
+      // Q is symmetric (checked unless check_inputs=False; else only this statistic is off), so
+      // column j's largest entry is row j's.
+      T s = row_max(qi);
+      for (int64_t j = 0; j < n; ++j) {
+        const T v = row_max(Qi + j * n);
+        s = std::max(s, v);
+        c[j] = std::max(c[j], v);
+      }
+      T hi = 0, lo = std::numeric_limits<T>::infinity();
+      for (int64_t j = 0; j < n; ++j) {
+        hi = std::max(hi, c[j]);
+        if (c[j] > T(0)) lo = std::min(lo, c[j]);
+      }
+      sig[i] = double(s);
+      spread[i] = hi > T(0) ? double(hi / lo) : 1.0;
+    }
+  });
+  po[0] = po[1] = sig[0];
+  po[2] = spread[0];
+  for (int64_t i = 1; i < B; ++i) {
+    po[0] = std::min(po[0], sig[i]);
+    po[1] = std::max(po[1], sig[i]);
+    po[2] = std::max(po[2], spread[i]);
   }
 }
 
 // Value checks of solve_qp's inputs in one pass (the C++ form of problem._check_values):
 // returns float64 [nonfinite Q, q, G, h, A, b (0/1 each), max relative asymmetry of Q,
 // index of the first Q (in its own batch) whose Cholesky of Q + psd_tol·max(1, max|Q|)·I fails, or −1,
-// then the smallest and largest max|Q| over the Qs and the smallest and largest max|q| over the qs]
-// (the range of the objective's scale: optlayers/_src/qp/cost_scaling.py).
+// then the three scale statistics of scale_stats_into] — of canonical data (each field batched or shared).
 at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
                         const at::Tensor& A_, const at::Tensor& b_, double psd_tol) {
   std::array<at::Tensor, 6> ins{Q_.contiguous(), q_.contiguous(), G_.contiguous(), h_.contiguous(),
                                 A_.contiguous(), b_.contiguous()};
-  auto out = at::zeros({12}, at::kDouble);
+  auto out = at::zeros({11}, at::kDouble);
   double* po = out.data_ptr<double>();
   po[7] = -1;
   AT_DISPATCH_FLOATING_TYPES(q_.scalar_type(), "optlayers_qp_check_cpu", [&] {
@@ -588,18 +654,16 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
     const int n = Q.size(-1);
     const int64_t count = Q.dim() > 2 ? Q.size(0) : 1;
     const T* pQ = Q.data_ptr<T>();
-    std::vector<double> asym(count, 0.0), peak(count, 0.0);
+    std::vector<double> asym(count, 0.0);
     std::vector<int64_t> bad(count, 0);
-    // Q number c: its scale max(1, max|Q|); its relative asymmetry and max|Q| stored in asym[c], peak[c].
+    // Q number c: its scale max(1, max|Q|), and its relative asymmetry stored in asym[c].
     auto scale_and_asymmetry = [&](int64_t c) {
       const T* M = pQ + c * int64_t(n) * n;
-      T top = 0, worst = 0;
-      for (int64_t e = 0; e < int64_t(n) * n; ++e) top = std::max(top, std::abs(M[e]));
-      const T scale = std::max(T(1), top);
+      T scale = 1, worst = 0;
+      for (int64_t e = 0; e < int64_t(n) * n; ++e) scale = std::max(scale, std::abs(M[e]));
       for (int i = 0; i < n; ++i)
         for (int j = 0; j < i; ++j) worst = std::max(worst, std::abs(M[i * n + j] - M[j * n + i]));
       asym[c] = double(worst / scale);
-      peak[c] = double(top);
       return scale;
     };
     // Many small Q (n ≤ 64): the PSD test of W matrices at once, one per SIMD lane (the lanes
@@ -638,31 +702,22 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
         bad[c] = optlayers::cholesky(g, L.data(), n) ? 0 : 1;
       }
     });
-    po[8] = count ? peak[0] : 0.0;
-    po[9] = po[8];
     for (int64_t c = 0; c < count; ++c) {
       po[6] = std::max(po[6], asym[c]);
       if (bad[c] && po[7] < 0) po[7] = double(c);
-      po[8] = std::min(po[8], peak[c]);
-      po[9] = std::max(po[9], peak[c]);
     }
-    const at::Tensor& qv = ins[1];
-    peak_range(qv.data_ptr<T>(), qv.dim() > 1 ? qv.size(0) : 1, n, po + 10);
+    scale_stats_into<T>(ins[0], ins[1], ins[2], ins[4], po + 8);
   });
   return out;
 }
 
-// qp_cost_range(Q, q) -> float64 [min, max of max|Q| over the Qs, min, max of max|q| over the qs]
-// (what qp_check also returns; for solve_qp(check_inputs=False), optlayers/_src/qp/cost_scaling.py).
-at::Tensor qp_cost_range_cpu(const at::Tensor& Q_, const at::Tensor& q_) {
-  auto Q = Q_.contiguous(), q = q_.contiguous();
-  auto out = at::zeros({4}, at::kDouble);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_cost_range_cpu", [&] {
-    using T = scalar_t;
-    const int64_t n = q.size(-1);
-    peak_range(Q.data_ptr<T>(), Q.dim() > 2 ? Q.size(0) : 1, n * n, out.data_ptr<double>());
-    peak_range(q.data_ptr<T>(), q.dim() > 1 ? q.size(0) : 1, n, out.data_ptr<double>() + 2);
-  });
+// qp_scale_stats(Q, q, G, A) -> float64 [3]: scale_stats_into of canonical CPU data (what qp_check
+// also returns; for solve_qp(check_inputs=False)).
+at::Tensor qp_scale_stats_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& A_) {
+  auto Q = Q_.contiguous(), q = q_.contiguous(), G = G_.contiguous(), A = A_.contiguous();
+  auto out = at::zeros({3}, at::kDouble);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_scale_stats_cpu",
+                             [&] { scale_stats_into<scalar_t>(Q, q, G, A, out.data_ptr<double>()); });
   return out;
 }
 
@@ -675,7 +730,7 @@ TORCH_LIBRARY(optlayers, m) {
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("qp_kkt_solve(Tensor Q, Tensor G, Tensor A, Tensor mask, Tensor rhs, float kkt_reg) -> Tensor");
   m.def("qp_check(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, float psd_tol) -> Tensor");
-  m.def("qp_cost_range(Tensor Q, Tensor q) -> Tensor");
+  m.def("qp_scale_stats(Tensor Q, Tensor q, Tensor G, Tensor A) -> Tensor");
   m.def("qp_active_set_solve(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, Tensor guess, "
         "float kkt_reg, float polish_tol, int rounds, bool keep_factor) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("qp_backward(Tensor Q, Tensor q, Tensor G, Tensor h, Tensor A, Tensor b, Tensor x, Tensor lam, "
@@ -688,6 +743,6 @@ TORCH_LIBRARY_IMPL(optlayers, CPU, m) {
   m.impl("qp_kkt_solve", &qp_kkt_solve_cpu);
   m.impl("qp_backward", &qp_backward_cpu);
   m.impl("qp_check", &qp_check_cpu);
-  m.impl("qp_cost_range", &qp_cost_range_cpu);
+  m.impl("qp_scale_stats", &qp_scale_stats_cpu);
   m.impl("qp_active_set_solve", &qp_active_set_solve_cpu);
 }

@@ -46,20 +46,18 @@ def check_values(Q, q, G, h, A, b, psd_tol: float):
     """C++ value checks (finiteness, symmetry, PSD) of CPU data; see ``csrc/qp_cpu.cpp::qp_check_cpu``.
 
     Returns ``(nonfinite: list[bool] for Q, q, G, h, A, b, asymmetry: float, first_indefinite: int,
-    cost_range: (min, max of max|Q| over the Qs, min, max of max|q| over the qs))``
-    (``first_indefinite`` is −1 when every ``Q + psd_tol·scale·I`` has a Cholesky factor).
+    scale_stats: see scale_stats)`` (``first_indefinite`` is −1 when every ``Q + psd_tol·scale·I`` has a
+    Cholesky factor). The data is canonical (each field batched (B, …) or shared).
     """
-    Q = Q.detach()
-    Q = Q.reshape(-1, Q.shape[-2], Q.shape[-1]) if Q.dim() > 3 else Q
-    q = q.detach()
-    q = q.reshape(-1, q.shape[-1]) if q.dim() > 2 else q
-    out = torch.ops.optlayers.qp_check(Q, q, G.detach(), h.detach(), A.detach(), b.detach(), psd_tol).tolist()
-    return [v != 0 for v in out[:6]], out[6], int(out[7]), tuple(out[8:12])
+    out = torch.ops.optlayers.qp_check(Q.detach(), q.detach(), G.detach(), h.detach(), A.detach(), b.detach(),
+                                       psd_tol).tolist()
+    return [v != 0 for v in out[:6]], out[6], int(out[7]), tuple(out[8:11])
 
 
-def cost_range(Q: torch.Tensor, q: torch.Tensor) -> tuple[float, float, float, float]:
-    """(min, max of max|Q| over the Qs, min, max of max|q| over the qs) of canonical CPU data."""
-    return tuple(torch.ops.optlayers.qp_cost_range(Q.detach(), q.detach()).tolist())
+def scale_stats(Q, q, G, A) -> tuple[float, float, float]:
+    """(min, max of the problems' objective scales, max column-scale spread) of canonical CPU data;
+    see ``csrc/qp_cpu.cpp::qp_scale_stats_cpu`` and ``optlayers/_src/qp/scaling.py``."""
+    return tuple(torch.ops.optlayers.qp_scale_stats(Q.detach(), q.detach(), G.detach(), A.detach()).tolist())
 
 
 def cuda_available() -> bool:

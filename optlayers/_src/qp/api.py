@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch.autograd import forward_ad
 
-from optlayers._src.qp import backends, cost_scaling, kkt
+from optlayers._src.qp import backends, kkt, scaling
 from optlayers._src.qp import warm_start as warm
 from optlayers._src.qp.backends import RawSolution
 from optlayers._src.qp.backward import QPSolutionMap
@@ -155,9 +155,9 @@ def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inpu
             options=options, on_failure=policy, check_inputs=check_inputs, return_solution=return_solution,
         )
     data = canonicalize(Q, q, G, h, A, b, check_values=check_inputs)
-    sigma = cost_scaling.scales(data)  # None unless an objective's scale is far from 1
-    if sigma is not None:
-        data = cost_scaling.scaled(data, sigma)
+    scaled = scaling.plan(data)  # None unless the variables' or the objective's scale is far off
+    if scaled is not None:
+        data = scaled.apply(data)
     be = backends.select(backend, data)
     guess = None if warm_start is None else warm.guess_of(warm_start, data, strict=warm_strict)
     if data.B == 0:
@@ -179,8 +179,8 @@ def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inpu
             x, lam, nu = _attach(data, raw)
         else:
             x, lam, nu = raw.x, raw.lam, raw.nu
-    if sigma is not None:
-        lam, nu = cost_scaling.unscale(sigma, lam, nu)
+    if scaled is not None:
+        x, lam, nu = scaled.unscale(x, lam, nu)
     shape = data.batch_shape
     if len(shape) != 1:  # (B, ·) is already the shape of a one-dimensional batch
         x, lam, nu = (t.reshape(tuple(shape) + t.shape[-1:]) for t in (x, lam, nu))

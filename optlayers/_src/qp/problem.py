@@ -45,9 +45,9 @@ class QPData:
     b: torch.Tensor
     batch_shape: torch.Size
     present: tuple[bool, bool]  # (inequalities given, equalities given)
-    # (min, max of max|Q| over the Qs, min, max of max|q| over the qs) where the input checks
-    # computed them, else None (optlayers/_src/qp/cost_scaling.py).
-    cost_range: tuple[float, float, float, float] | None = None
+    # (min, max of the objective scales, max column-scale spread) where the C++ input checks
+    # computed them, else None (optlayers/_src/qp/scaling.py).
+    scale_stats: tuple[float, float, float] | None = None
 
     @property
     def B(self) -> int:
@@ -184,8 +184,6 @@ def canonicalize(
         listing = ", ".join(f"{k}: {tuple(v)}" for k, v in batches.items() if len(v))
         raise ValueError(f"the batch dimensions of the QP data do not broadcast together ({listing})") from None
 
-    cost_range = _check_values(raw) if check_values else None
-
     B = math.prod(batch_shape)
     canon = {}
     for name, t in raw.items():
@@ -200,27 +198,30 @@ def canonicalize(
             canon[name] = t if t.dim() == len(core) else t.reshape(core)  # shared: one copy for the batch
         else:
             canon[name] = t.expand(tuple(batch_shape) + tuple(core)).reshape((B,) + tuple(core))
-    return QPData(batch_shape=torch.Size(batch_shape), present=present, cost_range=cost_range, **canon)
+    # The value checks run on the canonical fields (each batched (B, …) or shared), where the C++
+    # pass can also pair every problem's Q, q, G, A for the scale statistics.
+    stats = _check_values(canon) if check_values else None
+    return QPData(batch_shape=torch.Size(batch_shape), present=present, scale_stats=stats, **canon)
 
 
-def _check_values(raw: dict[str, torch.Tensor]) -> tuple[float, float, float, float] | None:
+def _check_values(raw: dict[str, torch.Tensor]) -> tuple[float, float, float] | None:
     """Finite entries everywhere; Q symmetric positive semidefinite (within tolerance).
 
     On CPU with the native ops loaded, one C++ pass does all three checks (the per-call cost of
     the torch version below dominates small batches); the errors are the same either way. That
-    pass also returns the range of the objective's scale (``QPData.cost_range``); None otherwise.
+    pass also returns the scale statistics (``QPData.scale_stats``); None otherwise.
     """
     tol = tolerances_for(raw["q"].dtype)
     fast = _native_checks(raw, tol.psd_tol)
     if fast is not None:
-        nonfinite, asym, first_bad, cost_range = fast
+        nonfinite, asym, first_bad, stats = fast
         for name, bad in zip(_FIELDS, nonfinite):
             if bad:
                 raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
         _raise_if_asymmetric(asym, tol)
         if first_bad >= 0:
             _raise_indefinite(raw["Q"].detach())
-        return cost_range
+        return stats
     # One host sync for all six: max |entry| is non-finite iff some entry is NaN or ±Inf.
     names = [k for k, t in raw.items() if t.numel()]
     if not names or raw["Q"].numel() == 0:  # an empty batch (or n = 0): nothing to check

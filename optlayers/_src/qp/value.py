@@ -38,7 +38,7 @@ import dataclasses
 import torch
 from torch.autograd.function import once_differentiable
 
-from optlayers._src.qp import backends, cost_scaling
+from optlayers._src.qp import backends, scaling
 from optlayers._src.qp import warm_start as warm
 from optlayers._src.qp.api import QPSolution, _refuse_sparse_warm_start
 from optlayers._src.qp.linalg import mv, outer, reduce_to
@@ -171,17 +171,17 @@ def qp_value(
         _refuse_sparse_warm_start(warm_start)
         raw, name = _solve_via_osqp(data, Q, q, G, h, A, b, tol, max_iter, polish)
     else:
-        sigma = cost_scaling.scales(data)  # the solve sees Q/σ, q/σ; the value is of the original data
-        work = data if sigma is None else cost_scaling.scaled(data, sigma)
+        scaled = scaling.plan(data)  # the solve sees the scaled data; the value is of the original
+        work = data if scaled is None else scaled.apply(data)
         be = backends.select(backend, work)
         guess = None if warm_start is None else warm.guess_of(warm_start, work)
         if work.B == 0:
             guess = None
         with torch.no_grad():
             raw = be.solve(work.detach(), options) if guess is None else warm.solve(work.detach(), guess, be, options)
-            if sigma is not None:
-                lam, nu = cost_scaling.unscale(sigma, raw.lam, raw.nu)
-                raw = dataclasses.replace(raw, lam=lam, nu=nu)
+            if scaled is not None:
+                x, lam, nu = scaled.unscale(raw.x, raw.lam, raw.nu)
+                raw = dataclasses.replace(raw, x=x, lam=lam, nu=nu)
         name = be.name.value
     ok = (raw.status == Status.SOLVED).unsqueeze(-1)
     # Failed problems enter with a zero solution: finite value (NaN-filled by the policy below)

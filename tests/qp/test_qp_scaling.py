@@ -1,14 +1,15 @@
-"""Objectives far from unit scale (optlayers/_src/qp/cost_scaling.py).
+"""Badly scaled dense QPs (optlayers/_src/qp/scaling.py): objectives and variables far from unit scale.
 
-min s·(½xᵀQx + qᵀx) has the solution x of s = 1 and multipliers s·λ. Before the cost scaling, both
-dense backends stalled for s ≥ 1e4 (MAX_ITER) and returned SOLVED with x off by 4e-2 at s = 1e-8.
+min s·(½xᵀQx + qᵀx) has the solution x of s = 1 and multipliers s·λ. Before the scaling, both
+dense backends stalled for s ≥ 1e4 (MAX_ITER) and returned SOLVED with x off by 4e-2 at s = 1e-8;
+with the variables in units 1e-3 … 1e3 apart (x = D x̃), 3 of 16 problems stalled.
 """
 
 import pytest
 import torch
 
 import optlayers as ol
-from optlayers._src.qp import cost_scaling
+from optlayers._src.qp import scaling
 from optlayers._src.qp.problem import canonicalize
 
 SCALES = [1e-8, 1e-4, 1e4, 1e8]
@@ -94,12 +95,51 @@ def test_warm_start_of_a_scaled_problem(backend):
 
 
 def test_well_scaled_data_is_not_touched():
-    """σ inside [LOW, HIGH] for every problem: no scaling (results as before, bit for bit)."""
+    """Every problem inside the limits: no scaling (results as before, bit for bit)."""
     P = ol.testing.random_qp(32, 10, 15, 3, dtype=torch.float64, seed=0)
-    assert cost_scaling.scales(canonicalize(*P.data())) is None
-    assert cost_scaling.scales(canonicalize(*P.data(), check_values=False)) is None
+    assert scaling.plan(canonicalize(*P.data())) is None
     # an LP with q = 0 (a feasibility problem): σ = 0, nothing to scale
-    assert cost_scaling.scales(canonicalize(None, torch.zeros(3, 4, dtype=torch.float64))) is None
-    big = canonicalize(P.Q * 1e3, P.q * 1e3, P.G, P.h)
-    sigma = cost_scaling.scales(big)
-    assert sigma is not None and bool((sigma > cost_scaling.HIGH).all())
+    assert scaling.plan(canonicalize(None, torch.zeros(3, 4, dtype=torch.float64))) is None
+    big = scaling.plan(canonicalize(P.Q * 1e3, P.q * 1e3, P.G, P.h))
+    assert big is not None and big.d is None and bool((big.sigma > scaling.HIGH).all())
+
+
+@pytest.mark.parametrize("r", [3, 5])
+def test_variables_in_units_far_apart(backend, r):
+    """x = D x̃ with D = logspace(−r, r): the same problem in other units; x̃ = x / D."""
+    P = ol.testing.random_qp(16, 10, 15, 3, dtype=torch.float64, seed=0)
+    Q, q, G, h, A, b = P.data()
+    D = torch.logspace(-r, r, 10, dtype=torch.float64)
+    sol = ol.solve_qp(D[:, None] * Q * D, q * D, G * D, h, A * D, b, backend=backend, return_solution=True)
+    assert bool((sol.status == 0).all()), sol.status
+    assert float(((sol.x * D - P.x)).abs().max()) < 1e-9
+    assert torch.allclose(sol.lam, P.lam, atol=1e-9) and torch.allclose(sol.nu, P.nu, atol=1e-9)
+
+
+def test_column_scaled_gradients_are_the_chain_rule(backend):
+    """x̃(D-scaled data) = x / D: ∂/∂h of (w·x̃) equals ∂/∂h of (w/D · x)."""
+    P = ol.testing.random_qp(4, 6, 9, 2, dtype=torch.float64, seed=2)
+    Q, q, G, h, A, b = P.data()
+    D = torch.logspace(-3, 3, 6, dtype=torch.float64)
+    w = torch.linspace(-1, 1, 24, dtype=torch.float64).view(4, 6)
+    h1, h2 = h.clone().requires_grad_(), h.clone().requires_grad_()
+    (w / D * ol.solve_qp(Q, q, G, h1, A, b, backend=backend)).sum().backward()
+    (w * ol.solve_qp(D[:, None] * Q * D, q * D, G * D, h2, A * D, b, backend=backend)).sum().backward()
+    assert torch.allclose(h1.grad, h2.grad, rtol=1e-7, atol=1e-9)
+
+
+def test_scaled_lp_and_shared_matrices_keep_their_sharing():
+    """All matrices shared: one column scaling for the batch, the scaled Q, G, A stay shared."""
+    P = ol.testing.random_qp(8, 6, 9, 0, dtype=torch.float64, seed=3, shared=("Q", "G"))
+    D = torch.logspace(-4, 4, 6, dtype=torch.float64)
+    data = canonicalize(D[:, None] * P.Q * D, P.q * D, P.G * D, P.h)
+    plan = scaling.plan(data)
+    assert plan is not None and plan.d is not None and plan.d.shape == (6,)
+    scaled = plan.apply(data)
+    assert scaled.Q.dim() == 2 and scaled.G.dim() == 2
+    x = ol.solve_qp(D[:, None] * P.Q * D, P.q * D, P.G * D, P.h)
+    assert float((x * D - P.x).abs().max()) < 1e-9
+    # an LP (Q = 0) with columns 1e-4 … 1e4 apart
+    L = ol.testing.random_qp(8, 6, 12, 0, dtype=torch.float64, seed=4, lp=True)
+    xl = ol.solve_qp(None, L.q * D, L.G * D, L.h)
+    assert float((xl * D - L.x).abs().max()) < 1e-8 * (1 + float(L.x.abs().max()))

@@ -1,0 +1,156 @@
+"""Scaling of badly scaled dense QPs before the backends see them: variables, then the objective.
+
+The problem  min ½xᵀQx + qᵀx  s.t.  Ax = b, Gx ≤ h  is, for any positive diagonal D and σ > 0,
+the problem in x = D x̃
+
+    min (½x̃ᵀ(DQD)x̃ + (Dq)ᵀx̃)/σ   s.t.   (AD)x̃ = b,  (GD)x̃ ≤ h,
+
+with the same inequality rows, whose multipliers are λ̃ = λ/σ, ν̃ = ν/σ. The interior point is not
+invariant to D and σ: its stopping tests are relative to 1 + (the size of the terms), its initial
+point mixes the objective with the constraints' least squares, and its regularization is relative to
+max(1, |data|). Measured on `random_qp(16, 10, 15, 3)` before this module (both dense backends
+alike): with Q, q multiplied by s, s ≥ 1e4 stalled (MAX_ITER after ~8 iterations) and s = 1e-8
+returned SOLVED with x off by 4e-2; with the variables rescaled by D = logspace(−3, 3), 3 of 16
+problems stalled. (The rows of G and A are already scaled to unit norm by the backends.)
+
+What is done, per problem, on the data's statistics (on CPU computed by the C++ input checks, or by
+``qp_scale_stats`` when they are off):
+- **Columns**, where the spread max_j c_j / min_j c_j of the column scales c_j = max(max_k |Q_kj|,
+  max_r |G_rj| / max|G_r|, max_e |A_ej| / max|A_e|) exceeds ``COLUMN_SPREAD_MAX``: D from
+  ``RUIZ_ITERS`` passes of Ruiz equilibration (D ← D/√c for the scaled data's c).
+- **Objective**, where σ = max(max|Q|, max|q|) (of the column-scaled data) lies outside
+  [``LOW``, ``HIGH``]: Q/σ, q/σ (σ = 1 where it lies inside, or where Q = 0 and q = 0).
+Well-scaled data (every problem inside both limits: the planted problems of ``ol.testing`` and the
+grasp QPs of the examples) is passed on untouched, bit for bit.
+
+Under autograd D and σ are constants: the solution map is invariant to them (x(D, σ-scaled data)
+mapped back does not depend on D or σ), so the derivative through them is exactly zero, and the
+KKT derivative of the scaled problem chained through the scaling is the original one's. Shared
+matrices stay shared when D and σ are one for the whole batch; otherwise the scaled ones are per
+problem (only badly scaled data pays that memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from optlayers._src.qp.problem import QPData
+
+LOW = 1e-2
+HIGH = 1e2
+COLUMN_SPREAD_MAX = 1e4
+RUIZ_ITERS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+    """x = d ∘ x̃ (d: (B, n), (n,) shared, or None) and λ = σ λ̃, ν = σ ν̃ (sigma: (B,) or None)."""
+
+    d: torch.Tensor | None
+    sigma: torch.Tensor | None
+
+    def apply(self, data: QPData) -> QPData:
+        """The scaled data (differentiable in the original tensors; d and σ constant)."""
+        if self.d is not None:
+            data = _scale_columns(data, self.d)
+        if self.sigma is not None:
+            s = self.sigma
+            if bool((s == s[0]).all()):  # one σ for the batch: shared fields stay shared
+                data = dataclasses.replace(data, Q=data.Q / s[0], q=data.q / s[0])
+            else:
+                data = dataclasses.replace(data, Q=data.Q / s.view(-1, 1, 1), q=data.q / s.view(-1, 1))
+        return data
+
+    def unscale(self, x: torch.Tensor, lam: torch.Tensor, nu: torch.Tensor):
+        """The original problem's (x, λ, ν), (B, ·) each, from the scaled one's."""
+        if self.d is not None:
+            x = x * self.d.to(x.dtype)
+        if self.sigma is not None:
+            s = self.sigma.to(lam.dtype).view(-1, 1)
+            lam, nu = lam * s, nu * s
+        return x, lam, nu
+
+
+def plan(data: QPData) -> Scaling | None:
+    """The scaling of ``data`` (see the module docstring), or None if it is well scaled."""
+    if data.B == 0:
+        return None
+    sig_lo, sig_hi, spread = _stats(data)
+    objective_ok = (LOW <= sig_lo or sig_hi == 0) and sig_hi <= HIGH
+    if spread <= COLUMN_SPREAD_MAX and objective_ok:
+        return None
+    d = None
+    if spread > COLUMN_SPREAD_MAX:
+        d = _ruiz(data)
+    work = data if d is None else _scale_columns(data, d)
+    sigma = _objective_scales(work) if (d is not None or not objective_ok) else None
+    if d is None and sigma is None:
+        return None
+    return Scaling(d=d, sigma=sigma)
+
+
+def _stats(data: QPData) -> tuple[float, float, float]:
+    """(min σ_i, max σ_i, max column spread) over the batch: from the input checks' C++ pass, else
+    C++ on CPU, else torch ops."""
+    if data.scale_stats is not None:
+        return data.scale_stats
+    if data.device.type == "cpu":
+        from optlayers._src.native import ops
+
+        if ops.loaded():  # one pass (the torch ops below cost ~50 µs a call on small batches)
+            return ops.scale_stats(data.Q, data.q, data.G, data.A)
+    with torch.no_grad():
+        Q, q, G, A = (t.detach() for t in (data.Q, data.q, data.G, data.A))
+        c = Q.abs().amax(-2)
+        for M in (G, A):
+            if M.shape[-2]:
+                Ma = M.abs()
+                top = Ma.amax(-1, keepdim=True)
+                c = torch.maximum(c, (Ma / torch.where(top > 0, top, torch.ones_like(top))).amax(-2))
+        c = c.expand(data.B, data.n)
+        hi = c.amax(-1)
+        lo = torch.where(c > 0, c, torch.full_like(c, float("inf"))).amin(-1)
+        spread = torch.where(hi > 0, hi / lo, torch.ones_like(hi))
+        sigma = torch.maximum(Q.abs().amax((-2, -1)), q.abs().amax(-1)).expand(data.B)
+        return tuple(torch.stack([sigma.amin(), sigma.amax(), spread.amax()]).tolist())
+
+
+def _scale_columns(data: QPData, d: torch.Tensor) -> QPData:
+    """Q → DQD, q → Dq, G → GD, A → AD (d: (B, n) or shared (n,))."""
+    return dataclasses.replace(
+        data,
+        Q=data.Q * d.unsqueeze(-1) * d.unsqueeze(-2),
+        q=data.q * d,
+        G=data.G * d.unsqueeze(-2),
+        A=data.A * d.unsqueeze(-2),
+    )
+
+
+def _ruiz(data: QPData) -> torch.Tensor:
+    """Column scales d from Ruiz passes on [Q; G; A] with unit-max rows of G and A: shared (n,) when
+    Q, G and A are all shared, else (B, n)."""
+    with torch.no_grad():
+        Q, G, A = (t.detach() for t in (data.Q, data.G, data.A))
+        batched = any(data.is_batched(f) for f in ("Q", "G", "A"))
+        d = torch.ones((data.B, data.n) if batched else (data.n,), dtype=data.dtype, device=data.device)
+        for _ in range(RUIZ_ITERS):
+            c = (Q * d.unsqueeze(-1) * d.unsqueeze(-2)).abs().amax(-2)
+            for M in (G, A):
+                if M.shape[-2]:
+                    Md = (M * d.unsqueeze(-2)).abs()
+                    top = Md.amax(-1, keepdim=True)
+                    c = torch.maximum(c, (Md / torch.where(top > 0, top, torch.ones_like(top))).amax(-2))
+            d = d / torch.where(c > 0, c, torch.ones_like(c)).sqrt()
+        return d
+
+
+def _objective_scales(data: QPData) -> torch.Tensor | None:
+    """Per-problem σ (B,) (1 where inside [LOW, HIGH] or zero), or None if every one is 1."""
+    with torch.no_grad():
+        sigma = torch.maximum(data.Q.detach().abs().amax((-2, -1)), data.q.detach().abs().amax(-1)).expand(data.B)
+        scale = (sigma > HIGH) | ((sigma < LOW) & (sigma > 0))
+        if not bool(scale.any()):
+            return None
+        return torch.where(scale, sigma, torch.ones_like(sigma))
