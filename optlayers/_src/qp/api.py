@@ -137,6 +137,10 @@ def solve_qp(
 
     Gradients with respect to every input come from one solve with the active-set KKT matrix at
     the solution (reverse mode and forward mode); see ``optlayers/_src/qp/backward.py``.
+
+    Badly scaled problems (variables in units far apart, an objective of scale far from 1) are
+    rescaled before the dense backends solve them and the results mapped back, exactly, gradients
+    included; see ``optlayers/_src/qp/scaling.py``.
     """
     options = QPOptions(tol=tol, max_iter=max_iter, polish=polish)
     return _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inputs, options, warm_start)
