@@ -60,6 +60,7 @@ struct WarpGroup {
   OL_HD OL_INLINE int lanes() const { return 32; }
   template <typename T>
   OL_HD OL_INLINE T lane_sum(T v) const { return sum(v); }
+  OL_HD OL_INLINE void lane_sync() const { sync(); }
 };
 
 struct BlockGroup {
@@ -126,6 +127,11 @@ struct BlockGroup {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
 #endif
     return v;
+  }
+  OL_HD OL_INLINE void lane_sync() const {
+#if defined(__CUDA_ARCH__)
+    __syncwarp();
+#endif
   }
 };
 

@@ -12,6 +12,7 @@
 //                           on the GPU, L = 32; 1 for a serial group); L divides size()
 //     lane_sum(v)           all-reduce over this member's lane set only (warp shuffles on the GPU;
 //                           all L members of the set call it, the other sets need not)
+//     lane_sync()           barrier of this member's lane set only (__syncwarp on the GPU; same rule)
 // and every loop is written `for (i = g.rank(); i < N; i += g.size())`, followed by g.sync()
 // before other members read what it wrote. With SerialGroup (size 1) this is plain serial code.
 // Loops over matrix rows whose inner loop runs over a row's entries give each row to one lane set
@@ -119,6 +120,7 @@ struct SerialGroup {
   OL_HD OL_INLINE int lanes() const { return 1; }
   template <typename T>
   OL_HD OL_INLINE T lane_sum(T v) const { return v; }
+  OL_HD OL_INLINE void lane_sync() const {}
 };
 
 // A member's place in the two-level split of its group: lane set `set` of `sets`, lane `lane`
@@ -379,11 +381,26 @@ OL_HD void reduced_forward(const Grp& g, const T* K, int n, int ld, T* r) {
     }
   } else {
     (void)ld;
-    for (int i = 0; i < n; ++i) {  // column i of L, read from its mirror in row i (see cholesky)
-      if (g.rank() == 0) r[i] /= K[i * n + i];
+    // Blocks of one lane set's width: lane set 0 solves the block's triangle with lane barriers
+    // only (a warp's __syncwarp), then the whole group updates the rest of r — two group barriers
+    // a block instead of two a row. Column i of L is read from its mirror in row i (see cholesky).
+    const Lanes ln(g);
+    for (int i0 = 0; i0 < n; i0 += ln.width) {
+      const int i1 = ol_min(n, i0 + ln.width);
+      if (ln.set == 0)
+        for (int i = i0; i < i1; ++i) {
+          if (ln.lane == 0) r[i] /= K[i * n + i];
+          g.lane_sync();
+          const T yi = r[i];
+          for (int k = i + 1 + ln.lane; k < i1; k += ln.width) r[k] -= K[i * n + k] * yi;
+          g.lane_sync();
+        }
       g.sync();
-      const T yi = r[i];
-      for (int k = i + 1 + g.rank(); k < n; k += g.size()) r[k] -= K[i * n + k] * yi;
+      for (int k = i1 + g.rank(); k < n; k += g.size()) {
+        T acc = 0;
+        for (int i = i0; i < i1; ++i) acc += K[i * n + k] * r[i];
+        r[k] -= acc;
+      }
       g.sync();
     }
   }
@@ -402,11 +419,24 @@ OL_HD void reduced_backward(const Grp& g, const T* K, int n, int ld, T* r) {
     }
   } else {
     (void)ld;
-    for (int i = n - 1; i >= 0; --i) {
-      if (g.rank() == 0) r[i] /= K[i * n + i];
+    // Blocks from the bottom, as in reduced_forward; rows of L read left of the diagonal.
+    const Lanes ln(g);
+    for (int i1 = n; i1 > 0; i1 -= ln.width) {
+      const int i0 = ol_max(0, i1 - ln.width);
+      if (ln.set == 0)
+        for (int i = i1 - 1; i >= i0; --i) {
+          if (ln.lane == 0) r[i] /= K[i * n + i];
+          g.lane_sync();
+          const T xi = r[i];
+          for (int k = i0 + ln.lane; k < i; k += ln.width) r[k] -= K[i * n + k] * xi;
+          g.lane_sync();
+        }
       g.sync();
-      const T xi = r[i];
-      for (int k = g.rank(); k < i; k += g.size()) r[k] -= K[i * n + k] * xi;
+      for (int k = g.rank(); k < i0; k += g.size()) {
+        T acc = 0;
+        for (int i = i0; i < i1; ++i) acc += K[i * n + k] * r[i];
+        r[k] -= acc;
+      }
       g.sync();
     }
   }
@@ -670,16 +700,41 @@ OL_HD void lu_solve(const Grp& g, const T* LU, const T* piv, int N, T* r) {
     }
   }
   g.sync();
-  for (int c = 0; c < N; ++c) {  // unit lower
-    const T rc = r[c];
-    for (int i = c + 1 + g.rank(); i < N; i += g.size()) r[i] -= LU[i * N + c] * rc;
+  // Blocks of one lane set's width (as reduced_forward): lane set 0 sweeps the block's triangle with
+  // lane barriers only, then every member updates its rows with the block's segment of the row.
+  const Lanes ln(g);
+  for (int c0 = 0; c0 < N; c0 += ln.width) {  // unit lower
+    const int c1 = ol_min(N, c0 + ln.width);
+    if (ln.set == 0)
+      for (int c = c0; c < c1; ++c) {
+        const T rc = r[c];
+        for (int i = c + 1 + ln.lane; i < c1; i += ln.width) r[i] -= LU[i * N + c] * rc;
+        g.lane_sync();
+      }
+    g.sync();
+    for (int i = c1 + g.rank(); i < N; i += g.size()) {
+      T acc = 0;
+      for (int c = c0; c < c1; ++c) acc += LU[i * N + c] * r[c];
+      r[i] -= acc;
+    }
     g.sync();
   }
-  for (int c = N - 1; c >= 0; --c) {  // upper
-    if (g.rank() == 0) r[c] = LU[c * N + c] != T(0) ? r[c] / LU[c * N + c] : T(0);
+  for (int c1 = N; c1 > 0; c1 -= ln.width) {  // upper, blocks from the bottom
+    const int c0 = ol_max(0, c1 - ln.width);
+    if (ln.set == 0)
+      for (int c = c1 - 1; c >= c0; --c) {
+        if (ln.lane == 0) r[c] = LU[c * N + c] != T(0) ? r[c] / LU[c * N + c] : T(0);
+        g.lane_sync();
+        const T xc = r[c];
+        for (int i = c0 + ln.lane; i < c; i += ln.width) r[i] -= LU[i * N + c] * xc;
+        g.lane_sync();
+      }
     g.sync();
-    const T xc = r[c];
-    for (int i = g.rank(); i < c; i += g.size()) r[i] -= LU[i * N + c] * xc;
+    for (int i = g.rank(); i < c0; i += g.size()) {
+      T acc = 0;
+      for (int c = c0; c < c1; ++c) acc += LU[i * N + c] * r[c];
+      r[i] -= acc;
+    }
     g.sync();
   }
 }

@@ -38,6 +38,8 @@ struct ThreadGroup {
   int size() const { return s; }
   int lanes() const { return l; }
   void sync() const { sh->bar.arrive_and_wait(); }
+  // Barrier of this member's lane set (__syncwarp on the GPU): only the set's members take part.
+  void lane_sync() const { sh->lane_bars[r / l]->arrive_and_wait(); }
   // Sum over this member's lane set (a warp shuffle on the GPU): only the set's members take part.
   template <typename T>
   T lane_sum(T v) const {
