@@ -55,6 +55,20 @@ def _to_input(g: np.ndarray, spec: tuple) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(g)).to(dtype=dtype, device=device)
 
 
+def _factor(state: KKTState, b: int):
+    """Problem b's KKT factorization, or a clear error where the factorization fails (the forward
+    pass then returned OSQP's unpolished point)."""
+    try:
+        return state.factor(b)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"optlayers (OSQP route): the KKT matrix at the solution of batch index {b} could not be "
+            f"factored ({err}); its derivative is not available. Badly scaled data (objective or "
+            "variables many orders of magnitude apart) is the usual cause: rescale it, or use a dense "
+            "backend, which rescales by itself."
+        ) from None
+
+
 def reduced_vjp(state: KKTState, X: np.ndarray, Y: np.ndarray, GX: np.ndarray, GY: np.ndarray):
     """Solve K (u_x, u_𝒜) = (g_x, g_y,𝒜) per solved problem; returns U_x (B, n), U_y (B, m)."""
     B, n = X.shape
@@ -63,7 +77,7 @@ def reduced_vjp(state: KKTState, X: np.ndarray, Y: np.ndarray, GX: np.ndarray, G
     for b in range(B):
         if not state.ok[b]:
             continue  # failed problems get zero gradient
-        f = state.factor(b)
+        f = _factor(state, b)
         act = f.active
         sol = f.solve(np.concatenate([GX[b], GY[b, act]]))
         UX[b] = sol[:n]
@@ -110,7 +124,7 @@ def reduced_jvp(state: KKTState, X, Y, tangents):
     for b in range(B):
         if not state.ok[b]:
             continue
-        f = state.factor(b)
+        f = _factor(state, b)
         act = f.active
         s = state.sign[b, act]
         top = -dqn[b].copy()

@@ -1,0 +1,94 @@
+"""Badly scaled QPs: which layer still returns the right solution? (Not a timing benchmark.)
+
+The same planted problems (``ol.testing.random_qp``, float64, all data batched) in two disguises
+that change nothing about the solution:
+
+- the objective times s (min s·(½xᵀQx + qᵀx)): the solution x is unchanged;
+- the variables in other units, x = D x̃ with D = logspace(−r, r) (Q → DQD, q → Dq, G → GD,
+  A → AD): the solution is x̃ = x / D.
+
+Every installed contestant of ``compare_qp.py`` (``benchmarks/_peers.py``) solves each case; a
+problem counts as right when max |x − x*| ≤ 1e-6 (1 + max |x*|) after mapping back. Printed per cell:
+right/B, and the largest error over the batch ("nan" where the layer returned NaN; "raised" where
+it raised). optlayers rescales such problems before solving (``optlayers/_src/qp/scaling.py``);
+before that, objective × 1e4 and beyond stalled (MAX_ITER) and units 1e-3 … 1e3 apart left 3 of 16
+problems unsolved, in both dense backends.
+
+    python benchmarks/scaling_robustness.py [--only optlayers,moreau] [--B 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _peers  # noqa: E402
+
+import optlayers as ol  # noqa: E402
+
+OBJECTIVE_SCALES = (1e-8, 1e-4, 1e4, 1e8)
+UNIT_SPREADS = (2, 3, 4)
+SLOW = ("cvxpylayers", "osqp")  # minutes per cell at tight settings; --only to include them
+
+
+def cases(B: int, n: int, m: int, p: int):
+    """(label, data (Q, q, G, h, A, b), map x_layer → x of the planted problem, planted x)."""
+    P = ol.testing.random_qp(B, n, m, p, dtype=torch.float64, seed=0)
+    Q, q, G, h, A, b = P.data()
+    yield "as planted", (Q, q, G, h, A, b), (lambda x: x), P.x
+    for s in OBJECTIVE_SCALES:
+        yield f"objective ×{s:g}", (Q * s, q * s, G, h, A, b), (lambda x: x), P.x
+    for r in UNIT_SPREADS:
+        D = torch.logspace(-r, r, n, dtype=torch.float64)
+        data = (D[:, None] * Q * D, q * D, G * D, h, A * D, b)
+        yield f"units 1e-{r}…1e{r}", data, (lambda x, D=D: x * D), P.x
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="comma-separated substrings of contestant names")
+    ap.add_argument("--B", type=int, default=16)
+    ap.add_argument("--size", default="10x15x3", help="n x m x p")
+    args = ap.parse_args()
+    n, m, p = (int(v) for v in args.size.split("x"))
+    contestants, _ = _peers.all_contestants()
+    if args.only:
+        keys = [k.strip() for k in args.only.split(",") if k.strip()]
+        contestants = [c for c in contestants if any(k in c.name for k in keys)]
+    else:
+        contestants = [c for c in contestants if not any(c.name.startswith(s) for s in SLOW)]
+    spec = _peers.Spec(args.B, n, m, p)
+    labels = [c[0] for c in cases(args.B, n, m, p)]
+    print(f"B={args.B}, n={n}, m={m}, p={p}, float64; cell: right/B (largest |x − x*| / (1 + |x*|))")
+    print(f"{'contestant':<18}" + "".join(f"{lab:>22}" for lab in labels))
+    for c in contestants:
+        diag: list[str] = []
+        try:
+            solve = c.prepare(spec, diag)
+        except _peers.Skip as why:
+            print(f"{c.name:<18}  skipped: {why}")
+            continue
+        cells = []
+        for _, data, back, x_star in cases(args.B, n, m, p):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    x = back(solve(*(t.clone() for t in data)).detach().to(torch.float64))
+            except Exception as err:  # noqa: BLE001 - a peer's failure is the result
+                cells.append("raised " + type(err).__name__[:12])
+                continue
+            err = (x - x_star).abs().amax(-1) / (1 + x_star.abs().amax(-1))
+            right = int((err <= 1e-6).sum())
+            worst = float(err.max())
+            cells.append(f"{right}/{args.B} ({'nan' if math.isnan(worst) else f'{worst:.0e}'})")
+        print(f"{c.name:<18}" + "".join(f"{cell:>22}" for cell in cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()

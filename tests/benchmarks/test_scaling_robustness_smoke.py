@@ -1,0 +1,15 @@
+"""Smoke test of benchmarks/scaling_robustness.py: it runs and our dense backend gets every case right."""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_scaling_robustness_runs_and_optlayers_gets_every_case_right():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling_robustness.py"), "--only",
+                           "optlayers-torch", "--B", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("optlayers-torch")]
+    assert row.count("4/4") == 8, row
