@@ -26,6 +26,7 @@ namespace optlayers {
 
 struct WarpGroup {
   static constexpr bool kSerial = false;
+  static constexpr bool kOneLaneSet = true;
   OL_HD OL_INLINE int rank() const {
 #if defined(__CUDA_ARCH__)
     return threadIdx.x & 31;
@@ -65,6 +66,7 @@ struct WarpGroup {
 
 struct BlockGroup {
   static constexpr bool kSerial = false;
+  static constexpr bool kOneLaneSet = false;  // several warps (blockDim.x ≥ 64)
   double* scratch;  // 33 doubles of shared memory
   OL_HD OL_INLINE int rank() const {
 #if defined(__CUDA_ARCH__)

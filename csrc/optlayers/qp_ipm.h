@@ -13,6 +13,8 @@
 //     lane_sum(v)           all-reduce over this member's lane set only (warp shuffles on the GPU;
 //                           all L members of the set call it, the other sets need not)
 //     lane_sync()           barrier of this member's lane set only (__syncwarp on the GPU; same rule)
+//     kOneLaneSet           (static) whether the group is a single lane set (a warp): the Cholesky and
+//                           LU factorizations then keep one member per row (see cholesky)
 // and every loop is written `for (i = g.rank(); i < N; i += g.size())`, followed by g.sync()
 // before other members read what it wrote. With SerialGroup (size 1) this is plain serial code.
 // Loops over matrix rows whose inner loop runs over a row's entries give each row to one lane set
@@ -110,6 +112,7 @@ struct Problem {
 
 struct SerialGroup {
   static constexpr bool kSerial = true;
+  static constexpr bool kOneLaneSet = true;
   OL_HD OL_INLINE int rank() const { return 0; }
   OL_HD OL_INLINE int size() const { return 1; }
   OL_HD OL_INLINE void sync() const {}
@@ -254,6 +257,26 @@ OL_HD bool cholesky(const Grp& g, T* K, int n) {
       const T ljj = ol_sqrt(d);
       for (int i = j + 1; i < n; ++i) K[i * n + j] = (K[i * n + j] - dot_serial(K + i * n, K + j * n, j)) / ljj;
       K[j * n + j] = ljj;
+    }
+    return true;
+  } else if constexpr (Grp::kOneLaneSet) {
+    // One lane set (a warp): left-looking, a row per member, as before the block kernel's rewrite
+    // (a warp's rows are short; the right-looking update below would serialize its rows), plus
+    // the mirror that the triangular solves read.
+    for (int j = 0; j < n; ++j) {
+      T part = 0;
+      for (int k = g.rank(); k < j; k += g.size()) part += K[j * n + k] * K[j * n + k];
+      const T d = K[j * n + j] - g.sum(part);
+      if (!(d > T(0))) return false;
+      const T ljj = ol_sqrt(d);
+      g.sync();
+      for (int i = j + 1 + g.rank(); i < n; i += g.size()) {
+        const T v = (K[i * n + j] - dot_serial(K + i * n, K + j * n, j)) / ljj;
+        K[i * n + j] = v;
+        K[j * n + i] = v;
+      }
+      if (g.rank() == 0) K[j * n + j] = ljj;
+      g.sync();
     }
     return true;
   } else {
@@ -661,6 +684,19 @@ OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act
     g.sync();
     const T pivot = M[c * N + c];
     const T inv = pivot != T(0) ? T(1) / pivot : T(0);
+    if constexpr (Grp::kOneLaneSet) {  // one lane set (a warp): a row per member, as before (see cholesky)
+      for (int r = c + 1 + g.rank(); r < N; r += g.size()) {
+        const T f = M[r * N + c] * inv;
+        M[r * N + c] = f;
+        if (f != T(0)) {
+          T* Mr = M + r * N;
+          const T* Mc = M + c * N;
+          for (int j = c + 1; j < N; ++j) Mr[j] -= f * Mc[j];
+        }
+      }
+      g.sync();
+      continue;
+    }
     for (int r = c + 1 + g.rank(); r < N; r += g.size()) M[r * N + c] *= inv;
     g.sync();
     // Trailing update: row r to a lane set, its entries to the set's lanes (consecutive addresses

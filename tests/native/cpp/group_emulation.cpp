@@ -30,8 +30,11 @@ struct Shared {
   std::vector<std::unique_ptr<std::barrier<>>> lane_bars;
 };
 
+// kOne: one lane set (S = L, a warp's code paths), else several (a block's).
+template <bool kOne>
 struct ThreadGroup {
   static constexpr bool kSerial = false;
+  static constexpr bool kOneLaneSet = kOne;
   Shared* sh;
   int r, s, l;
   int rank() const { return r; }
@@ -136,8 +139,14 @@ int main_t(FILE* f, int S, int L, bool k_shared) {
         std::vector<std::thread> lanes;
         for (int r = 0; r < S; ++r)
           lanes.emplace_back([&, r] {
-            run(ThreadGroup{&sh, r, S, L}, dat, set, work.data(), k_shared ? kshared.data() : nullptr, x.data(),
-                lam.data(), nu.data(), &st, &it, grads.data(), gx.data());
+            auto go = [&](auto grp) {
+              run(grp, dat, set, work.data(), k_shared ? kshared.data() : nullptr, x.data(), lam.data(), nu.data(),
+                  &st, &it, grads.data(), gx.data());
+            };
+            if (S == L)
+              go(ThreadGroup<true>{&sh, r, S, L});
+            else
+              go(ThreadGroup<false>{&sh, r, S, L});
           });
         for (auto& l : lanes) l.join();
       }
