@@ -647,6 +647,8 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
       const T* v = ins[k].data_ptr<T>();
       const int64_t len = ins[k].numel();
       T acc = 0;  // Σ 0·v is 0 for finite data and NaN as soon as one entry is NaN or ±Inf
+      // (any summation order gives the same verdict: SIMD partial sums, not one add chain)
+      OL_SIMD_SUM(acc)
       for (int64_t e = 0; e < len; ++e) acc += v[e] * T(0);
       po[k] = (acc == acc) ? 0.0 : 1.0;
     }
