@@ -6,6 +6,11 @@
 # Works without installing the package (PYTHONPATH=repo root; no network, no pip). qpth, if
 # carried (a copy of the package under .whl/qpth), is benchmarked on the same GPU; its import of
 # cvxpy (unused by its PDIPM solver) is satisfied by an empty stub in the benchmark processes only.
+# A first run that fits the lent machine's 600 s per command (the ninth session's suggestion: the
+# block kernel's rewrite and the small kernel's repair were never run on a GPU; the tests and the
+# bench's n = 100 rows check them, the variants the small kernel's schedules):
+#   OUT=$OUT GPU_CHECK_VARIANTS_S=100 GPU_CHECK_TORCH_KKT=0 GPU_CHECK_PROFILE=0 GPU_CHECK_WARM=0 \
+#     GPU_CHECK_TESTS_S=150 GPU_BENCH_BUDGET_S=110 GPU_BENCH_S=160 GPU_CHECK_GRASP_S=80 bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
