@@ -62,6 +62,17 @@ struct WarpGroup {
   template <typename T>
   OL_HD OL_INLINE T lane_sum(T v) const { return sum(v); }
   OL_HD OL_INLINE void lane_sync() const { sync(); }
+  template <typename T>
+  OL_HD OL_INLINE int argmax(T v, int i) const {
+#if defined(__CUDA_ARCH__)
+    for (int o = 16; o > 0; o >>= 1) {
+      const T w = __shfl_xor_sync(0xffffffffu, v, o);
+      const int j = __shfl_xor_sync(0xffffffffu, i, o);
+      if (argmax_better(w, j, v, i)) { v = w; i = j; }
+    }
+#endif
+    return i;
+  }
 };
 
 struct BlockGroup {
@@ -134,6 +145,37 @@ struct BlockGroup {
 #if defined(__CUDA_ARCH__)
     __syncwarp();
 #endif
+  }
+  // The warps' winners go through scratch[warp] (value) and scratch[16 + warp] (index): ≤ 16 warps.
+  template <typename T>
+  OL_HD OL_INLINE int argmax(T v, int i) const {
+#if defined(__CUDA_ARCH__)
+    for (int o = 16; o > 0; o >>= 1) {
+      const T w = __shfl_xor_sync(0xffffffffu, v, o);
+      const int j = __shfl_xor_sync(0xffffffffu, i, o);
+      if (argmax_better(w, j, v, i)) { v = w; i = j; }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) {
+      scratch[warp] = double(v);
+      scratch[16 + warp] = double(i);
+    }
+    __syncthreads();
+    if (warp == 0) {
+      T r = lane < warps ? T(scratch[lane]) : T(-1);
+      int k = lane < warps ? int(scratch[16 + lane]) : 0x7fffffff;
+      for (int o = 16; o > 0; o >>= 1) {
+        const T w = __shfl_xor_sync(0xffffffffu, r, o);
+        const int j = __shfl_xor_sync(0xffffffffu, k, o);
+        if (argmax_better(w, j, r, k)) { r = w; k = j; }
+      }
+      if (lane == 0) scratch[32] = double(k);
+    }
+    __syncthreads();
+    i = int(scratch[32]);
+#endif
+    return i;
   }
 };
 

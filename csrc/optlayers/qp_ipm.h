@@ -13,6 +13,7 @@
 //     lane_sum(v)           all-reduce over this member's lane set only (warp shuffles on the GPU;
 //                           all L members of the set call it, the other sets need not)
 //     lane_sync()           barrier of this member's lane set only (__syncwarp on the GPU; same rule)
+//     argmax(v, i)          all-reduce of (v, i) pairs: the i of the largest v, the smallest i among ties
 //     kOneLaneSet           (static) whether the group is a single lane set (a warp): the Cholesky and
 //                           LU factorizations then keep one member per row (see cholesky)
 // and every loop is written `for (i = g.rank(); i < N; i += g.size())`, followed by g.sync()
@@ -124,7 +125,13 @@ struct SerialGroup {
   template <typename T>
   OL_HD OL_INLINE T lane_sum(T v) const { return v; }
   OL_HD OL_INLINE void lane_sync() const {}
+  template <typename T>
+  OL_HD OL_INLINE int argmax(T, int i) const { return i; }
 };
+
+// The (v, i) pair that argmax keeps of two: larger v, then smaller i.
+template <typename T>
+OL_HD OL_INLINE bool argmax_better(T w, int j, T v, int i) { return w > v || (w == v && j < i); }
 
 // A member's place in the two-level split of its group: lane set `set` of `sets`, lane `lane`
 // of `width`. Rows go to sets (`for (r = set; r < rows; r += sets)`), a row's entries to lanes.
@@ -662,8 +669,8 @@ OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act
   g.sync();
   const Lanes ln(g);
   // LU with partial pivoting (Doolittle, right-looking). The pivot search and the row swap are
-  // spread over the group: the first row of largest |M[r][c]| (the serial rule), found by a max
-  // of the values and then a max of −(row index) among the members holding that value.
+  // spread over the group: the first row of largest |M[r][c]| (the serial rule), found by one
+  // all-reduce of (value, row) pairs.
   for (int c = 0; c < N; ++c) {
     T part_v = T(-1);
     int part_i = N;
@@ -671,8 +678,7 @@ OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act
       const T v = ol_abs(M[int64_t(r) * N + c]);
       if (v > part_v) { part_v = v; part_i = r; }
     }
-    const T bv = g.max(part_v);
-    int best = int(-g.max(part_v == bv ? -T(part_i) : -T(N)));
+    int best = g.argmax(part_v, part_i);
     if (best >= N) best = c;  // no comparable entry (NaN column): no swap, as the serial search
     if (g.rank() == 0) w.piv[c] = T(best);
     if (best != c)
@@ -697,16 +703,18 @@ OL_HD void kkt_assemble_factor(const Grp& g, const Problem<T>& d, const int* act
       g.sync();
       continue;
     }
-    for (int r = c + 1 + g.rank(); r < N; r += g.size()) M[r * N + c] *= inv;
-    g.sync();
     // Trailing update: row r to a lane set, its entries to the set's lanes (consecutive addresses
-    // on consecutive lanes; one thread per row strided a warp's accesses by N).
+    // on consecutive lanes; one thread per row strided a warp's accesses by N). Each set scales
+    // its own rows' multipliers (after a lane barrier: every lane has read the old value), so no
+    // group barrier separates scaling and update.
     const T* Mc = M + c * N;
     for (int r = c + 1 + ln.set; r < N; r += ln.sets) {
       T* Mr = M + r * N;
-      const T f = Mr[c];
+      const T f = Mr[c] * inv;
       if (f != T(0))
         for (int j = c + 1 + ln.lane; j < N; j += ln.width) Mr[j] -= f * Mc[j];
+      g.lane_sync();
+      if (ln.lane == 0) Mr[c] = f;
     }
     g.sync();
   }

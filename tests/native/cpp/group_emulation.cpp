@@ -26,7 +26,7 @@ struct Shared {
     for (auto& b : lane_bars) b = std::make_unique<std::barrier<>>(lanes);
   }
   std::barrier<> bar;
-  std::vector<double> slots, lane_slots;
+  std::vector<double> slots, lane_slots, index_slots = std::vector<double>(1024);
   std::vector<std::unique_ptr<std::barrier<>>> lane_bars;
 };
 
@@ -41,6 +41,22 @@ struct ThreadGroup {
   int size() const { return s; }
   int lanes() const { return l; }
   void sync() const { sh->bar.arrive_and_wait(); }
+  // (v, i) with the largest v, the smallest i among ties, over the whole group.
+  template <typename T>
+  int argmax(T v, int i) const {
+    sh->slots[r] = double(v);
+    sh->index_slots[r] = double(i);
+    sync();
+    double bv = sh->slots[0];
+    int bi = int(sh->index_slots[0]);
+    for (int k = 1; k < s; ++k)
+      if (optlayers::argmax_better(sh->slots[k], int(sh->index_slots[k]), bv, bi)) {
+        bv = sh->slots[k];
+        bi = int(sh->index_slots[k]);
+      }
+    sync();
+    return bi;
+  }
   // Barrier of this member's lane set (__syncwarp on the GPU): only the set's members take part.
   void lane_sync() const { sh->lane_bars[r / l]->arrive_and_wait(); }
   // Sum over this member's lane set (a warp shuffle on the GPU): only the set's members take part.
