@@ -143,3 +143,25 @@ def test_scaled_lp_and_shared_matrices_keep_their_sharing():
     L = ol.testing.random_qp(8, 6, 12, 0, dtype=torch.float64, seed=4, lp=True)
     xl = ol.solve_qp(None, L.q * D, L.G * D, L.h)
     assert float((xl * D - L.x).abs().max()) < 1e-8 * (1 + float(L.x.abs().max()))
+
+
+@pytest.mark.parametrize("shared", [(), ("G",), ("Q", "G", "A")], ids=["batched", "G", "QGA"])
+def test_statistics_of_the_cpp_pass_and_of_torch_agree(shared, monkeypatch):
+    """CPU (C++ pass) and CUDA (torch ops) must take the same decisions: same statistics."""
+    import dataclasses
+
+    from optlayers._src.native import ops
+    from optlayers._src.native.backend import native_status
+
+    ok, why = native_status()
+    if not ok:
+        pytest.skip(why)
+    P = ol.testing.random_qp(6, 7, 9, 2, dtype=torch.float64, seed=3, shared=shared)
+    D = torch.logspace(-3, 3, 7, dtype=torch.float64)
+    data = canonicalize(D[:, None] * P.Q * D, P.q * D * 5, P.G * D, P.h, P.A * D, P.b)
+    assert data.scale_stats is not None  # from the input check's C++ pass
+    cpp = ops.scale_stats(data.Q, data.q, data.G, data.A)
+    assert cpp == pytest.approx(data.scale_stats, rel=1e-12)
+    monkeypatch.setattr(ops, "loaded", lambda: False)
+    torch_stats = scaling._stats(dataclasses.replace(data, scale_stats=None))
+    assert torch_stats == pytest.approx(cpp, rel=1e-12)

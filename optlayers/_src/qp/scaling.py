@@ -101,19 +101,23 @@ def _stats(data: QPData) -> tuple[float, float, float]:
 
         if ops.loaded():  # one pass (the torch ops below cost ~50 µs a call on small batches)
             return ops.scale_stats(data.Q, data.q, data.G, data.A)
+    # (∞-norm reductions take |·| on the fly: one temporary of G's size, for its row scaling — on
+    # B=10,000, n=100, m=200 that is 1.6 GB, as large as G itself.)
+    inf = float("inf")
     with torch.no_grad():
         Q, q, G, A = (t.detach() for t in (data.Q, data.q, data.G, data.A))
-        c = Q.abs().amax(-2)
+        c = torch.linalg.vector_norm(Q, inf, dim=-2)
+        tiny = torch.finfo(Q.dtype).tiny
         for M in (G, A):
             if M.shape[-2]:
-                Ma = M.abs()
-                top = Ma.amax(-1, keepdim=True)
-                c = torch.maximum(c, (Ma / torch.where(top > 0, top, torch.ones_like(top))).amax(-2))
+                top = torch.linalg.vector_norm(M, inf, dim=-1, keepdim=True).clamp_min_(tiny)
+                c = torch.maximum(c, torch.linalg.vector_norm(M / top, inf, dim=-2))
         c = c.expand(data.B, data.n)
         hi = c.amax(-1)
-        lo = torch.where(c > 0, c, torch.full_like(c, float("inf"))).amin(-1)
+        lo = torch.where(c > 0, c, torch.full_like(c, inf)).amin(-1)
         spread = torch.where(hi > 0, hi / lo, torch.ones_like(hi))
-        sigma = torch.maximum(Q.abs().amax((-2, -1)), q.abs().amax(-1)).expand(data.B)
+        sigma = torch.maximum(torch.linalg.vector_norm(Q, inf, dim=(-2, -1)), torch.linalg.vector_norm(q, inf, dim=-1))
+        sigma = sigma.expand(data.B)
         return tuple(torch.stack([sigma.amin(), sigma.amax(), spread.amax()]).tolist())
 
 
