@@ -38,9 +38,11 @@
 #if defined(__CUDACC__)
 #define OL_HD __host__ __device__
 #define OL_INLINE __forceinline__
+#define OL_NOINLINE __noinline__
 #else
 #define OL_HD
 #define OL_INLINE inline
+#define OL_NOINLINE
 #endif
 
 // Vectorize floating-point sum reductions on the host without -ffast-math (OpenMP SIMD).
@@ -248,6 +250,69 @@ struct HostVec {
 // ----------------------------------------------------------------------------------------------
 // Small dense kernels (group-cooperative).
 
+// `cholesky` for several lane sets (a block), not inlined: the interior point's kernel then keeps its
+// register allocation (inlined, this panel loop raised the block kernel's spill stores from 32 to
+// 668 bytes, `ptxas -v`).
+template <typename T, typename Grp>
+OL_HD OL_NOINLINE bool cholesky_panels(const Grp& g, T* K, int n) {
+  // Several lane sets (a block): right-looking by panels of kPanel columns, 3 group barriers a
+  // panel instead of 2 a column — (a) lane set 0 factors the panel's diagonal block (lane
+  // barriers only), (b) every member solves its rows' panel entries against it, (c) the rank-kPanel
+  // trailing update, a row per lane set and its entries to the lanes.
+  constexpr int kPanel = 8;
+  const Lanes ln(g);
+  for (int j0 = 0; j0 < n; j0 += kPanel) {
+    const int j1 = ol_min(n, j0 + kPanel);
+    if (ln.set == 0) {  // (a) left-looking inside the block; a failed pivot is left as d ≤ 0 (or NaN)
+      for (int j = j0; j < j1; ++j) {
+        T part = 0;
+        for (int k = j0 + ln.lane; k < j; k += ln.width) part += K[j * n + k] * K[j * n + k];
+        const T d = K[j * n + j] - g.lane_sum(part);
+        g.lane_sync();  // every lane has read K[j][j] (and the block row j)
+        if (!(d > T(0))) {
+          if (ln.lane == 0) K[j * n + j] = d;
+          break;  // uniform over the lane set: d is the same on every lane
+        }
+        const T ljj = ol_sqrt(d);
+        for (int i = j + 1 + ln.lane; i < j1; i += ln.width) {
+          const T v = (K[i * n + j] - dot_serial(K + i * n + j0, K + j * n + j0, j - j0)) / ljj;
+          K[i * n + j] = v;
+          K[j * n + i] = v;  // the mirror: row j, upper part
+        }
+        if (ln.lane == 0) K[j * n + j] = ljj;
+        g.lane_sync();
+      }
+    }
+    g.sync();
+    for (int j = j0; j < j1; ++j)  // the same verdict on every member
+      if (!(K[j * n + j] > T(0))) return false;
+    // (b) rows below the block: L[i][j0:j1] by forward substitution with the block's L.
+    for (int i = j1 + g.rank(); i < n; i += g.size()) {
+      T* Ki = K + i * n;
+      for (int j = j0; j < j1; ++j) {
+        const T v = (Ki[j] - dot_serial(Ki + j0, K + j * n + j0, j - j0)) / K[j * n + j];
+        Ki[j] = v;
+        K[j * n + i] = v;
+      }
+    }
+    g.sync();
+    // (c) K[i][k] −= Σ_{j in panel} L[i][j] L[k][j] for j1 ≤ k ≤ i (L[k][j] from the mirror rows).
+    const int w = j1 - j0;
+    for (int i = j1 + ln.set; i < n; i += ln.sets) {
+      T li[kPanel];
+      for (int b = 0; b < kPanel; ++b) li[b] = b < w ? K[i * n + j0 + b] : T(0);
+      T* Ki = K + i * n;
+      for (int k = j1 + ln.lane; k <= i; k += ln.width) {
+        T acc = 0;
+        for (int b = 0; b < kPanel; ++b) acc += b < w ? li[b] * K[(j0 + b) * n + k] : T(0);
+        Ki[k] -= acc;
+      }
+    }
+    g.sync();
+  }
+  return true;
+}
+
 // In-place lower Cholesky of the n×n matrix K (row-major; upper part ignored on input). Returns
 // false if a pivot is not positive. Serial: left-looking, contiguous dots. Thread groups:
 // right-looking, and each column of L is also written, transposed, into the upper triangle
@@ -287,30 +352,7 @@ OL_HD bool cholesky(const Grp& g, T* K, int n) {
     }
     return true;
   } else {
-    const Lanes ln(g);
-    for (int j = 0; j < n; ++j) {
-      // K[j][j] is final here (the last trailing update was followed by a sync), so every member
-      // reads the same pivot and they all return together.
-      const T djj = K[j * n + j];
-      if (!(djj > T(0))) return false;
-      const T ljj = ol_sqrt(djj), inv = T(1) / ljj;
-      T* Kj = K + j * n;
-      for (int i = j + 1 + g.rank(); i < n; i += g.size()) {
-        const T v = K[i * n + j] * inv;
-        K[i * n + j] = v;
-        Kj[i] = v;  // the mirror: row j, upper part
-      }
-      g.sync();
-      if (g.rank() == 0) Kj[j] = ljj;  // not read again in this step
-      // Trailing update K[i][k] −= L[i][j] L[k][j] for j < k ≤ i: row i to a lane set, k to its lanes.
-      for (int i = j + 1 + ln.set; i < n; i += ln.sets) {
-        const T lij = Kj[i];
-        T* Ki = K + i * n;
-        for (int k = j + 1 + ln.lane; k <= i; k += ln.width) Ki[k] -= lij * Kj[k];
-      }
-      g.sync();
-    }
-    return true;
+    return cholesky_panels(g, K, n);
   }
 }
 

@@ -39,10 +39,8 @@
 
 #if defined(__CUDACC__)
 #define OL_UNROLL _Pragma("unroll")
-#define OL_NOINLINE __noinline__
 #else
 #define OL_UNROLL
-#define OL_NOINLINE
 #endif
 
 namespace optlayers {

@@ -166,3 +166,25 @@ def test_group_path_has_no_data_races(tmp_path, lanes, width, k_shared, f32):
                          capture_output=True, text=True,
                          timeout=600, env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
     assert "ThreadSanitizer" not in run.stderr and run.returncode == 0, run.stderr[-3000:]
+
+
+def test_group_cholesky_matches_serial_and_fails_uniformly(tmp_path):
+    """The groups' Cholesky variants (a warp's, a block's panels): same factor as the serial one, L
+    mirrored above the diagonal, and an indefinite pivot — in the first panel, inside one, past the
+    first — reported by every member alike (a member returning alone would deadlock a block)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "group_cholesky"
+    out = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", f"-I{CSRC}", str(HERE / "cpp" / "group_cholesky.cpp"),
+                          "-o", str(exe)], capture_output=True, text=True)
+    if out.returncode != 0 and ("barrier" in out.stderr or "c++20" in out.stderr):
+        pytest.skip("compiler without C++20 <barrier>")
+    assert out.returncode == 0, out.stderr
+    lines = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120, check=True).stdout.split("\n")
+    rows = [ln.split() for ln in lines if ln.strip()]
+    assert len(rows) == 3 * 21
+    for n, bad, S, L, ser, grp, uniform, diff, mirror in rows:
+        assert uniform == "1", (n, bad, S, L)
+        assert ser == grp == ("1" if bad == "-1" else "0"), (n, bad, S, L, ser, grp)
+        assert float(diff) < 1e-12 and float(mirror) == 0.0, (n, bad, S, L, diff, mirror)
