@@ -314,12 +314,12 @@ OL_HD OL_NOINLINE bool cholesky_panels(const Grp& g, T* K, int n) {
 }
 
 // In-place lower Cholesky of the n×n matrix K (row-major; upper part ignored on input). Returns
-// false if a pivot is not positive. Serial: left-looking, contiguous dots. Thread groups:
-// right-looking, and each column of L is also written, transposed, into the upper triangle
-// (K[j][i] = L[i][j] for i > j), so that the trailing update and the triangular solves read rows,
-// consecutive entries on consecutive lanes (a column of the row-major K is a strided read: a
-// shared-memory bank conflict or one memory sector per lane). A failed factorization leaves K
-// overwritten (callers rebuild it).
+// false if a pivot is not positive. Serial: left-looking, contiguous dots. Thread groups: a warp
+// left-looking with a row per lane, a block by panels (cholesky_panels above); both also write
+// each column of L, transposed, into the upper triangle (K[j][i] = L[i][j] for i > j), so that the
+// trailing update and the triangular solves read rows, consecutive entries on consecutive lanes
+// (a column of the row-major K is a strided read: a shared-memory bank conflict or one memory
+// sector per lane). A failed factorization leaves K overwritten (callers rebuild it).
 template <typename T, typename Grp>
 OL_HD bool cholesky(const Grp& g, T* K, int n) {
   if constexpr (Grp::kSerial) {
@@ -333,8 +333,8 @@ OL_HD bool cholesky(const Grp& g, T* K, int n) {
     return true;
   } else if constexpr (Grp::kOneLaneSet) {
     // One lane set (a warp): left-looking, a row per member, as before the block kernel's rewrite
-    // (a warp's rows are short; the right-looking update below would serialize its rows), plus
-    // the mirror that the triangular solves read.
+    // (cholesky_panels' row-per-lane-set update would serialize a warp's rows), plus the mirror
+    // that the triangular solves read.
     for (int j = 0; j < n; ++j) {
       T part = 0;
       for (int k = g.rank(); k < j; k += g.size()) part += K[j * n + k] * K[j * n + k];
