@@ -24,6 +24,30 @@
 
 namespace optlayers {
 
+// Butterfly all-reduces over one warp (every lane gets the result): sum or max, and the (v, i) pair
+// of argmax (qp_ipm.h: argmax_better). Device code only; the host pass of nvcc compiles them empty.
+template <typename T, bool kMax>
+OL_HD OL_INLINE T warp_reduce(T v) {
+#if defined(__CUDA_ARCH__)
+  for (int o = 16; o > 0; o >>= 1) {
+    const T w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? (w > v ? w : v) : v + w;
+  }
+#endif
+  return v;
+}
+
+template <typename T>
+OL_HD OL_INLINE void warp_argmax(T& v, int& i) {
+#if defined(__CUDA_ARCH__)
+  for (int o = 16; o > 0; o >>= 1) {
+    const T w = __shfl_xor_sync(0xffffffffu, v, o);
+    const int j = __shfl_xor_sync(0xffffffffu, i, o);
+    if (argmax_better(w, j, v, i)) { v = w; i = j; }
+  }
+#endif
+}
+
 struct WarpGroup {
   static constexpr bool kSerial = false;
   static constexpr bool kOneLaneSet = true;
@@ -41,22 +65,9 @@ struct WarpGroup {
 #endif
   }
   template <typename T>
-  OL_HD OL_INLINE T sum(T v) const {
-#if defined(__CUDA_ARCH__)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-#endif
-    return v;
-  }
+  OL_HD OL_INLINE T sum(T v) const { return warp_reduce<T, false>(v); }
   template <typename T>
-  OL_HD OL_INLINE T max(T v) const {
-#if defined(__CUDA_ARCH__)
-    for (int o = 16; o > 0; o >>= 1) {
-      const T w = __shfl_xor_sync(0xffffffffu, v, o);
-      v = w > v ? w : v;
-    }
-#endif
-    return v;
-  }
+  OL_HD OL_INLINE T max(T v) const { return warp_reduce<T, true>(v); }
   // One lane set: the warp.
   OL_HD OL_INLINE int lanes() const { return 32; }
   template <typename T>
@@ -64,13 +75,7 @@ struct WarpGroup {
   OL_HD OL_INLINE void lane_sync() const { sync(); }
   template <typename T>
   OL_HD OL_INLINE int argmax(T v, int i) const {
-#if defined(__CUDA_ARCH__)
-    for (int o = 16; o > 0; o >>= 1) {
-      const T w = __shfl_xor_sync(0xffffffffu, v, o);
-      const int j = __shfl_xor_sync(0xffffffffu, i, o);
-      if (argmax_better(w, j, v, i)) { v = w; i = j; }
-    }
-#endif
+    warp_argmax(v, i);
     return i;
   }
 };
@@ -98,23 +103,17 @@ struct BlockGroup {
     __syncthreads();
 #endif
   }
+  // Each warp reduces, its lane 0 posts the result in scratch, warp 0 reduces those.
   template <typename T, bool kMax>
   OL_HD OL_INLINE T reduce(T v) const {
 #if defined(__CUDA_ARCH__)
-    for (int o = 16; o > 0; o >>= 1) {
-      const T w = __shfl_xor_sync(0xffffffffu, v, o);
-      v = kMax ? (w > v ? w : v) : v + w;
-    }
+    v = warp_reduce<T, kMax>(v);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
     __syncthreads();
     if (lane == 0) scratch[warp] = double(v);
     __syncthreads();
     if (warp == 0) {
-      T r = lane < warps ? T(scratch[lane]) : (kMax ? -ol_inf<T>() : T(0));
-      for (int o = 16; o > 0; o >>= 1) {
-        const T w = __shfl_xor_sync(0xffffffffu, r, o);
-        r = kMax ? (w > r ? w : r) : r + w;
-      }
+      const T r = warp_reduce<T, kMax>(lane < warps ? T(scratch[lane]) : (kMax ? -ol_inf<T>() : T(0)));
       if (lane == 0) scratch[32] = double(r);
     }
     __syncthreads();
@@ -135,26 +134,17 @@ struct BlockGroup {
 #endif
   }
   template <typename T>
-  OL_HD OL_INLINE T lane_sum(T v) const {
-#if defined(__CUDA_ARCH__)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-#endif
-    return v;
-  }
+  OL_HD OL_INLINE T lane_sum(T v) const { return warp_reduce<T, false>(v); }
   OL_HD OL_INLINE void lane_sync() const {
 #if defined(__CUDA_ARCH__)
     __syncwarp();
 #endif
   }
-  // The warps' winners go through scratch[warp] (value) and scratch[16 + warp] (index): ≤ 16 warps.
+  // As reduce, with (value, index) pairs: scratch[warp] and scratch[16 + warp] (≤ 16 warps).
   template <typename T>
   OL_HD OL_INLINE int argmax(T v, int i) const {
 #if defined(__CUDA_ARCH__)
-    for (int o = 16; o > 0; o >>= 1) {
-      const T w = __shfl_xor_sync(0xffffffffu, v, o);
-      const int j = __shfl_xor_sync(0xffffffffu, i, o);
-      if (argmax_better(w, j, v, i)) { v = w; i = j; }
-    }
+    warp_argmax(v, i);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
     __syncthreads();
     if (lane == 0) {
@@ -165,11 +155,7 @@ struct BlockGroup {
     if (warp == 0) {
       T r = lane < warps ? T(scratch[lane]) : T(-1);
       int k = lane < warps ? int(scratch[16 + lane]) : 0x7fffffff;
-      for (int o = 16; o > 0; o >>= 1) {
-        const T w = __shfl_xor_sync(0xffffffffu, r, o);
-        const int j = __shfl_xor_sync(0xffffffffu, k, o);
-        if (argmax_better(w, j, r, k)) { r = w; k = j; }
-      }
+      warp_argmax(r, k);
       if (lane == 0) scratch[32] = double(k);
     }
     __syncthreads();

@@ -788,6 +788,8 @@ OL_HD void lu_solve(const Grp& g, const T* LU, const T* piv, int N, T* r) {
   g.sync();
   // Blocks of one lane set's width (as reduced_forward): lane set 0 sweeps the block's triangle with
   // lane barriers only, then every member updates its rows with the block's segment of the row.
+  // (The sweeps of reduced_forward/backward written out again: one template for all four, with
+  // the matrix access as a lambda, raised the block kernel's ptxas spill stores from 44 to 512 B.)
   const Lanes ln(g);
   for (int c0 = 0; c0 < N; c0 += ln.width) {  // unit lower
     const int c1 = ol_min(N, c0 + ln.width);
