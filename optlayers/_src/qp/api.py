@@ -164,8 +164,6 @@ def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inpu
         data = scaled.apply(data)
     be = backends.select(backend, data)
     guess = None if warm_start is None else warm.guess_of(warm_start, data, strict=warm_strict)
-    if data.B == 0:
-        guess = None  # an empty batch: the cold path returns its empty outputs
     # (A duck-typed test: isinstance against the runtime-checkable Protocol costs ~50 µs a call.)
     if guess is not None:
         with torch.no_grad():

@@ -101,24 +101,27 @@ def _stats(data: QPData) -> tuple[float, float, float]:
 
         if ops.loaded():  # one pass (the torch ops below cost ~50 µs a call on small batches)
             return ops.scale_stats(data.Q, data.q, data.G, data.A)
-    # (∞-norm reductions take |·| on the fly: one temporary of G's size, for its row scaling — on
-    # B=10,000, n=100, m=200 that is 1.6 GB, as large as G itself.)
-    inf = float("inf")
     with torch.no_grad():
-        Q, q, G, A = (t.detach() for t in (data.Q, data.q, data.G, data.A))
-        c = torch.linalg.vector_norm(Q, inf, dim=-2)
-        tiny = torch.finfo(Q.dtype).tiny
-        for M in (G, A):
-            if M.shape[-2]:
-                top = torch.linalg.vector_norm(M, inf, dim=-1, keepdim=True).clamp_min_(tiny)
-                c = torch.maximum(c, torch.linalg.vector_norm(M / top, inf, dim=-2))
-        c = c.expand(data.B, data.n)
+        c = _column_scales(data.Q.detach(), data.G.detach(), data.A.detach()).expand(data.B, data.n)
         hi = c.amax(-1)
-        lo = torch.where(c > 0, c, torch.full_like(c, inf)).amin(-1)
+        lo = torch.where(c > 0, c, torch.full_like(c, float("inf"))).amin(-1)
         spread = torch.where(hi > 0, hi / lo, torch.ones_like(hi))
-        sigma = torch.maximum(torch.linalg.vector_norm(Q, inf, dim=(-2, -1)), torch.linalg.vector_norm(q, inf, dim=-1))
-        sigma = sigma.expand(data.B)
+        sigma = _sigma(data)
         return tuple(torch.stack([sigma.amin(), sigma.amax(), spread.amax()]).tolist())
+
+
+def _column_scales(Q: torch.Tensor, G: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """c_j = max(max_k |Q_kj|, max_r |G_rj| / max|G_r|, max_e |A_ej| / max|A_e|), shape (B, n) or (n,)
+    (what ``qp_scale_stats`` computes in C++). The ∞-norm reductions take |·| on the fly: one
+    temporary of G's size, for its row scaling (1.6 GB at B=10,000, n=100, m=200 — G's own size)."""
+    inf = float("inf")
+    c = torch.linalg.vector_norm(Q, inf, dim=-2)
+    tiny = torch.finfo(Q.dtype).tiny
+    for M in (G, A):
+        if M.shape[-2]:
+            top = torch.linalg.vector_norm(M, inf, dim=-1, keepdim=True).clamp_min_(tiny)
+            c = torch.maximum(c, torch.linalg.vector_norm(M / top, inf, dim=-2))
+    return c
 
 
 def _scale_columns(data: QPData, d: torch.Tensor) -> QPData:
@@ -133,19 +136,15 @@ def _scale_columns(data: QPData, d: torch.Tensor) -> QPData:
 
 
 def _ruiz(data: QPData) -> torch.Tensor:
-    """Column scales d from Ruiz passes on [Q; G; A] with unit-max rows of G and A: shared (n,) when
-    Q, G and A are all shared, else (B, n)."""
+    """Column scales d from Ruiz passes (d ← d / √c of the column-scaled data): shared (n,) when Q, G
+    and A are all shared, else (B, n)."""
     with torch.no_grad():
-        Q, G, A = (t.detach() for t in (data.Q, data.G, data.A))
+        work = data.detach()
         batched = any(data.is_batched(f) for f in ("Q", "G", "A"))
         d = torch.ones((data.B, data.n) if batched else (data.n,), dtype=data.dtype, device=data.device)
         for _ in range(RUIZ_ITERS):
-            c = (Q * d.unsqueeze(-1) * d.unsqueeze(-2)).abs().amax(-2)
-            for M in (G, A):
-                if M.shape[-2]:
-                    Md = (M * d.unsqueeze(-2)).abs()
-                    top = Md.amax(-1, keepdim=True)
-                    c = torch.maximum(c, (Md / torch.where(top > 0, top, torch.ones_like(top))).amax(-2))
+            sd = _scale_columns(work, d)
+            c = _column_scales(sd.Q, sd.G, sd.A)
             d = d / torch.where(c > 0, c, torch.ones_like(c)).sqrt()
         return d
 
@@ -153,8 +152,15 @@ def _ruiz(data: QPData) -> torch.Tensor:
 def _objective_scales(data: QPData) -> torch.Tensor | None:
     """Per-problem σ (B,) (1 where inside [LOW, HIGH] or zero), or None if every one is 1."""
     with torch.no_grad():
-        sigma = torch.maximum(data.Q.detach().abs().amax((-2, -1)), data.q.detach().abs().amax(-1)).expand(data.B)
+        sigma = _sigma(data)
         scale = (sigma > HIGH) | ((sigma < LOW) & (sigma > 0))
         if not bool(scale.any()):
             return None
         return torch.where(scale, sigma, torch.ones_like(sigma))
+
+
+def _sigma(data: QPData) -> torch.Tensor:
+    """σ_i = max(max|Q_i|, max|q_i|), shape (B,) (no autograd)."""
+    inf = float("inf")
+    Q, q = data.Q.detach(), data.q.detach()
+    return torch.maximum(torch.linalg.vector_norm(Q, inf, dim=(-2, -1)), torch.linalg.vector_norm(q, inf, dim=-1)).expand(data.B)

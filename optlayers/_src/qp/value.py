@@ -175,8 +175,6 @@ def qp_value(
         work = data if scaled is None else scaled.apply(data)
         be = backends.select(backend, work)
         guess = None if warm_start is None else warm.guess_of(warm_start, work)
-        if work.B == 0:
-            guess = None
         with torch.no_grad():
             raw = be.solve(work.detach(), options) if guess is None else warm.solve(work.detach(), guess, be, options)
             if scaled is not None:

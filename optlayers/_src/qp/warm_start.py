@@ -38,7 +38,7 @@ def guess_of(warm_start, data: QPData, *, strict: bool = True) -> torch.Tensor |
     shape (*, m) that broadcasts to the batch shape — bool, or numbers where nonzero means
     active. Wrong shapes or devices raise ``ValueError`` naming ``warm_start``; with
     ``strict=False`` a shape mismatch returns None instead (``QPLayer`` across batch sizes).
-    Returns None when the problems have no inequalities (nothing to guess).
+    Returns None when the problems have no inequalities or there are none (nothing to guess).
     """
     lam = getattr(warm_start, "lam", None)
     if lam is not None:
@@ -51,7 +51,7 @@ def guess_of(warm_start, data: QPData, *, strict: bool = True) -> torch.Tensor |
             f"warm_start must be a QPSolution (from return_solution=True) or an active-set tensor "
             f"of shape (*, m); got {type(warm_start).__name__}"
         )
-    if data.m == 0:
+    if data.m == 0 or data.B == 0:
         return None
     if guess.device != data.device:
         raise ValueError(f"warm_start is on {guess.device} but the problem data is on {data.device}")
