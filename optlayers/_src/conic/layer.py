@@ -28,6 +28,7 @@ from optlayers._src.conic import options as _opt
 from optlayers._src.conic.canon import ConeProgram, canonicalize
 from optlayers._src.conic.derivative import DerivativeSystem, ProgramIndex, jvp, refine, vjp
 from optlayers._src.conic.options import BackwardMode, ConicOptions, ConicSolver, parse_solver_args
+from optlayers._src.first_order import first_order_only
 from optlayers._src.conic.qp_route import QPPlan, not_qp_reason
 from optlayers._src.qp.options import Backend
 from optlayers._src.status import OnFailure, Status, apply_failure_policy
@@ -144,7 +145,7 @@ class ConeSolutionMap(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only('CvxpyLayer')
     def backward(ctx, gx, gy):
         c, A, b, P, x, y, s, ok = ctx.saved_tensors
         needs = ctx.needs_input_grad[:4]

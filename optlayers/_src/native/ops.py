@@ -8,7 +8,9 @@ kernels). Here we add, once the library is loaded:
 - ``register_fake`` for every op (shapes/dtypes only), so they trace under ``torch.compile``;
 - ``register_autograd`` for ``qp_solve``: its backward is the KKT adjoint of
   :func:`optlayers._src.qp.backward.kkt_vjp` — on CPU fused into one C++ op (``qp_backward``,
-  same formulas per problem), elsewhere ``kkt_vjp`` itself with the native K-solve.
+  same formulas per problem), elsewhere ``kkt_vjp`` itself with the native K-solve; when the
+  backward is recorded (``create_graph=True``) it is ``backward.differentiable_vjp`` on the op's
+  outputs, so higher derivatives hold too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from optlayers._src.native import build
 from optlayers._src.qp import kkt
-from optlayers._src.qp.backward import data_of, kkt_vjp
+from optlayers._src.qp.backward import data_of, differentiable_vjp, kkt_vjp
 from optlayers._src.qp.linalg import mv
 from optlayers._src.qp.problem import QPData
 from optlayers._src.tolerances import tolerances_for
@@ -221,7 +223,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, gx, glam, gnu, _gstatus, _giters, _gfactor):
     Q, q, G, h, A, b, x, lam, nu, status, factor = ctx.saved_tensors
     needs = ctx.needs_input_grad[:6]
-    if _has_fused_backward(x.device):
+    differentiable = torch.is_grad_enabled() and ctx.batch > 0  # create_graph=True: higher derivatives
+    if _has_fused_backward(x.device) and not differentiable:
         # One C++ pass per problem: active set, KKT solve and the gradient outer products
         # (csrc/optlayers/qp_ipm.h::kkt_backward, the fused form of backward.kkt_vjp).
         grads = torch.ops.optlayers.qp_backward(
@@ -237,7 +240,10 @@ def _backward(ctx, gx, glam, gnu, _gstatus, _giters, _gfactor):
         torch.zeros_like(t) if g is None else torch.where(ok, g, torch.zeros_like(g))
         for g, t in ((gx, x), (glam, lam), (gnu, nu))
     )
-    mask = kkt.classify_active(lam, (h - mv(G, x)))
+    mask = kkt.classify_active(lam.detach(), (h - mv(G, x)).detach())
+    if differentiable:
+        # The backward on the graph (x, λ, ν are this op's outputs; backward.py's module docstring).
+        return differentiable_vjp(data, x, lam, nu, mask, gx, glam, gnu, needs) + (None,) * ctx.n_options
     grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, lambda r: kkt_solve(data, mask, r), needs)
     return grads + (None,) * ctx.n_options
 
@@ -259,7 +265,6 @@ class _QPSolveFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
         return _backward(ctx, *grads)
 

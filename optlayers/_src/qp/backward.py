@@ -27,6 +27,21 @@ attaches it to the graph with the backend's KKT factor (or one computed here) as
 :func:`kkt_vjp` / :func:`kkt_jvp` hold the formulas once; they take the K-solve as a function,
 so the torch factor (``kkt.py``: reduced Cholesky or LU) and the native C++ solve (csrc/) feed the
 same code.
+
+Higher derivatives (``create_graph=True``: Hessians, Hessian-vector products, ``gradgradcheck``).
+The reverse-mode formulas above are a smooth function of (θ, x*, λ*, ν*) and of u = K(θ)⁻¹ g, with
+the active set held fixed — which is exactly how the solution map behaves near a strictly
+complementary solution. So when autograd asks for a differentiable backward (grad mode on inside
+``backward``), :func:`differentiable_vjp` evaluates the same ``kkt_vjp`` on the *outputs* of the
+map (whose derivative is this map again) and with the K-solve as :class:`KKTSolveMap`, whose own
+derivative is, for K u = r,
+
+    ∇r = w,   ∇Q = −½(w_x u_xᵀ + u_x w_xᵀ),   ∇G = −(M u_λ w_xᵀ + M w_λ u_xᵀ),   ∇A = −(u_ν w_xᵀ + w_ν u_xᵀ),
+
+with w = K⁻¹ ū (K = Kᵀ, one more solve with the same factor) — again built from the map itself, so
+every order is available. The first-order backward (grad mode off, the default) is untouched.
+At a degenerate point the result is the derivative of the QP whose active set is held fixed, as
+for the first order.
 """
 
 from __future__ import annotations
@@ -35,8 +50,6 @@ import contextlib
 from typing import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
-
 from optlayers._src.qp import kkt
 from optlayers._src.qp.linalg import mtv, mv, outer, reduce_to
 from optlayers._src.qp.problem import QPData
@@ -113,6 +126,55 @@ def kkt_solver(kind: str, data: QPData, mask, lu, pivots, delta) -> KKTSolve:
     return lambda rhs: kkt.solve(data, fac, rhs)
 
 
+class KKTSolveMap(torch.autograd.Function):
+    """``(Q, q, G, h, A, b, r; mask, factor) ↦ u = K⁻¹ r``: the active-set KKT solve of ``kkt.py``
+    (refined against the exact K) as a differentiable function of the data and of r, the mask held
+    fixed. The factor tensors (``lu``, ``pivots``, ``delta`` of a :class:`kkt.ActiveKKTFactor` of
+    this mask) are plain inputs. Its backward solves with the same factor through this map again
+    (see the module docstring), so it can be differentiated to any order. Only ``Q``, ``G``, ``A``
+    and ``r`` get gradients (K does not contain q, h, b)."""
+
+    @staticmethod
+    def forward(Q, q, G, h, A, b, rhs, mask, lu, pivots, delta):
+        data = data_of(Q, q, G, h, A, b, rhs.shape[0])
+        with intra_op_threads(data):
+            return kkt.solve(data, kkt.ActiveKKTFactor(lu=lu, pivots=pivots, mask=mask, delta=delta), rhs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        Q, q, G, h, A, b, _rhs, mask, lu, pivots, delta = inputs
+        ctx.save_for_backward(Q, q, G, h, A, b, mask, lu, pivots, delta, output)
+
+    @staticmethod
+    def backward(ctx, gu):
+        Q, q, G, h, A, b, mask, lu, pivots, delta, u = ctx.saved_tensors
+        n, m = q.shape[-1], h.shape[-1]
+        w = KKTSolveMap.apply(Q, q, G, h, A, b, gu, mask, lu, pivots, delta)
+        ux, ul, un = u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
+        wx, wl, wn = w[:, :n], mask * w[:, n:n + m], w[:, n + m:]
+        need = ctx.needs_input_grad
+        gQ = reduce_to(-0.5 * (outer(wx, ux) + outer(ux, wx)), Q) if need[0] else None
+        gG = reduce_to(-(outer(ul, wx) + outer(wl, ux)), G) if need[2] else None
+        gA = reduce_to(-(outer(un, wx) + outer(wn, ux)), A) if need[4] else None
+        return gQ, None, gG, None, gA, None, w, None, None, None, None
+
+
+def differentiable_vjp(data: QPData, x, lam, nu, mask, gx, glam, gnu, needs,
+                       fac: "kkt.ActiveKKTFactor | None" = None):
+    """:func:`kkt_vjp` as a differentiable function of the data and of ``(x, λ, ν)`` (pass the
+    solution as it sits on the graph, e.g. a :class:`QPSolutionMap`'s outputs): the backward used
+    when autograd records the backward itself (``create_graph=True``). ``fac``: a torch factor of
+    K_δ for ``mask`` (computed here when None)."""
+    if fac is None:
+        fac = kkt.factor(data.detach(), mask, keep_matrix=False)
+    tensors = data.tensors()
+
+    def solve(rhs: torch.Tensor) -> torch.Tensor:
+        return KKTSolveMap.apply(*tensors, rhs, fac.mask, fac.lu, fac.pivots, fac.delta)
+
+    return kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, solve, needs)
+
+
 class QPSolutionMap(torch.autograd.Function):
     """``(Q, q, G, h, A, b; x*, λ*, ν*, K-factor) ↦ (x*, λ*, ν*)`` with the implicit derivative.
 
@@ -129,15 +191,20 @@ class QPSolutionMap(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.kind = inputs[-1]
-        ctx.save_for_backward(*inputs[:-1])
+        # The outputs, not the input copies of (x, λ, ν): a differentiable backward must see x*(θ).
+        ctx.save_for_backward(*inputs[:6], *output, *inputs[9:-1])
         ctx.save_for_forward(*inputs[:-1])
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gx, glam, gnu):
         Q, q, G, h, A, b, x, lam, nu, mask, lu, pivots, delta = ctx.saved_tensors
         data = data_of(Q, q, G, h, A, b, x.shape[0])
         needs = ctx.needs_input_grad[:6]
+        if torch.is_grad_enabled() and x.shape[0]:
+            # create_graph=True: the backward on the graph, for higher derivatives (module docstring).
+            # (The native kind's lu/pivots slots hold its own factor and statuses: factor here.)
+            fac = kkt.ActiveKKTFactor(lu=lu, pivots=pivots, mask=mask, delta=delta) if ctx.kind == "torch" else None
+            return differentiable_vjp(data, x, lam, nu, mask, gx, glam, gnu, needs, fac) + (None,) * 8
         if ctx.kind == "native" and x.device.type == "cpu":
             # The native op's own fused backward (active set, KKT solve and outer products per
             # problem in C++; the same formulas as kkt_vjp), e.g. for warm-started solutions.

@@ -17,7 +17,10 @@ hence the reverse-mode gradients, for an upstream scalar ḡ per problem,
     ∇G = ḡ λ xᵀ       ∇h = −ḡ λ
     ∇A = ḡ ν xᵀ       ∇b = −ḡ ν
 
-No KKT system is solved: the backward costs a few outer products. It agrees with the gradient
+No KKT system is solved: the backward costs a few outer products. (Second derivatives do need
+one: when the backward is recorded — ``create_graph=True``, e.g. for a Hessian of V — the solution
+in the formulas above is put on the graph through ``backward.QPSolutionMap``, whose derivative is
+the implicit KKT derivative, so ∇²_q V = ∂x*/∂q and so on.) It agrees with the gradient
 of ½xᵀQx + qᵀx computed through the implicit KKT derivative of ``solve_qp`` (the derivative of
 x along the active set is orthogonal to Qx + q = −Gᵀλ − Aᵀν), and it stays exact where the KKT
 derivative is only a generalized-Jacobian element: with Q ≻ 0, x* is unique and V is C¹ in
@@ -36,11 +39,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from optlayers._src.qp import backends, scaling
+from optlayers._src.qp import backends, kkt, scaling
 from optlayers._src.qp import warm_start as warm
 from optlayers._src.qp.api import QPSolution, _refuse_sparse_warm_start
+from optlayers._src.qp.backward import QPSolutionMap, data_of
 from optlayers._src.qp.linalg import mv, outer, reduce_to
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import canonicalize
@@ -71,10 +74,12 @@ class QPOptimalValue(torch.autograd.Function):
         ctx.save_for_forward(*inputs)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gv):
         Q, q, G, h, A, b, x, lam, nu = ctx.saved_tensors
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled() and x.shape[0]:
+            # create_graph=True: the formulas below on the graph need x*(θ), λ*(θ), ν*(θ).
+            x, lam, nu = _on_graph(data_of(Q, q, G, h, A, b, x.shape[0]), x, lam, nu)
         g = gv.unsqueeze(-1)  # (B, 1)
         gx = g * x
         grads = [None] * 9
@@ -109,6 +114,15 @@ class QPOptimalValue(torch.autograd.Function):
         if db is not None:
             dv = dv - _dot(nu, db.expand_as(nu))
         return dv
+
+
+def _on_graph(data, x, lam, nu):
+    """The solution (x, λ, ν) of ``data`` through :class:`QPSolutionMap` (a torch KKT factor of its
+    active set), so that it carries the implicit derivative. Failed problems enter as zeros."""
+    plain = data.detach()
+    mask = kkt.classify_active(lam, plain.h - mv(plain.G, x))
+    fac = kkt.factor(plain, mask, keep_matrix=False)
+    return QPSolutionMap.apply(*data.tensors(), x, lam, nu, fac.mask, fac.lu, fac.pivots, fac.delta, "torch")
 
 
 def qp_value(
@@ -153,8 +167,9 @@ def qp_value(
 
     Gradients (reverse and forward mode) come from the envelope theorem,
     ∇Q = ½xxᵀ, ∇q = x, ∇G = λxᵀ, ∇h = −λ, ∇A = νxᵀ, ∇b = −ν (times the upstream gradient):
-    no linear solve, so the backward is much cheaper than differentiating x. The derivative is
-    first order only (no double backward). Failed problems: NaN value (with ``on_failure="nan"``)
+    no linear solve, so the backward is much cheaper than differentiating x. Higher derivatives
+    (``create_graph=True``: Hessians of V, Hessian-vector products) go through the implicit KKT
+    derivative of x*, λ*, ν*: ∇²_q V = ∂x*/∂q. Failed problems: NaN value (with ``on_failure="nan"``)
     and zero gradient. See ``optlayers/_src/qp/value.py`` for the derivation.
     """
     options = QPOptions(tol=tol, max_iter=max_iter, polish=polish)

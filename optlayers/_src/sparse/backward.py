@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
+from optlayers._src.first_order import first_order_only
 from optlayers._src.sparse import kkt as kkt_mod
 from optlayers._src.sparse.solver import KKTState
 
@@ -159,13 +159,14 @@ class SparseQPSolutionMap(torch.autograd.Function):
         P, q, A, l, u, x, y, state = inputs
         ctx.state = state
         ctx.specs = tuple((t.dim() == 1, t.dtype, t.device) for t in (P, q, A, l, u))
-        ctx.save_for_backward(x, y)
+        # (P … u are saved only so that a second derivative finds them and fails loudly.)
+        ctx.save_for_backward(x, y, P, q, A, l, u)
         ctx.save_for_forward(x, y)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only('the OSQP route (solve_sparse_qp, backend="osqp")')
     def backward(ctx, gx, gy):
-        x, y = ctx.saved_tensors
+        x, y = ctx.saved_tensors[:2]
         B, n, m = x.shape[0], x.shape[1], y.shape[1]
         X, Y = _np(x, B, n), _np(y, B, m)
         UX, UY = reduced_vjp(ctx.state, X, Y, _np(gx, B, n), _np(gy, B, m))
