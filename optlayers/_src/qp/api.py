@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch.autograd import forward_ad
 
-from optlayers._src.qp import backends, kkt, scaling
+from optlayers._src.qp import backends, functional, kkt, scaling
 from optlayers._src.qp import warm_start as warm
 from optlayers._src.qp.backends import RawSolution
 from optlayers._src.qp.backward import QPSolutionMap
@@ -15,6 +15,7 @@ from optlayers._src.qp.linalg import mv
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import QPData, canonicalize
 from optlayers._src.sparse import route as sparse_route
+from optlayers._src.sparse.problem import is_sparse
 from optlayers._src.status import OnFailure, Status, apply_failure_policy
 
 
@@ -136,14 +137,31 @@ def solve_qp(
         ``x`` of shape (*, n), or a :class:`QPSolution` if ``return_solution``.
 
     Gradients with respect to every input come from one solve with the active-set KKT matrix at
-    the solution (reverse mode and forward mode); see ``optlayers/_src/qp/backward.py``.
+    the solution (reverse mode and forward mode); see ``optlayers/_src/qp/backward.py``. Higher
+    derivatives (``create_graph=True``) are exact on the active set; ``torch.func`` transforms
+    (``grad``, ``jacrev``, ``jacfwd``, ``vmap``, …) apply, ``vmap`` folding into the batch (see
+    ``optlayers/_src/qp/functional.py``).
 
     Badly scaled problems (variables in units far apart, an objective of scale far from 1) are
     rescaled before the dense backends solve them and the results mapped back, exactly, gradients
     included; see ``optlayers/_src/qp/scaling.py``.
     """
     options = QPOptions(tol=tol, max_iter=max_iter, polish=polish)
+    if functional.transformed(Q, q, G, h, A, b):  # inside torch.func.grad / vmap / jacrev / …
+        return _solve_qp_transformed(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inputs,
+                                     options, warm_start)
     return _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inputs, options, warm_start)
+
+
+def _solve_qp_transformed(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inputs, options,
+                          warm_start):
+    """:func:`solve_qp` on inputs wrapped by a ``torch.func`` transform (``functional.py``)."""
+    functional.refuse(backend, warm_start, [n for n, t in zip("QqGhAb", (Q, q, G, h, A, b)) if is_sparse(t)])
+    config = functional.SolveConfig(Backend.resolve(backend), options, OnFailure.resolve(on_failure), check_inputs)
+    x, lam, nu, status, iterations = functional.solve(Q, q, G, h, A, b, config)
+    if not return_solution:
+        return x
+    return QPSolution(x=x, lam=lam, nu=nu, status=status, iterations=iterations, backend=config.backend.value)
 
 
 def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inputs, options: QPOptions,
@@ -212,7 +230,8 @@ class QPLayer(torch.nn.Module):
     ``state_dict``) and warm-starts the next call from them when the batch shape and ``m`` match
     (see :func:`solve_qp`'s ``warm_start``); otherwise that call is solved cold. Use it where
     consecutive calls see similar problems (an unrolled optimization, MPC); :meth:`reset_warm_start`
-    forgets the stored guess.
+    forgets the stored guess. Calls under ``torch.func`` transforms (``vmap``, ``grad`` of a
+    ``functional_call``) are solved cold and store nothing.
     """
 
     def __init__(
@@ -241,6 +260,10 @@ class QPLayer(torch.nn.Module):
         self._guess = None
 
     def forward(self, Q, q, G=None, h=None, A=None, b=None):
+        if functional.transformed(Q, q, G, h, A, b):  # torch.func (e.g. vmap(grad(functional_call)))
+            # solved cold, and no guess is stored: the warm start is an optimization of plain calls
+            return _solve_qp_transformed(Q, q, G, h, A, b, self.backend, self.return_solution, self.on_failure,
+                                         self.check_inputs, self.options, None)
         sol = _solve_qp(
             Q, q, G, h, A, b, self.backend, self.return_solution or self.warm_start, self.on_failure,
             self.check_inputs, self.options, self._guess if self.warm_start else None, warm_strict=False,

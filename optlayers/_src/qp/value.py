@@ -40,7 +40,7 @@ import dataclasses
 
 import torch
 
-from optlayers._src.qp import backends, kkt, scaling
+from optlayers._src.qp import backends, functional, kkt, scaling
 from optlayers._src.qp import warm_start as warm
 from optlayers._src.qp.api import QPSolution, _refuse_sparse_warm_start
 from optlayers._src.qp.backward import QPSolutionMap, data_of
@@ -169,7 +169,8 @@ def qp_value(
     ∇Q = ½xxᵀ, ∇q = x, ∇G = λxᵀ, ∇h = −λ, ∇A = νxᵀ, ∇b = −ν (times the upstream gradient):
     no linear solve, so the backward is much cheaper than differentiating x. Higher derivatives
     (``create_graph=True``: Hessians of V, Hessian-vector products) go through the implicit KKT
-    derivative of x*, λ*, ν*: ∇²_q V = ∂x*/∂q. Failed problems: NaN value (with ``on_failure="nan"``)
+    derivative of x*, λ*, ν*: ∇²_q V = ∂x*/∂q. Under ``torch.func`` (``grad``, ``vmap``,
+    ``hessian``, …) the same formulas apply (``optlayers/_src/qp/functional.py``). Failed problems: NaN value (with ``on_failure="nan"``)
     and zero gradient. See ``optlayers/_src/qp/value.py`` for the derivation.
     """
     options = QPOptions(tol=tol, max_iter=max_iter, polish=polish)
@@ -181,6 +182,14 @@ def qp_value(
             "Densify with .to_dense() (backend='osqp' also accepts dense data), or differentiate "
             "½xᵀQx + qᵀx through solve_qp's sparse route."
         )
+    if functional.transformed(Q, q, G, h, A, b):  # inside torch.func.grad / vmap / hessian / …
+        functional.refuse(backend, warm_start, [])
+        config = functional.SolveConfig(Backend.resolve(backend), options, policy, check_inputs)
+        value, x, lam, nu, status, iterations = functional.value(Q, q, G, h, A, b, config)
+        if not return_solution:
+            return value
+        return value, QPSolution(x=x, lam=lam, nu=nu, status=status, iterations=iterations,
+                                 backend=config.backend.value)
     data = canonicalize(Q, q, G, h, A, b, check_values=check_inputs)
     if Backend.resolve(backend) is Backend.OSQP:
         _refuse_sparse_warm_start(warm_start)
