@@ -111,7 +111,9 @@ def solve_qp(
     Args:
         Q: (*, n, n) symmetric positive semidefinite, or ``None`` for ``Q = 0`` (an LP).
         q: (*, n).
-        G, h: (*, m, n) and (*, m) inequality constraints, or both ``None``.
+        G, h: (*, m, n) and (*, m) inequality constraints, or both ``None``. ``h`` may hold
+            ``+inf`` (no bound) and ``-inf`` (an impossible one: ``PRIMAL_INFEASIBLE``); they are
+            recognized by the input checks (not with ``check_inputs=False``).
         A, b: (*, p, n) and (*, p) equality constraints, or both ``None``.
             Leading batch dimensions ``*`` broadcast; data without them is shared by the
             whole batch and never copied per problem (its gradient is the sum over the batch).

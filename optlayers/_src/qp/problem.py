@@ -200,12 +200,25 @@ def canonicalize(
             canon[name] = t.expand(tuple(batch_shape) + tuple(core)).reshape((B,) + tuple(core))
     # The value checks run on the canonical fields (each batched (B, …) or shared), where the C++
     # pass can also pair every problem's Q, q, G, A for the scale statistics.
-    stats = _check_values(canon) if check_values else None
+    stats, infinite_h = _check_values(canon) if check_values else (None, False)
+    if infinite_h:
+        canon["G"], canon["h"] = _vacuous_infinite_rows(canon["G"], canon["h"])
     return QPData(batch_shape=torch.Size(batch_shape), present=present, scale_stats=stats, **canon)
 
 
-def _check_values(raw: dict[str, torch.Tensor]) -> tuple[float, float, float] | None:
-    """Finite entries everywhere; Q symmetric positive semidefinite (within tolerance).
+def _vacuous_infinite_rows(G: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows with ``h_i = ±inf`` as equivalent finite rows: ``0ᵀx ≤ 1`` for +inf (no constraint:
+    never active, λ_i = 0) and ``0ᵀx ≤ −1`` for −inf (no x satisfies it: the solver certifies
+    primal infeasibility). ``torch.where`` gives those entries of G and h zero gradient — the
+    solution does not depend on them. A shared G is expanded to the batch of h (a copy)."""
+    inf = torch.isinf(h)
+    h_new = torch.where(inf, torch.where(h > 0, 1.0, -1.0).to(h.dtype), h)
+    return torch.where(inf.unsqueeze(-1), torch.zeros((), dtype=G.dtype, device=G.device), G), h_new
+
+
+def _check_values(raw: dict[str, torch.Tensor]) -> tuple[tuple[float, float, float] | None, bool]:
+    """Finite entries everywhere except ±inf in h; Q symmetric positive semidefinite (within
+    tolerance). Returns (scale statistics or None, whether h has infinite entries).
 
     On CPU with the native ops loaded, one C++ pass does all three checks (the per-call cost of
     the torch version below dominates small batches); the errors are the same either way. That
@@ -215,22 +228,18 @@ def _check_values(raw: dict[str, torch.Tensor]) -> tuple[float, float, float] | 
     fast = _native_checks(raw, tol.psd_tol)
     if fast is not None:
         nonfinite, asym, first_bad, stats = fast
-        for name, bad in zip(_FIELDS, nonfinite):
-            if bad:
-                raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
+        infinite_h = _raise_if_nonfinite([name for name, bad in zip(_FIELDS, nonfinite) if bad], raw["h"])
         _raise_if_asymmetric(asym, tol)
         if first_bad >= 0:
             _raise_indefinite(raw["Q"].detach())
-        return stats
+        return stats, infinite_h
     # One host sync for all six: max |entry| is non-finite iff some entry is NaN or ±Inf.
     names = [k for k, t in raw.items() if t.numel()]
     if not names or raw["Q"].numel() == 0:  # an empty batch (or n = 0): nothing to check
-        return None
+        return None, False
     peaks = torch.stack([raw[k].detach().abs().amax() for k in names])
     finite = torch.isfinite(peaks).tolist()
-    for name, ok in zip(names, finite):
-        if not ok:
-            raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
+    infinite_h = _raise_if_nonfinite([name for name, ok in zip(names, finite) if not ok], raw["h"])
     Q = raw["Q"].detach()
     scale = Q.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
     _raise_if_asymmetric(float(((Q - Q.mT).abs() / scale).amax()), tol)
@@ -240,7 +249,19 @@ def _check_values(raw: dict[str, torch.Tensor]) -> tuple[float, float, float] | 
     _, info = torch.linalg.cholesky_ex(Q + tol.psd_tol * scale * eye)
     if bool((info > 0).any()):
         _raise_indefinite(Q)
-    return None
+    return None, infinite_h
+
+
+def _raise_if_nonfinite(names: list[str], h: torch.Tensor) -> bool:
+    """Raise for the first field with NaN or ±inf entries — except h, where ±inf is allowed
+    (a missing bound, or an impossible one); returns whether h has such entries."""
+    for name in names:
+        if name == "h" and not bool(torch.isnan(h).any()):
+            continue
+        what = "NaN entries" if name == "h" else "NaN or Inf entries"
+        hint = " (h may hold ±inf: +inf for no bound)" if name == "h" else ""
+        raise ValueError(f"{name} contains {what}; the QP data must be finite{hint}")
+    return "h" in names
 
 
 def _native_checks(raw: dict[str, torch.Tensor], psd_tol: float):

@@ -55,6 +55,11 @@ def _bound(name: str, v, rows: int, matrix: str, q: torch.Tensor, allow_inf: boo
         return
     bad = torch.isnan(v) | (v == -math.inf) | ((v == math.inf) if not allow_inf else torch.zeros_like(v, dtype=torch.bool))
     if bool(bad.any()):
+        if allow_inf:
+            raise ValueError(
+                f"{name} contains NaN or -inf entries (+inf, no bound, is allowed). The OSQP route "
+                f"rejects an upper bound of -inf; the dense backends report its problem as PRIMAL_INFEASIBLE"
+            )
         raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
 
 
