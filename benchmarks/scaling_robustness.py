@@ -10,7 +10,8 @@ that change nothing about the solution:
 Every installed contestant of ``compare_qp.py`` (``benchmarks/_peers.py``) solves each case; a
 problem counts as right when max |x − x*| ≤ 1e-6 (1 + max |x*|) after mapping back. Printed per cell:
 right/B, and the largest error over the batch ("nan" where the layer returned NaN; "raised" where
-it raised). optlayers rescales such problems before solving (``optlayers/_src/qp/scaling.py``);
+it raised). optlayers rescales such problems before solving (``optlayers/_src/qp/scaling.py``, and
+``optlayers/_src/sparse/scaling.py`` on the OSQP route);
 before that, objective × 1e4 and beyond stalled (MAX_ITER) and units 1e-3 … 1e3 apart left 3 of 16
 problems unsolved, in both dense backends.
 

@@ -8,6 +8,7 @@ import dataclasses
 import torch
 from torch.autograd import forward_ad
 
+from optlayers._src.sparse import scaling
 from optlayers._src.sparse.backward import SparseQPSolutionMap
 from optlayers._src.sparse.cache import SolverCache, default_cache
 from optlayers._src.sparse.options import OSQPOptions
@@ -55,14 +56,18 @@ def run(data: SparseQPData, options: OSQPOptions, cache: SolverCache | None):
     """Solve canonical data; returns (x, y, status, iterations, polished) with the batch shape,
     ``x``/``y`` attached to autograd through the implicit derivative when the data needs it."""
     cache = cache if cache is not None else default_cache()
+    scaled = scaling.plan(data)  # None unless the variables' or the objective's scale is far off
+    work = data if scaled is None else scaled.apply(data)
     with torch.no_grad():
-        raw = solve_batch(data, options, cache)
+        raw = solve_batch(work, options, cache)
     dt, dev = data.dtype, data.device
     x = torch.from_numpy(raw.x).to(dtype=dt, device=dev)
     y = torch.from_numpy(raw.y).to(dtype=dt, device=dev)
-    ts = data.tensors()
+    ts = work.tensors()
     if (torch.is_grad_enabled() and any(t.requires_grad for t in ts)) or any(_has_tangent(t) for t in ts):
         x, y = SparseQPSolutionMap.apply(*ts, x, y, raw.kkt)
+    if scaled is not None:
+        x, y = scaled.unscale(x, y)
     shape = tuple(data.batch_shape)
     x = x.reshape(shape + (data.n,))
     y = y.reshape(shape + (data.m,))

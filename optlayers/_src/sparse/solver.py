@@ -141,11 +141,6 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
 
     for b in range(B):
         Pb, qb, Ab, lb, ub = (_row(a, b) for a in (vals.P, vals.q, vals.A, vals.l, vals.u))
-        # OSQP sees the objective divided by σ where its scale is far from 1 (its absolute
-        # tolerance would otherwise decide: objective × 1e-8 came back "solved" with x off by
-        # 0.5); its multipliers are multiplied back. Everything else uses the original values.
-        sigma = _cost_scale(Pb, qb)
-        Po, qo = (Pb, qb) if sigma == 1.0 else (Pb / sigma, qb / sigma)
         if np.any(lb > ub):
             # An empty interval (possible only with check_inputs=False): infeasible by definition;
             # OSQP would reject the data (and keep the previous values on update).
@@ -153,16 +148,16 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
             continue
         slot = entry.slots[b] if b < len(entry.slots) else None
         try:
-            if slot is not None and not _update(slot, Po, Ab, qo, lb, ub, settings, cache):
+            if slot is not None and not _update(slot, Pb, Ab, qb, lb, ub, settings, cache):
                 slot = None  # OSQP rejected the new values: set up afresh (reports the reason)
             if slot is None:
                 solver = osqp.OSQP(algebra="builtin")
                 solver.setup(
-                    kkt_mod.csc(data.P_pattern, Po), qo, kkt_mod.csc(data.A_pattern, Ab), lb, ub,
+                    kkt_mod.csc(data.P_pattern, Pb), qb, kkt_mod.csc(data.A_pattern, Ab), lb, ub,
                     **options.setup_settings(),
                 )
                 cache.stats.setups += 1
-                slot = _Slot(solver, Po.copy(), Ab.copy(), dict(settings))
+                slot = _Slot(solver, Pb.copy(), Ab.copy(), dict(settings))
                 if b < len(entry.slots):
                     entry.slots[b] = slot
                 else:
@@ -187,7 +182,7 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
         st = smap.get(code, Status.NUMERICAL_ERROR)
         iters[b] = res.info.iter
         x = np.array(res.x, dtype=np.float64)
-        y = np.array(res.y, dtype=np.float64) * sigma
+        y = np.array(res.y, dtype=np.float64)
         if st in (Status.PRIMAL_INFEASIBLE, Status.DUAL_INFEASIBLE, Status.NUMERICAL_ERROR) or not (
             np.all(np.isfinite(x)) and np.all(np.isfinite(y))
         ):
@@ -234,21 +229,12 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
                 if res.info.status_val != osqp.SolverStatus.OSQP_SOLVED:
                     break
                 x = np.array(res.x, dtype=np.float64)
-                y = np.array(res.y, dtype=np.float64) * sigma
+                y = np.array(res.y, dtype=np.float64)
                 state.set_sign(b, kkt_mod.classify(x, y, Ab_csr @ x, lb, ub))
         X[b], Y[b] = x, y
         status[b] = int(st)
     state.ok = status == int(Status.SOLVED)
     return RawSparseSolution(X, Y, status, iters, polished, state)
-
-
-def _cost_scale(Pb: np.ndarray, qb: np.ndarray) -> float:
-    """σ = max(max|P|, max|q|) where it lies outside [LOW, HIGH] of the dense route's scaling
-    (optlayers/_src/qp/scaling.py), else 1 (also for P = 0, q = 0)."""
-    from optlayers._src.qp.scaling import HIGH, LOW
-
-    sigma = max(float(np.abs(Pb).max(initial=0.0)), float(np.abs(qb).max(initial=0.0)))
-    return sigma if (sigma > HIGH or 0.0 < sigma < LOW) else 1.0
 
 
 def _update(slot: _Slot, Pb, Ab, qb, lb, ub, settings: dict, cache: SolverCache) -> bool:
