@@ -25,9 +25,12 @@ class _NoHigherDerivative(torch.autograd.Function):
     """``(anchors…) ↦ 0`` (a 0-dim zero) whose backward raises ``RuntimeError(message)``."""
 
     @staticmethod
-    def forward(ctx, message: str, *anchors: torch.Tensor) -> torch.Tensor:
-        ctx.message = message
+    def forward(message: str, *anchors: torch.Tensor) -> torch.Tensor:
         return anchors[0].new_zeros(())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.message = inputs[0]
 
     @staticmethod
     def backward(ctx, _grad):
