@@ -32,6 +32,7 @@ from optlayers._src.first_order import first_order_only
 from optlayers._src.conic.qp_route import QPPlan, not_qp_reason
 from optlayers._src.qp.options import Backend
 from optlayers._src.status import OnFailure, Status, apply_failure_policy
+from optlayers._src.transforms import refuse_transforms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +413,13 @@ class CvxpyLayer(torch.nn.Module):
         ``mode``/``backward`` (``"dense"``, ``"iterative"``; diffcp's ``"lsqr"``/``"lsmr"``
         mean iterative), ``n_jobs``, ``warm_start``, ``verbose``, and any setting of the solver
         itself.
+
+        Not under ``torch.func`` transforms (a clear ``NotImplementedError``): the layer batches
+        natively, so give the parameters a leading batch dimension instead of ``vmap``.
         """
+        refuse_transforms("CvxpyLayer", params, (
+            "It batches natively: give the parameters a leading batch dimension instead of vmap, "
+            "and take Jacobians with torch.autograd.functional.jacobian."))
         options = self.options.with_args(solver_args)
         if warm_start is not None:
             options = dataclasses.replace(options, warm_start=bool(warm_start))

@@ -36,6 +36,7 @@ from optlayers._src.qp.linalg import expand_mat, expand_vec, mv, outer
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import canonicalize
 from optlayers._src.status import OnFailure
+from optlayers._src.transforms import transformed
 
 # Core (non-batch) dimensions of Q, q, G, h, A, b.
 _CORE = (2, 1, 2, 1, 2, 1)
@@ -48,12 +49,6 @@ _NO_SECOND = (
     "which differentiates solve_qp to any order. The optimal value (qp_value) has torch.func "
     "Hessians."
 )
-
-
-def transformed(*tensors) -> bool:
-    """Whether any tensor is wrapped by an active ``torch.func`` transform."""
-    is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return any(isinstance(t, torch.Tensor) and is_wrapped(t) for t in tensors)
 
 
 @dataclasses.dataclass(frozen=True)

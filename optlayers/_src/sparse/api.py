@@ -15,6 +15,7 @@ from optlayers._src.sparse.options import OSQPOptions
 from optlayers._src.sparse.problem import SparseQPData, canonicalize
 from optlayers._src.sparse.solver import solve_batch
 from optlayers._src.status import OnFailure, Status, apply_failure_policy
+from optlayers._src.transforms import refuse_transforms
 
 
 @dataclasses.dataclass
@@ -91,6 +92,13 @@ def resolve_options(options: OSQPOptions | None, **settings) -> OSQPOptions:
     return OSQPOptions(**given)
 
 
+_NO_TRANSFORMS = (
+    "It batches natively: give the data a leading batch dimension instead of vmap, and take "
+    "Jacobians with torch.autograd.functional.jacobian. Dense data with a dense backend "
+    "(solve_qp) supports torch.func."
+)
+
+
 def solve_sparse_qp(
     P: torch.Tensor | None,
     q: torch.Tensor,
@@ -152,6 +160,7 @@ def solve_sparse_qp(
         warm_start=warm_start, time_limit=time_limit,
     )
     policy = OnFailure.resolve(on_failure)
+    refuse_transforms("solve_sparse_qp (the OSQP route)", (P, q, A, l, u), _NO_TRANSFORMS)
     data = canonicalize(P, q, A, l, u, check_values=check_inputs)
     x, y, status, iterations, polished = run(data, opts, cache)
     x, y = apply_failure_policy(status, (x, y), policy, what="sparse QP")
