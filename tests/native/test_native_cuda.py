@@ -303,3 +303,35 @@ def test_cuda_warm_start_guess_op_equals_cpu(dtype):
             return 0.5 * torch.einsum("bi,bij,bj->b", x, Qd, x) + (qd * x).sum(-1)
 
         assert float(((f(warm.x) - f(cold.x)).abs() / (1 + f(cold.x).abs())).max()) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_cuda_second_derivatives_equal_cpu(backend):
+    """create_graph=True on CUDA: the recorded backward (torch KKT factor) gives the CPU's HVPs."""
+    P = ol.testing.random_qp(8, 10, 14, 2, seed=3, shared=("G",))
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        Q, q, G, h, A, b = (t.to(dev) for t in P.data())
+        Gl = G.clone().requires_grad_()
+        x = ol.solve_qp(Q, q, Gl, h, A, b, backend=backend)
+        (g,) = torch.autograd.grad(x.square().sum(), Gl, create_graph=True)
+        (hg,) = torch.autograd.grad(g.square().sum(), Gl)
+        H = torch.autograd.functional.hessian(lambda q_: ol.qp_value(Q[0], q_, G, h[0], A[0], b[0], backend=backend), q[0])
+        outs[dev] = (hg.cpu(), H.cpu())
+    for a, b in zip(outs["cpu"], outs["cuda"]):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_cuda_torch_func_equals_cpu(backend):
+    from torch.func import jacrev, vmap
+
+    P = ol.testing.random_qp(6, 10, 14, 2, seed=4)
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        Q, q, G, h, A, b = (t.to(dev) for t in P.data())
+        J = vmap(jacrev(lambda Q_, q_, G_, h_, A_, b_: ol.solve_qp(Q_, q_, G_, h_, A_, b_, backend=backend),
+                        argnums=(1, 3)))(Q, q, G, h, A, b)
+        outs[dev] = [j.cpu() for j in J]
+    for a, b in zip(outs["cpu"], outs["cuda"]):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)

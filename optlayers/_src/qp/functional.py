@@ -13,8 +13,10 @@ functorch's wrapper tensors cannot give them. So when an input is wrapped by a t
   ``kkt_jvp``, a torch factor of the active-set KKT matrix), wrapped in two more Functions
   (:class:`_QPVJP`, :class:`_QPJVP`) with the same folding ``vmap`` rule, so that ``jacrev``
   (a vmapped backward) and ``jacfwd`` (a vmapped jvp) batch their cotangents or tangents into one
-  call as well. There the data of every vmapped cotangent is expanded: V cotangents of a batch of
-  B problems are V·B KKT solves.
+  call as well. There the data is expanded for every vmapped cotangent (views: V cotangents of a
+  batch of B problems are V·B problems), and only the problems whose cotangent is nonzero are
+  solved — for the basis vectors of a ``jacrev`` that is one problem each, so a Jacobian of B
+  problems with n outputs costs B·n KKT solves, not B²·n (``jacrev`` at B = 64, n = 10: 314 → 29 ms).
 
 Shapes are the user's (``(*, n)`` etc.; broadcasting as in ``solve_qp``); the gradient of an
 input is summed over the batch dimensions it was broadcast along. Failed problems (statuses
@@ -123,17 +125,37 @@ def _logical_shape(t: torch.Tensor, dim: int | None) -> tuple[int, ...]:
 # The implicit derivative in the user's shapes (plain tensors).
 
 
-def _per_problem(data, x, lam, nu, status):
-    """Canonical per-problem data (every field (B, …)), the solution with failed problems
-    zeroed, the ok mask (B, 1), the active set and a torch factor of its KKT matrix."""
-    B = data.B
-    full = data_of(expand_mat(data.Q, B), expand_vec(data.q, B), expand_mat(data.G, B),
-                   expand_vec(data.h, B), expand_mat(data.A, B), expand_vec(data.b, B), B)
-    ok = (status.reshape(B) == 0).unsqueeze(-1)
-    sol = [torch.where(ok, t.reshape(B, t.shape[-1]), torch.zeros((), dtype=t.dtype)) for t in (x, lam, nu)]
-    mask = kkt.classify_active(sol[1], full.h - mv(full.G, sol[0]))
-    fac = kkt.factor(full, mask, keep_matrix=False)
-    return full, sol, ok, mask, lambda rhs: kkt.solve(full, fac, rhs)
+def _live(status: torch.Tensor, vectors, B: int) -> torch.Tensor:
+    """(k,) indices of the problems that solved and have a nonzero (co)tangent among ``vectors``
+    ((B, ·) each). The others get zero derivatives without a KKT solve — which is what keeps
+    ``jacrev``/``jacfwd`` of a batch linear in its size: each of their B·n basis (co)tangents is
+    nonzero for one problem only, while the folded batch holds B·n copies of all B problems."""
+    live = status.reshape(B) == 0
+    nonzero = torch.zeros_like(live)
+    for v in vectors:
+        if v.numel():
+            nonzero |= v.reshape(B, -1).abs().amax(-1) > 0
+    return torch.nonzero(live & nonzero).squeeze(-1)
+
+
+def _subproblems(data, idx, x, lam, nu):
+    """The problems ``idx`` with every field per problem ((k, …) views of shared fields), their
+    solution, active set and a K-solve with a torch factor of its KKT matrix."""
+    sub = data.take(idx)
+    k = idx.numel()
+    sub = data_of(expand_mat(sub.Q, k), expand_vec(sub.q, k), expand_mat(sub.G, k),
+                  expand_vec(sub.h, k), expand_mat(sub.A, k), expand_vec(sub.b, k), k)
+    sol = [t.reshape(data.B, t.shape[-1])[idx] for t in (x, lam, nu)]
+    mask = kkt.classify_active(sol[1], sub.h - mv(sub.G, sol[0]))
+    fac = kkt.factor(sub, mask, keep_matrix=False)
+    return sub, sol, mask, lambda rhs: kkt.solve(sub, fac, rhs)
+
+
+def _scatter(rows: torch.Tensor, idx: torch.Tensor, B: int) -> torch.Tensor:
+    """(B, …) zeros with ``rows`` (k, …) at ``idx``."""
+    out = rows.new_zeros((B,) + rows.shape[1:])
+    out[idx] = rows
+    return out
 
 
 class _DerivativeFunction(torch.autograd.Function):
@@ -161,12 +183,13 @@ class _QPVJP(_DerivativeFunction):
     def forward(Q, q, G, h, A, b, x, lam, nu, status, gx, glam, gnu, needs):
         inputs = (Q, q, G, h, A, b)
         data = canonicalize(Q, q, G, h, A, b, check_values=False)
-        full, (x, lam, nu), ok, mask, solve = _per_problem(data, x, lam, nu, status)
         B, S = data.B, tuple(data.batch_shape)
-        cot = [torch.zeros_like(t) if g is None else torch.where(ok, g.expand(*S, t.shape[-1]).reshape(B, -1), 0.0)
+        cot = [t.new_zeros(B, t.shape[-1]) if g is None else g.expand(*S, t.shape[-1]).reshape(B, -1)
                for g, t in ((gx, x), (glam, lam), (gnu, nu))]
-        grads = kkt_vjp(full, x, lam, nu, mask, *cot, solve, needs)
-        return tuple(g.reshape(S + g.shape[1:]).sum_to_size(t.shape)
+        idx = _live(status, cot, B)
+        sub, sol, mask, solve = _subproblems(data, idx, x, lam, nu)
+        grads = kkt_vjp(sub, *sol, mask, *(c[idx] for c in cot), solve, needs)
+        return tuple(_scatter(g, idx, B).reshape(S + g.shape[1:]).sum_to_size(t.shape)
                      for g, t, need in zip(grads, inputs, needs) if need)
 
     @staticmethod
@@ -186,13 +209,14 @@ class _QPJVP(_DerivativeFunction):
     @staticmethod
     def forward(Q, q, G, h, A, b, x, lam, nu, status, dQ, dq, dG, dh, dA, db):
         data = canonicalize(Q, q, G, h, A, b, check_values=False)
-        full, (xs, lams, nus), ok, mask, solve = _per_problem(data, x, lam, nu, status)
         B, S = data.B, tuple(data.batch_shape)
         tangents = []
-        for d, t, c in zip((dQ, dq, dG, dh, dA, db), (Q, q, G, h, A, b), _CORE):
+        for d, c in zip((dQ, dq, dG, dh, dA, db), _CORE):
             tangents.append(None if d is None else d.expand(S + d.shape[d.dim() - c:]).reshape((B,) + d.shape[d.dim() - c:]))
-        out = kkt_jvp(full, xs, lams, nus, mask, tangents, solve)
-        return tuple(torch.where(ok, o, 0.0).reshape(t.shape) for o, t in zip(out, (x, lam, nu)))
+        idx = _live(status, [t for t in tangents if t is not None], B)
+        sub, sol, mask, solve = _subproblems(data, idx, x, lam, nu)
+        out = kkt_jvp(sub, *sol, mask, [None if t is None else t[idx] for t in tangents], solve)
+        return tuple(_scatter(o, idx, B).reshape(t.shape) for o, t in zip(out, (x, lam, nu)))
 
     @staticmethod
     def vmap(info, in_dims, *tensors):
