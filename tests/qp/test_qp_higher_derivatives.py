@@ -161,3 +161,21 @@ def test_kkt_solve_map_is_twice_differentiable():
             return KKTSolveMap.apply(sym(S_), q, G_, h, A_, b, r_, mask, fac.lu, fac.pivots, fac.delta)
 
         assert torch.autograd.gradgradcheck(fn, [S, G, A, rhs])
+
+
+def test_dependent_and_degenerate_active_rows_give_finite_second_derivatives(backend):
+    """A duplicated active row (dependent active constraints: K singular, the regularized solve
+    of kkt.py) leaves ∂x/∂q unchanged; a weakly active row (zero multiplier) stays finite."""
+    P = ol.testing.random_qp((), 5, 6, 1, active_fraction=0.5, seed=7)
+    Q, q, G, h, A, b = (t.detach() for t in P.data())
+    i = int(P.active.nonzero()[0])
+    G2, h2 = torch.cat([G, G[i:i + 1]]), torch.cat([h, h[i:i + 1]])
+    H = torch.autograd.functional.hessian(lambda q_: ol.qp_value(Q, q_, G2, h2, A, b, backend=backend), q)
+    J = torch.autograd.functional.jacobian(lambda q_: ol.solve_qp(Q, q_, G, h, A, b, backend=backend), q)
+    torch.testing.assert_close(H, J, rtol=1e-9, atol=1e-11)
+    Hh = torch.autograd.functional.hessian(lambda h_: ol.qp_value(Q, q, G2, h_, A, b, backend=backend), h2)
+    assert torch.isfinite(Hh).all()
+    x = ol.solve_qp(Q, q, G, h, A, b, backend=backend)
+    Gd, hd = torch.cat([G, torch.eye(5, dtype=F64)[:1]]), torch.cat([h, x[:1]])  # x₀ ≤ x₀*: λ = 0
+    Hd = torch.autograd.functional.hessian(lambda q_: ol.qp_value(Q, q_, Gd, hd, A, b, backend=backend), q)
+    assert torch.isfinite(Hd).all()
