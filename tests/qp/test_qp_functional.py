@@ -178,3 +178,16 @@ def test_qp_layer_per_sample_gradients_by_functional_call():
         loss(dict(model.named_parameters()), zs[i], ys[i]).backward()
         for k, v in model.named_parameters():
             torch.testing.assert_close(per_sample[k][i], v.grad, **TOL)
+
+
+@pytest.mark.parametrize("transform", [jacrev, jacfwd])
+def test_nested_vmap_of_jacobians_in_shared_and_batched_data(backend, transform):
+    """vmap over problems of Jacobians in a shared G and a batched h: the folded data is never
+    materialized per (co)tangent, and every slice gets its own Jacobian."""
+    Q, q, G, h, A, b = _problem(batch=3, shared=("G",))
+    f = lambda G_, h_, q_, Q_, A_, b_: ol.solve_qp(Q_, q_, G_, h_, A_, b_, backend=backend)
+    got = vmap(transform(f, argnums=(0, 1)), in_dims=(None, 0, 0, 0, 0, 0))(G, h, q, Q, A, b)
+    for i in range(3):
+        ref = torch.autograd.functional.jacobian(lambda G_, h_: f(G_, h_, q[i], Q[i], A[i], b[i]), (G, h[i]))
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g[i], r, **TOL)

@@ -115,6 +115,19 @@ def _batch_of(name: str, t: torch.Tensor) -> torch.Size:
     return t.shape[: t.dim() - core]
 
 
+def fill_absent(Q, q, G, h, A, b):
+    """The six fields with the absent ones as zeros: Q = 0 (n × n, an LP), no inequality or
+    equality rows ((0, n) and (0,))."""
+    n = q.shape[-1]
+    if Q is None:
+        Q = q.new_zeros(n, n)
+    if G is None:
+        G, h = q.new_zeros(0, n), q.new_zeros(0)
+    if A is None:
+        A, b = q.new_zeros(0, n), q.new_zeros(0)
+    return Q, q, G, h, A, b
+
+
 def canonicalize(
     Q: torch.Tensor | None,
     q: torch.Tensor,
@@ -150,12 +163,7 @@ def canonicalize(
             raise ValueError(f"{mat} and {vec} must be given together; {missing} is missing")
 
     present = (G is not None, A is not None)
-    if Q is None:
-        Q = q.new_zeros(n, n)
-    if G is None:
-        G, h = q.new_zeros(0, n), q.new_zeros(0)
-    if A is None:
-        A, b = q.new_zeros(0, n), q.new_zeros(0)
+    Q, q, G, h, A, b = fill_absent(Q, q, G, h, A, b)
     raw = {"Q": Q, "q": q, "G": G, "h": h, "A": A, "b": b}
 
     # Core shapes.
