@@ -15,6 +15,8 @@ import torch
 
 def transformed(*tensors) -> bool:
     """Whether any tensor is wrapped by an active ``torch.func`` transform."""
+    if torch._C._functorch.maybe_current_level() is None:  # no transform active: one C call
+        return False
     is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     return any(isinstance(t, torch.Tensor) and is_wrapped(t) for t in tensors)
 
