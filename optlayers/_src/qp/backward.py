@@ -50,6 +50,7 @@ import contextlib
 from typing import Callable
 
 import torch
+
 from optlayers._src.qp import kkt
 from optlayers._src.qp.linalg import mtv, mv, outer, reduce_to
 from optlayers._src.qp.problem import QPData

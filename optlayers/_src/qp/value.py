@@ -170,8 +170,9 @@ def qp_value(
     no linear solve, so the backward is much cheaper than differentiating x. Higher derivatives
     (``create_graph=True``: Hessians of V, Hessian-vector products) go through the implicit KKT
     derivative of x*, λ*, ν*: ∇²_q V = ∂x*/∂q. Under ``torch.func`` (``grad``, ``vmap``,
-    ``hessian``, …) the same formulas apply (``optlayers/_src/qp/functional.py``). Failed problems: NaN value (with ``on_failure="nan"``)
-    and zero gradient. See ``optlayers/_src/qp/value.py`` for the derivation.
+    ``hessian``, …) the same formulas apply (``optlayers/_src/qp/functional.py``). Failed
+    problems: NaN value (with ``on_failure="nan"``) and zero gradient. See
+    ``optlayers/_src/qp/value.py`` for the derivation.
     """
     options = QPOptions(tol=tol, max_iter=max_iter, polish=polish)
     policy = OnFailure.resolve(on_failure)
