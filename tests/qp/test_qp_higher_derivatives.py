@@ -149,16 +149,24 @@ def test_registered_op_is_twice_differentiable():
 
 
 def test_kkt_solve_map_is_twice_differentiable():
-    """u = K⁻¹r on a fixed active set, both factorizations (reduced Cholesky in float64, LU)."""
+    """u = K⁻¹r on a fixed active set: both torch factorizations (reduced Cholesky in float64,
+    LU) and the C++ solve (where the native ops are loaded)."""
+    from optlayers._src.native.backend import native_status
+
     P = ol.testing.random_qp(2, 4, 6, 1, active_fraction=0.5, seed=12)
     S, q, G, h, A, b = _leaves(P)
     mask = P.active.to(F64)
     rhs = torch.randn(2, 4 + 6 + 1, dtype=F64, generator=torch.Generator().manual_seed(1)).requires_grad_()
-    for make in (kkt.cholesky_factor, lambda d, m: kkt.lu_factor(d, m, keep_matrix=False)):
-        fac = make(data_of(sym(S).detach(), q, G.detach(), h, A.detach(), b, 2), mask)
+    empty = q.new_empty(0)
+    variants = [(kkt.cholesky_factor, "torch"), (lambda d, m: kkt.lu_factor(d, m, keep_matrix=False), "torch")]
+    if native_status()[0]:
+        variants.append((None, "native"))
+    for make, kind in variants:
+        fac = make(data_of(sym(S).detach(), q, G.detach(), h, A.detach(), b, 2), mask) if make else None
+        slots = (fac.lu, fac.pivots, fac.delta) if fac else (empty, empty, empty)
 
         def fn(S_, G_, A_, r_):
-            return KKTSolveMap.apply(sym(S_), q, G_, h, A_, b, r_, mask, fac.lu, fac.pivots, fac.delta)
+            return KKTSolveMap.apply(sym(S_), q, G_, h, A_, b, r_, mask, *slots, kind)
 
         assert torch.autograd.gradgradcheck(fn, [S, G, A, rhs])
 

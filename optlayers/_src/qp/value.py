@@ -43,7 +43,7 @@ import torch
 from optlayers._src.qp import backends, functional, kkt, scaling
 from optlayers._src.qp import warm_start as warm
 from optlayers._src.qp.api import QPSolution, _refuse_sparse_warm_start
-from optlayers._src.qp.backward import QPSolutionMap, data_of
+from optlayers._src.qp.backward import QPSolutionMap, data_of, native_solve_available
 from optlayers._src.qp.linalg import mv, outer, reduce_to
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import canonicalize
@@ -62,16 +62,19 @@ class QPOptimalValue(torch.autograd.Function):
     Inputs are canonical (:class:`~optlayers._src.qp.problem.QPData` layout: batched ``(B, …)``
     or shared); the solution ``(x*, λ*, ν*)`` (B, n), (B, m), (B, p) is a non-differentiable
     input, zero for failed problems (which therefore get zero gradient). Output: (B,).
+    ``kind``: the K-solve of a recorded backward (``"native"`` for the native backend's solutions,
+    else ``"torch"``).
     """
 
     @staticmethod
-    def forward(Q, q, G, h, A, b, x, lam, nu):
+    def forward(Q, q, G, h, A, b, x, lam, nu, kind="torch"):
         return 0.5 * _dot(x, mv(Q, x)) + _dot(q, x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        ctx.kind = inputs[9] if len(inputs) > 9 else "torch"
+        ctx.save_for_backward(*inputs[:9])
+        ctx.save_for_forward(*inputs[:9])
 
     @staticmethod
     def backward(ctx, gv):
@@ -79,7 +82,7 @@ class QPOptimalValue(torch.autograd.Function):
         need = ctx.needs_input_grad
         if torch.is_grad_enabled() and x.shape[0]:
             # create_graph=True: the formulas below on the graph need x*(θ), λ*(θ), ν*(θ).
-            x, lam, nu = _on_graph(data_of(Q, q, G, h, A, b, x.shape[0]), x, lam, nu)
+            x, lam, nu = _on_graph(data_of(Q, q, G, h, A, b, x.shape[0]), x, lam, nu, ctx.kind)
         g = gv.unsqueeze(-1)  # (B, 1)
         gx = g * x
         grads = [None] * 9
@@ -95,7 +98,7 @@ class QPOptimalValue(torch.autograd.Function):
             grads[4] = reduce_to(outer(g * nu, x), A)
         if need[5]:
             grads[5] = reduce_to(-g * nu, b)
-        return tuple(grads)
+        return tuple(grads) + (None,)
 
     @staticmethod
     def jvp(ctx, dQ, dq, dG, dh, dA, db, *_):
@@ -116,11 +119,17 @@ class QPOptimalValue(torch.autograd.Function):
         return dv
 
 
-def _on_graph(data, x, lam, nu):
-    """The solution (x, λ, ν) of ``data`` through :class:`QPSolutionMap` (a torch KKT factor of its
-    active set), so that it carries the implicit derivative. Failed problems enter as zeros."""
+def _on_graph(data, x, lam, nu, kind: str):
+    """The solution (x, λ, ν) of ``data`` through :class:`QPSolutionMap`, so that it carries the
+    implicit derivative: with the native K-solve for the native backend's solutions (where it is
+    available), else a torch KKT factor of its active set. Failed problems enter as zeros (and get
+    zero upstream gradients)."""
     plain = data.detach()
     mask = kkt.classify_active(lam, plain.h - mv(plain.G, x))
+    if kind == "native" and native_solve_available(plain):
+        # (The native kind's slots: no kept factor, the statuses — all "solved" here.)
+        empty, solved = x.new_empty(0), torch.zeros(data.B, dtype=torch.int32, device=x.device)
+        return QPSolutionMap.apply(*data.tensors(), x, lam, nu, mask, empty, solved, empty, "native")
     fac = kkt.factor(plain, mask, keep_matrix=False)
     return QPSolutionMap.apply(*data.tensors(), x, lam, nu, fac.mask, fac.lu, fac.pivots, fac.delta, "torch")
 
@@ -210,7 +219,7 @@ def qp_value(
     # Failed problems enter with a zero solution: finite value (NaN-filled by the policy below)
     # and zero gradient, so they leave shared-input batch sums untouched.
     x, lam, nu = (torch.where(ok, t, torch.zeros_like(t)) for t in (raw.x, raw.lam, raw.nu))
-    value = QPOptimalValue.apply(*data.tensors(), x, lam, nu)
+    value = QPOptimalValue.apply(*data.tensors(), x, lam, nu, "native" if name == "native" else "torch")
 
     shape = data.batch_shape
     status = raw.status.reshape(shape)
