@@ -138,11 +138,27 @@ def test_float32(backend):
     torch.testing.assert_close(J.double(), ref, rtol=1e-3, atol=1e-4)
 
 
+def test_second_and_third_derivatives_of_the_solution(backend):
+    """A parameter entering nonlinearly (Q + diag(t²)): torch.func.hessian, jacrev(jacrev) and
+    jacrev(jacfwd) equal the autograd Hessian; jacrev(hessian) equals finite differences of it."""
+    Q, q, G, h, A, b = (t for t in _problem())
+    f = lambda t: ol.solve_qp(Q + torch.diag(t**2), q, G, h, A, b, backend=backend).pow(3).sum()
+    t0 = torch.full((5,), 0.7, dtype=F64)
+    ref = torch.autograd.functional.hessian(f, t0)
+    assert ref.abs().max() > 0.01
+    for H in (hessian(f)(t0), jacrev(jacrev(f))(t0), jacrev(jacfwd(f))(t0)):
+        torch.testing.assert_close(H, ref, **TOL)
+    eps = 1e-5
+    fd = torch.stack([(torch.autograd.functional.hessian(f, t0 + eps * e) - torch.autograd.functional.hessian(f, t0 - eps * e))
+                      / (2 * eps) for e in torch.eye(5, dtype=F64)], -1)
+    torch.testing.assert_close(jacrev(hessian(f))(t0), fd, rtol=1e-6, atol=1e-8)
+
+
 def test_clear_errors_for_unsupported_uses():
     Q, q, G, h, A, b = _problem()
-    f = lambda q_: ol.solve_qp(Q, q_, G, h, A, b)
-    with pytest.raises(RuntimeError, match="second derivatives of solve_qp's solution under torch.func"):
-        hessian(lambda q_: f(q_).sum())(q)
+    f = lambda q_: ol.solve_qp(Q + torch.diag(q_**2), q, G, h, A, b)
+    with pytest.raises(RuntimeError, match="forward-over-forward"):
+        jacfwd(jacfwd(f))(q)
     with pytest.raises(NotImplementedError, match="osqp"):
         grad(lambda q_: ol.solve_qp(Q, q_, G, h, A, b, backend="osqp").sum())(q)
     with pytest.raises(NotImplementedError, match="warm_start"):

@@ -1,5 +1,5 @@
 """``solve_qp`` and ``qp_value`` under ``torch.func`` transforms (``grad``, ``vjp``, ``jacrev``,
-``jvp``, ``jacfwd``, ``vmap``, and ``hessian`` of the optimal value).
+``jvp``, ``jacfwd``, ``vmap``, ``hessian``, and compositions of them).
 
 The solvers read their data (C++ ops, data-dependent stopping, per-problem statuses), which
 functorch's wrapper tensors cannot give them. So when an input is wrapped by a transform,
@@ -10,21 +10,24 @@ functorch's wrapper tensors cannot give them. So when an input is wrapped by a t
 - its ``vmap`` rule folds the vmapped dimension into the batch — the solver is batched anyway:
   ``vmap(f)(q)`` over V problems is *one* call with a leading batch dimension V, not V calls;
 - its ``backward`` and ``jvp`` are the implicit KKT derivative of ``backward.py`` (``kkt_vjp``,
-  ``kkt_jvp``, a torch factor of the active-set KKT matrix), wrapped in two more Functions
-  (:class:`_QPVJP`, :class:`_QPJVP`) with the same folding ``vmap`` rule, so that ``jacrev``
-  (a vmapped backward) and ``jacfwd`` (a vmapped jvp) batch their cotangents or tangents into one
-  call as well. V cotangents of a batch of B problems make V·B problems, but only those whose
-  cotangent is nonzero are gathered (by index, from the unexpanded data) and solved — for the
-  basis vectors of a ``jacrev`` that is one problem each, so a Jacobian of B problems with n
-  outputs costs B·n KKT solves, not B²·n (``jacrev`` at B = 64, n = 10: 314 ms with all V·B
-  solved, 36 ms with the live ones taken from materialized copies, 9.4 ms now).
+  ``kkt_jvp``) written in torch ops on the canonical data and on the saved solution, with one
+  custom piece, the K-solve :class:`_KKTSolve` — itself vmappable (the same folding), and with a
+  backward and a jvp that are K-solves again. So the derivatives compose: ``jacrev``,
+  ``jacfwd``, ``hessian`` (= ``jacfwd(jacrev)``), ``jacrev(jacrev)``, ``jacrev(hessian)``, … —
+  except forward over forward (``jacfwd(jacfwd)``, nested ``jvp``), which is refused (see
+  :func:`_refuse_forward_over_forward`).
+
+Cost of Jacobians: V cotangents (or tangents) over a batch of B problems make V·B right-hand
+sides; :class:`_KKTSolve` factors and solves only the problems whose right-hand side is nonzero,
+gathered by index from the unexpanded data — for the basis vectors of a ``jacrev`` over B problems
+with n entries, one problem each, so B·n solves, not B²·n (``jacrev`` at B = 64, n = 10: 314 ms
+with all V·B solved, 36 ms with the live ones gathered from materialized copies, 9.2 ms now;
+``benchmarks/func_transforms.py``).
 
 Shapes are the user's (``(*, n)`` etc.; broadcasting as in ``solve_qp``); the gradient of an
-input is summed over the batch dimensions it was broadcast along. Failed problems (statuses
-from the plain solve) get zero derivatives. Second derivatives of ``x`` under ``torch.func`` are
-not supported (:class:`_QPVJP`/:class:`_QPJVP` say so when asked); those of the optimal value
-are — its gradient is x*, λ*, ν* themselves (:class:`_QPValue`). Plain autograd
-(``create_graph=True``) differentiates ``x`` to any order (``backward.py``).
+input is summed over the batch dimensions it was broadcast along. Failed problems (statuses from
+the plain solve) get zero derivatives. The optimal value (:class:`_QPValue`) has the envelope
+gradient x*, λ*, ν* — the outputs of :class:`SolveQPFunction`, which carry its higher derivatives.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import math
 import torch
 
 from optlayers._src.qp import kkt
-from optlayers._src.qp.backward import data_of, kkt_jvp, kkt_vjp
+from optlayers._src.qp.backward import data_of, kkt_jvp, kkt_vjp, native_solve_available
 from optlayers._src.qp.linalg import mv, outer
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import fill_absent
@@ -45,15 +48,6 @@ from optlayers._src.transforms import transformed
 
 # Core (non-batch) dimensions of Q, q, G, h, A, b.
 _CORE = (2, 1, 2, 1, 2, 1)
-# ... and of the solution (x, λ, ν), the status, and the cotangents/tangents of (x, λ, ν).
-_SOLUTION_CORE = (1, 1, 1, 0)
-
-_NO_SECOND = (
-    "optlayers: second derivatives of solve_qp's solution under torch.func transforms are not "
-    "supported ({}); use torch.autograd (create_graph=True, torch.autograd.functional.hessian), "
-    "which differentiates solve_qp to any order. The optimal value (qp_value) has torch.func "
-    "Hessians."
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,34 +93,24 @@ def _logical_rank(t: torch.Tensor | None, dim: int | None, core: int) -> int:
     return t.dim() - (dim is not None) - core
 
 
-def _fold(tensors, dims, cores, V: int, expand: bool, rank: int | None = None):
+def _fold(tensors, dims, cores):
     """Move each vmapped dimension to the front and pad the batch with singleton dimensions to
-    the problems' batch rank (``rank``, by default the largest of the tensors'), so that the
-    vmapped dimension becomes the leading batch dimension. ``expand``: give unvmapped tensors the
-    leading dimension too (a copy-free expand)."""
-    if rank is None:
-        rank = max(_logical_rank(t, d, c) for t, d, c in zip(tensors, dims, cores))
+    the problems' largest batch rank, so that the vmapped dimension becomes the leading batch
+    dimension (unvmapped tensors broadcast against it as they are)."""
+    rank = max(_logical_rank(t, d, c) for t, d, c in zip(tensors, dims, cores))
     out = []
     for t, d, c in zip(tensors, dims, cores):
-        if t is None or (d is None and not expand):
+        if t is None or d is None:
             out.append(t)
             continue
-        t = t.unsqueeze(0).expand(V, *t.shape) if d is None else t.movedim(d, 0)
+        t = t.movedim(d, 0)
         logical = t.shape[1:]
-        pad = rank - (len(logical) - c)
-        out.append(t.reshape((V,) + (1,) * pad + tuple(logical)))
+        out.append(t.reshape(t.shape[:1] + (1,) * (rank - (len(logical) - c)) + tuple(logical)))
     return out
 
 
-def _logical_shape(t: torch.Tensor, dim: int | None) -> tuple[int, ...]:
-    shape = list(t.shape)
-    if dim is not None:
-        del shape[dim]
-    return tuple(shape)
-
-
 # ---------------------------------------------------------------------------------------------
-# The implicit derivative in the user's shapes (plain tensors).
+# Gathering the problems of a broadcast batch by index (plain tensors).
 
 
 def _batch(t: torch.Tensor | None, core: int) -> tuple[int, ...]:
@@ -166,109 +150,141 @@ def _sum_rows(rows: torch.Tensor, idx: torch.Tensor, S: tuple[int, ...], target:
     return out.reshape(target)
 
 
-def _live(status: torch.Tensor, vectors, S: tuple[int, ...]) -> torch.Tensor:
-    """(k,) indices (into the flattened batch S) of the problems that solved and have a nonzero
-    (co)tangent among ``vectors`` ((*, ·) each, broadcastable to S). The others get zero
-    derivatives without a KKT solve — which keeps ``jacrev``/``jacfwd`` of a batch linear in its
-    size: each of their B·n basis (co)tangents is nonzero for one problem only."""
-    live = (status == 0).expand(S)
-    nonzero = torch.zeros_like(live)
-    for v in vectors:
-        if v.numel():
-            nonzero = nonzero | (v.abs().amax(-1) > 0).expand(S)
-    return torch.nonzero((live & nonzero).reshape(-1)).squeeze(-1)
+def _bdot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return (u * v).sum(-1)
 
 
-def _subproblems(inputs, solution, S, idx):
-    """The problems ``idx`` of the batch ``S`` as canonical per-problem data (k, …), their
-    solution, active set and a K-solve with a torch factor of its KKT matrix."""
-    k = idx.numel()
-    sub = data_of(*(_rows(t, c, S, idx) for t, c in zip(fill_absent(*inputs), _CORE)), k)
-    sol = [_rows(t, 1, S, idx) for t in solution]
-    mask = kkt.classify_active(sol[1], sub.h - mv(sub.G, sol[0]))
-    fac = kkt.factor(sub, mask, keep_matrix=False)
-    return sub, sol, mask, lambda rhs: kkt.solve(sub, fac, rhs)
+def _bmv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``M v`` with broadcasting batch dimensions."""
+    return (M @ v.unsqueeze(-1)).squeeze(-1)
 
 
-def _batch_shape(tensors, cores) -> tuple[int, ...]:
-    return tuple(broadcast_shapes(*(_batch(t, c) for t, c in zip(tensors, cores))))
+def _bmtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``Mᵀ v`` with broadcasting batch dimensions."""
+    return (v.unsqueeze(-2) @ M).squeeze(-2)
 
 
-class _DerivativeFunction(torch.autograd.Function):
-    """Base of :class:`_QPVJP` and :class:`_QPJVP`: functions of a first derivative that are not
-    differentiated again (under torch.func; plain autograd uses ``backward.py``'s maps)."""
+def _refuse_forward_over_forward() -> None:
+    """Raise where a jvp rule runs inside another forward-mode transform (``jacfwd(jacfwd(·))``,
+    nested ``torch.func.jvp``): there the rules' saved tensors do not carry the outer tangent, and
+    the result was wrong (measured: vᵀHv 1483 instead of 4208 on a test map), so we refuse it.
+    ``jacfwd(jacrev(·))`` (= ``torch.func.hessian``), ``jacrev(jacrev(·))`` and
+    ``jacrev(jacfwd(·))`` are exact."""
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    jvp = torch._C._functorch.TransformType.Jvp
+    if sum(1 for level in stack if level.key() == jvp) > 1:
+        raise RuntimeError(
+            "optlayers: forward-over-forward differentiation (jacfwd(jacfwd(·)), nested torch.func.jvp) "
+            "of solve_qp is not supported; use torch.func.hessian (= jacfwd(jacrev(·))), "
+            "jacrev(jacrev(·)) or torch.autograd with create_graph=True"
+        )
+
+
+class _KKTSolve(torch.autograd.Function):
+    """``(Q, G, A, mask, r) ↦ u = K⁻¹ r``, K the active-set KKT matrix of ``kkt.py`` (mask held
+    fixed), with broadcasting batch dimensions: Q (…, n, n), G (…, m, n), A (…, p, n), mask (…, m),
+    r (…, n+m+p). Differentiable to any order under autograd and ``torch.func``: its derivatives
+    are solves with K again through this map (``backward.py``'s module docstring); its ``vmap``
+    rule moves the vmapped dimension into the batch.
+
+    Only the problems whose right-hand side is nonzero are factored and solved (u = 0 for the
+    others), gathered by index without materializing the broadcast: the basis (co)tangents of a
+    ``jacrev``/``jacfwd`` over B problems with n entries make B·n right-hand sides for B problems,
+    each nonzero for one problem only — B·n solves, not B²·n."""
+
+    @staticmethod
+    def forward(Q, G, A, mask, rhs):
+        S = tuple(broadcast_shapes(_batch(Q, 2), _batch(G, 2), _batch(A, 2), _batch(mask, 1), _batch(rhs, 1)))
+        live = (rhs != 0).any(-1).expand(S).reshape(-1)
+        idx = torch.nonzero(live).squeeze(-1)
+        k, n, m, p = idx.numel(), Q.shape[-1], G.shape[-2], A.shape[-2]
+        zeros = rhs.new_zeros(k, n + m + p)
+        sub = data_of(_rows(Q, 2, S, idx), zeros[:, :n], _rows(G, 2, S, idx), zeros[:, n:n + m],
+                      _rows(A, 2, S, idx), zeros[:, n + m:], k)
+        sub_mask, sub_rhs = _rows(mask, 1, S, idx), _rows(rhs, 1, S, idx)
+        if native_solve_available(sub):
+            from optlayers._src.native import ops
+
+            u = ops.kkt_solve(sub, sub_mask, sub_rhs.contiguous())
+        else:
+            u = kkt.solve(sub, kkt.factor(sub, sub_mask, keep_matrix=False), sub_rhs)
+        return _sum_rows(u, idx, S, S + (rhs.shape[-1],), 1)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        pass
+        ctx.save_for_backward(*inputs[:4], output)
+        ctx.save_for_forward(*inputs[:4], output)
 
     @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(_NO_SECOND.format("reverse mode over a first derivative"))
+    def backward(ctx, gu):
+        Q, G, A, mask, u = ctx.saved_tensors
+        w = _KKTSolve.apply(Q, G, A, mask, gu)
+        n, m = Q.shape[-1], G.shape[-2]
+        ux, ul, un = u[..., :n], mask * u[..., n:n + m], u[..., n + m:]
+        wx, wl, wn = w[..., :n], mask * w[..., n:n + m], w[..., n + m:]
+        need = ctx.needs_input_grad
+        gQ = (-0.5 * (outer(wx, ux) + outer(ux, wx))).sum_to_size(Q.shape) if need[0] else None
+        gG = (-(outer(ul, wx) + outer(wl, ux))).sum_to_size(G.shape) if need[1] else None
+        gA = (-(outer(un, wx) + outer(wn, ux))).sum_to_size(A.shape) if need[2] else None
+        return gQ, gG, gA, None, w
 
     @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(_NO_SECOND.format("forward mode over a first derivative"))
-
-
-class _QPVJP(_DerivativeFunction):
-    """``(data, solution, status, cotangents; needs) ↦`` the gradients of the inputs marked in
-    ``needs``, each summed to its input's shape (``backward.kkt_vjp``). Vmappable by folding."""
-
-    @staticmethod
-    def forward(Q, q, G, h, A, b, x, lam, nu, status, gx, glam, gnu, needs, targets=None):
-        inputs = (Q, q, G, h, A, b)
-        targets = targets or tuple(None if t is None else t.shape for t in inputs)
-        tensors = inputs + (x, lam, nu, status, gx, glam, gnu)
-        S = _batch_shape(tensors, _CORE + _SOLUTION_CORE + (1, 1, 1))
-        S = tuple(broadcast_shapes(S, *(t[: len(t) - c] for t, c in zip(targets, _CORE) if t is not None)))
-        cot = [t.new_zeros(t.shape[-1]) if g is None else g for g, t in ((gx, x), (glam, lam), (gnu, nu))]
-        idx = _live(status, cot, S)
-        sub, sol, mask, solve = _subproblems(inputs, (x, lam, nu), S, idx)
-        grads = kkt_vjp(sub, *sol, mask, *(_rows(c, 1, S, idx) for c in cot), solve, needs)
-        return tuple(_sum_rows(g, idx, S, tuple(target), c)
-                     for g, target, need, c in zip(grads, targets, needs, _CORE) if need)
+    def jvp(ctx, dQ, dG, dA, _dmask, drhs):
+        _refuse_forward_over_forward()
+        Q, G, A, mask, u = ctx.saved_tensors
+        n, m = Q.shape[-1], G.shape[-2]
+        ux, ul, un = u[..., :n], mask * u[..., n:n + m], u[..., n + m:]
+        top, mid, bot = torch.zeros_like(ux), torch.zeros_like(ul), torch.zeros_like(un)
+        if dQ is not None:
+            top = top + _bmv(dQ, ux)
+        if dG is not None:
+            top = top + _bmtv(dG, ul)
+            mid = mid + mask * _bmv(dG, ux)
+        if dA is not None:
+            top = top + _bmtv(dA, un)
+            bot = bot + _bmv(dA, ux)
+        r = -torch.cat([top, mid, bot], -1)  # d(K u) = dK u + K du = dr
+        if drhs is not None:
+            r = r + drhs
+        return _KKTSolve.apply(Q, G, A, mask, r)
 
     @staticmethod
-    def vmap(info, in_dims, Q, q, G, h, A, b, x, lam, nu, status, gx, glam, gnu, needs, targets=None):
-        V = info.batch_size
-        tensors = (Q, q, G, h, A, b, x, lam, nu, status, gx, glam, gnu)
-        cores = _CORE + _SOLUTION_CORE + (1, 1, 1)
-        # Each vmapped slice gets its own gradient of every input (vmapped or not): shape (V, …) +
-        # the gradient's shape at this level — the input's, or the target handed down by an inner
-        # vmap (nested transforms, e.g. vmap(jacrev(f))).
-        shapes = [None if t is None else tuple(targets[i]) if targets and targets[i] is not None
-                  else _logical_shape(t, d) for i, (t, d) in enumerate(zip(tensors[:6], in_dims[:6]))]
-        rank = max([_logical_rank(t, d, c) for t, d, c in zip(tensors, in_dims[:13], cores)]
-                   + [len(s) - c for s, c in zip(shapes, _CORE) if s is not None])
-        folded = _fold(tensors, in_dims[:13], cores, V, expand=False, rank=rank)
-        targets = tuple(None if s is None else (V,) + (1,) * (rank - (len(s) - c)) + s for s, c in zip(shapes, _CORE))
-        grads = _QPVJP.apply(*folded, needs, targets)
-        kept = [s for s, need in zip(shapes, needs) if need]
-        out = tuple(g.reshape((V,) + s) for g, s in zip(grads, kept))
-        return out, (0,) * len(out)
+    def vmap(info, in_dims, Q, G, A, mask, rhs):
+        folded = _fold((Q, G, A, mask, rhs), in_dims, (2, 2, 2, 1, 1))
+        return _KKTSolve.apply(*folded), 0
 
 
-class _QPJVP(_DerivativeFunction):
-    """``(data, solution, status, tangents of the data) ↦ (dx, dλ, dν)`` (``backward.kkt_jvp``),
-    in the solution's shapes. Vmappable by folding."""
+def _canonical(t: torch.Tensor, core: int, S: tuple[int, ...]) -> torch.Tensor:
+    """``t`` (batch dims broadcastable to S) in the canonical layout of ``problem.py``: (B, *core)
+    when it has batch dimensions beyond ones, else shared (*core)."""
+    tb, body = _batch(t, core), tuple(t.shape[t.dim() - core:])
+    if math.prod(tb) == 1:
+        return t.reshape(body)
+    return t.expand(S + body).reshape((math.prod(S),) + body)
 
-    @staticmethod
-    def forward(Q, q, G, h, A, b, x, lam, nu, status, dQ, dq, dG, dh, dA, db):
-        inputs = (Q, q, G, h, A, b)
-        tangents = (dQ, dq, dG, dh, dA, db)
-        tensors = inputs + (x, lam, nu, status) + tangents
-        S = _batch_shape(tensors, _CORE + _SOLUTION_CORE + _CORE)
-        idx = _live(status, [d.flatten(d.dim() - c) for d, c in zip(tangents, _CORE) if d is not None], S)
-        sub, sol, mask, solve = _subproblems(inputs, (x, lam, nu), S, idx)
-        out = kkt_jvp(sub, *sol, mask, [None if d is None else _rows(d, c, S, idx) for d, c in zip(tangents, _CORE)], solve)
-        return tuple(_sum_rows(o, idx, S, S + (o.shape[-1],), 1) for o in out)
 
-    @staticmethod
-    def vmap(info, in_dims, *tensors):
-        cores = _CORE + _SOLUTION_CORE + _CORE
-        folded = _fold(tensors, in_dims, cores, info.batch_size, expand=False)
-        return _QPJVP.apply(*folded), (0, 0, 0)
+def _to_input(g: torch.Tensor, t: torch.Tensor, core: int, S: tuple[int, ...]) -> torch.Tensor:
+    """A canonical gradient ((B, *core), or (*core) where already summed) in the shape of ``t``."""
+    if g.dim() > core:
+        g = g.reshape(S + tuple(g.shape[1:]))
+    return g.sum_to_size(t.shape) if g.dim() >= t.dim() else g.reshape(t.shape)
+
+
+def _prepared(saved):
+    """Canonical data, the solution with failed problems zeroed, the ok mask, the active set and
+    the differentiable K-solve, from ``SolveQPFunction``'s saved tensors (user shapes)."""
+    Q, q, G, h, A, b, x, lam, nu, status = saved
+    S = tuple(status.shape)
+    B = math.prod(S)
+    data = data_of(*(_canonical(t, c, S) for t, c in zip(fill_absent(Q, q, G, h, A, b), _CORE)), B)
+    ok = (status.reshape(B) == 0).unsqueeze(-1)
+    sol = [torch.where(ok, t.reshape(B, t.shape[-1]), 0.0) for t in (x, lam, nu)]
+    mask = kkt.classify_active(sol[1].detach(), (data.h - mv(data.G, sol[0])).detach())
+
+    def solve(rhs: torch.Tensor) -> torch.Tensor:
+        return _KKTSolve.apply(data.Q, data.G, data.A, mask, rhs)
+
+    return data, sol, ok, mask, solve, S
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +292,10 @@ class _QPJVP(_DerivativeFunction):
 
 
 class SolveQPFunction(torch.autograd.Function):
-    """``(Q, q, G, h, A, b; config) ↦ (x, λ, ν, status, iterations)`` for ``torch.func``."""
+    """``(Q, q, G, h, A, b; config) ↦ (x, λ, ν, status, iterations)`` for ``torch.func``. The
+    backward and the JVP are ``backward.kkt_vjp``/``kkt_jvp`` in torch ops on the canonical data,
+    with :class:`_KKTSolve` for the solves and the saved outputs for the solution — so they are
+    differentiable (and vmappable) again, to any order."""
 
     @staticmethod
     def forward(Q, q, G, h, A, b, config: SolveConfig):
@@ -288,8 +307,7 @@ class SolveQPFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, lam, nu, status, iterations = output
         ctx.mark_non_differentiable(status, iterations)
-        # Unused outputs give None, not zeros: _QPValue's backward does not differentiate x, and
-        # a call of _QPVJP on zeros would still be differentiated by an outer jacfwd (hessian).
+        # Unused outputs give None, not zeros: _QPValue's backward does not differentiate x.
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*inputs[:6], x, lam, nu, status)
         ctx.save_for_forward(*inputs[:6], x, lam, nu, status)
@@ -300,26 +318,27 @@ class SolveQPFunction(torch.autograd.Function):
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:6])
         if not any(needs) or (gx is None and glam is None and gnu is None):
             return (None,) * 7
-        grads = iter(_QPVJP.apply(*saved, gx, glam, gnu, needs))
-        return tuple(next(grads) if need else None for need in needs) + (None,)
+        data, sol, ok, mask, solve, S = _prepared(saved)
+        B = data.B
+        cot = [torch.zeros_like(t) if g is None else torch.where(ok, g.expand(S + t.shape[-1:]).reshape(B, -1), 0.0)
+               for g, t in zip((gx, glam, gnu), sol)]
+        grads = kkt_vjp(data, *sol, mask, *cot, solve, needs)
+        return tuple(None if g is None else _to_input(g, t, c, S)
+                     for g, t, c in zip(grads, saved[:6], _CORE)) + (None,)
 
     @staticmethod
     def jvp(ctx, dQ, dq, dG, dh, dA, db, _config):
-        dx, dlam, dnu = _QPJVP.apply(*ctx.saved_tensors, dQ, dq, dG, dh, dA, db)
-        return dx, dlam, dnu, None, None
+        _refuse_forward_over_forward()
+        saved = ctx.saved_tensors
+        data, sol, ok, mask, solve, S = _prepared(saved)
+        tangents = [None if d is None else _canonical(d, c, S) for d, c in zip((dQ, dq, dG, dh, dA, db), _CORE)]
+        out = kkt_jvp(data, *sol, mask, tangents, solve)
+        return tuple(torch.where(ok, o, 0.0).reshape(t.shape) for o, t in zip(out, saved[6:9])) + (None, None)
 
     @staticmethod
     def vmap(info, in_dims, Q, q, G, h, A, b, config):
-        folded = _fold((Q, q, G, h, A, b), in_dims[:6], _CORE, info.batch_size, expand=False)
+        folded = _fold((Q, q, G, h, A, b), in_dims[:6], _CORE)
         return SolveQPFunction.apply(*folded, config), (0, 0, 0, 0, 0)
-
-
-def _bdot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return (u * v).sum(-1)
-
-
-def _bmv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
 
 
 class _QPValue(torch.autograd.Function):
