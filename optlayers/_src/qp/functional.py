@@ -181,8 +181,9 @@ def _refuse_forward_over_forward() -> None:
 
 
 class _KKTSolve(torch.autograd.Function):
-    """``(Q, G, A, mask, r) ↦ u = K⁻¹ r``, K the active-set KKT matrix of ``kkt.py`` (mask held
-    fixed), with broadcasting batch dimensions: Q (…, n, n), G (…, m, n), A (…, p, n), mask (…, m),
+    """``(Q, G, A, mask, r; native) ↦ u = K⁻¹ r``, K the active-set KKT matrix of ``kkt.py`` (mask
+    held fixed; ``native``: the C++ solve where available, else a torch factor), with broadcasting
+    batch dimensions: Q (…, n, n), G (…, m, n), A (…, p, n), mask (…, m),
     r (…, n+m+p). Differentiable to any order under autograd and ``torch.func``: its derivatives
     are solves with K again through this map (``backward.py``'s module docstring); its ``vmap``
     rule moves the vmapped dimension into the batch.
@@ -193,7 +194,7 @@ class _KKTSolve(torch.autograd.Function):
     each nonzero for one problem only — B·n solves, not B²·n."""
 
     @staticmethod
-    def forward(Q, G, A, mask, rhs):
+    def forward(Q, G, A, mask, rhs, native=True):
         S = tuple(broadcast_shapes(_batch(Q, 2), _batch(G, 2), _batch(A, 2), _batch(mask, 1), _batch(rhs, 1)))
         live = (rhs != 0).any(-1).expand(S).reshape(-1)
         idx = torch.nonzero(live).squeeze(-1)
@@ -202,7 +203,7 @@ class _KKTSolve(torch.autograd.Function):
         sub = data_of(_rows(Q, 2, S, idx), zeros[:, :n], _rows(G, 2, S, idx), zeros[:, n:n + m],
                       _rows(A, 2, S, idx), zeros[:, n + m:], k)
         sub_mask, sub_rhs = _rows(mask, 1, S, idx), _rows(rhs, 1, S, idx)
-        if native_solve_available(sub):
+        if native and native_solve_available(sub):
             from optlayers._src.native import ops
 
             u = ops.kkt_solve(sub, sub_mask, sub_rhs.contiguous())
@@ -212,13 +213,14 @@ class _KKTSolve(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        ctx.native = inputs[5] if len(inputs) > 5 else True
         ctx.save_for_backward(*inputs[:4], output)
         ctx.save_for_forward(*inputs[:4], output)
 
     @staticmethod
     def backward(ctx, gu):
         Q, G, A, mask, u = ctx.saved_tensors
-        w = _KKTSolve.apply(Q, G, A, mask, gu)
+        w = _KKTSolve.apply(Q, G, A, mask, gu, ctx.native)
         n, m = Q.shape[-1], G.shape[-2]
         ux, ul, un = u[..., :n], mask * u[..., n:n + m], u[..., n + m:]
         wx, wl, wn = w[..., :n], mask * w[..., n:n + m], w[..., n + m:]
@@ -226,10 +228,10 @@ class _KKTSolve(torch.autograd.Function):
         gQ = (-0.5 * (outer(wx, ux) + outer(ux, wx))).sum_to_size(Q.shape) if need[0] else None
         gG = (-(outer(ul, wx) + outer(wl, ux))).sum_to_size(G.shape) if need[1] else None
         gA = (-(outer(un, wx) + outer(wn, ux))).sum_to_size(A.shape) if need[2] else None
-        return gQ, gG, gA, None, w
+        return gQ, gG, gA, None, w, None
 
     @staticmethod
-    def jvp(ctx, dQ, dG, dA, _dmask, drhs):
+    def jvp(ctx, dQ, dG, dA, _dmask, drhs, *_):
         _refuse_forward_over_forward()
         Q, G, A, mask, u = ctx.saved_tensors
         n, m = Q.shape[-1], G.shape[-2]
@@ -246,12 +248,12 @@ class _KKTSolve(torch.autograd.Function):
         r = -torch.cat([top, mid, bot], -1)  # d(K u) = dK u + K du = dr
         if drhs is not None:
             r = r + drhs
-        return _KKTSolve.apply(Q, G, A, mask, r)
+        return _KKTSolve.apply(Q, G, A, mask, r, ctx.native)
 
     @staticmethod
-    def vmap(info, in_dims, Q, G, A, mask, rhs):
-        folded = _fold((Q, G, A, mask, rhs), in_dims, (2, 2, 2, 1, 1))
-        return _KKTSolve.apply(*folded), 0
+    def vmap(info, in_dims, Q, G, A, mask, rhs, native=True):
+        folded = _fold((Q, G, A, mask, rhs), in_dims[:5], (2, 2, 2, 1, 1))
+        return _KKTSolve.apply(*folded, native), 0
 
 
 def _canonical(t: torch.Tensor, core: int, S: tuple[int, ...]) -> torch.Tensor:
@@ -270,7 +272,7 @@ def _to_input(g: torch.Tensor, t: torch.Tensor, core: int, S: tuple[int, ...]) -
     return g.sum_to_size(t.shape) if g.dim() >= t.dim() else g.reshape(t.shape)
 
 
-def _prepared(saved):
+def _prepared(saved, native: bool):
     """Canonical data, the solution with failed problems zeroed, the ok mask, the active set and
     the differentiable K-solve, from ``SolveQPFunction``'s saved tensors (user shapes)."""
     Q, q, G, h, A, b, x, lam, nu, status = saved
@@ -282,7 +284,7 @@ def _prepared(saved):
     mask = kkt.classify_active(sol[1].detach(), (data.h - mv(data.G, sol[0])).detach())
 
     def solve(rhs: torch.Tensor) -> torch.Tensor:
-        return _KKTSolve.apply(data.Q, data.G, data.A, mask, rhs)
+        return _KKTSolve.apply(data.Q, data.G, data.A, mask, rhs, native)
 
     return data, sol, ok, mask, solve, S
 
@@ -307,6 +309,7 @@ class SolveQPFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, lam, nu, status, iterations = output
         ctx.mark_non_differentiable(status, iterations)
+        ctx.native = inputs[6].backend is not Backend.TORCH  # the torch backend keeps torch solves
         # Unused outputs give None, not zeros: _QPValue's backward does not differentiate x.
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*inputs[:6], x, lam, nu, status)
@@ -318,7 +321,7 @@ class SolveQPFunction(torch.autograd.Function):
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:6])
         if not any(needs) or (gx is None and glam is None and gnu is None):
             return (None,) * 7
-        data, sol, ok, mask, solve, S = _prepared(saved)
+        data, sol, ok, mask, solve, S = _prepared(saved, ctx.native)
         B = data.B
         cot = [torch.zeros_like(t) if g is None else torch.where(ok, g.expand(S + t.shape[-1:]).reshape(B, -1), 0.0)
                for g, t in zip((gx, glam, gnu), sol)]
@@ -330,7 +333,7 @@ class SolveQPFunction(torch.autograd.Function):
     def jvp(ctx, dQ, dq, dG, dh, dA, db, _config):
         _refuse_forward_over_forward()
         saved = ctx.saved_tensors
-        data, sol, ok, mask, solve, S = _prepared(saved)
+        data, sol, ok, mask, solve, S = _prepared(saved, ctx.native)
         tangents = [None if d is None else _canonical(d, c, S) for d, c in zip((dQ, dq, dG, dh, dA, db), _CORE)]
         out = kkt_jvp(data, *sol, mask, tangents, solve)
         return tuple(torch.where(ok, o, 0.0).reshape(t.shape) for o, t in zip(out, saved[6:9])) + (None, None)
