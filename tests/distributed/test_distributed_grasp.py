@@ -150,6 +150,10 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         shard = torch.arange(N_SAMPLES).tensor_split(world)[rank]
         grads, params = _train(model, x[shard], y[shard])
         torch.save({"grads": grads, "params": params}, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Both ranks done before either tears down its gloo connections: without it a rank that
+        # left first once made the other abort in teardown ("terminate called without an active
+        # exception", SIGABRT; seen once, in a clean-clone CI run of the tenth session).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
