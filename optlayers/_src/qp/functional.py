@@ -166,8 +166,10 @@ def _bmtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _refuse_forward_over_forward() -> None:
     """Raise where a jvp rule runs inside another forward-mode transform (``jacfwd(jacfwd(·))``,
-    nested ``torch.func.jvp``): there the rules' saved tensors do not carry the outer tangent, and
-    the result was wrong (measured: vᵀHv 1483 instead of 4208 on a test map), so we refuse it.
+    nested ``torch.func.jvp``): there PyTorch returns wrong higher derivatives through any
+    ``autograd.Function`` (pytorch/pytorch#197867, open: "Nested jacfwd returns incorrect higher
+    derivatives through autograd.Function"; measured here: vᵀHv 1483 instead of 4208 on a test
+    map), so we refuse it.
     ``jacfwd(jacrev(·))`` (= ``torch.func.hessian``), ``jacrev(jacrev(·))`` and
     ``jacrev(jacfwd(·))`` are exact."""
     stack = torch._C._functorch.get_interpreter_stack() or []
