@@ -202,8 +202,9 @@ class _KKTSolve(torch.autograd.Function):
         idx = torch.nonzero(live).squeeze(-1)
         k, n, m, p = idx.numel(), Q.shape[-1], G.shape[-2], A.shape[-2]
         zeros = rhs.new_zeros(k, n + m + p)
-        sub = data_of(_rows(Q, 2, S, idx), zeros[:, :n], _rows(G, 2, S, idx), zeros[:, n:n + m],
-                      _rows(A, 2, S, idx), zeros[:, n + m:], k)
+        # (A matrix without batch dimensions stays shared: one copy, as everywhere in the package.)
+        Qk, Gk, Ak = (M if M.dim() == 2 else _rows(M, 2, S, idx) for M in (Q, G, A))
+        sub = data_of(Qk, zeros[:, :n], Gk, zeros[:, n:n + m], Ak, zeros[:, n + m:], k)
         sub_mask, sub_rhs = _rows(mask, 1, S, idx), _rows(rhs, 1, S, idx)
         if native and native_solve_available(sub):
             from optlayers._src.native import ops
