@@ -207,3 +207,11 @@ def test_nested_vmap_of_jacobians_in_shared_and_batched_data(backend, transform)
         ref = torch.autograd.functional.jacobian(lambda G_, h_: f(G_, h_, q[i], Q[i], A[i], b[i]), (G, h[i]))
         for g, r in zip(got, ref):
             torch.testing.assert_close(g[i], r, **TOL)
+
+
+def test_vmap_and_jacrev_of_the_optimal_value(backend):
+    Q, q, G, h, A, b = _problem()
+    qs = q + 0.2 * torch.randn(4, 5, dtype=F64, generator=torch.Generator().manual_seed(5))
+    V = lambda q_: ol.qp_value(Q, q_, G, h, A, b, backend=backend)
+    torch.testing.assert_close(vmap(V)(qs), ol.qp_value(Q, qs, G, h, A, b, backend=backend), rtol=0, atol=1e-12)
+    torch.testing.assert_close(vmap(jacrev(V))(qs), ol.solve_qp(Q, qs, G, h, A, b, backend=backend), **TOL)
