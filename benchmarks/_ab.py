@@ -1,5 +1,6 @@
-"""Helpers of the same-run A/B benchmarks (``native_lanes.py``, ``torch_kkt.py``): an environment
-switch that is restored afterwards, and the median time of one ``ol.solve_qp`` call."""
+"""Helpers of the same-run benchmarks (``native_lanes.py``, ``torch_kkt.py``, ``func_transforms.py``,
+``hvp.py``): an environment switch that is restored afterwards, the median or best time of a call,
+and the median time of one ``ol.solve_qp`` call."""
 
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ def median_ms(fn, reps: int, device) -> tuple[float, object]:
         times.append(time.perf_counter() - t0)
     times = sorted(times[1:])
     return times[len(times) // 2] * 1e3, out
+
+
+def best_ms(fn, repeat: int) -> float:
+    """Best ms of ``fn()`` over ``repeat`` calls after one warm-up (first-use imports, the native
+    build); CPU timing."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * min(times)
 
 
 def median_solve_ms(data, backend: str, reps: int, backward: bool = True) -> tuple[float, torch.Tensor]:

@@ -10,22 +10,16 @@ Every Jacobian is checked against the autograd one before it is timed.
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import sys
 
 import torch
 from torch.func import jacfwd, jacrev, vmap
 
 import optlayers as ol
 
-
-def best_ms(fn, repeat: int) -> float:
-    fn()  # warm-up (first-use imports, the native build)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * min(times)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _ab import best_ms  # noqa: E402
 
 
 def main() -> None:

@@ -16,23 +16,17 @@ factor (kkt.py) on the torch backend (backward.py: ``differentiable_vjp``).
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import sys
 
 import torch
 
 import optlayers as ol
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _ab import best_ms  # noqa: E402
+
 SIZES = ((32, 20, 20, 5), (128, 50, 50, 10))
-
-
-def best_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * min(times)
 
 
 def main() -> None:
