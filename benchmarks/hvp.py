@@ -7,8 +7,8 @@ Per size and dense backend (best of --repeat, ms):
 - solve_qp double backward: d/dG ⟨∇_G ⟨v, x*⟩, W⟩ (x* is affine in q and h on an active set, so
   the second derivative is taken in G, where it is not zero).
 
-The recorded backward's K-solves are the C++ ``qp_kkt_solve`` on the native backend and a torch
-factor (kkt.py) on the torch backend (backward.py: ``differentiable_vjp``).
+The recorded backward's K-solves (backward.py: ``KKTSolveMap``) are the C++ ``qp_kkt_solve`` on the
+native backend and a torch factor (kkt.py) on the torch backend.
 
     python benchmarks/hvp.py [--repeat 5]
 """

@@ -243,7 +243,7 @@ def _backward(ctx, gx, glam, gnu, _gstatus, _giters, _gfactor):
     mask = kkt.classify_active(lam.detach(), (h - mv(G, x)).detach())
     if differentiable:
         # The backward on the graph (x, λ, ν are this op's outputs; backward.py's module docstring).
-        return differentiable_vjp(data, x, lam, nu, mask, gx, glam, gnu, needs) + (None,) * ctx.n_options
+        return differentiable_vjp(data, x, lam, nu, mask, gx, glam, gnu, needs, native=True) + (None,) * ctx.n_options
     grads = kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, lambda r: kkt_solve(data, mask, r), needs)
     return grads + (None,) * ctx.n_options
 

@@ -38,8 +38,9 @@ derivative is, for K u = r,
 
     ∇r = w,   ∇Q = −½(w_x u_xᵀ + u_x w_xᵀ),   ∇G = −(M u_λ w_xᵀ + M w_λ u_xᵀ),   ∇A = −(u_ν w_xᵀ + w_ν u_xᵀ),
 
-with w = K⁻¹ ū (K = Kᵀ, one more solve with the same factor) — again built from the map itself, so
-every order is available. The first-order backward (grad mode off, the default) is untouched.
+with w = K⁻¹ ū (K = Kᵀ, one more solve) — again built from the map itself, so every order is
+available (and the same map serves ``functional.py``'s ``torch.func`` path: it also has a JVP and a
+``vmap`` rule). The first-order backward (grad mode off, the default) is untouched.
 At a degenerate point the result is the derivative of the QP whose active set is held fixed, as
 for the first order.
 """
@@ -52,9 +53,12 @@ from typing import Callable
 import torch
 
 from optlayers._src.qp import kkt
+from optlayers._src.qp.batching import batch_dims, bmtv, bmv, fold, rows, sum_rows
 from optlayers._src.qp.linalg import mtv, mv, outer, reduce_to
 from optlayers._src.qp.problem import QPData
 from optlayers._src.qp.threads import intra_op_threads
+from optlayers._src.sparse.problem import broadcast_shapes
+from optlayers._src.transforms import refuse_forward_over_forward
 
 
 KKTSolve = Callable[[torch.Tensor], torch.Tensor]
@@ -128,42 +132,81 @@ def kkt_solver(kind: str, data: QPData, mask, lu, pivots, delta) -> KKTSolve:
 
 
 class KKTSolveMap(torch.autograd.Function):
-    """``(Q, q, G, h, A, b, r; mask, factor, kind) ↦ u = K⁻¹ r``: the active-set KKT solve as a
-    differentiable function of the data and of r, the mask held fixed. ``kind`` ``"torch"``: with
-    the factor tensors (``lu``, ``pivots``, ``delta`` of a :class:`kkt.ActiveKKTFactor` of this
-    mask; refined against the exact K, ``kkt.py``); ``"native"``: the C++ solve (``qp_kkt_solve``,
-    which factors per call; the factor slots are unused). Its backward solves with K again through
-    this map (see the module docstring), so it can be differentiated to any order. Only ``Q``,
-    ``G``, ``A`` and ``r`` get gradients (K does not contain q, h, b)."""
+    """``(Q, G, A, mask, r; native) ↦ u = K⁻¹ r``, K the active-set KKT matrix of ``kkt.py`` (mask
+    held fixed; ``native``: the C++ solve where available, else a torch factor), with broadcasting
+    batch dimensions: Q (…, n, n), G (…, m, n), A (…, p, n), mask (…, m),
+    r (…, n+m+p). Differentiable to any order under autograd and ``torch.func``: its derivatives
+    are solves with K again through this map (module docstring); its ``vmap``
+    rule moves the vmapped dimension into the batch.
+
+    Only the problems whose right-hand side is nonzero are factored and solved (u = 0 for the
+    others), gathered by index without materializing the broadcast: the basis (co)tangents of a
+    ``jacrev``/``jacfwd`` over B problems with n entries make B·n right-hand sides for B problems,
+    each nonzero for one problem only — B·n solves, not B²·n."""
 
     @staticmethod
-    def forward(Q, q, G, h, A, b, rhs, mask, lu, pivots, delta, kind="torch"):
-        data = data_of(Q, q, G, h, A, b, rhs.shape[0])
-        if kind == "native":
+    def forward(Q, G, A, mask, rhs, native=True):
+        S = tuple(broadcast_shapes(batch_dims(Q, 2), batch_dims(G, 2), batch_dims(A, 2), batch_dims(mask, 1), batch_dims(rhs, 1)))
+        live = (rhs != 0).any(-1).expand(S).reshape(-1)
+        # (All live — every backward of a batch: no gather, no scatter.)
+        idx = None if bool(live.all()) else torch.nonzero(live).squeeze(-1)
+        k, n, m, p = live.numel() if idx is None else idx.numel(), Q.shape[-1], G.shape[-2], A.shape[-2]
+        zeros = rhs.new_zeros(k, n + m + p)
+        # (A matrix without batch dimensions stays shared: one copy, as everywhere in the package.)
+        Qk, Gk, Ak = (M if M.dim() == 2 else rows(M, 2, S, idx) for M in (Q, G, A))
+        sub = data_of(Qk, zeros[:, :n], Gk, zeros[:, n:n + m], Ak, zeros[:, n + m:], k)
+        sub_mask, sub_rhs = rows(mask, 1, S, idx), rows(rhs, 1, S, idx)
+        if native and native_solve_available(sub):
             from optlayers._src.native import ops
 
-            return ops.kkt_solve(data, mask, rhs)
-        with intra_op_threads(data):
-            return kkt.solve(data, kkt.ActiveKKTFactor(lu=lu, pivots=pivots, mask=mask, delta=delta), rhs)
+            u = ops.kkt_solve(sub, sub_mask, sub_rhs.contiguous())
+        else:
+            u = kkt.solve(sub, kkt.factor(sub, sub_mask, keep_matrix=False), sub_rhs)
+        return sum_rows(u, idx, S, S + (rhs.shape[-1],), 1)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        Q, q, G, h, A, b, _rhs, mask, lu, pivots, delta = inputs[:11]
-        ctx.kind = inputs[11] if len(inputs) > 11 else "torch"
-        ctx.save_for_backward(Q, q, G, h, A, b, mask, lu, pivots, delta, output)
+        ctx.native = inputs[5] if len(inputs) > 5 else True
+        ctx.save_for_backward(*inputs[:4], output)
+        ctx.save_for_forward(*inputs[:4], output)
 
     @staticmethod
     def backward(ctx, gu):
-        Q, q, G, h, A, b, mask, lu, pivots, delta, u = ctx.saved_tensors
-        n, m = q.shape[-1], h.shape[-1]
-        w = KKTSolveMap.apply(Q, q, G, h, A, b, gu, mask, lu, pivots, delta, ctx.kind)
-        ux, ul, un = u[:, :n], mask * u[:, n:n + m], u[:, n + m:]
-        wx, wl, wn = w[:, :n], mask * w[:, n:n + m], w[:, n + m:]
+        Q, G, A, mask, u = ctx.saved_tensors
+        w = KKTSolveMap.apply(Q, G, A, mask, gu, ctx.native)
+        n, m = Q.shape[-1], G.shape[-2]
+        ux, ul, un = u[..., :n], mask * u[..., n:n + m], u[..., n + m:]
+        wx, wl, wn = w[..., :n], mask * w[..., n:n + m], w[..., n + m:]
         need = ctx.needs_input_grad
-        gQ = reduce_to(-0.5 * (outer(wx, ux) + outer(ux, wx)), Q) if need[0] else None
-        gG = reduce_to(-(outer(ul, wx) + outer(wl, ux)), G) if need[2] else None
-        gA = reduce_to(-(outer(un, wx) + outer(wn, ux)), A) if need[4] else None
-        return gQ, None, gG, None, gA, None, w, None, None, None, None, None
+        gQ = (-0.5 * (outer(wx, ux) + outer(ux, wx))).sum_to_size(Q.shape) if need[0] else None
+        gG = (-(outer(ul, wx) + outer(wl, ux))).sum_to_size(G.shape) if need[1] else None
+        gA = (-(outer(un, wx) + outer(wn, ux))).sum_to_size(A.shape) if need[2] else None
+        return gQ, gG, gA, None, w, None
+
+    @staticmethod
+    def jvp(ctx, dQ, dG, dA, _dmask, drhs, *_):
+        refuse_forward_over_forward()
+        Q, G, A, mask, u = ctx.saved_tensors
+        n, m = Q.shape[-1], G.shape[-2]
+        ux, ul, un = u[..., :n], mask * u[..., n:n + m], u[..., n + m:]
+        top, mid, bot = torch.zeros_like(ux), torch.zeros_like(ul), torch.zeros_like(un)
+        if dQ is not None:
+            top = top + bmv(dQ, ux)
+        if dG is not None:
+            top = top + bmtv(dG, ul)
+            mid = mid + mask * bmv(dG, ux)
+        if dA is not None:
+            top = top + bmtv(dA, un)
+            bot = bot + bmv(dA, ux)
+        r = -torch.cat([top, mid, bot], -1)  # d(K u) = dK u + K du = dr
+        if drhs is not None:
+            r = r + drhs
+        return KKTSolveMap.apply(Q, G, A, mask, r, ctx.native)
+
+    @staticmethod
+    def vmap(info, in_dims, Q, G, A, mask, rhs, native=True):
+        folded = fold((Q, G, A, mask, rhs), in_dims[:5], (2, 2, 2, 1, 1))
+        return KKTSolveMap.apply(*folded, native), 0
 
 
 def native_solve_available(data: QPData) -> bool:
@@ -177,25 +220,15 @@ def native_solve_available(data: QPData) -> bool:
     return data.device.type == "cpu" or (data.device.type == "cuda" and ops.cuda_available())
 
 
-def differentiable_vjp(data: QPData, x, lam, nu, mask, gx, glam, gnu, needs,
-                       fac: "kkt.ActiveKKTFactor | None" = None):
+def differentiable_vjp(data: QPData, x, lam, nu, mask, gx, glam, gnu, needs, native: bool):
     """:func:`kkt_vjp` as a differentiable function of the data and of ``(x, λ, ν)`` (pass the
     solution as it sits on the graph, e.g. a :class:`QPSolutionMap`'s outputs): the backward used
-    when autograd records the backward itself (``create_graph=True``). ``fac``: a torch factor of
-    K_δ for ``mask``; without one, the C++ K-solve where it is available (4–5× faster than a torch
-    factor + solve at B=32…128, n=20…50, float64), else a torch factor computed here."""
-    tensors = data.tensors()
-    if fac is None and native_solve_available(data):
-        empty = x.new_empty(0)
+    when autograd records the backward itself (``create_graph=True``). The K-solves go through
+    :class:`KKTSolveMap`: the C++ one where ``native`` and available (4–5× faster than a torch
+    factor + solve at B=32…128, n=20…50, float64), else a torch factor."""
 
-        def solve(rhs: torch.Tensor) -> torch.Tensor:
-            return KKTSolveMap.apply(*tensors, rhs, mask, empty, empty, empty, "native")
-    else:
-        if fac is None:
-            fac = kkt.factor(data.detach(), mask, keep_matrix=False)
-
-        def solve(rhs: torch.Tensor) -> torch.Tensor:
-            return KKTSolveMap.apply(*tensors, rhs, fac.mask, fac.lu, fac.pivots, fac.delta)
+    def solve(rhs: torch.Tensor) -> torch.Tensor:
+        return KKTSolveMap.apply(data.Q, data.G, data.A, mask, rhs, native)
 
     return kkt_vjp(data, x, lam, nu, mask, gx, glam, gnu, solve, needs)
 
@@ -227,9 +260,8 @@ class QPSolutionMap(torch.autograd.Function):
         needs = ctx.needs_input_grad[:6]
         if torch.is_grad_enabled() and x.shape[0]:
             # create_graph=True: the backward on the graph, for higher derivatives (module docstring).
-            # (The native kind's lu/pivots slots hold its own factor and statuses: factor here.)
-            fac = kkt.ActiveKKTFactor(lu=lu, pivots=pivots, mask=mask, delta=delta) if ctx.kind == "torch" else None
-            return differentiable_vjp(data, x, lam, nu, mask, gx, glam, gnu, needs, fac) + (None,) * 8
+            native = ctx.kind == "native"
+            return differentiable_vjp(data, x, lam, nu, mask, gx, glam, gnu, needs, native) + (None,) * 8
         if ctx.kind == "native" and x.device.type == "cpu":
             # The native op's own fused backward (active set, KKT solve and outer products per
             # problem in C++; the same formulas as kkt_vjp), e.g. for warm-started solutions.

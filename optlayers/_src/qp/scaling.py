@@ -103,11 +103,16 @@ def _stats(data: QPData) -> tuple[float, float, float]:
             return ops.scale_stats(data.Q, data.q, data.G, data.A)
     with torch.no_grad():
         c = _column_scales(data.Q.detach(), data.G.detach(), data.A.detach()).expand(data.B, data.n)
-        hi = c.amax(-1)
-        lo = torch.where(c > 0, c, torch.full_like(c, float("inf"))).amin(-1)
-        spread = torch.where(hi > 0, hi / lo, torch.ones_like(hi))
+        spread = column_spread(c)
         sigma = _sigma(data)
         return tuple(torch.stack([sigma.amin(), sigma.amax(), spread.amax()]).tolist())
+
+
+def column_spread(c: torch.Tensor) -> torch.Tensor:
+    """max_j c_j / min_j c_j over the nonzero column scales c (…, n); 1 where all are zero."""
+    hi = c.amax(-1)
+    lo = torch.where(c > 0, c, torch.full_like(c, float("inf"))).amin(-1)
+    return torch.where(hi > 0, hi / lo, torch.ones_like(hi))
 
 
 def _column_scales(Q: torch.Tensor, G: torch.Tensor, A: torch.Tensor) -> torch.Tensor:

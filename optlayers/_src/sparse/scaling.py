@@ -29,7 +29,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from optlayers._src.qp.scaling import COLUMN_SPREAD_MAX, HIGH, LOW, RUIZ_ITERS
+from optlayers._src.qp.scaling import COLUMN_SPREAD_MAX, HIGH, LOW, RUIZ_ITERS, column_spread
 from optlayers._src.sparse.problem import SparseQPData
 
 
@@ -70,7 +70,7 @@ def plan(data: SparseQPData) -> SparseScaling | None:
         P, q, A = (t.detach() for t in (data.P, data.q, data.A))
         c = _column_scales(data, P, A)
         d = None
-        if float(_spread(c).amax()) > COLUMN_SPREAD_MAX:
+        if float(column_spread(c).amax()) > COLUMN_SPREAD_MAX:
             d = _ruiz(data, P, A)
             P, q, _ = _scale_columns(dataclasses.replace(data, P=P, q=q, A=A), d)
         sigma = torch.maximum(_amax(P), _amax(q)).expand(data.B)
@@ -86,12 +86,6 @@ def _amax(v: torch.Tensor) -> torch.Tensor:
     if v.shape[-1] == 0:
         return v.new_zeros(v.shape[:-1])
     return v.abs().amax(-1)
-
-
-def _spread(c: torch.Tensor) -> torch.Tensor:
-    hi = c.amax(-1)
-    lo = torch.where(c > 0, c, torch.full_like(c, float("inf"))).amin(-1)
-    return torch.where(hi > 0, hi / lo, torch.ones_like(hi))
 
 
 def _index(a: np.ndarray, device) -> torch.Tensor:
