@@ -69,8 +69,8 @@ enum : int8_t {
 constexpr double kRegGrowth = 1e4;
 constexpr int kRefinementSteps = 3;
 // Stall rule (as in the PyTorch backend): leave the loop as kMaxIter when the merit
-// max(pres, dres, gap), sᵀz and the infeasibility-certificate ratio have all not dropped below
-// kStallDecrease × their best for kStallIters iterations.
+// max(pres, dres, gap), sᵀz, the infeasibility-certificate ratio and the residual max(pres, dres)
+// have all not dropped below kStallDecrease × their best for kStallIters iterations.
 constexpr int kStallIters = 5;
 // Active-set guesses tried by the polish (the first plus corrections).
 constexpr int kPolishRounds = 3;
@@ -202,6 +202,18 @@ OL_HD OL_INLINE T dot_serial(const T* a, const T* b, int k) {
 template <typename T>
 OL_HD OL_INLINE void axpy_serial(T* y, T a, const T* x, int k) {
   for (int i = 0; i < k; ++i) y[i] += a * x[i];
+}
+// The same with the arithmetic in R (the data may be narrower: float rows, double sums).
+template <typename R, typename A, typename B>
+OL_HD OL_INLINE R dot_wide(const A* a, const B* b, int k) {
+  R acc = 0;
+  OL_SIMD_SUM(acc)
+  for (int i = 0; i < k; ++i) acc += R(a[i]) * R(b[i]);
+  return acc;
+}
+template <typename R, typename X>
+OL_HD OL_INLINE void axpy_wide(R* y, R a, const X* x, int k) {
+  for (int i = 0; i < k; ++i) y[i] += a * R(x[i]);
 }
 // y += Σ_r a[r] · X[r·ld : r·ld + k] over `rows` rows, four rows per pass over y (a quarter of the
 // loads/stores of y compared with one axpy per row).
@@ -582,6 +594,24 @@ OL_HD T dot(const Grp& g, const T* a, const T* b, int k) {
   T part = 0;
   for (int i = g.rank(); i < k; i += g.size()) part += a[i] * b[i];
   return g.sum(part);
+}
+
+// Σ|a_i b_i|: the size of dot(a, b)'s terms, against which its value is tested for cancellation.
+template <typename T, typename Grp>
+OL_HD T dot_size(const Grp& g, const T* a, const T* b, int k) {
+  T part = 0;
+  for (int i = g.rank(); i < k; i += g.size()) part += ol_abs(a[i] * b[i]);
+  return g.sum(part);
+}
+
+// An infeasibility certificate's value t (t_p = −(h̃ᵀz + b̃ᵀy) or t_d = −qᵀx) counts only above
+// the infeasibility tolerance times the size of its terms: on a *feasible* problem whose iterate
+// diverges (float32 near a degenerate solution, an equality written as two opposite
+// inequalities) z grew to 3e8 on both rows, h̃ᵀz came out as 64 — one rounding of 5.7e8 — and
+// G̃ᵀz as exactly 0. Same rule as the PyTorch backend.
+template <typename T>
+OL_HD OL_INLINE bool above_cancellation(T t, T size, T inf_tol) {
+  return t > inf_tol * size;
 }
 
 // Largest α with v + α dv ≥ 0 (∞ if dv ≥ 0).
@@ -1000,19 +1030,21 @@ OL_HD void kkt_backward(const Grp& g, const Problem<T>& d, const T* x, const T* 
 }
 
 // ----------------------------------------------------------------------------------------------
-// The stall rule (see kStallIters): progress is the merit max(pres, dres, gap), sᵀz or the
-// infeasibility-certificate ratio falling below kStallDecrease × its best. Shared by solve_qp and
-// the CUDA small kernel (qp_small.h).
+// The stall rule (see kStallIters): progress is the merit max(pres, dres, gap), sᵀz, the
+// infeasibility-certificate ratio or the residual max(pres, dres) falling below kStallDecrease ×
+// its best. Shared by solve_qp and the CUDA small kernel (qp_small.h).
 template <typename T>
 struct Progress {
-  T best = ol_inf<T>(), best_sz = ol_inf<T>(), best_cert = ol_inf<T>();
+  T best = ol_inf<T>(), best_sz = ol_inf<T>(), best_cert = ol_inf<T>(), best_res = ol_inf<T>();
   int stall = 0;
   // Records one iterate; returns true once kStallIters iterates in a row made no progress.
-  OL_HD OL_INLINE bool stalled(T merit, T sz, T cert) {
-    if (merit < T(kStallDecrease) * best || sz < T(kStallDecrease) * best_sz || cert < T(kStallDecrease) * best_cert) {
+  OL_HD OL_INLINE bool stalled(T merit, T sz, T cert, T res) {
+    if (merit < T(kStallDecrease) * best || sz < T(kStallDecrease) * best_sz || cert < T(kStallDecrease) * best_cert ||
+        res < T(kStallDecrease) * best_res) {
       best = ol_min(best, merit);
       best_sz = ol_min(best_sz, sz);
       best_cert = ol_min(best_cert, cert);
+      best_res = ol_min(best_res, res);
       stall = 0;
     } else {
       ++stall;
@@ -1295,74 +1327,66 @@ OL_HD void keep_factor(const Grp& g, const KKTWork<T>& w, const T* inset, int n,
 // matrix of all k + p rows and their products with g are computed once up front: every
 // Lawson–Hanson step then works on those (c² multiply-adds for the gradient, no n-length dot
 // products with their reductions), instead of recomputing the passive rows' Gram matrix and the
-// residual.
-template <typename T>
-OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol, T* u, T* scratch,
+// residual. R is the arithmetic's type (scratch holds R's): T, or double for float data (see
+// repair_multipliers_wide).
+template <typename R, typename T>
+OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol_t, T* u, R* scratch,
                               int64_t scratch_size = 0) {
   const int n = d.n, p = d.p, c = k + p;
-  T* gram = scratch;              // c×c Cholesky of the passive-set Gram matrix (compacted)
-  T* y = gram + int64_t(c) * c;   // current multipliers
-  T* sol = y + c;                 // LS solution
-  T* wv = sol + c;                // negative gradient
-  T* inP = wv + c;                // passive flags
+  const R tol = R(tol_t);
+  R* gram = scratch;              // c×c Cholesky of the passive-set Gram matrix (compacted)
+  R* y = gram + int64_t(c) * c;   // current multipliers
+  R* sol = y + c;                 // LS solution
+  R* wv = sol + c;                // negative gradient
+  R* inP = wv + c;                // passive flags
   int* idx = reinterpret_cast<int*>(inP + c);  // passive index list (c ints in 2c scalars)
-  T* r = inP + 3 * c;             // residual Mᵀy + g (n)
-  T* gq = r + n;                  // the gradient g = Qx + q (n), fixed during the repair
+  R* r = inP + 3 * c;             // residual Mᵀy + g (n)
+  R* gq = r + n;                  // the gradient g = Qx + q (n), fixed during the repair
   const int64_t base = int64_t(c) * c + 6 * int64_t(c) + 2 * int64_t(n);
-  T* full = scratch_size >= base + int64_t(c) * c + c ? gq + n : nullptr;  // c×c Gram of all rows
-  T* b0 = full != nullptr ? full + int64_t(c) * c : nullptr;                  // M g (c)
+  R* full = scratch_size >= base + int64_t(c) * c + c ? gq + n : nullptr;  // c×c Gram of all rows
+  R* b0 = full != nullptr ? full + int64_t(c) * c : nullptr;                  // M g (c)
   const T* x = u;
   auto row = [&](int j) { return j < k ? d.G + int64_t(act[j]) * n : d.A + int64_t(j - k) * n; };
   if (full != nullptr)
     for (int a = 0; a < c; ++a)
-      for (int b = 0; b <= a; ++b) full[a * c + b] = full[b * c + a] = dot_serial(row(a), row(b), n);
-  T gn = 0;
+      for (int b = 0; b <= a; ++b) full[a * c + b] = full[b * c + a] = dot_wide<R>(row(a), row(b), n);
+  R gn = 0;
   for (int i = 0; i < n; ++i) {
-    gq[i] = dot_serial(d.Q + int64_t(i) * n, x, n) + d.q[i];
+    gq[i] = dot_wide<R>(d.Q + int64_t(i) * n, x, n) + R(d.q[i]);
     gn = ol_max(gn, ol_abs(gq[i]));
   }
   if (b0 != nullptr)
     for (int j = 0; j < c; ++j) {
-      T acc = 0;
-      for (int i = 0; i < n; ++i) acc += row(j)[i] * gq[i];
-      b0[j] = acc;
+      b0[j] = dot_wide<R>(row(j), gq, n);
     }
   auto residual = [&]() {
     for (int i = 0; i < n; ++i) r[i] = gq[i];
     for (int j = 0; j < c; ++j)
-      if (y[j] != T(0)) axpy_serial(r, y[j], row(j), n);
+      if (y[j] != R(0)) axpy_wide(r, y[j], row(j), n);
   };
   // LS on the passive set: (M_P M_Pᵀ) s_P = −M_P g, by Cholesky; false if singular.
   auto solve_passive = [&]() {
     int np = 0;
     for (int j = 0; j < c; ++j)
-      if (inP[j] > T(0.5)) idx[np++] = j;
+      if (inP[j] > R(0.5)) idx[np++] = j;
     for (int a = 0; a < np; ++a)
       for (int b = 0; b <= a; ++b)
-        gram[a * np + b] = full != nullptr ? full[idx[a] * c + idx[b]] : dot_serial(row(idx[a]), row(idx[b]), n);
+        gram[a * np + b] = full != nullptr ? full[idx[a] * c + idx[b]] : dot_wide<R>(row(idx[a]), row(idx[b]), n);
     for (int j = 0; j < c; ++j) sol[j] = 0;
     if (np == 0) return true;
     if (!cholesky(SerialGroup{}, gram, np)) return false;
-    T* rhs_ = wv;  // reuse: −M_P g
-    for (int a = 0; a < np; ++a) {
-      T acc = 0;
-      if (b0 != nullptr) {
-        acc = b0[idx[a]];
-      } else {
-        for (int i = 0; i < n; ++i) acc += row(idx[a])[i] * gq[i];
-      }
-      rhs_[a] = -acc;
-    }
+    R* rhs_ = wv;  // reuse: −M_P g
+    for (int a = 0; a < np; ++a) rhs_[a] = -(b0 != nullptr ? b0[idx[a]] : dot_wide<R>(row(idx[a]), gq, n));
     chol_solve(SerialGroup{}, gram, np, rhs_);
     for (int a = 0; a < np; ++a) sol[idx[a]] = rhs_[a];
     return true;
   };
-  for (int j = 0; j < c; ++j) { y[j] = 0; inP[j] = j >= k ? T(1) : T(0); }
+  for (int j = 0; j < c; ++j) { y[j] = 0; inP[j] = j >= k ? R(1) : R(0); }
   if (p > 0) {
     if (!solve_passive()) return false;
     for (int j = 0; j < c; ++j) y[j] = sol[j];
   }
-  const T wtol = tol * (1 + gn) * T(1e-3);
+  const R wtol = tol * (1 + gn) * R(1e-3);
   for (int outer = 0; outer < 3 * c; ++outer) {
     if (full == nullptr) {
       residual();
@@ -1371,13 +1395,13 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
       // (symmetric) Gram matrix: contiguous in j, and no reduction chain per j.
       for (int j = 0; j < k; ++j) wv[j] = b0[j];
       for (int i = 0; i < c; ++i)
-        if (y[i] != T(0)) axpy_serial(wv, y[i], full + int64_t(i) * c, k);
+        if (y[i] != R(0)) axpy_wide(wv, y[i], full + int64_t(i) * c, k);
     }
     int t = -1;
-    T best = wtol;
+    R best = wtol;
     for (int j = 0; j < k; ++j) {
-      if (inP[j] > T(0.5)) continue;
-      const T wj = full != nullptr ? -wv[j] : -dot_serial(row(j), r, n);
+      if (inP[j] > R(0.5)) continue;
+      const R wj = full != nullptr ? -wv[j] : -dot_wide<R>(row(j), r, n);
       if (wj > best) { best = wj; t = j; }
     }
     if (t < 0) break;
@@ -1385,12 +1409,12 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
     for (int inner = 0; inner <= c; ++inner) {
       if (!solve_passive()) return false;
       bool feasible = true;
-      T alpha = 1;
+      R alpha = 1;
       for (int j = 0; j < k; ++j)
-        if (inP[j] > T(0.5) && !(sol[j] > T(0))) {
+        if (inP[j] > R(0.5) && !(sol[j] > R(0))) {
           feasible = false;
-          const T den = y[j] - sol[j];
-          if (den > T(0)) alpha = ol_min(alpha, y[j] / den);
+          const R den = y[j] - sol[j];
+          if (den > R(0)) alpha = ol_min(alpha, y[j] / den);
         }
       if (feasible) {
         for (int j = 0; j < c; ++j) y[j] = sol[j];
@@ -1398,15 +1422,35 @@ OL_HD bool repair_multipliers(const Problem<T>& d, const int* act, int k, T tol,
       }
       for (int j = 0; j < c; ++j) y[j] += alpha * (sol[j] - y[j]);
       for (int j = 0; j < k; ++j)
-        if (inP[j] > T(0.5) && !(y[j] > T(0))) { inP[j] = 0; y[j] = 0; }
+        if (inP[j] > R(0.5) && !(y[j] > R(0))) { inP[j] = 0; y[j] = 0; }
     }
   }
   residual();
-  T rn = 0;
+  R rn = 0;
   for (int i = 0; i < n; ++i) rn = ol_max(rn, ol_abs(r[i]));
   if (!(rn <= tol)) return false;
-  for (int j = 0; j < c; ++j) u[n + j] = j < k ? ol_max(y[j], T(0)) : y[j];
+  for (int j = 0; j < c; ++j) u[n + j] = T(j < k ? ol_max(y[j], R(0)) : y[j]);
   return true;
+}
+
+// repair_multipliers in double precision for float data where `scratch` (scratch_size T's) has room
+// for it, else in T. Its passive-set least squares go through the normal equations, whose condition
+// number is the square of the active rows': at a degenerate float32 vertex (25 active rows and 5
+// equalities on 22 variables) float's Cholesky could not bring the residual to the polish tolerance
+// that double reaches (the tolerance stays float's). `full`: allow the Gram matrix of all rows.
+template <typename T>
+OL_HD bool repair_multipliers_wide(const Problem<T>& d, const int* act, int k, T tol, T* u, T* scratch,
+                                   int64_t scratch_size, bool full) {
+  if constexpr (sizeof(T) < sizeof(double)) {
+    // The first 8-byte-aligned address in scratch, and how many doubles fit from there.
+    const uintptr_t a = reinterpret_cast<uintptr_t>(scratch);
+    const uintptr_t aligned = (a + alignof(double) - 1) & ~uintptr_t(alignof(double) - 1);
+    const int64_t cap = (scratch_size * int64_t(sizeof(T)) - int64_t(aligned - a)) / int64_t(sizeof(double));
+    const int64_t need = int64_t(k + d.p) * (k + d.p) + 6 * int64_t(k + d.p) + 2 * int64_t(d.n);
+    if (need <= cap)
+      return repair_multipliers<double>(d, act, k, tol, u, reinterpret_cast<double*>(aligned), full ? cap : 0);
+  }
+  return repair_multipliers<T>(d, act, k, tol, u, scratch, full ? scratch_size : 0);
 }
 
 // Polish (see optlayers/_src/qp/backends/torch_ipm.py::polish): solve the KKT system of the
@@ -1511,10 +1555,11 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     if (!accept && primal_ok && need <= N0 * N0)
     {
       if constexpr (Grp::kSerial) {
-        accept = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU, N0 * N0);
+        accept = repair_multipliers_wide(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU, N0 * N0, true);
       } else {
         g.sync();  // every member is done reading u and w.du
-        if (g.rank() == 0) w.du[0] = repair_multipliers(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU) ? T(1) : T(0);
+        if (g.rank() == 0)
+          w.du[0] = repair_multipliers_wide(d, act, k, set.polish_tol * (1 + rhs_n), u, w.LU, N0 * N0, false) ? T(1) : T(0);
         g.sync();
         accept = w.du[0] > T(0.5);
         g.sync();
@@ -1694,7 +1739,8 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   int it = 0;
   Progress<T> progress;
   T loose = set.polish_start;  // next early-polish threshold (≤ tol: none)
-  bool factor_failed = false;  // a factorization failed inside the loop (not at the start)
+  // The iterate broke or a factorization failed inside the loop (not at the start).
+  bool rescue = false;
   // The iterate of lowest merit so far (xb, zb, yb): what an iteration-limited problem hands to
   // the polish. In float32 the last iterates can drift away from it — the residuals climb back
   // from the rounding floor while sᵀz keeps falling (degenerate grasp QPs) — and the polish's
@@ -1728,12 +1774,17 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     const T dres = inf_norm(g, st.rd, n) / (1 + ol_max(ol_max(qn, Qxn), Gtzn));
     const bool converged = pres <= set.tol && dres <= set.tol && gap <= set.tol;
     const T t_p = -(dot(g, hs, st.z, m) + dot(g, bs, st.y, p));
-    const bool primal_inf = t_p > T(0) && Gtzn <= set.inf_tol * t_p;
+    // (The sizes are summed only for a claimed certificate; the flags are group-uniform.)
+    const bool primal_inf = t_p > T(0) && Gtzn <= set.inf_tol * t_p &&
+                            above_cancellation(t_p, dot_size(g, hs, st.z, m) + dot_size(g, bs, st.y, p), set.inf_tol);
     const T ray = ol_max(ol_max(Qxn, Axn), ol_max(Gx_pos, T(0)));
-    const bool dual_inf = qx < T(0) && ray <= set.inf_tol * (-qx);
+    const bool dual_inf = qx < T(0) && ray <= set.inf_tol * (-qx) &&
+                          above_cancellation(-qx, dot_size(g, d.q, st.x, n), set.inf_tol);
     const T total = sz + dot(g, st.x, st.x, n) + dot(g, st.y, st.y, p) + dot(g, st.s, st.s, m);
+    // A broken iterate (NaN/Inf: float32 diverging near a degenerate solution) is handled like an
+    // unfactorable matrix below: its lowest-merit iterate goes to the polish.
     const bool broken = !(ol_abs(total) < ol_inf<T>());
-    if (broken) { code = kNumericalError; break; }
+    if (broken) { code = kNumericalError; rescue = true; break; }
     if (converged) { code = kSolved; break; }
     // Early polish: once the iterate meets a loose tolerance its active set is usually final, and
     // the polish (same acceptance test as at the end: primal feasible, dual sign, KKT residual to
@@ -1766,7 +1817,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
       for (int e = g.rank(); e < p; e += g.size()) st.yb[e] = st.y[e];
     }
     const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
-    if (progress.stalled(merit, sz, cert) || it == set.max_iter) { code = kMaxIter; break; }
+    if (progress.stalled(merit, sz, cert, ol_max(pres, dres)) || it == set.max_iter) { code = kMaxIter; break; }
 
     // Factor the reduced system at W = Z S⁻¹.
     for (int i = g.rank(); i < m; i += g.size()) {
@@ -1774,7 +1825,7 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
       st.wt[i] = st.w[i] * st.gs[i] * st.gs[i];
     }
     g.sync();
-    if (!factor_reduced(g, d, st, delta)) { code = kNumericalError; factor_failed = true; break; }
+    if (!factor_reduced(g, d, st, delta)) { code = kNumericalError; rescue = true; break; }
     // Predictor.
     for (int i = g.rank(); i < m; i += g.size()) st.rc[i] = st.s[i] * st.z[i];
     g.sync();
@@ -1797,8 +1848,8 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
     g.sync();
   }
   // Unscale the multipliers and write the result: the lowest-merit iterate for a problem the
-  // polish gets as an iteration-limited one (stalled, out of iterations, or unfactorable).
-  const bool use_best = (code == kMaxIter || factor_failed) && merit_best < ol_inf<T>();
+  // polish gets as an iteration-limited one (stalled, out of iterations, broken or unfactorable).
+  const bool use_best = (code == kMaxIter || rescue) && merit_best < ol_inf<T>();
   const T* xo = use_best ? st.xb : st.x;
   const T* zo = use_best ? st.zb : st.z;
   const T* yo = use_best ? st.yb : st.y;
@@ -1806,12 +1857,14 @@ OL_HD void solve_qp(const Grp& g, const Problem<T>& d, const Settings<T>& set, T
   for (int i = g.rank(); i < m; i += g.size()) lam[i] = zo[i] * st.gs[i];
   for (int e = g.rank(); e < p; e += g.size()) nu[e] = yo[e] * st.as[e];
   // A reduced matrix that could not be factored late in the iteration (float32 near a degenerate
-  // solution: K's condition number grows like 1/μ) leaves an iterate whose active set is often
-  // right: the polish gets it as it gets an iteration-limited one, and only its acceptance test
-  // (primal and dual feasible, KKT residual to polish_tol) turns it into SOLVED.
-  if (g.rank() == 0) { *status = factor_failed && set.polish ? int8_t(kMaxIter) : code; *iters = it; }
+  // solution: K's condition number grows like 1/μ), or an iterate that broke, leaves a best
+  // iterate whose active set is often right: the polish gets it as it gets an iteration-limited
+  // one, and only its acceptance test (primal and dual feasible, KKT residual to polish_tol)
+  // turns it into SOLVED. Without a finite best iterate the status stays kNumericalError.
+  const bool rescued = rescue && set.polish && merit_best < ol_inf<T>();
+  if (g.rank() == 0) { *status = rescued ? int8_t(kMaxIter) : code; *iters = it; }
   g.sync();
-  if (set.polish && !polish(g, d, set, st.polish, x, lam, nu, status, kPolishRounds, keep) && factor_failed) {
+  if (set.polish && !polish(g, d, set, st.polish, x, lam, nu, status, kPolishRounds, keep) && rescue) {
     if (g.rank() == 0) *status = kNumericalError;
     g.sync();
   }

@@ -955,10 +955,10 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
 
   // Per-lane status: `active` lanes iterate; the others keep their code and iteration count.
   auto active = ok;
-  auto factor_failed = ok & ~ok;  // lanes whose factorization failed inside the loop (see the end)
+  auto rescue = ok & ~ok;  // lanes whose iterate broke or factorization failed inside the loop (see the end)
   V code = ok ? splat<V>(T(kMaxIter)) : splat<V>(T(kNumericalError));
   V iters{};
-  V best = inf, best_sz = inf, best_cert = inf, stall{};
+  V best = inf, best_sz = inf, best_cert = inf, best_res = inf, stall{};
   V merit_best = inf;  // and its iterate xb, zb, yb: what an iteration-limited lane is polished from
   const T tol = set.tol, itol = set.inf_tol;
   // Early polish (float32 only, see the header): the serial rule per lane, with the serial polish.
@@ -1016,11 +1016,24 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     const V dres = rdn / (one + vmax(vmax(qn, Qxn), Gtzn));
     const auto converged = (pres <= tol) & (dres <= tol) & (gap <= tol);
     const V t_p = -(hz + by);
-    const auto primal_inf = (t_p > zero) & (Gtzn <= itol * t_p);
+    auto primal_inf = (t_p > zero) & (Gtzn <= itol * t_p);
     const V ray = vmax(vmax(Qxn, Axn), vmax(Gx_pos, zero));
-    const auto dual_inf = (qx < zero) & (ray <= itol * (-qx));
+    auto dual_inf = (qx < zero) & (ray <= itol * (-qx));
+    // A claimed certificate counts only above the rounding of its terms (serial above_cancellation).
+    if (any(active & primal_inf, W)) {
+      V size{};
+      for (int r = 0; r < m; ++r) size += vabs(st.hs[r] * st.z[r]);
+      for (int e = 0; e < p; ++e) size += vabs(st.bs[e] * st.y[e]);
+      primal_inf &= t_p > itol * size;
+    }
+    if (any(active & dual_inf, W)) {
+      V size{};
+      for (int j = 0; j < n; ++j) size += vabs(st.q[j] * st.x[j]);
+      dual_inf &= -qx > itol * size;
+    }
     const V total = sz + xx + yy + ss;
     const auto broken = ~(vabs(total) < inf);
+    rescue |= active & broken;  // (serial: a broken iterate goes to the polish like an unfactorable one)
     finish(broken, kNumericalError);
     finish(converged, kSolved);
     if (early) {
@@ -1048,7 +1061,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     }
     finish(primal_inf, kPrimalInfeasible);
     finish(dual_inf, kDualInfeasible);
-    // Stall rule (serial solve_qp): progress in the merit, sᵀz or the certificate ratio.
+    // Stall rule (serial solve_qp): progress in the merit, sᵀz, the certificate ratio or the residual.
     const V merit = vmax(vmax(pres, dres), gap);
     const auto lower = active & (merit < merit_best);  // (serial solve_qp's best-iterate rule)
     if (any(lower, W)) {
@@ -1058,11 +1071,13 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
       for (int e = 0; e < p; ++e) st.yb[e] = lower ? st.y[e] : st.yb[e];
     }
     const V cert = vmin(t_p > zero ? Gtzn / t_p : inf, qx < zero ? ray / (-qx) : inf);
+    const V res = vmax(pres, dres);
     const auto progress = (merit < T(kStallDecrease) * best) | (sz < T(kStallDecrease) * best_sz) |
-                          (cert < T(kStallDecrease) * best_cert);
+                          (cert < T(kStallDecrease) * best_cert) | (res < T(kStallDecrease) * best_res);
     best = progress ? vmin(best, merit) : best;
     best_sz = progress ? vmin(best_sz, sz) : best_sz;
     best_cert = progress ? vmin(best_cert, cert) : best_cert;
+    best_res = progress ? vmin(best_res, res) : best_res;
     stall = progress ? zero : stall + one;
     finish((itv == splat<V>(T(set.max_iter))) | (stall >= T(kStallIters)), kMaxIter);
     if (!any(active, W)) break;
@@ -1074,7 +1089,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
       st.w[r] = st.z[r] * st.sinv[r];
     }
     const auto failed = ~factor(st, n, m, p, delta);
-    factor_failed |= active & failed;
+    rescue |= active & failed;
     finish(failed, kNumericalError);
     if (!any(active, W)) break;
     // Predictor.
@@ -1102,14 +1117,15 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   iters = active ? splat<V>(T(it)) : iters;
 
   // Write the interior-point result, then polish.
-  // As solve_qp: a lane whose factorization failed late goes to the polish like an iteration-limited
-  // one, and is NUMERICAL_ERROR again unless the polish accepts it; both get their lowest-merit
-  // iterate.
+  // As solve_qp: a lane whose iterate broke or whose factorization failed late goes to the polish
+  // like an iteration-limited one (if it has a finite best iterate), and is NUMERICAL_ERROR again
+  // unless the polish accepts it; both get their lowest-merit iterate.
   for (int l = 0; l < count; ++l) {
-    status_out[l] = factor_failed[l] && set.polish ? int8_t(kMaxIter) : int8_t(code[l]);
+    const bool rescued = rescue[l] && set.polish && merit_best[l] < ol_inf<T>();
+    status_out[l] = rescued ? int8_t(kMaxIter) : int8_t(code[l]);
     iters_out[l] = int32_t(iters[l]);
     if (polished[l]) continue;  // finished by an early polish: outputs written
-    const bool use_best = (code[l] == T(kMaxIter) || factor_failed[l]) && merit_best[l] < ol_inf<T>();
+    const bool use_best = (code[l] == T(kMaxIter) || rescue[l]) && merit_best[l] < ol_inf<T>();
     const V* xo = use_best ? st.xb : st.x;
     const V* zo = use_best ? st.zb : st.z;
     const V* yo = use_best ? st.yb : st.y;
@@ -1131,7 +1147,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
     }
   }
   for (int l = 0; l < count; ++l)
-    if (factor_failed[l] && status_out[l] == kMaxIter) status_out[l] = kNumericalError;
+    if (rescue[l] && status_out[l] == kMaxIter) status_out[l] = kNumericalError;
 }
 
 #undef OL_LANE_INLINE

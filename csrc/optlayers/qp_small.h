@@ -780,8 +780,8 @@ enum Stage : int8_t {
 constexpr int kMaxRounds = 16;
 
 // A problem's saved iterate between stages: scalars (T) and integers per problem, laid out
-// [s (m), z (m), x (kMaxN slots), loose, best, best_sz, best_cert] and [it, stall, converged].
-OL_HD OL_INLINE int64_t saved_scalars(int m) { return 2 * int64_t(m) + kMaxN + 4; }
+// [s (m), z (m), x (kMaxN slots), loose, best, best_sz, best_cert, best_res] and [it, stall, converged].
+OL_HD OL_INLINE int64_t saved_scalars(int m) { return 2 * int64_t(m) + kMaxN + 5; }
 constexpr int kSavedInts = 3;
 
 template <typename T>
@@ -792,7 +792,7 @@ struct Saved {
 // Scratch for one problem's saved iterate where the stages run back to back (host, fused kernel).
 template <typename T>
 struct SavedBuf {
-  T v[2 * kMaxM + kMaxN + 4];
+  T v[2 * kMaxM + kMaxN + 5];
   int32_t k[kSavedInts];
   OL_HD OL_INLINE Saved<T> view() { return Saved<T>{v, k}; }
 };
@@ -889,6 +889,7 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
     progress.best = sv.v[2 * m + kMaxN + 1];
     progress.best_sz = sv.v[2 * m + kMaxN + 2];
     progress.best_cert = sv.v[2 * m + kMaxN + 3];
+    progress.best_res = sv.v[2 * m + kMaxN + 4];
     it = sv.k[0];
     progress.stall = sv.k[1];
   }
@@ -910,6 +911,7 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
     sv.v[2 * m + kMaxN + 1] = progress.best;
     sv.v[2 * m + kMaxN + 2] = progress.best_sz;
     sv.v[2 * m + kMaxN + 3] = progress.best_cert;
+    sv.v[2 * m + kMaxN + 4] = progress.best_res;
     sv.k[0] = it;
     sv.k[1] = progress.stall;
     sv.k[2] = converged ? 1 : 0;
@@ -964,9 +966,21 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
     const T dres = rdn / (1 + ol_max(ol_max(qn, Qxn), Gtzn));
     const bool converged = pres <= set.tol && dres <= set.tol && gap <= set.tol;
     const T t_p = -hz;
-    const bool primal_inf = t_p > T(0) && Gtzn <= set.inf_tol * t_p;
+    // A claimed certificate counts only above the rounding of its terms (as qp_ipm.h).
+    auto primal_size = [&]() {
+      T size = 0;
+      for (int r = 0; r < m; ++r) size += ol_abs(hs[r] * z[r]);
+      return size;
+    };
+    auto dual_size = [&]() {
+      T size = 0;
+      OL_UNROLL
+      for (int j = 0; j < NT; ++j) size += ol_abs(d.qv(j) * x[j]);
+      return size;
+    };
+    const bool primal_inf = t_p > T(0) && Gtzn <= set.inf_tol * t_p && above_cancellation(t_p, primal_size(), set.inf_tol);
     const T ray = ol_max(Qxn, ol_max(Gx_pos, T(0)));
-    const bool dual_inf = qx < T(0) && ray <= set.inf_tol * (-qx);
+    const bool dual_inf = qx < T(0) && ray <= set.inf_tol * (-qx) && above_cancellation(-qx, dual_size(), set.inf_tol);
     const T total = sz + xx + ss;
     if (!(ol_abs(total) < ol_inf<T>())) break;
     if (converged) {
@@ -983,7 +997,7 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
     if (primal_inf || dual_inf) break;
     const T merit = ol_max(ol_max(pres, dres), gap);
     const T cert = ol_min(t_p > T(0) ? Gtzn / t_p : ol_inf<T>(), qx < T(0) ? ray / (-qx) : ol_inf<T>());
-    if (progress.stalled(merit, sz, cert) || it == set.max_iter) {
+    if (progress.stalled(merit, sz, cert, ol_max(pres, dres)) || it == set.max_iter) {
       // The serial path polishes an iteration-limited iterate too.
       if (set.polish) {
         save_for_polish(kStageFinalPolish, false);

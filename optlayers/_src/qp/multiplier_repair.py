@@ -37,7 +37,20 @@ def repair_multipliers(G: torch.Tensor, A: torch.Tensor, g: torch.Tensor, active
         active: (S, m) bool, the rows λ may use; tol: (S,) residual tolerance.
     Returns:
         y: (S, m + p) = (λ, ν) and ok: (S,) bool — whether the repair reached the tolerance.
+
+    float32 problems are repaired in float64: the passive-set least squares go through the normal
+    equations, whose condition number is the square of the active rows' — at a degenerate vertex
+    (25 active rows and 5 equalities on 22 variables) float32's Cholesky could not bring the
+    residual to the polish tolerance that float64 reaches (the tolerance itself stays float32's).
+    The problem's data are exact in float64; g keeps its float32 rounding.
     """
+    if g.dtype == torch.float32:
+        y, ok = _repair(G.double(), A.double(), g.double(), active, tol.double())
+        return y.float(), ok
+    return _repair(G, A, g, active, tol)
+
+
+def _repair(G, A, g, active, tol):
     S, m_all = active.shape
     p = A.shape[-2]
     # Work on the active rows only, padded to the batch's largest count (padding rows are never

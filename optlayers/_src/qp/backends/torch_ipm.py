@@ -44,10 +44,13 @@ from optlayers._src.qp.threads import intra_op_threads
 from optlayers._src.status import Status
 from optlayers._src.tolerances import tolerances_for
 
-# A problem whose merit max(pres, dres, gap), complementarity sᵀz and infeasibility-certificate
-# ratio have all not dropped below STALL_DECREASE × their best values for STALL_ITERS consecutive
-# iterations leaves the loop as MAX_ITER (then polish may still solve it). This matters in
-# float32, where rounding floors the residuals near ~1e-5.
+# A problem whose merit max(pres, dres, gap), complementarity sᵀz, infeasibility-certificate
+# ratio and residual max(pres, dres) have all not dropped below STALL_DECREASE × their best values
+# for STALL_ITERS consecutive iterations leaves the loop as MAX_ITER (then polish may still solve
+# it). This matters in float32, where rounding floors the residuals near ~1e-5. (The residual
+# counts on its own because the merit's gap term can rise for a while when the solution is far
+# from the start: a float64 QP with ‖x*‖ = 4.6e4 was stopped at iteration 12 while its dual
+# residual fell 0.09 → 1e-4; it converges at 14.)
 STALL_ITERS = 5
 STALL_DECREASE = 0.9
 # Active-set guesses tried by the polish (the first plus corrections); same in csrc/.
@@ -350,6 +353,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
     best = torch.full((B,), float("inf"), dtype=dtype, device=device)
     best_sz = torch.full((B,), float("inf"), dtype=dtype, device=device)
     best_cert = torch.full((B,), float("inf"), dtype=dtype, device=device)
+    best_res = torch.full((B,), float("inf"), dtype=dtype, device=device)
     early = early_on = options.polish and tols.polish_start > tol
     if early:
         loose = torch.full((B,), tols.polish_start, dtype=dtype, device=device)  # per working problem
@@ -357,7 +361,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         early_done = torch.zeros(B, dtype=torch.bool, device=device)
         early_parts: list[tuple[torch.Tensor, kkt.ActiveKKTFactor]] = []
     nstall = torch.zeros(B, dtype=dtype, device=device)
-    factor_failed = None  # (B,) bool once some reduced matrix could not be factored
+    broke = None  # (B,) bool once some iterate broke or some reduced matrix could not be factored
     # The iterate of lowest merit so far: what an iteration-limited problem hands to the polish.
     # In float32 the last iterates can drift away from it — the residuals climb back from the
     # rounding floor while sᵀz keeps falling (a degenerate grasp QP: dual residual 1e-7 → 6e-3 over
@@ -394,11 +398,13 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         # towards a small optimum although sᵀz falls geometrically; and on an infeasible problem
         # the merit grows while the certificate ratio falls (without these, vertex solutions and
         # infeasible problems were stopped as MAX_ITER).
+        res = rel.amax(-1)
         improved = ((merit < STALL_DECREASE * best) | (sz < STALL_DECREASE * best_sz)
-                    | (cert < STALL_DECREASE * best_cert))
+                    | (cert < STALL_DECREASE * best_cert) | (res < STALL_DECREASE * best_res))
         best = torch.where(improved, torch.minimum(merit, best), best)
         best_sz = torch.where(improved, torch.minimum(sz, best_sz), best_sz)
         best_cert = torch.where(improved, torch.minimum(cert, best_cert), best_cert)
+        best_res = torch.where(improved, torch.minimum(res, best_res), best_res)
         nstall = (nstall - 1).masked_fill_(improved, 0)  # −(iterations without progress)
         lower = merit < merit_best
         merit_best = torch.where(lower, merit, merit_best)
@@ -431,7 +437,11 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
                 early_done[acc] = True
                 early_parts += [(gi[j], f) for j, f in parts]
                 going = going & ~torch.zeros_like(going).index_fill_(0, ci[ok], True)  # accepted: leave
-        if it == options.max_iter or not bool(going.all()):
+        finishing = it == options.max_iter or not bool(going.all())
+        if finishing:
+            going = _without_cancelled_certificates(go_on, going, out, u, w, eps_inf)
+            finishing = it == options.max_iter or not bool(going.all())
+        if finishing:
             done = ~going if it < options.max_iter else torch.ones_like(going)
             converged, dual_inf, primal_inf = (~go_on[:, :3]).unbind(-1)
             # Precedence: breakdown > solved > primal infeasible > dual infeasible > max iter.
@@ -439,7 +449,14 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
             code[dual_inf] = int(Status.DUAL_INFEASIBLE)
             code[primal_inf] = int(Status.PRIMAL_INFEASIBLE)
             code[converged] = int(Status.SOLVED)
-            code[merit.isnan()] = int(Status.NUMERICAL_ERROR)
+            # A broken iterate (NaN/Inf: float32 diverging near a degenerate solution) leaves like
+            # an iteration-limited one with its lowest-merit iterate; the polish decides (see
+            # _broken_status). Broken from the start: NUMERICAL_ERROR.
+            broken = merit.isnan() & done
+            code[broken] = int(Status.MAX_ITER)
+            code[broken & merit_best.isinf()] = int(Status.NUMERICAL_ERROR)
+            if bool(broken.any()):
+                broke = _mark(broke, idx[broken], B)
             kept = torch.nonzero(~done).squeeze(-1)
             u_fin = torch.where((code == int(Status.MAX_ITER)).unsqueeze(-1), u_best, u)
             if kept.numel() == 0 and idx.numel() == B:  # everything finished together
@@ -454,7 +471,7 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
                 break
             # Compact the working batch: finished problems cost nothing from here on.
             idx, u, out, sz = idx[kept], u[kept], out[kept], sz[kept]
-            best, best_sz, best_cert = best[kept], best_sz[kept], best_cert[kept]
+            best, best_sz, best_cert, best_res = best[kept], best_sz[kept], best_cert[kept], best_res[kept]
             u_best, merit_best = u_best[kept], merit_best[kept]
             nstall, rhs = nstall[kept], rhs[kept]
             if early:
@@ -489,24 +506,22 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
             # degenerate solution: K's condition number grows like 1/μ) stops its problem at the
             # current iterate, whose active set is often right: it leaves at the next test as an
             # iteration-limited problem (stall count −∞), the polish gets it like one, and only
-            # the polish's acceptance makes it SOLVED — else NUMERICAL_ERROR (see _factor_status).
+            # the polish's acceptance makes it SOLVED — else NUMERICAL_ERROR (see _broken_status).
             # Same rule as csrc/optlayers/qp_ipm.h.
             failed = ~fac.ok
             alpha = alpha.masked_fill(failed, 0.0)  # no step (du and α are garbage, maybe NaN)
             du = du.masked_fill(failed.unsqueeze(-1), 0.0)
             nstall = nstall.masked_fill(failed, float("-inf"))
-            if factor_failed is None:
-                factor_failed = torch.zeros(B, dtype=torch.bool, device=device)
-            factor_failed[idx[failed]] = True
+            broke = _mark(broke, idx[failed], B)
         u = torch.addcmul(u, alpha.unsqueeze(-1), du)
 
     lam = u_out[:, n + m:n + 2 * m] / gnorm
     nu = u_out[:, n + 2 * m:] / anorm
     sol = RawSolution(x=u_out[:, :n], lam=lam, nu=nu, status=status, iterations=iters)
     if not options.polish:
-        return _factor_status(sol, factor_failed)
+        return _broken_status(sol, broke)
     if not early or not bool(early_done.any()):
-        return _factor_status(polish(data, sol), factor_failed)
+        return _broken_status(polish(data, sol), broke)
     # Some problems were finished by an early polish: polish the others, then merge (solutions
     # and, when every problem has one, the KKT factors for the backward).
     rest = torch.nonzero(~early_done).squeeze(-1)
@@ -519,16 +534,46 @@ def interior_point(data: QPData, options: QPOptions) -> RawSolution:
         xr, lr, yr, sr, rparts = _polish(data.take(rest), sub, POLISH_ROUNDS)
         x[rest], lam[rest], nu[rest], status[rest] = xr, lr, yr, sr
         parts = parts + [(rest[j], f) for j, f in rparts]
-    return _factor_status(RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters,
-                                      factor=active_set.merge_factors(data, parts)), factor_failed)
+    return _broken_status(RawSolution(x=x, lam=lam, nu=nu, status=status, iterations=iters,
+                                      factor=active_set.merge_factors(data, parts)), broke)
 
 
-def _factor_status(sol: RawSolution, factor_failed: torch.Tensor | None) -> RawSolution:
-    """NUMERICAL_ERROR for the problems whose reduced matrix could not be factored and that the
-    polish did not finish (``factor_failed``: (B,) bool, or None when every factorization worked)."""
-    if factor_failed is None:
+def _without_cancelled_certificates(go_on: torch.Tensor, going: torch.Tensor, out: torch.Tensor,
+                                    u: torch.Tensor, w: "_Work", eps: float) -> torch.Tensor:
+    """Withdraw infeasibility certificates whose value t is cancellation noise; returns ``going``.
+
+    A certificate's value, t_p = −(hᵀz + bᵀy) or t_d = −qᵀx, is a sum of terms that cancel when
+    the iterate diverges on a *feasible* problem: in float32, near a degenerate solution whose
+    equality is written as two opposite inequalities, z grew to 3e8 on both rows, hᵀz came out
+    as 64 (one rounding of 5.7e8) and Gᵀz as exactly 0 — a "certificate" of infeasibility for a
+    problem that has a solution. A real one has t well above the rounding of its terms, so a claim
+    counts only if t > ε·(|h|ᵀz + |b|ᵀ|y|), resp. t > ε·|q|ᵀ|x| (ε: the infeasibility tolerance).
+    A withdrawn claim goes on iterating (``go_on``'s certificate columns are set in place).
+    Same rule as csrc/optlayers/qp_ipm.h.
+    """
+    n, m = w.n, w.m
+    claims = ~go_on[:, 1:3]  # (dual, primal)
+    size = torch.stack([(w.q * u[:, :n]).abs().sum(-1), (w.hb * u[:, n + m:]).abs().sum(-1)], -1)
+    noise = claims & (-out[:, -2:] <= eps * size)
+    go_on[:, 1:3] |= noise
+    # A withdrawn claim was not an early-polish candidate (``going`` was False), so reviving it
+    # cannot undo an accepted early polish.
+    return going | (noise.any(-1) & go_on.all(-1))
+
+
+def _mark(flags: torch.Tensor | None, rows: torch.Tensor, B: int) -> torch.Tensor:
+    """``flags`` (a (B,) bool tensor, created on first use) with ``rows`` set."""
+    if flags is None:
+        flags = torch.zeros(B, dtype=torch.bool, device=rows.device)
+    return flags.index_fill_(0, rows, True)
+
+
+def _broken_status(sol: RawSolution, broke: torch.Tensor | None) -> RawSolution:
+    """NUMERICAL_ERROR for the problems whose iterate broke or whose reduced matrix could not be
+    factored and that the polish did not finish (``broke``: (B,) bool, or None when none did)."""
+    if broke is None:
         return sol
-    bad = factor_failed & (sol.status != int(Status.SOLVED))
+    bad = broke & (sol.status != int(Status.SOLVED))
     if bool(bad.any()):
         sol = dataclasses.replace(sol, status=sol.status.masked_fill(bad, int(Status.NUMERICAL_ERROR)))
     return sol
