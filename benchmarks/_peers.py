@@ -26,6 +26,8 @@ import torch
 INPUTS = ("Q", "q", "G", "h", "A", "b")
 
 SolveFn = Callable[..., torch.Tensor]
+# A ``solve`` may also set ``solve.ok`` — a (B,) bool tensor, per problem of its last call, of
+# whether the peer's own status says solved — where the peer reports one (hard_qps.py reads it).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +149,7 @@ def _moreau(variant: str) -> Contestant:
                 torch.cat([b, h], -1),
             )
             status = solver.info.status
+            solve.ok = torch.tensor([int(s) == int(moreau.SolverStatus.Solved) for s in status])
             bad = [s for s in status if int(s) != int(moreau.SolverStatus.Solved)]
             diag[:] = (
                 [f"{len(bad)}/{B} not Solved ({sorted({str(s) for s in bad})})"] if bad else []

@@ -608,8 +608,41 @@ def _polish(data: QPData, sol: RawSolution, rounds: int, repair: bool = True):
     :func:`optlayers._src.qp.active_set.solve_active_sets`."""
     mask = kkt.classify_active(sol.lam, expand_vec(data.h, data.B) - mv(data.G, sol.x))
     candidate = (sol.status == Status.SOLVED) | (sol.status == Status.MAX_ITER)
-    return active_set.solve_active_sets(data, mask, torch.nonzero(candidate).squeeze(-1),
-                                        sol.x, sol.lam, sol.nu, sol.status, rounds, repair=repair)
+    x, lam, nu, status, parts = active_set.solve_active_sets(data, mask, torch.nonzero(candidate).squeeze(-1),
+                                                             sol.x, sol.lam, sol.nu, sol.status, rounds,
+                                                             repair=repair)
+    if rounds == POLISH_ROUNDS and data.dtype == torch.float32:
+        x, lam, nu, status = _float64_polish(data, mask, candidate & (status == Status.MAX_ITER), sol,
+                                             x, lam, nu, status)
+    return x, lam, nu, status, parts
+
+
+def _float64_polish(data: QPData, mask, left, sol: RawSolution, x, lam, nu, status):
+    """The final polish once more in float64 for the float32 problems it left unsolved (``left``:
+    (B,) bool), from the same guess; accepted ones get the float64 KKT point, rounded.
+
+    At a degenerate vertex (more active rows than variables, a float32 grasp QP with a zero-force
+    contact) the active-set KKT system is singular up to its regularization, and float32's LU
+    missed the polish tolerance on the right active set (residual 5e-3 against 6e-4); the float32
+    data are exact in float64, where the same guess passes float64's own, tighter test. Such
+    problems have no kept factor (the backward refactors). Same rule in csrc/qp_cpu.cpp.
+    """
+    idx = torch.nonzero(left).squeeze(-1)
+    if idx.numel() == 0:
+        return x, lam, nu, status
+    sub = data.take(idx)
+    d64 = dataclasses.replace(sub, **{f: getattr(sub, f).double() for f in ("Q", "q", "G", "h", "A", "b")})
+    k = idx.numel()
+    xd, ld, yd, sd, _ = active_set.solve_active_sets(
+        d64, mask[idx], torch.arange(k, device=idx.device), sol.x[idx].double(), sol.lam[idx].double(),
+        sol.nu[idx].double(), status[idx], POLISH_ROUNDS)
+    ok = sd == int(Status.SOLVED)
+    if bool(ok.any()):
+        done = idx[ok]
+        x, lam, nu, status = x.clone(), lam.clone(), nu.clone(), status.clone()
+        x[done], lam[done], nu[done] = xd[ok].float(), ld[ok].float(), yd[ok].float()
+        status[done] = int(Status.SOLVED)
+    return x, lam, nu, status
 
 
 def _equality_only(data: QPData) -> RawSolution:
