@@ -45,6 +45,14 @@ def _native_built():
     native_status()
 
 
+# gloo can abort a process at exit after its work is done ("terminate called without an active
+# exception", SIGABRT, from a transport thread still joinable when the process group is torn down;
+# seen in 2 of ~15 full runs on this 2-core machine under load, once in each test below, with a
+# barrier before destroy_process_group). Both tests retry once on exactly that signature: the
+# results they check are then recomputed from scratch, so a retry cannot hide a wrong result.
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def _env() -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("WORLD_SIZE", None)
@@ -70,11 +78,15 @@ def test_sharded_grasp_dataset_equals_single_process(tmp_path):
         grasp_dataset.main([*common, "--out", str(single)])
     finally:
         torch.set_num_threads(threads)
-    p2 = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), script, *common, "--out", str(sharded)],
-        capture_output=True, text=True, timeout=TIMEOUT_S, env=_env(), cwd=str(tmp_path),
-    )
+    for attempt in range(2):
+        p2 = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), script, *common, "--out", str(sharded)],
+            capture_output=True, text=True, timeout=TIMEOUT_S, env=_env(), cwd=str(tmp_path),
+        )
+        if p2.returncode == 0 or GLOO_TEARDOWN_ABORT not in p2.stdout + p2.stderr:
+            break
+        sharded.unlink(missing_ok=True)
     assert p2.returncode == 0, p2.stdout + p2.stderr
     assert "shards [6, 6]" in p2.stdout
 
@@ -158,25 +170,36 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _run_ddp_workers(world: int, tmp_path) -> None:
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_ddp_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world,
+                             join=False, start_method="spawn")
+    t_end = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < t_end:
+        if ctx.join(timeout=1):
+            return
+    for p in ctx.processes:
+        if p.is_alive():
+            p.terminate()
+    pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
+
+
 def test_qplayer_trains_under_ddp_like_single_process(tmp_path):
     import torch.multiprocessing as mp
 
     world = 2
-    ctx = mp.start_processes(_ddp_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world,
-                             join=False, start_method="spawn")
-    deadline_ok = False
-    import time
-
-    t_end = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < t_end:
-        if ctx.join(timeout=1):
-            deadline_ok = True
+    for attempt in range(2):
+        try:
+            _run_ddp_workers(world, tmp_path)
             break
-    if not deadline_ok:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-        pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
+        except mp.ProcessExitedException as err:  # SIGABRT in gloo's teardown (see above): once more
+            if attempt or err.signal_name != "SIGABRT":
+                raise
+            for rank in range(world):
+                (tmp_path / f"rank{rank}.pt").unlink(missing_ok=True)
 
     x, y = _data()
     ref_grads, ref_params = _train(QPNet(), x, y)  # full batch, one process: mean loss over 16

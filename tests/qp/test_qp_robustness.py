@@ -94,26 +94,18 @@ def test_float32_degenerate_vertex_solved(path):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("family", ol.testing.FAMILIES)
 def test_hard_families_statuses(path, family, dtype):
-    # Solvable families: all SOLVED at the known x. No solution: never SOLVED, and certified —
-    # but for the infeasible family's thinnest gaps (δ ≥ 1e-3), which may stop as MAX_ITER
-    # (measured: 1 of 32 native float64, 4–8 of 32 float32).
+    # Every problem gets its family's status: SOLVED at the known x, PRIMAL_INFEASIBLE (thin gaps
+    # the interior point gives up on are certified by qp/certificates.py), DUAL_INFEASIBLE.
     B = 32
     H = ol.testing.hard_qps(family, B, seed=1, dtype=dtype)
     data = [t if t.numel() else None for t in H.data()]
     sol = ol.solve_qp(*data, backend=path, return_solution=True, on_failure="nan")
-    status = sol.status.long()
-    expect = int(H.expect[0])
-    if expect == S.SOLVED:
-        assert status.tolist() == [S.SOLVED] * B
+    assert sol.status.tolist() == H.expect.tolist()
+    if int(H.expect[0]) == S.SOLVED:
         tol = 1e-9 if dtype == torch.float64 else 1e-3
         assert float((sol.x - H.x).abs().max()) < tol * (1 + float(H.x.abs().max()))
-        return
-    assert not bool((status == S.SOLVED).any()), status.tolist()
-    assert bool(torch.isnan(sol.x).all())
-    certified = int((status == expect).sum())
-    others = status[status != expect]
-    assert bool(((others == S.MAX_ITER) | (others == S.NUMERICAL_ERROR)).all()), status.tolist()
-    assert certified >= (B - 2 if dtype == torch.float64 else B // 2), status.tolist()
+    else:
+        assert bool(torch.isnan(sol.x).all())
 
 
 def far_qp(seed: int, n: int = 25, rank: int = 2, lower: int = 13, p: int = 3):

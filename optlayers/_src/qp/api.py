@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch.autograd import forward_ad
 
-from optlayers._src.qp import backends, functional, kkt, scaling
+from optlayers._src.qp import backends, certificates, functional, kkt, scaling
 from optlayers._src.qp import warm_start as warm
 from optlayers._src.qp.backends import RawSolution
 from optlayers._src.qp.backward import QPSolutionMap
@@ -206,7 +206,8 @@ def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inpu
     shape = data.batch_shape
     if len(shape) != 1:  # (B, ·) is already the shape of a one-dimensional batch
         x, lam, nu = (t.reshape(tuple(shape) + t.shape[-1:]) for t in (x, lam, nu))
-    status = raw.status.reshape(shape)
+    # A problem the interior point could not finish may still be provably infeasible.
+    status = certificates.certify_infeasible(data.detach(), raw.status, raw.iterations, options.max_iter).reshape(shape)
     x, lam, nu = apply_failure_policy(status, (x, lam, nu), policy, what="QP")
     if not return_solution:
         return x

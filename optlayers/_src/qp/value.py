@@ -40,7 +40,7 @@ import dataclasses
 
 import torch
 
-from optlayers._src.qp import backends, functional, kkt, scaling
+from optlayers._src.qp import backends, certificates, functional, kkt, scaling
 from optlayers._src.qp import warm_start as warm
 from optlayers._src.qp.api import QPSolution, _refuse_sparse_warm_start
 from optlayers._src.qp.backward import QPSolutionMap, data_of, native_solve_available
@@ -222,7 +222,11 @@ def qp_value(
     value = QPOptimalValue.apply(*data.tensors(), x, lam, nu, "native" if name == "native" else "torch")
 
     shape = data.batch_shape
-    status = raw.status.reshape(shape)
+    # (as solve_qp: a problem the interior point could not finish may be provably infeasible)
+    status = raw.status
+    if name != "osqp":
+        status = certificates.certify_infeasible(data.detach(), status, raw.iterations, max_iter)
+    status = status.reshape(shape)
     (value,) = apply_failure_policy(status, (value.reshape(shape),), policy, what="QP")
     if not return_solution:
         return value
