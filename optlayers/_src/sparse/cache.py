@@ -11,7 +11,8 @@ solver per *batch slot*: problem ``b`` of a batch is always solved by slot ``b``
   analysis), and always ``update(q, l, u)`` (``stats.vector_updates``: no factorization);
 * ADMM starts from the slot's previous solution (``warm_start=True``) — the solution of the
   same batch index at the previous call, which is what changes least between training steps.
-  A slot whose last solve failed restarts from zero.
+  A slot whose last solve failed restarts from zero; a reused slot whose solve fails is replaced
+  by a freshly set-up solver and that problem solved again (``solver.py``).
 
 The entry also keeps the most recent reduced-KKT factorizations (``kkt.py``) keyed by the
 values of P and A and the active set, so that problems sharing them — in the same batch (data

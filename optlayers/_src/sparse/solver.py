@@ -147,22 +147,23 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
             status[b] = int(Status.PRIMAL_INFEASIBLE)
             continue
         slot = entry.slots[b] if b < len(entry.slots) else None
+        reused = slot is not None
+        retried_iters = 0
         try:
             if slot is not None and not _update(slot, Pb, Ab, qb, lb, ub, settings, cache):
                 slot = None  # OSQP rejected the new values: set up afresh (reports the reason)
             if slot is None:
-                solver = osqp.OSQP(algebra="builtin")
-                solver.setup(
-                    kkt_mod.csc(data.P_pattern, Pb), qb, kkt_mod.csc(data.A_pattern, Ab), lb, ub,
-                    **options.setup_settings(),
-                )
-                cache.stats.setups += 1
-                slot = _Slot(solver, Pb.copy(), Ab.copy(), dict(settings))
-                if b < len(entry.slots):
-                    entry.slots[b] = slot
-                else:
-                    entry.slots.append(slot)
+                slot = _set_up(osqp, entry, b, data, Pb, qb, Ab, lb, ub, options, settings, cache)
             res = slot.solver.solve(raise_error=False)
+            if reused and res.info.status_val != osqp.SolverStatus.OSQP_SOLVED:
+                # A reused solver must not lose a problem that a fresh one solves: on a nearly
+                # inconsistent problem (float32 rows pinning a vertex, equal up to rounding) the
+                # state a solver carries from its last solve — iterate, adapted ρ — made identical
+                # repeated calls go 64 → 4 → 0 of 64 solved (a warm start from zero did not help).
+                cache.stats.solves += 1
+                retried_iters = res.info.iter
+                slot = _set_up(osqp, entry, b, data, Pb, qb, Ab, lb, ub, options, settings, cache)
+                res = slot.solver.solve(raise_error=False)
         except osqp.OSQPException as exc:
             where = f" at batch index {b}" if B > 1 else ""
             code = exc.args[0] if exc.args else None
@@ -180,7 +181,7 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
         if code == osqp.SolverStatus.OSQP_NON_CVX:
             raise ValueError(_NOT_CONVEX.format(where=f" at batch index {b}" if B > 1 else ""))
         st = smap.get(code, Status.NUMERICAL_ERROR)
-        iters[b] = res.info.iter
+        iters[b] = retried_iters + res.info.iter
         x = np.array(res.x, dtype=np.float64)
         y = np.array(res.y, dtype=np.float64)
         if st in (Status.PRIMAL_INFEASIBLE, Status.DUAL_INFEASIBLE, Status.NUMERICAL_ERROR) or not (
@@ -235,6 +236,23 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
         status[b] = int(st)
     state.ok = status == int(Status.SOLVED)
     return RawSparseSolution(X, Y, status, iters, polished, state)
+
+
+def _set_up(osqp, entry, b: int, data: SparseQPData, Pb, qb, Ab, lb, ub, options: OSQPOptions, settings: dict,
+            cache: SolverCache) -> _Slot:
+    """A new OSQP solver for batch slot ``b`` of ``entry`` (replacing the slot's old one)."""
+    solver = osqp.OSQP(algebra="builtin")
+    solver.setup(
+        kkt_mod.csc(data.P_pattern, Pb), qb, kkt_mod.csc(data.A_pattern, Ab), lb, ub,
+        **options.setup_settings(),
+    )
+    cache.stats.setups += 1
+    slot = _Slot(solver, Pb.copy(), Ab.copy(), dict(settings))
+    if b < len(entry.slots):
+        entry.slots[b] = slot
+    else:
+        entry.slots.append(slot)
+    return slot
 
 
 def _update(slot: _Slot, Pb, Ab, qb, lb, ub, settings: dict, cache: SolverCache) -> bool:
