@@ -135,11 +135,11 @@ def test_far_solution_is_not_stopped_as_stalled(path):
 
 
 def test_far_family_statuses_match_clarabel(path):
-    # The same family over seeds: bounded ones SOLVED at Clarabel's optimum, unbounded ones never
-    # SOLVED (most are certified DUAL_INFEASIBLE; the rest stop as MAX_ITER).
+    # The same family over seeds: bounded ones SOLVED at Clarabel's optimum, unbounded ones
+    # DUAL_INFEASIBLE — seed 14 only through the descent-ray search of qp/certificates.py (the
+    # interior point's iterate runs off linearly: MAX_ITER at 50 iterations).
     T = torch.tensor
-    certified = 0
-    for seed in range(12):
+    for seed in range(16):
         Q, q, G, h, A, b = far_qp(seed)
         x_ref, _, _, ref_status = cvxpy_solve(Q, q, G, h, A, b)
         sol = ol.solve_qp(T(Q), T(q), T(G), T(h), T(A), T(b), backend=path, return_solution=True,
@@ -150,6 +150,4 @@ def test_far_family_statuses_match_clarabel(path):
             assert float((sol.x - T(x_ref)).abs().max()) < 1e-6 * (1 + np.abs(x_ref).max())
         else:
             assert ref_status == "unbounded", seed
-            assert status in (S.DUAL_INFEASIBLE, S.MAX_ITER), (seed, status)
-            certified += status == S.DUAL_INFEASIBLE
-    assert certified >= 6
+            assert status == S.DUAL_INFEASIBLE, (seed, status)

@@ -207,7 +207,8 @@ def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inpu
     if len(shape) != 1:  # (B, ·) is already the shape of a one-dimensional batch
         x, lam, nu = (t.reshape(tuple(shape) + t.shape[-1:]) for t in (x, lam, nu))
     # A problem the interior point could not finish may still be provably infeasible.
-    status = certificates.certify_infeasible(data.detach(), raw.status, raw.iterations, options.max_iter).reshape(shape)
+    status = certificates.certify_failures(data.detach(), raw.status, raw.iterations, options.max_iter)
+    status = status.reshape(shape)
     x, lam, nu = apply_failure_policy(status, (x, lam, nu), policy, what="QP")
     if not return_solution:
         return x

@@ -1,4 +1,4 @@
-"""Certificates of primal infeasibility for the problems an interior point could not finish.
+"""Certificates of infeasibility and unboundedness for the problems an interior point could not finish.
 
 The interior point certifies infeasibility from its iterates, which diverge along a Farkas ray
 (``torch_ipm.py``'s module docstring). On a thin infeasibility (two rows whose gap is 1e-3 of
@@ -20,6 +20,18 @@ t > ε·(Σ|h̃ᵢzᵢ| + Σ|b̃ₑνₑ|) (ε: the data type's infeasibility to
 whose pinning rows disagree only by rounding is not declared infeasible. NNLS is a finite
 algorithm, so a feasible problem can never pass: its least-squares residual is bounded below by
 1 / (1 + ‖x̄‖₁) for any feasible x̄.
+
+Then, for the problems without one, a descent ray (unboundedness): d with
+
+    Qd = 0,   Ãd = 0,   G̃d ≤ 0,   qᵀd = −1,
+
+i.e. min ‖(Qd, Ãd, G̃d + s, qᵀd + 1)‖ over d free and slacks s ≥ 0 — the same NNLS with the roles
+swapped (s the nonnegative unknowns, d the free ones). Accepted as in the interior point:
+max(‖Qd‖∞, ‖Ãd‖∞, max(G̃d)₊) ≤ ε·t with t = −qᵀd > 0 and t > ε·Σ|qⱼdⱼ|. Unbounded QPs with
+equalities and a singular Q are where the interior point's own test is slowest: its iterate runs
+off along the ray only linearly, so the ratio falls like 1/iteration (rank-2 Q, n = 25, 3
+equalities, 300 seeds of tests/qp/test_qp_robustness.py's far family: the native backend left 9
+of the 185 unbounded ones as MAX_ITER; with this search, none).
 """
 
 from __future__ import annotations
@@ -28,32 +40,41 @@ import torch
 
 from optlayers._src.qp.linalg import expand_vec
 from optlayers._src.qp.multiplier_repair import repair_multipliers
+from optlayers._src.qp.options import QPOptions
 from optlayers._src.qp.problem import QPData
 from optlayers._src.status import Status
 from optlayers._src.tolerances import tolerances_for
 
 
-def certify_infeasible(data: QPData, status: torch.Tensor, iterations: torch.Tensor, max_iter: int) -> torch.Tensor:
-    """``status`` (B,) int8 with PRIMAL_INFEASIBLE where a problem that ended MAX_ITER or
-    NUMERICAL_ERROR before ``max_iter`` iterations (``iterations``: (B,)) has a Farkas certificate
-    (see the module docstring); a new tensor if any.
+def certify_failures(data: QPData, status: torch.Tensor, iterations: torch.Tensor, max_iter: int) -> torch.Tensor:
+    """``status`` (B,) int8 with PRIMAL_INFEASIBLE or DUAL_INFEASIBLE where a problem that ended
+    MAX_ITER or NUMERICAL_ERROR has a certificate (see the module docstring); a new tensor if any.
 
-    Problems that used the whole iteration budget are not searched: a caller who sets a small
-    ``max_iter`` on purpose gets MAX_ITER without paying for the search (a few ms a problem of
-    m = 55 rows that has no certificate: 64 degenerate vertices took 174 ms).
+    A caller who lowers ``max_iter`` below the default on purpose gets MAX_ITER for the problems
+    that used it all, without paying for the search (a few ms a problem of m = 55 rows that has no
+    certificate: 64 degenerate vertices took 174 ms); a problem that stalled or broke down before
+    its budget, or used the whole default budget, is searched.
     """
     # (MAX_ITER and NUMERICAL_ERROR are the two largest codes: one reduction decides the common case)
-    if data.m == 0 or status.numel() == 0 or int(status.max()) < Status.MAX_ITER:
+    if status.numel() == 0 or int(status.max()) < Status.MAX_ITER:
         return status
-    left = ((status == Status.MAX_ITER) | (status == Status.NUMERICAL_ERROR)) & (iterations < max_iter)
+    left = (status == Status.MAX_ITER) | (status == Status.NUMERICAL_ERROR)
+    if max_iter < QPOptions.max_iter:
+        left &= iterations < max_iter
     if not bool(left.any()):
         return status
     idx = torch.nonzero(left).squeeze(-1)
-    found = farkas_certificates(data.take(idx))
-    if not bool(found.any()):
+    sub = data.take(idx)
+    primal = farkas_certificates(sub) if data.m else torch.zeros_like(idx, dtype=torch.bool)
+    dual = torch.zeros_like(primal)
+    if not bool(primal.all()):
+        rest = torch.nonzero(~primal).squeeze(-1)
+        dual[rest] = descent_rays(sub.take(rest))
+    if not bool((primal | dual).any()):
         return status
     status = status.clone()
-    status[idx[found]] = int(Status.PRIMAL_INFEASIBLE)
+    status[idx[primal]] = int(Status.PRIMAL_INFEASIBLE)
+    status[idx[dual]] = int(Status.DUAL_INFEASIBLE)
     return status
 
 
@@ -80,6 +101,35 @@ def farkas_certificates(data: QPData) -> torch.Tensor:
     ray = (Gt.mT @ z.unsqueeze(-1) + At.mT @ nu.unsqueeze(-1)).squeeze(-1).abs().amax(-1)
     t = -((ht * z).sum(-1) + (bt * nu).sum(-1))
     size = (ht * z).abs().sum(-1) + (bt * nu).abs().sum(-1)
+    return (t > 0) & (ray <= eps * t) & (t > eps * size) & torch.isfinite(y).all(-1)
+
+
+def descent_rays(data: QPData) -> torch.Tensor:
+    """(B,) bool: whether each problem of ``data`` has a descent ray (it is unbounded)."""
+    eps = tolerances_for(data.dtype).infeasibility_tol
+    B, n, m, p = data.B, data.n, data.m, data.p
+    f64 = torch.float64
+
+    def batched(M):
+        M = M.to(f64)
+        return M.expand(B, -1, -1) if M.dim() == 2 else M
+
+    Q, G, A = batched(data.Q), batched(data.G), batched(data.A)
+    q = expand_vec(data.q, B).to(f64)
+    Gt, At = G / _row_norms(G).unsqueeze(-1), A / _row_norms(A).unsqueeze(-1)
+    N = n + p + m + 1  # the residual (Qd, Ãd, G̃d + s, qᵀd + 1)
+    C = torch.cat([Q, At, Gt, q.unsqueeze(-2)], -2)  # (B, N, n): d's coefficients
+    slack = torch.zeros(B, m, N, dtype=f64, device=data.device)  # s_i's: unit rows in the G̃d block
+    slack[:, torch.arange(m), n + p + torch.arange(m)] = 1.0
+    g = torch.zeros(B, N, dtype=f64, device=data.device)
+    g[:, -1] = 1.0
+    every_row = torch.ones(B, m, dtype=torch.bool, device=data.device)
+    y, _ = repair_multipliers(slack, C.mT, g, every_row, torch.full((B,), eps, dtype=f64, device=data.device))
+    d = y[:, m:]
+    Cd = (C @ d.unsqueeze(-1)).squeeze(-1)
+    ray = torch.cat([Cd[:, :n + p].abs(), Cd[:, n + p:n + p + m].clamp_min(0)], -1).amax(-1)
+    t = -Cd[:, -1]
+    size = (q * d).abs().sum(-1)
     return (t > 0) & (ray <= eps * t) & (t > eps * size) & torch.isfinite(y).all(-1)
 
 

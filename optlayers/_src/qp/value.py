@@ -225,7 +225,7 @@ def qp_value(
     # (as solve_qp: a problem the interior point could not finish may be provably infeasible)
     status = raw.status
     if name != "osqp":
-        status = certificates.certify_infeasible(data.detach(), status, raw.iterations, max_iter)
+        status = certificates.certify_failures(data.detach(), status, raw.iterations, max_iter)
     status = status.reshape(shape)
     (value,) = apply_failure_policy(status, (value.reshape(shape),), policy, what="QP")
     if not return_solution:
