@@ -126,7 +126,11 @@ def solve_qp(
         check_inputs: validate finiteness, symmetry and positive semidefiniteness of ``Q``
             (costs one Cholesky per distinct ``Q``; shapes, dtypes and devices are always checked).
         tol: relative tolerance of the interior point (default 1e-9 float64, 1e-5 float32).
-        max_iter: interior-point iteration cap.
+        max_iter: interior-point iteration cap. A problem the interior point leaves unsolved
+            (stalled, broken down, or at the default cap) is searched for a certificate of
+            infeasibility or unboundedness (``optlayers/_src/qp/certificates.py``): its status
+            is then PRIMAL_INFEASIBLE or DUAL_INFEASIBLE instead of MAX_ITER. With ``max_iter``
+            below the default, problems that reach it stay MAX_ITER (no search cost).
         polish: finish with an exact active-set solve (recommended; gives ~1e-14 in float64).
         warm_start: a guess of the active sets — a :class:`QPSolution` of earlier, similar
             problems (its rows with ``λ > 0``) or a (*, m) bool tensor. Each problem first tries
