@@ -99,12 +99,9 @@ def _optlayers(backend: str) -> Contestant:
 
         return solve
 
-    return Contestant(
-        name=f"optlayers-{backend}",
-        prepare=prepare,
-        settings="defaults: tol=1e-9 (float64), max_iter=50, polish=True",
-        is_ours=True,
-    )
+    settings = ("defaults: tol=1e-9 (float64), max_iter=50, polish=True" if backend != "osqp" else
+                "defaults of solve_qp(backend='osqp'): OSQP with optlayers' settings and polish (docs/sparse.md)")
+    return Contestant(name=f"optlayers-{backend}", prepare=prepare, settings=settings, is_ours=True)
 
 
 # --------------------------------------------------------------------------------------------
