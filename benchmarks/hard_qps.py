@@ -99,6 +99,7 @@ def main() -> None:
         return any(name.startswith(o) for o in only) if only else not name.startswith(SLOW)
 
     contestants, notes = _peers.all_contestants()
+    sizes: dict[str, tuple[int, int, int]] = {}
     rows = []
     for c in contestants:
         if not wanted(c.name):
@@ -122,6 +123,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 H = ol.testing.hard_qps(family, args.B, seed=seed)
                 B, n = H.q.shape
+                sizes[family] = (n, H.h.shape[-1], H.b.shape[-1])
                 spec = _peers.Spec(B, n, H.h.shape[-1], H.b.shape[-1])
                 try:
                     if c.is_ours:
@@ -144,7 +146,7 @@ def main() -> None:
             continue
         print(f"{name:22s}" + "".join(f"{cell:>20s}" for cell in cells) + f"{false_certs:>13d}", flush=True)
     print(f"\n(each cell sums {args.seeds} × {args.B} problems; sizes n, m, p: "
-          + ", ".join(f"{f} {ol._src.testing.hard_qps._SIZES[f]}" for f in ol.testing.FAMILIES) + ")")
+          + ", ".join(f"{f} {s}" for f, s in sizes.items()) + ")")
     for c in contestants:
         if wanted(c.name) and c.settings:
             print(f"  {c.name}: {c.settings}")

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import torch
 
-from optlayers._src.qp.linalg import expand_vec
+from optlayers._src.qp.linalg import expand_mat, expand_vec, row_norms
 from optlayers._src.qp.multiplier_repair import repair_multipliers
 from optlayers._src.qp.options import QPOptions
 from optlayers._src.qp.problem import QPData
@@ -81,23 +81,10 @@ def certify_failures(data: QPData, status: torch.Tensor, iterations: torch.Tenso
 def farkas_certificates(data: QPData) -> torch.Tensor:
     """(B,) bool: whether each problem of ``data`` has a Farkas certificate of infeasibility."""
     eps = tolerances_for(data.dtype).infeasibility_tol
-    B, n, m = data.B, data.n, data.m
-    f64 = torch.float64
-    G, h = data.G.to(f64), expand_vec(data.h, B).to(f64)
-    A, b = data.A.to(f64), expand_vec(data.b, B).to(f64)
-    G = G.expand(B, -1, -1) if G.dim() == 2 else G
-    A = A.expand(B, -1, -1) if A.dim() == 2 else A
-    gn = _row_norms(G)
-    an = _row_norms(A)
-    Gt, ht = G / gn.unsqueeze(-1), h / gn
-    At, bt = A / an.unsqueeze(-1), b / an
-    M_G = torch.cat([Gt, ht.unsqueeze(-1)], -1)  # (B, m, n + 1)
-    M_A = torch.cat([At, bt.unsqueeze(-1)], -1)  # (B, p, n + 1)
-    g = torch.zeros(B, n + 1, dtype=f64, device=data.device)
-    g[:, -1] = 1.0
-    every_row = torch.ones(B, m, dtype=torch.bool, device=data.device)
-    y, _ = repair_multipliers(M_G, M_A, g, every_row, torch.full((B,), eps, dtype=f64, device=data.device))
-    z, nu = y[:, :m], y[:, m:]
+    _, _, Gt, ht, At, bt = _unit_rows64(data)
+    # Unknowns z ≥ 0 (rows of [G̃ h̃]) and ν free (rows of [Ã b̃]); residual (G̃ᵀz + Ãᵀν, h̃ᵀz + b̃ᵀν + 1).
+    y = _nnls(torch.cat([Gt, ht.unsqueeze(-1)], -1), torch.cat([At, bt.unsqueeze(-1)], -1), eps)
+    z, nu = y[:, :data.m], y[:, data.m:]
     ray = (Gt.mT @ z.unsqueeze(-1) + At.mT @ nu.unsqueeze(-1)).squeeze(-1).abs().amax(-1)
     t = -((ht * z).sum(-1) + (bt * nu).sum(-1))
     size = (ht * z).abs().sum(-1) + (bt * nu).abs().sum(-1)
@@ -108,23 +95,13 @@ def descent_rays(data: QPData) -> torch.Tensor:
     """(B,) bool: whether each problem of ``data`` has a descent ray (it is unbounded)."""
     eps = tolerances_for(data.dtype).infeasibility_tol
     B, n, m, p = data.B, data.n, data.m, data.p
-    f64 = torch.float64
-
-    def batched(M):
-        M = M.to(f64)
-        return M.expand(B, -1, -1) if M.dim() == 2 else M
-
-    Q, G, A = batched(data.Q), batched(data.G), batched(data.A)
-    q = expand_vec(data.q, B).to(f64)
-    Gt, At = G / _row_norms(G).unsqueeze(-1), A / _row_norms(A).unsqueeze(-1)
+    Q, q, Gt, _, At, _ = _unit_rows64(data)
     N = n + p + m + 1  # the residual (Qd, Ãd, G̃d + s, qᵀd + 1)
     C = torch.cat([Q, At, Gt, q.unsqueeze(-2)], -2)  # (B, N, n): d's coefficients
-    slack = torch.zeros(B, m, N, dtype=f64, device=data.device)  # s_i's: unit rows in the G̃d block
+    slack = Q.new_zeros(B, m, N)  # s_i's: unit rows in the G̃d block
     slack[:, torch.arange(m), n + p + torch.arange(m)] = 1.0
-    g = torch.zeros(B, N, dtype=f64, device=data.device)
-    g[:, -1] = 1.0
-    every_row = torch.ones(B, m, dtype=torch.bool, device=data.device)
-    y, _ = repair_multipliers(slack, C.mT, g, every_row, torch.full((B,), eps, dtype=f64, device=data.device))
+    # Unknowns s ≥ 0 (rows of `slack`) and d free (rows of Cᵀ).
+    y = _nnls(slack, C.mT, eps)
     d = y[:, m:]
     Cd = (C @ d.unsqueeze(-1)).squeeze(-1)
     ray = torch.cat([Cd[:, :n + p].abs(), Cd[:, n + p:n + p + m].clamp_min(0)], -1).amax(-1)
@@ -133,6 +110,23 @@ def descent_rays(data: QPData) -> torch.Tensor:
     return (t > 0) & (ray <= eps * t) & (t > eps * size) & torch.isfinite(y).all(-1)
 
 
-def _row_norms(M: torch.Tensor) -> torch.Tensor:
-    norms = torch.linalg.vector_norm(M, dim=-1)
-    return torch.where(norms > 0, norms, torch.ones_like(norms))
+def _unit_rows64(data: QPData):
+    """(Q, q, G̃, h̃, Ã, b̃) batched in float64, the rows of G and A scaled to unit norm (as the
+    interior point sees them)."""
+    B = data.B
+    f64 = torch.float64
+    Q, G, A = (expand_mat(M, B).to(f64) for M in (data.Q, data.G, data.A))
+    q, h, b = (expand_vec(v, B).to(f64) for v in (data.q, data.h, data.b))
+    gn, an = row_norms(G), row_norms(A)
+    return Q, q, G / gn.unsqueeze(-1), h / gn, A / an.unsqueeze(-1), b / an
+
+
+def _nnls(nonneg: torch.Tensor, free: torch.Tensor, eps: float) -> torch.Tensor:
+    """min ‖nonnegᵀu + freeᵀv + e_last‖ over u ≥ 0, v free (the multiplier repair's Lawson–Hanson
+    NNLS, every nonnegative unknown allowed): y = (u, v), (B, k + l) for (B, k, N), (B, l, N)."""
+    B, k, N = nonneg.shape
+    g = nonneg.new_zeros(B, N)
+    g[:, -1] = 1.0
+    every = torch.ones(B, k, dtype=torch.bool, device=nonneg.device)
+    y, _ = repair_multipliers(nonneg, free, g, every, nonneg.new_full((B,), eps))
+    return y

@@ -81,6 +81,12 @@ def inf_norm(v: torch.Tensor) -> torch.Tensor:
     return v.abs().amax(-1)
 
 
+def row_norms(M: torch.Tensor) -> torch.Tensor:
+    """Row norms of a shared (r, c) or batched (B, r, c) matrix; zero rows get norm 1."""
+    norms = torch.linalg.vector_norm(M, dim=-1)
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
 def expand_vec(v: torch.Tensor, B: int) -> torch.Tensor:
     """A canonical vector, shared ``(k,)`` or batched ``(B, k)``, as a ``(B, k)`` view."""
     return v.expand(B, -1) if v.dim() == 1 else v

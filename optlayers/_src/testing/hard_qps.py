@@ -14,7 +14,7 @@ dense path against Clarabel; ``tests/qp/test_qp_robustness.py``):
     to rounding (~1e-7 relative), which is where a solver must not claim infeasibility.
 ``duplicate_rows`` (n=10, m=20, p=3)
     A :func:`random_qp` problem whose active rows are repeated twice more, scaled by 2 and 1/2:
-    same unique x*, multipliers not unique.
+    same unique x*, multipliers not unique (m counts the rows before the repeats: 34 in all).
 ``infeasible`` (n=10, m=20, p=3)
     A :func:`random_qp` problem plus two rows gᵀx ≤ c and −gᵀx ≤ −c − δ (‖g‖ = 1) that no x meets,
     δ log-uniform in [1e-3, 1].

@@ -37,7 +37,7 @@ import torch
 
 from optlayers._src.qp import active_set, kkt
 from optlayers._src.qp.backends import RawSolution
-from optlayers._src.qp.linalg import OUTER_PRODUCTS_MAX, expand_vec, inf_norm, mtv, mv
+from optlayers._src.qp.linalg import OUTER_PRODUCTS_MAX, expand_vec, inf_norm, mtv, mv, row_norms
 from optlayers._src.qp.options import Backend, QPOptions
 from optlayers._src.qp.problem import QPData
 from optlayers._src.qp.threads import intra_op_threads
@@ -91,15 +91,9 @@ class TorchIPMBackend:
             return interior_point(data, options)
 
 
-def _row_norms(M: torch.Tensor) -> torch.Tensor:
-    """Row norms of a shared (r, c) or batched (B, r, c) matrix; zero rows get norm 1."""
-    norms = torch.linalg.vector_norm(M, dim=-1)
-    return torch.where(norms > 0, norms, torch.ones_like(norms))
-
-
 def _scaled(data: QPData) -> tuple[QPData, torch.Tensor, torch.Tensor]:
     """Data with unit-norm rows of G and A, and the row norms (to unscale the multipliers)."""
-    gn, an = _row_norms(data.G), _row_norms(data.A)
+    gn, an = row_norms(data.G), row_norms(data.A)
     sdata = dataclasses.replace(
         data, G=data.G / gn.unsqueeze(-1), h=data.h / gn, A=data.A / an.unsqueeze(-1), b=data.b / an
     )
