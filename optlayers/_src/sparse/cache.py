@@ -72,6 +72,7 @@ class _Slot:
     A: np.ndarray
     settings: dict
     cold: bool = False  # last solve failed: restart ADMM from zero
+    last_iter: int | None = None  # ADMM iterations of its last successful solve
 
 
 class _Entry:

@@ -154,7 +154,7 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
                 slot = None  # OSQP rejected the new values: set up afresh (reports the reason)
             if slot is None:
                 slot = _set_up(osqp, entry, b, data, Pb, qb, Ab, lb, ub, options, settings, cache)
-            res = slot.solver.solve(raise_error=False)
+            res = _solve_reused(slot, settings) if reused else slot.solver.solve(raise_error=False)
             if reused and res.info.status_val != osqp.SolverStatus.OSQP_SOLVED:
                 # A reused solver must not lose a problem that a fresh one solves: on a nearly
                 # inconsistent problem (float32 rows pinning a vertex, equal up to rounding) the
@@ -164,6 +164,8 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
                 retried_iters = res.info.iter
                 slot = _set_up(osqp, entry, b, data, Pb, qb, Ab, lb, ub, options, settings, cache)
                 res = slot.solver.solve(raise_error=False)
+            if res.info.status_val == osqp.SolverStatus.OSQP_SOLVED:
+                slot.last_iter = int(res.info.iter)
         except osqp.OSQPException as exc:
             where = f" at batch index {b}" if B > 1 else ""
             code = exc.args[0] if exc.args else None
@@ -236,6 +238,20 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
         status[b] = int(st)
     state.ok = status == int(Status.SOLVED)
     return RawSparseSolution(X, Y, status, iters, polished, state)
+
+
+def _solve_reused(slot: _Slot, settings: dict):
+    """A cached solver's solve with its iteration budget capped at ``REUSE_ITER_FACTOR`` times its
+    last successful solve's (see ``options.py``); a failure goes on to a fresh solver."""
+    full = settings["max_iter"]
+    cap = full if slot.last_iter is None else min(full, max(opts.REUSE_MIN_ITER, opts.REUSE_ITER_FACTOR * slot.last_iter))
+    if cap == full:
+        return slot.solver.solve(raise_error=False)
+    slot.solver.update_settings(max_iter=cap)
+    try:
+        return slot.solver.solve(raise_error=False)
+    finally:
+        slot.solver.update_settings(max_iter=full)
 
 
 def _set_up(osqp, entry, b: int, data: SparseQPData, Pb, qb, Ab, lb, ub, options: OSQPOptions, settings: dict,
