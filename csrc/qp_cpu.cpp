@@ -162,28 +162,42 @@ void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_
               " but q has ", st);
 }
 
-// float32 problems that the final polish left at kMaxIter: the polish once more in double, from
-// the same iterate (x, λ, ν of a kMaxIter problem are the lowest-merit iterate: a rejected polish
-// writes nothing), with float64's tolerances. At a degenerate vertex (more active rows than
-// variables, a float32 grasp QP with a zero-force contact) the active-set KKT system is singular up
-// to its regularization and float's LU missed the acceptance test on the right active set; the data
-// are exact in double. An accepted problem becomes kSolved without a kept factor (the backward
-// refactors). Same rule as the PyTorch backend (torch_ipm.py::_float64_polish).
-constexpr double kDoubleKktReg = 1e-11;    // tolerances.py, float64
-constexpr double kDoublePolishTol = 1e-9;  // tolerances.py, float64
+// float32 problems left unsolved (kMaxIter, kNumericalError) are finished in double, where the
+// float32 data are exact, with float64's tolerances (tolerances.py):
+// 1. a kMaxIter problem's final polish once more in double, from the same iterate (x, λ, ν of a
+//    kMaxIter problem are the lowest-merit iterate: a rejected polish writes nothing). At a
+//    degenerate vertex (more active rows than variables, a float32 grasp QP with a zero-force
+//    contact) the active-set KKT system is singular up to its regularization and float's LU missed
+//    the acceptance test on the right active set;
+// 2. where that fails (or the problem broke down), the whole interior point in double from scratch:
+//    on degenerate float32 vertices the float iterate's active-set guess itself was wrong (3 of 256
+//    hard_qps("degenerate_vertex") problems; double solves each).
+// Only a kSolved outcome is taken (rounded to float): a double certificate of infeasibility would
+// judge the rounded data at double's tolerances (vertices pinned by rows equal up to float rounding
+// are infeasible by ~1e-8 there but feasible at float's), so other outcomes keep float's status.
+// An accepted problem has no kept factor (the backward refactors); its iterations add up. Same rule
+// as the PyTorch backend (torch_ipm.py::_finish_in_float64).
+constexpr double kDoubleTol = 1e-9;          // tolerances.py, float64
+constexpr double kDoubleInfTol = 1e-8;       //
+constexpr double kDoubleKktReg = 1e-11;      //
+constexpr double kDoublePolishTol = 1e-9;    //
+constexpr double kDoubleStep = 0.99;         //
+constexpr double kDoublePolishStart = 1e-2;  //
 
 template <typename T>
-void polish_left_in_double(int64_t batch, int n, int m, int p, const T* pQ, const T* pq, const T* pG, const T* ph,
-                           const T* pA, const T* pb, int64_t sQ, int64_t sq, int64_t sG, int64_t sh, int64_t sA,
-                           int64_t sb, T* px, T* pl, T* pn, int8_t* ps, T* pf, int64_t fs) {
+void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, const T* pQ, const T* pq, const T* pG,
+                           const T* ph, const T* pA, const T* pb, int64_t sQ, int64_t sq, int64_t sG, int64_t sh,
+                           int64_t sA, int64_t sb, T* px, T* pl, T* pn, int8_t* ps, int32_t* pi, T* pf, int64_t fs) {
   if constexpr (std::is_same<T, float>::value) {
     std::vector<int64_t> left;
     for (int64_t i = 0; i < batch; ++i)
-      if (ps[i] == optlayers::kMaxIter) left.push_back(i);
+      if (ps[i] == optlayers::kMaxIter || ps[i] == optlayers::kNumericalError) left.push_back(i);
     if (left.empty()) return;
-    const optlayers::Settings<double> set{0.0, 0.0, kDoubleKktReg, kDoublePolishTol, 0.0, 0, true, 0.0};
+    const optlayers::Settings<double> pol{0.0, 0.0, kDoubleKktReg, kDoublePolishTol, 0.0, 0, true, 0.0};
+    const optlayers::Settings<double> full{kDoubleTol, kDoubleInfTol, kDoubleKktReg, kDoublePolishTol, kDoubleStep,
+                                           max_iter, true, kDoublePolishStart};
     const int64_t sizes[] = {int64_t(n) * n, n, int64_t(m) * n, m, int64_t(p) * n, p, n, m, p,
-                             optlayers::polish_workspace_size(n, m, p)};
+                             std::max(optlayers::polish_workspace_size(n, m, p), optlayers::workspace_size(n, m, p))};
     int64_t total = 0;
     for (const int64_t k : sizes) total += k;
     at::parallel_for(0, int64_t(left.size()), 1, [&](int64_t k0, int64_t k1) {
@@ -208,11 +222,18 @@ void polish_left_in_double(int64_t batch, int n, int m, int p, const T* pQ, cons
         double* nu = put(pn + i * p, p);
         const optlayers::Problem<double> d{Q, q, G, h, A, b, n, m, p};
         int8_t status = optlayers::kMaxIter;
-        if (!optlayers::polish(optlayers::SerialGroup{}, d, set, c, x, lam, nu, &status)) continue;
+        int32_t iters = 0;
+        bool done = ps[i] == optlayers::kMaxIter && optlayers::polish(optlayers::SerialGroup{}, d, pol, c, x, lam, nu, &status);
+        if (!done) {
+          optlayers::solve_qp(optlayers::SerialGroup{}, d, full, c, x, lam, nu, &status, &iters);
+          done = status == optlayers::kSolved;
+        }
+        if (!done) continue;
         for (int j = 0; j < n; ++j) px[i * n + j] = T(x[j]);
         for (int r = 0; r < m; ++r) pl[i * m + r] = T(lam[r]);
         for (int e = 0; e < p; ++e) pn[i * p + e] = T(nu[e]);
         ps[i] = optlayers::kSolved;
+        pi[i] += iters;
         if (pf != nullptr) pf[i * fs + fs - 1] = T(-1);  // no kept factor
       }
     });
@@ -344,7 +365,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     });
     }();
     if (polish && small_emulation(n, m, p) < 2)  // (=2 and =3: the small kernel's own outcome, for tests)
-      polish_left_in_double<T>(batch, n, m, p, pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA, sb, px, pl, pn, ps, pf, fs);
+      finish_left_in_double<T>(batch, n, m, p, int(max_iter), pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA, sb, px, pl, pn,
+                               ps, pi, pf, fs);
   });
   return {x, lam, nu, status, iters, factor};
 }

@@ -88,7 +88,10 @@ class TorchIPMBackend:
 
     def solve(self, data: QPData, options: QPOptions) -> RawSolution:
         with intra_op_threads(data):
-            return interior_point(data, options)
+            sol = interior_point(data, options)
+            if data.dtype == torch.float32 and options.polish:
+                sol = _finish_in_float64(data, sol, options)
+            return sol
 
 
 def _scaled(data: QPData) -> tuple[QPData, torch.Tensor, torch.Tensor]:
@@ -619,7 +622,8 @@ def _float64_polish(data: QPData, mask, left, sol: RawSolution, x, lam, nu, stat
     contact) the active-set KKT system is singular up to its regularization, and float32's LU
     missed the polish tolerance on the right active set (residual 5e-3 against 6e-4); the float32
     data are exact in float64, where the same guess passes float64's own, tighter test. Such
-    problems have no kept factor (the backward refactors). Same rule in csrc/qp_cpu.cpp.
+    problems have no kept factor (the backward refactors). Same rule in csrc/qp_cpu.cpp
+    (``finish_left_in_double``, step 1); what it leaves goes to :func:`_finish_in_float64`.
     """
     idx = torch.nonzero(left).squeeze(-1)
     if idx.numel() == 0:
@@ -637,6 +641,36 @@ def _float64_polish(data: QPData, mask, left, sol: RawSolution, x, lam, nu, stat
         x[done], lam[done], nu[done] = xd[ok].float(), ld[ok].float(), yd[ok].float()
         status[done] = int(Status.SOLVED)
     return x, lam, nu, status
+
+
+def _finish_in_float64(data: QPData, sol: RawSolution, options: QPOptions) -> RawSolution:
+    """float32 problems the interior point and its float64 polish (:func:`_float64_polish`) left
+    unsolved (MAX_ITER, NUMERICAL_ERROR), solved again from scratch in float64 — where the float32
+    data are exact — and rounded. On degenerate float32 vertices the float32 iterate's active-set
+    guess itself was wrong (3 of 256 ``hard_qps("degenerate_vertex")`` problems; float64 solves
+    each). Only a SOLVED outcome is taken: a float64 certificate of infeasibility would judge the
+    rounded data at float64's tolerances (vertices pinned by rows equal up to float32 rounding are
+    infeasible by ~1e-8 there, feasible at float32's), so other outcomes keep the float32 status.
+    Iterations add up; the kept polish factor is dropped when a problem is replaced (the backward
+    refactors). Same rule in csrc/qp_cpu.cpp (``finish_left_in_double``)."""
+    left = (sol.status == int(Status.MAX_ITER)) | (sol.status == int(Status.NUMERICAL_ERROR))
+    idx = torch.nonzero(left).squeeze(-1)
+    if idx.numel() == 0:
+        return sol
+    sub = data.take(idx)
+    d64 = dataclasses.replace(sub, **{f: getattr(sub, f).double() for f in ("Q", "q", "G", "h", "A", "b")})
+    s64 = interior_point(d64, options)
+    ok = s64.status == int(Status.SOLVED)
+    if not bool(ok.any()):
+        return sol
+    done = idx[ok]
+    x, lam, nu = sol.x.clone(), sol.lam.clone(), sol.nu.clone()
+    x[done], lam[done], nu[done] = s64.x[ok].float(), s64.lam[ok].float(), s64.nu[ok].float()
+    status = sol.status.clone()
+    status[done] = int(Status.SOLVED)
+    iterations = sol.iterations.clone()
+    iterations[done] += s64.iterations[ok].to(iterations.dtype)
+    return dataclasses.replace(sol, x=x, lam=lam, nu=nu, status=status, iterations=iterations, factor=None)
 
 
 def _equality_only(data: QPData) -> RawSolution:
