@@ -61,6 +61,16 @@ class ParamSlot:
     col: int | None           # None: the parameter does not affect the cone program data
     lower: np.ndarray         # int64 indices into the F-flattened value
     log: bool
+    # The value constraints the parameter was declared with, which DCP relies on (a negative
+    # value of a nonneg parameter that multiplies a convex term makes the program nonconvex):
+    # "nonneg", "nonpos", "pos", "neg" or None; "PSD", "NSD" or None.
+    sign: str | None = None
+    definite: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether CVXPY reads only some of the value's entries (e.g. one triangle)."""
+        return self.lower.size < (math.prod(self.shape) if self.shape else 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +173,12 @@ def _check_problem(problem, parameters, variables) -> None:
         raise ValueError(f"variables must be a list or tuple of cvxpy.Variable; got {type(variables).__name__}")
     if len(variables) == 0:
         raise ValueError("variables must name at least one variable (or constraint dual) to return")
+    if len(parameters) == 0:
+        raise ValueError(
+            "parameters is empty: a CvxpyLayer maps parameter tensors to solutions, and this problem "
+            "has none to differentiate with respect to; solve it with CVXPY directly, or make the "
+            "data you want gradients for a cvxpy.Parameter"
+        )
     for i, p in enumerate(parameters):
         if not isinstance(p, cp.Parameter):
             raise ValueError(f"parameters[{i}] must be a cvxpy.Parameter; got {type(p).__name__}")
@@ -184,6 +200,12 @@ def _check_problem(problem, parameters, variables) -> None:
     for v in problem.variables():
         if v.is_complex():
             raise ValueError(f"variable {v.name()} is complex; complex variables are not supported")
+        if v.attributes.get("integer") or v.attributes.get("boolean"):
+            raise ValueError(
+                f"variable {v.name()} is {'integer' if v.attributes.get('integer') else 'boolean'}; "
+                "CvxpyLayer differentiates convex programs, whose solution map is continuous — "
+                "mixed-integer problems are not supported (relax the variable to an interval)"
+            )
 
 
 def _dpp_error(problem, gp: bool, cvx_message: str) -> ValueError:
@@ -277,7 +299,11 @@ def _param_slots(problem, parameters, chain, param_prob, gp: bool) -> list[Param
                     f"parameter {p.name()}: CVXPY stores {expect} entries but {lower.size} were "
                     f"derived from its attributes {p.attributes}; this attribute is not supported"
                 )
-        slots.append(ParamSlot(name=p.name(), shape=tuple(p.shape), col=col, lower=lower, log=p.id in logged))
+        attrs = p.attributes
+        sign = next((a for a in ("nonneg", "nonpos", "pos", "neg") if attrs.get(a)), None)
+        definite = next((a for a in ("PSD", "NSD") if attrs.get(a)), None)
+        slots.append(ParamSlot(name=p.name(), shape=tuple(p.shape), col=col, lower=lower, log=p.id in logged,
+                               sign=sign, definite=definite))
     return slots
 
 
@@ -372,7 +398,9 @@ def _read(items, sol, gp: bool) -> list[np.ndarray]:
     vals = []
     for source, obj, dv in items:
         if source == "x":
-            v = np.asarray(sol.primal_vars[obj.id], dtype=np.float64)
+            v = sol.primal_vars[obj.id]
+            # (a diag=True variable's value is a SciPy sparse diagonal matrix)
+            v = np.asarray(v.toarray() if sp.issparse(v) else v, dtype=np.float64)
             if gp:
                 with np.errstate(divide="ignore"):
                     v = np.log(v)

@@ -483,6 +483,10 @@ def refine(idx: ProgramIndex, c, A, b, P, x, y, s, ok, mode: BackwardMode):
     """
     B = x.shape[0]
     steps = torch.zeros(B, dtype=torch.int32, device=x.device)
+    # Problems not refined are zeroed first: a failed solve's point may be NaN (SCS on an infeasible
+    # SDP), and the batch's residual projects every row (an eigendecomposition per PSD block).
+    keep = ok.unsqueeze(1)
+    x, y, s = (torch.where(keep, t, torch.zeros_like(t)) for t in (x, y, s))
     w = y - s
     scale = 1.0 + torch.maximum(c.abs().amax(1), b.abs().amax(1)).expand(B)
     R, y_, s_ = residual(idx, c, A, b, P, x, w)

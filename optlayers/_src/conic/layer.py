@@ -32,6 +32,7 @@ from optlayers._src.first_order import first_order_only
 from optlayers._src.conic.qp_route import QPPlan, not_qp_reason
 from optlayers._src.qp.options import Backend
 from optlayers._src.status import OnFailure, Status, apply_failure_policy
+from optlayers._src.tolerances import tolerances_for
 from optlayers._src.transforms import refuse_transforms
 
 
@@ -218,6 +219,37 @@ def _unflatten_f(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 _UNSET = object()
 
 
+_SIGN_TESTS = {
+    "nonneg": (lambda t: t >= 0, "nonnegative"),
+    "nonpos": (lambda t: t <= 0, "nonpositive"),
+    "pos": (lambda t: t > 0, "positive"),
+    "neg": (lambda t: t < 0, "negative"),
+}
+
+
+def _check_declared(t: torch.Tensor, slot, label: str) -> None:
+    """The value constraints a parameter was declared with (``nonneg=True``, ``PSD=True``, …),
+    which the problem's convexity (DCP) relies on — as CVXPY checks ``Parameter.value``. A
+    negative ``λ`` in ``λ·sum_squares(x)`` or an indefinite ``S`` in ``quad_form(x, S)`` makes the
+    program nonconvex, and the solvers then return *some* stationary point marked solved.
+    PSD/NSD: the eigenvalues of the triangle CVXPY reads (the upper one) must be ≥ −tol·max|S|
+    (resp. ≤), tol the dtype's ``psd_tol`` — one ``eigvalsh`` per batch element."""
+    if slot.sign is not None:
+        test, word = _SIGN_TESTS[slot.sign]
+        if not bool(test(t).all()):
+            raise ValueError(f"{label} was declared {slot.sign}=True: its values must be {word} (the problem's "
+                             "convexity relies on it)")
+    if slot.definite is not None and t.numel():
+        scale = t.abs().amax(dim=(-2, -1)).clamp_min(1.0)
+        eig = torch.linalg.eigvalsh(t.detach(), UPLO="U")
+        tol = tolerances_for(t.dtype).psd_tol
+        bad = (eig[..., 0] < -tol * scale) if slot.definite == "PSD" else (eig[..., -1] > tol * scale)
+        if bool(bad.any()):
+            word = "positive" if slot.definite == "PSD" else "negative"
+            raise ValueError(f"{label} was declared {slot.definite}=True: its values must be symmetric {word} "
+                             f"semidefinite (the problem's convexity relies on it)")
+
+
 class CvxpyLayer(torch.nn.Module):
     r"""A DPP CVXPY problem as a differentiable layer — drop-in for ``cvxpylayers.torch.CvxpyLayer``.
 
@@ -298,7 +330,8 @@ class CvxpyLayer(torch.nn.Module):
         self.options = parse_solver_args(solver_args or {}, base=base)
         self.on_failure = OnFailure.resolve(on_failure)
         self.return_solution = bool(return_solution)
-        self.program: ConeProgram = canonicalize(problem, list(parameters), list(variables), gp=bool(gp))
+        # (not list(...): a bare Parameter is iterable and must fail as "not a list")
+        self.program: ConeProgram = canonicalize(problem, parameters, variables, gp=bool(gp))
         self._mats_cache: dict[tuple, tuple] = {}
         self._lower: dict[tuple, Any] = {}
         self._index: dict[torch.device, ProgramIndex] = {}
@@ -563,6 +596,12 @@ class CvxpyLayer(torch.nn.Module):
         device = c.device
         with torch.no_grad():
             raw = self._solve(c, A, b, P, B, options)
+        # SCS returns NaN iterates for infeasible/unbounded SDPs (with the right status); a
+        # non-finite point is never a solution, nor a starting point for the refinement.
+        finite = np.isfinite(raw.x).all(1) & np.isfinite(raw.y).all(1) & np.isfinite(raw.s).all(1)
+        if not finite.all():
+            raw.status[(raw.status == Status.SOLVED) & ~finite] = Status.NUMERICAL_ERROR
+            raw.inexact = raw.inexact & finite
         x = torch.as_tensor(raw.x, dtype=torch.float64, device=device)
         y = torch.as_tensor(raw.y, dtype=torch.float64, device=device)
         s = torch.as_tensor(raw.s, dtype=torch.float64, device=device)
@@ -644,7 +683,7 @@ class CvxpyLayer(torch.nn.Module):
         ok = torch.isfinite(theta_s).all()
         fine = bool(ok if theta_b is None else ok & torch.isfinite(theta_b).all())
         slots = self.program.params
-        if fine and all(slot.col is not None for slot in slots):
+        if fine and all(slot.col is not None and not slot.partial for slot in slots):
             return
         for i, (t, slot) in enumerate(zip(values, slots)):
             if not bool(torch.isfinite(t).all()):
@@ -678,6 +717,7 @@ class CvxpyLayer(torch.nn.Module):
                 raise ValueError(f"{label} has non-finite entries (NaN or Inf)")
             if slot.log and not bool((t > 0).all()):
                 raise ValueError(f"{label} must be positive: gp=True takes the log of this parameter")
+            _check_declared(t, slot, label)
         if len(dtypes) > 1:
             raise ValueError(f"all parameter tensors must share one dtype; got {sorted(map(str, dtypes))}")
         if len(devices) > 1:
