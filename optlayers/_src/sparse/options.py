@@ -34,6 +34,9 @@ ADMM_ITERS_PER_IPM_ITER = 200
 # quasi-definite K_δ = [[P + δI, A_𝒜ᵀ], [A_𝒜, −δI]], which has an LDLᵀ factorization for any
 # symmetric permutation (Vanderbei 1995), then refine against the exact K.
 KKT_REG = 1e-9
+# Where K_δ cannot be factored (a pivot rounded to zero, see kkt.ReducedKKT), δ is grown by these
+# factors in turn before the factorization is declared failed.
+KKT_REG_GROWTH = (1.0, 1e2, 1e4)
 # Iterative refinement against the exact K: at most this many steps, stopping once the relative
 # residual is below REFINE_TOL. Each step costs one back-solve and one sparse mat-vec.
 REFINE_MAX_STEPS = 8

@@ -141,6 +141,12 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
 
     for b in range(B):
         Pb, qb, Ab, lb, ub = (_row(a, b) for a in (vals.P, vals.q, vals.A, vals.l, vals.u))
+        if not (np.isfinite(Pb).all() and np.isfinite(qb).all() and np.isfinite(Ab).all()
+                and not np.isnan(lb).any() and not np.isnan(ub).any()):
+            # Non-finite data that check_inputs=False let through: a failed problem (OSQP would
+            # call a NaN in P "non-convex", and iterate to its limit on a NaN bound).
+            status[b] = int(Status.NUMERICAL_ERROR)
+            continue
         if np.any(lb > ub):
             # An empty interval (possible only with check_inputs=False): infeasible by definition;
             # OSQP would reject the data (and keep the previous values on update).
@@ -225,11 +231,13 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
                 # Wrong active-set guess: resume ADMM (warm) at tighter tolerances and retry.
                 tight = options.tightened(opts.POLISH_RETRY_FACTOR ** (attempt + 1)).osqp_settings()
                 slot.solver.update_settings(**{**tight, "warm_starting": True})
+                _reset_status(slot, qb)
                 res = slot.solver.solve(raise_error=False)
                 slot.solver.update_settings(**settings)
                 cache.stats.solves += 1
                 iters[b] += res.info.iter
-                if res.info.status_val != osqp.SolverStatus.OSQP_SOLVED:
+                if not _converged(osqp, res, tight["max_iter"]):
+                    slot.cold = True  # its iterate ran off: the next call starts from zero
                     break
                 x = np.array(res.x, dtype=np.float64)
                 y = np.array(res.y, dtype=np.float64)
@@ -238,6 +246,25 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
         status[b] = int(st)
     state.ok = status == int(Status.SOLVED)
     return RawSparseSolution(X, Y, status, iters, polished, state)
+
+
+def _reset_status(slot: _Slot, qb: np.ndarray) -> None:
+    """Make OSQP forget its last status before a resumed solve. OSQP 1.1 resets ``info.status``
+    only on a data update: a solve after ``update_settings`` alone that stops at its iteration
+    limit reports the *previous* solve's "solved" (a 3-variable LP shows it; in the polish retry
+    below it had returned SOLVED with x diverging to 1e33). Re-setting q (same values) is the
+    cheapest data update; it keeps the iterate."""
+    binding = getattr(slot.solver, "_solver", None)
+    if binding is not None and hasattr(binding, "update_data_vec"):
+        binding.update_data_vec(q=qb, l=None, u=None)
+    else:  # pragma: no cover - other OSQP versions
+        slot.solver.update(q=qb)
+
+
+def _converged(osqp, res, max_iter: int) -> bool:
+    """OSQP says solved and the solve did not stop at its iteration limit (a second guard against
+    the stale status above)."""
+    return res.info.status_val == osqp.SolverStatus.OSQP_SOLVED and res.info.iter < max_iter
 
 
 def _solve_reused(slot: _Slot, settings: dict):
