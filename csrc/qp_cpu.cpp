@@ -168,7 +168,9 @@ void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_
 //    kMaxIter problem are the lowest-merit iterate: a rejected polish writes nothing). At a
 //    degenerate vertex (more active rows than variables, a float32 grasp QP with a zero-force
 //    contact) the active-set KKT system is singular up to its regularization and float's LU missed
-//    the acceptance test on the right active set;
+//    the acceptance test on the right active set. The test keeps float's tolerance (polish_tol, as
+//    given): the answer is rounded to float anyway, and rows pinning a vertex from both sides, equal
+//    only up to float rounding, are inconsistent by ~1e-8 in double;
 // 2. where that fails (or the problem broke down), the whole interior point in double from scratch:
 //    on degenerate float32 vertices the float iterate's active-set guess itself was wrong (3 of 256
 //    hard_qps("degenerate_vertex") problems; double solves each).
@@ -185,7 +187,8 @@ constexpr double kDoubleStep = 0.99;         //
 constexpr double kDoublePolishStart = 1e-2;  //
 
 template <typename T>
-void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, const T* pQ, const T* pq, const T* pG,
+void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, double polish_tol, const T* pQ,
+                           const T* pq, const T* pG,
                            const T* ph, const T* pA, const T* pb, int64_t sQ, int64_t sq, int64_t sG, int64_t sh,
                            int64_t sA, int64_t sb, T* px, T* pl, T* pn, int8_t* ps, int32_t* pi, T* pf, int64_t fs) {
   if constexpr (std::is_same<T, float>::value) {
@@ -193,7 +196,7 @@ void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, con
     for (int64_t i = 0; i < batch; ++i)
       if (ps[i] == optlayers::kMaxIter || ps[i] == optlayers::kNumericalError) left.push_back(i);
     if (left.empty()) return;
-    const optlayers::Settings<double> pol{0.0, 0.0, kDoubleKktReg, kDoublePolishTol, 0.0, 0, true, 0.0};
+    const optlayers::Settings<double> pol{0.0, 0.0, kDoubleKktReg, polish_tol, 0.0, 0, true, 0.0};
     const optlayers::Settings<double> full{kDoubleTol, kDoubleInfTol, kDoubleKktReg, kDoublePolishTol, kDoubleStep,
                                            max_iter, true, kDoublePolishStart};
     const int64_t sizes[] = {int64_t(n) * n, n, int64_t(m) * n, m, int64_t(p) * n, p, n, m, p,
@@ -365,8 +368,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     });
     }();
     if (polish && small_emulation(n, m, p) < 2)  // (=2 and =3: the small kernel's own outcome, for tests)
-      finish_left_in_double<T>(batch, n, m, p, int(max_iter), pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA, sb, px, pl, pn,
-                               ps, pi, pf, fs);
+      finish_left_in_double<T>(batch, n, m, p, int(max_iter), polish_tol, pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA,
+                               sb, px, pl, pn, ps, pi, pf, fs);
   });
   return {x, lam, nu, status, iters, factor};
 }

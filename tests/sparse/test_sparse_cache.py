@@ -4,7 +4,6 @@ between problems with the same matrices and active set."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

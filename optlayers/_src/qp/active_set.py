@@ -37,7 +37,7 @@ FactorParts = list[tuple[torch.Tensor, kkt.ActiveKKTFactor]]
 
 
 def solve_active_sets(data: QPData, mask: torch.Tensor, pending: torch.Tensor, x, lam, nu, status,
-                      rounds: int, repair: bool = True, solver: str = "torch"):
+                      rounds: int, repair: bool = True, solver: str = "torch", polish_tol: float | None = None):
     """Try the active-set guesses ``mask`` (B, m) for the problems ``pending`` (k,) int64.
 
     ``x`` (B, n), ``lam`` (B, m), ``nu`` (B, p), ``status`` (B,) are what the problems not
@@ -45,9 +45,11 @@ def solve_active_sets(data: QPData, mask: torch.Tensor, pending: torch.Tensor, x
     and status SOLVED; ``parts`` lists ``(indices, factor)`` — each round's accepted problems
     (those not repaired) and their KKT factors, for the backward pass. ``mask`` is not modified.
     ``solver``: ``"torch"`` (``kkt.py``'s factor, kept in ``parts``) or ``"native"`` (the C++
-    K-solve of csrc/, which refactors per call: ``parts`` stays empty).
+    K-solve of csrc/, which refactors per call: ``parts`` stays empty). ``polish_tol``: the
+    acceptance tolerance (default: the data's dtype's; float32 problems polished in float64 keep
+    float32's).
     """
-    tol = tolerances_for(data.dtype).polish_tol
+    tol = tolerances_for(data.dtype).polish_tol if polish_tol is None else polish_tol
     B, n, m = data.B, data.n, data.m
     mask_all = mask.to(data.dtype)
     if mask_all is mask:
