@@ -236,11 +236,20 @@ def solve_batch(data: SparseQPData, options: OSQPOptions, cache: SolverCache) ->
                 slot.solver.update_settings(**settings)
                 cache.stats.solves += 1
                 iters[b] += res.info.iter
-                if not _converged(osqp, res, tight["max_iter"]):
-                    slot.cold = True  # its iterate ran off: the next call starts from zero
+                xr = np.array(res.x, dtype=np.float64)
+                yr = np.array(res.y, dtype=np.float64)
+                if not (np.all(np.isfinite(xr)) and np.all(np.isfinite(yr))):
+                    slot.cold = True
                     break
-                x = np.array(res.x, dtype=np.float64)
-                y = np.array(res.y, dtype=np.float64)
+                if _converged(osqp, res, tight["max_iter"]):
+                    x, y = xr, yr  # a better unpolished answer
+                else:
+                    # Not an answer (it stopped at its limit), but its active set may still be the
+                    # right guess for the next polish, whose own test decides; the next call
+                    # starts from zero.
+                    slot.cold = True
+                state.set_sign(b, kkt_mod.classify(xr, yr, Ab_csr @ xr, lb, ub))
+            if not polished[b]:  # the backward's active set is the returned point's
                 state.set_sign(b, kkt_mod.classify(x, y, Ab_csr @ x, lb, ub))
         X[b], Y[b] = x, y
         status[b] = int(st)
