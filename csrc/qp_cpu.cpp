@@ -178,13 +178,7 @@ void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_
 // judge the rounded data at double's tolerances (vertices pinned by rows equal up to float rounding
 // are infeasible by ~1e-8 there but feasible at float's), so other outcomes keep float's status.
 // An accepted problem has no kept factor (the backward refactors); its iterations add up. Same rule
-// as the PyTorch backend (torch_ipm.py::_finish_in_float64).
-constexpr double kDoubleTol = 1e-9;          // tolerances.py, float64
-constexpr double kDoubleInfTol = 1e-8;       //
-constexpr double kDoubleKktReg = 1e-11;      //
-constexpr double kDoublePolishTol = 1e-9;    //
-constexpr double kDoubleStep = 0.99;         //
-constexpr double kDoublePolishStart = 1e-2;  //
+// as the PyTorch backend (torch_ipm.py::_finish_in_float64); on CUDA, qp_cuda_binding.cpp does step 2.
 
 template <typename T>
 void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, double polish_tol, const T* pQ,
@@ -196,9 +190,10 @@ void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, dou
     for (int64_t i = 0; i < batch; ++i)
       if (ps[i] == optlayers::kMaxIter || ps[i] == optlayers::kNumericalError) left.push_back(i);
     if (left.empty()) return;
-    const optlayers::Settings<double> pol{0.0, 0.0, kDoubleKktReg, polish_tol, 0.0, 0, true, 0.0};
-    const optlayers::Settings<double> full{kDoubleTol, kDoubleInfTol, kDoubleKktReg, kDoublePolishTol, kDoubleStep,
-                                           max_iter, true, kDoublePolishStart};
+    using F64 = optlayers::Float64Defaults;
+    const optlayers::Settings<double> pol{0.0, 0.0, F64::kkt_reg, polish_tol, 0.0, 0, true, 0.0};
+    const optlayers::Settings<double> full{F64::tol, F64::inf_tol, F64::kkt_reg, F64::polish_tol, F64::step_to_boundary,
+                                           max_iter, true, F64::polish_start};
     const int64_t sizes[] = {int64_t(n) * n, n, int64_t(m) * n, m, int64_t(p) * n, p, n, m, p,
                              std::max(optlayers::polish_workspace_size(n, m, p), optlayers::workspace_size(n, m, p))};
     int64_t total = 0;

@@ -111,6 +111,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     double kkt_reg, double polish_tol, double polish_start, double step_to_boundary, int64_t max_iter,
     bool polish, bool allow_small);
 
+// float32 problems left unsolved (kMaxIter, kNumericalError) solved again from scratch in double
+// (the float32 data are exact there) with float64's tolerances; only kSolved outcomes are taken,
+// rounded to float (see qp_cpu.cpp::finish_left_in_double, whose step 2 this is; the CPU's step 1,
+// a double polish of the float iterate, is not done here). Costs one device-to-host copy of the
+// failure count when none failed. Not yet run on a GPU.
+void finish_left_in_double(const at::Tensor& Q, const at::Tensor& q, const at::Tensor& G, const at::Tensor& h,
+                           const at::Tensor& A, const at::Tensor& b, int64_t max_iter, at::Tensor& x, at::Tensor& lam,
+                           at::Tensor& nu, at::Tensor& status, at::Tensor& iters) {
+  const auto left = at::nonzero((status == int64_t(optlayers::kMaxIter)) |
+                                (status == int64_t(optlayers::kNumericalError))).squeeze(1);
+  if (left.numel() == 0) return;
+  using F64 = optlayers::Float64Defaults;
+  auto d = [&](const at::Tensor& t, int64_t core) { return rows_of(t, core, left).to(at::kDouble); };
+  auto r = qp_solve_cuda_impl(d(Q, 2), d(q, 1), d(G, 2), d(h, 1), d(A, 2), d(b, 1), left.numel(), F64::tol,
+                              F64::inf_tol, F64::kkt_reg, F64::polish_tol, F64::polish_start, F64::step_to_boundary,
+                              max_iter, true, true);
+  const auto ok = at::nonzero(std::get<3>(r) == int64_t(optlayers::kSolved)).squeeze(1);
+  if (ok.numel() == 0) return;
+  const auto idx = left.index_select(0, ok);
+  x.index_copy_(0, idx, std::get<0>(r).index_select(0, ok).to(x.scalar_type()));
+  lam.index_copy_(0, idx, std::get<1>(r).index_select(0, ok).to(lam.scalar_type()));
+  nu.index_copy_(0, idx, std::get<2>(r).index_select(0, ok).to(nu.scalar_type()));
+  status.index_fill_(0, idx, int64_t(optlayers::kSolved));
+  iters.index_add_(0, idx, std::get<4>(r).index_select(0, ok));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cuda(
     const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
     const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
@@ -119,8 +145,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // The CUDA kernels do not keep the polish factor (keep_factor is a CPU optimization): the
   // backward refactors through qp_kkt_solve.
   (void)keep_factor;
-  return qp_solve_cuda_impl(Q_, q_, G_, h_, A_, b_, batch, tol, inf_tol, kkt_reg, polish_tol, polish_start,
-                            step_to_boundary, max_iter, polish, true);
+  auto r = qp_solve_cuda_impl(Q_, q_, G_, h_, A_, b_, batch, tol, inf_tol, kkt_reg, polish_tol, polish_start,
+                              step_to_boundary, max_iter, polish, true);
+  if (polish && q_.scalar_type() == at::kFloat)
+    finish_left_in_double(Q_, q_, G_, h_, A_, b_, max_iter, std::get<0>(r), std::get<1>(r), std::get<2>(r),
+                          std::get<3>(r), std::get<4>(r));
+  return r;
 }
 
 // allow_small = false: the thread-group kernels only (the small kernel's fallback).

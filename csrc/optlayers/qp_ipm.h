@@ -64,6 +64,18 @@ enum : int8_t {
   kNumericalError = 4,
 };
 
+// float64's default tolerances (optlayers/_src/tolerances.py; a test compares them): what a float32
+// problem the float32 solve left unsolved is solved again with, in double (qp_cpu.cpp,
+// qp_cuda_binding.cpp: finish_left_in_double).
+struct Float64Defaults {
+  static constexpr double tol = 1e-9;
+  static constexpr double inf_tol = 1e-8;
+  static constexpr double kkt_reg = 1e-11;
+  static constexpr double polish_tol = 1e-9;
+  static constexpr double step_to_boundary = 0.99;
+  static constexpr double polish_start = 1e-2;
+};
+
 // Growth of the Cholesky shift on failure; refinement steps of the KKT solves. Same values as
 // the PyTorch backend.
 constexpr double kRegGrowth = 1e4;

@@ -226,3 +226,19 @@ def test_cuda_binding_compiles_against_torch_headers(tmp_path):
     out = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", *incs, str(CSRC / "qp_cuda_binding.cpp")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
+
+
+def test_float64_defaults_in_the_header_match_tolerances_py():
+    """csrc/optlayers/qp_ipm.h's Float64Defaults (what float32 failures are re-solved with in
+    double) must be tolerances.py's float64 values."""
+    import torch
+
+    from optlayers._src.tolerances import tolerances_for
+
+    text = (CSRC / "optlayers" / "qp_ipm.h").read_text()
+    body = re.search(r"struct Float64Defaults \{(.*?)\};", text, re.S).group(1)
+    got = {k: float(v) for k, v in re.findall(r"static constexpr double (\w+) = ([0-9.e+-]+);", body)}
+    t = tolerances_for(torch.float64)
+    assert got == {"tol": t.ipm_tol, "inf_tol": t.infeasibility_tol, "kkt_reg": t.kkt_reg,
+                   "polish_tol": t.polish_tol, "step_to_boundary": t.step_to_boundary,
+                   "polish_start": t.polish_start}
