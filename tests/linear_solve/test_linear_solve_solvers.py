@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import optlayers as ol
 from optlayers import linear_solve as ls
 
 D = torch.float64
@@ -181,3 +182,47 @@ def test_materialize():
     assert torch.equal(M, A)
     M2 = ls.materialize(bmv(A), torch.zeros(2, 4, dtype=D), batch_dims=1, vectorize=False)
     assert torch.equal(M2, A)
+
+
+# GMRES breakdowns (found by fuzzing custom_fixed_point's jacfwd): when a problem's Krylov space
+# is exhausted inside a restart cycle — its residual below the threshold, or the next Arnoldi vector
+# rounding noise — the cycle's later columns were built from that noise (under vmap, and in a batch
+# whose other problems go on) and y = R⁻¹g exploded: gmres(2I, [1, 1, 0, …]) was −1.3e30 under vmap.
+
+
+def test_gmres_happy_breakdown_under_vmap():
+    b = torch.tensor([[1.0, 1.0, 0, 0, 0, 0, 0], [0.0, 0, 0, 3.0, 0, 0, 0]], dtype=torch.float64)
+    x = torch.func.vmap(lambda bb: ol.linear_solve.gmres(lambda v: 2 * v, bb))(b)
+    torch.testing.assert_close(x, b / 2, rtol=0, atol=1e-14)
+
+
+def test_gmres_batch_with_one_problem_converging_early():
+    torch.manual_seed(0)
+    M = torch.randn(7, 7, dtype=torch.float64) + 4 * torch.eye(7, dtype=torch.float64)
+    b = torch.tensor([[1.0, 2.0, 1.0, 0, 0, 0, 0], [1.0, 0, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    A = torch.stack([2 * torch.eye(7, dtype=torch.float64), M])
+    x = ol.linear_solve.gmres(lambda v: (A @ v[..., None])[..., 0], b, batch_dims=1)
+    torch.testing.assert_close(x, torch.linalg.solve(A, b), rtol=0, atol=1e-10)
+
+
+def test_gmres_zero_rhs_gives_zero_whatever_the_guess():
+    x = ol.linear_solve.gmres(lambda v: 2 * v, torch.zeros(3, dtype=torch.float64),
+                              init=torch.ones(3, dtype=torch.float64))
+    assert bool((x == 0).all())
+
+
+def test_jacfwd_of_a_projected_gradient_fixed_point_with_gmres():
+    P, O = ol.projection, ol.optimality
+    torch.manual_seed(1)
+    theta = 3 * torch.randn(7, dtype=torch.float64)
+    T = O.projected_gradient_fixed_point(lambda x, th: 0.5 * ((x - th) ** 2).sum(), P.projection_simplex,
+                                         step_size=1.0)
+
+    @ol.custom_fixed_point(T)  # default solve: gmres
+    def proj(init, th, v):
+        return P.projection_simplex(th, v)
+
+    v = torch.tensor(1.0, dtype=torch.float64)
+    ref = torch.func.jacfwd(P.projection_simplex)(theta)
+    for jac in (torch.func.jacfwd, torch.func.jacrev):
+        torch.testing.assert_close(jac(lambda t: proj(None, t, v))(theta), ref, rtol=0, atol=1e-12)

@@ -49,10 +49,16 @@ def gmres(
         raise ValueError(f"restart must be a positive int; got {restart!r}")
     vm = in_vmap()
     tiny = torch.finfo(b2.dtype).tiny
+    # A new Arnoldi vector whose norm is below this fraction of ‖A v_j‖ is rounding noise: the
+    # Krylov space is (numerically) invariant and the cycle's solution is exact ("happy breakdown").
+    breakdown = 16 * torch.finfo(b2.dtype).eps
     with torch.no_grad():
         b_norm = rownorm(b2)
         threshold = torch.clamp(tol * b_norm, min=atol)
     iterations = 0
+    # b = 0: the solution is 0 whatever the initial guess (a guess would otherwise be "refined"
+    # towards 0 until the zero threshold is met, which it never is exactly).
+    x = torch.where((b_norm == 0)[:, None], torch.zeros_like(x), x)
     r = b2 - mv(x) if (vm or bool((x != 0).any())) else b2
     while True:
         beta = rownorm(r)
@@ -68,9 +74,18 @@ def gmres(
         R_cols: list[list[torch.Tensor]] = []
         cs: list[torch.Tensor] = []
         sn: list[torch.Tensor] = []
+        # Per problem, which of the cycle's columns count: a problem stops extending its basis once
+        # its residual estimate is below the threshold or its Arnoldi process broke down. Its later
+        # columns (built from rounding noise, which under vmap or in a batch the others keep
+        # computing) are masked out of the triangular solve — they had made y = R⁻¹g explode
+        # (gmres(2I, [1, 1, 0, …]) returned −1.3e30 under vmap).
+        live = active.clone()
+        use: list[torch.Tensor] = []
         for j in range(m):
             w = mv(V[j])
             iterations += 1
+            with torch.no_grad():
+                w_norm = rownorm(w).detach()
             h = []
             for i in range(j + 1):  # modified Gram–Schmidt
                 hij = rowdot(w, V[i])
@@ -91,22 +106,29 @@ def gmres(
             g.append(-s * g[j])
             g[j] = c * g[j]
             R_cols.append(h)
-            V.append(w * safe_div(torch.ones_like(h_next), h_next)[:, None])
+            use.append(live)
             with torch.no_grad():
                 res_est = g[j + 1].detach().abs()
-                if not vm and not bool(((res_est > threshold) & active).any()):
+                broke = h_next.detach() <= breakdown * w_norm
+                live = live & (res_est > threshold) & ~broke
+                if not vm and not bool(live.any()):
                     break
+            V.append(torch.where(live[:, None], w * safe_div(torch.ones_like(h_next), h_next)[:, None],
+                                 torch.zeros_like(w)))
         k = len(R_cols)
-        # R (B, k, k) upper triangular; y = R^{-1} g[:k]. Inactive or broken-down problems get
-        # a unit diagonal and zero rhs so that they take no step.
+        # R (B, k, k) upper triangular; y = R^{-1} g[:k]. A problem's columns past its last live one
+        # (and every column of an inactive problem) become unit columns with a zero right-hand side,
+        # so they take no step; so does a column whose pivot vanished.
         R = torch.stack(
             [torch.stack(col + [torch.zeros_like(beta)] * (k - len(col)), dim=1) for col in R_cols],
             dim=2,
         )
+        used = torch.stack(use, dim=1)  # (B, k)
         diag = torch.diagonal(R, dim1=1, dim2=2)
-        bad = (diag.abs() <= tiny) | ~active[:, None]
-        R = R + torch.diag_embed(torch.where(bad, 1.0 - diag, torch.zeros_like(diag)))
-        rhs = torch.where(active[:, None], torch.stack(g[:k], dim=1), torch.zeros_like(diag))
+        keep = used & (diag.abs() > tiny)
+        eye = torch.eye(k, dtype=R.dtype, device=R.device).expand_as(R)
+        R = torch.where(keep[:, None, :], R, eye)
+        rhs = torch.where(keep, torch.stack(g[:k], dim=1), torch.zeros_like(diag))
         y = torch.linalg.solve_triangular(R, rhs[:, :, None], upper=True)[:, :, 0]
         x = x + torch.einsum("bk,kbn->bn", y, torch.stack(V[:k]))
         r = b2 - mv(x)
