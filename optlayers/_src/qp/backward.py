@@ -5,7 +5,9 @@ conditions  Qx + q + GᵀMλ + Aᵀν = 0,  M(Gx − h) = 0,  Ax = b,  (I − M)
 neighbourhood of the data when the solution is strictly complementary, and differentiating them
 gives, with the symmetric matrix K of ``kkt.py``,
 
-    K (dx, dλ, dν) = ( −(dQ x + dq + dGᵀ Mλ + dAᵀ ν),   M(dh − dG x),   db − dA x ).   (JVP)
+    K (dx, dλ, dν) = ( −(dQₛ x + dq + dGᵀ Mλ + dAᵀ ν),   M(dh − dG x),   db − dA x ),   (JVP)
+
+with dQₛ = ½(dQ + dQᵀ): Q enters only through its symmetric part.
 
 Reverse mode: for upstream gradients (g_x, g_λ, g_ν) solve  K u = (g_x, M g_λ, g_ν)  (K = Kᵀ)
 and read the gradients off the right-hand side above (cf. OptNet, Amos & Kolter 2017, eq. 8,
@@ -96,8 +98,8 @@ def kkt_jvp(data: QPData, x, lam, nu, mask, tangents, solve: KKTSolve):
     top = torch.zeros_like(x)
     mid = torch.zeros_like(lam)
     bot = torch.zeros_like(nu)
-    if dQ is not None:
-        top = top - mv(dQ, x)
+    if dQ is not None:  # Q enters only through its symmetric part (a Jacobian's tangents E_ij are not)
+        top = top - 0.5 * (mv(dQ, x) + mtv(dQ, x))
     if dq is not None:
         top = top - dq
     if dG is not None:
@@ -190,8 +192,8 @@ class KKTSolveMap(torch.autograd.Function):
         n, m = Q.shape[-1], G.shape[-2]
         ux, ul, un = u[..., :n], mask * u[..., n:n + m], u[..., n + m:]
         top, mid, bot = torch.zeros_like(ux), torch.zeros_like(ul), torch.zeros_like(un)
-        if dQ is not None:
-            top = top + bmv(dQ, ux)
+        if dQ is not None:  # symmetric part, as in kkt_jvp
+            top = top + 0.5 * (bmv(dQ, ux) + bmtv(dQ, ux))
         if dG is not None:
             top = top + bmtv(dG, ul)
             mid = mid + mask * bmv(dG, ux)
