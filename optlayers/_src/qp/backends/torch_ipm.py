@@ -86,6 +86,9 @@ class TorchIPMBackend:
     def auto_eligible(self, data: QPData) -> bool:
         return True
 
+    # Under torch.compile the interior point runs eagerly (a graph break): its loop is data-dependent
+    # throughout, and Dynamo turned `status == Status.SOLVED` (an IntEnum) into a Python bool.
+    @torch.compiler.disable
     def solve(self, data: QPData, options: QPOptions) -> RawSolution:
         with intra_op_threads(data):
             sol = interior_point(data, options)
