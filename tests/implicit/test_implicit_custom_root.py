@@ -456,3 +456,53 @@ def test_singular_jacobian_is_not_silent():
     th = torch.ones(3, dtype=D, requires_grad=True)
     with pytest.raises(linear_solve.LinearSolveError, match="singular"):
         solver(None, th).sum().backward()
+
+
+# Found by fuzzing the implicit-differentiation module: a solver that leaves torch failed under
+# torch.func with "Cannot access data pointer of Tensor that doesn't have storage", and a solver
+# updating its initial guess in place changed the caller's tensor.
+
+
+def _ridge_numpy():
+    import numpy as np
+
+    def F(w, lam, X, y):
+        return X.T @ (X @ w - y) + lam * w
+
+    @ol.custom_root(F, solve=linear_solve.cg)
+    def ridge(init, lam, X, y):  # numpy: runs on plain tensors outside the torch.func transforms
+        Xn, yn = X.numpy(), y.numpy()
+        w = np.linalg.solve(Xn.T @ Xn + float(lam) * np.eye(Xn.shape[1]), Xn.T @ yn)
+        return torch.from_numpy(w + 0 * init.numpy())
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(20, 4, generator=g, dtype=D), torch.randn(20, generator=g, dtype=D)
+
+    def closed(lam):
+        return torch.linalg.solve(X.T @ X + lam * torch.eye(4, dtype=D), X.T @ y)
+
+    return ridge, closed, X, y
+
+
+def test_a_numpy_solver_works_under_grad_jvp_and_jacrev():
+    ridge, closed, X, y = _ridge_numpy()
+    init, lam = torch.zeros(4, dtype=D), torch.tensor(1.3, dtype=D)
+    f = lambda l: ridge(init, l, X, y)  # noqa: E731
+    torch.testing.assert_close(torch.func.grad(lambda l: f(l).sum())(lam),
+                               torch.func.grad(lambda l: closed(l).sum())(lam))
+    torch.testing.assert_close(torch.func.jvp(f, (lam,), (torch.ones((), dtype=D),))[1],
+                               torch.func.jvp(closed, (lam,), (torch.ones((), dtype=D),))[1])
+    torch.testing.assert_close(torch.func.jacrev(f)(lam), torch.func.jacrev(closed)(lam))
+    with pytest.raises(RuntimeError, match="under torch.func.vmap"):
+        torch.func.vmap(f)(torch.tensor([1.0, 2.0], dtype=D))
+
+
+def test_the_callers_initial_guess_is_not_modified():
+    @ol.custom_root(lambda x, th: x - th, solve=linear_solve.cg)
+    def solver(init, th):
+        init.add_(th)  # an in-place update of the guess
+        return init
+
+    init, th = torch.ones(3, dtype=D), torch.tensor([1.0, 3.0, 5.0], dtype=D)
+    solver(init, th)
+    assert init.tolist() == [1.0, 1.0, 1.0]

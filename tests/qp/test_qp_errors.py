@@ -186,6 +186,35 @@ def test_bad_options(data, opt, val, expect):
         _call(data, **{opt: val})
 
 
+@pytest.mark.parametrize("backend", ["torch", "native", "osqp"])
+@pytest.mark.parametrize("opt,val", [("max_iter", 2.5), ("max_iter", "10"), ("max_iter", True), ("polish", "no"),
+                                     ("tol", "1e-6")])
+def test_option_types_checked_before_any_backend(data, backend, opt, val):
+    # max_iter=2.5 / polish="no" had reached the backends: a C++ RuntimeError, a pybind error from
+    # OSQP, or silently True (found by fuzzing).
+    with pytest.raises(TypeError, match=rf"^{opt} must be"):
+        _call(data, backend=backend, **{opt: val})
+
+
+def test_numpy_scalar_options_accepted(data):
+    import numpy as np
+
+    x = _call(data, max_iter=np.int64(50), polish=np.bool_(True), tol=np.float64(1e-9))
+    torch.testing.assert_close(x, _call(data))
+
+
+@pytest.mark.parametrize("name", ["G", "A"])
+def test_osqp_route_names_the_non_finite_matrix(data, name):
+    # The OSQP route stacks G and A into one matrix, whose check said "A" for an Inf in G.
+    pytest.importorskip("osqp")
+    t = data[name].clone()
+    t[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=rf"^{name} contains NaN or Inf"):
+        _call(data, backend="osqp", **{name: t})
+    with pytest.raises(ValueError, match=r"^q must be float32 or float64"):
+        _call(data, backend="osqp", q=data["q"].long())
+
+
 def test_layer_rejects_bad_options_at_construction():
     with pytest.raises(ValueError, match="backend must be one of"):
         ol.QPLayer(backend="bogus")

@@ -28,6 +28,7 @@ Hessian-vector products of bilevel objectives are exact up to the linear solver'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -372,12 +373,24 @@ def custom_root(
         @functools.wraps(solver)
         def wrapped(init, *args, **kwargs):
             _bind_check(optimality_fun, sig_f, init, args, kwargs)
-            # Run the solver on detached data: no graph through its iterations.
-            detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
+            # Run the solver on detached data: no graph through its iterations. The initial guess
+            # is a copy (solvers update it in place; the caller's tensor must not change).
             init_leaves, init_def = flatten(init)
             a_leaves, a_def = flatten((tuple(args), dict(kwargs)))
-            d_args, d_kwargs = a_def.unflatten([detach(t) for t in a_leaves])
-            out = solver(init_def.unflatten([detach(t) for t in init_leaves]), *d_args, **d_kwargs)
+            with _outside_grad_transforms():
+                d_args, d_kwargs = a_def.unflatten([_solver_input(t) for t in a_leaves])
+                d_init = init_def.unflatten([_solver_input(t, copy=True) for t in init_leaves])
+                try:
+                    out = solver(d_init, *d_args, **d_kwargs)
+                except RuntimeError as err:
+                    if not any(key in str(err) for key in _READS_DATA_UNDER_VMAP):
+                        raise
+                    raise RuntimeError(
+                        "custom_root: the solver read a tensor's data (numpy, SciPy, .item(), …) under "
+                        "torch.func.vmap (also used by jacfwd and hessian), where it sees batched tensors "
+                        "without storage. Write the solver in torch ops for vmap, or use torch.func.grad, "
+                        "jvp, jacrev or torch.autograd, under which it runs on plain tensors."
+                    ) from err
             if has_aux:
                 if not (isinstance(out, tuple) and len(out) == 2):
                     raise TypeError("custom_root(has_aux=True): the solver must return a pair (solution, aux)")
@@ -394,6 +407,45 @@ def custom_root(
         return wrapped
 
     return decorator
+
+
+# What PyTorch says when a solver reads a batched tensor's data under vmap.
+_READS_DATA_UNDER_VMAP = ("doesn't have storage", "calling .item()", "data-dependent control flow")
+
+
+def _outside_grad_transforms():
+    """Run the solver below the active ``torch.func`` transforms when they are only ``grad``/``jvp``
+    levels: its inputs are constants for them (unwrapped by :func:`_solver_input`), and there a
+    solver that leaves torch — numpy, SciPy, CVXPY — works as under ``torch.autograd`` (under an
+    active transform even ``tensor.numpy()`` of a plain tensor fails: "Cannot access data pointer
+    of Tensor that doesn't have storage"); ``torch.func`` inside the solver still works. Under
+    ``vmap`` nothing changes: the solver sees the per-sample (batched) view, the only one it can
+    use, so it must be written in torch ops there."""
+    stack = torch._C._functorch.get_interpreter_stack()
+    if not stack or any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack):
+        return contextlib.nullcontext()
+    try:  # (a private helper of torch.func; without it the solver runs as before)
+        from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+    except ImportError:  # pragma: no cover - other torch versions
+        return contextlib.nullcontext()
+    return temporarily_clear_interpreter_stack()
+
+
+def _solver_input(t: Any, copy: bool = False) -> Any:
+    """An input as the solver sees it: detached (a copy for the initial guess, which solvers update
+    in place — the caller's tensor must not change), and under ``torch.func.grad``/``jvp`` the
+    plain tensor beneath the transform's wrapper (the solver's inputs are constants for the
+    transform), so that a solver that leaves torch — numpy, SciPy, CVXPY — works there as under
+    ``torch.autograd`` (it had failed with "Cannot access data pointer of Tensor that doesn't have
+    storage"). ``vmap``'s batched tensors are kept: their per-sample view is the only one a solver
+    can use, so under ``vmap`` the solver must be written in torch ops."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    t = t.detach()
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t) and not functorch.is_batchedtensor(t):
+        t = functorch.get_unwrapped(t)
+    return t.clone() if copy else t
 
 
 def custom_fixed_point(

@@ -71,6 +71,15 @@ def solve_qp_osqp(Q, q, G, h, A, b, *, options: QPOptions, on_failure: OnFailure
 
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q must be a torch.Tensor; got {type(q).__name__}")
+    if q.dtype not in (torch.float32, torch.float64):  # (first: the others are compared with q's)
+        raise ValueError(f"q must be float32 or float64; got {q.dtype}")
+    if check_inputs:
+        # G and A are stacked into OSQP's one constraint matrix below, whose checks would name it
+        # "A"; dense matrices are checked here under their own names.
+        for name, M in (("Q", Q), ("G", G), ("A", A)):
+            if (isinstance(M, torch.Tensor) and M.layout == torch.strided and M.is_floating_point()
+                    and not bool(torch.isfinite(M).all())):
+                raise ValueError(f"{name} contains NaN or Inf entries; the QP data must be finite")
     for mat, vec, M, v in (("G", "h", G, h), ("A", "b", A, b)):
         if (M is None) != (v is None):
             raise ValueError(f"{mat} and {vec} must be given together; {mat if M is None else vec} is missing")
