@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import optlayers as ol
 from optlayers import projection as P
 from optlayers.testing import check_grad
 
@@ -158,3 +159,27 @@ def test_bad_input_errors():
         P.projection_simplex(torch.ones(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="at least one dimension"):
         P.projection_simplex(torch.tensor(1.0, dtype=D))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda x: ol.projection.projection_l2_ball(x, torch.tensor(-1.0, dtype=x.dtype)), "radius must be > 0"),
+    (lambda x: ol.projection.projection_simplex(x, torch.tensor([1.0, 0.0], dtype=x.dtype)), "value must be > 0"),
+    (lambda x: ol.projection.projection_box(x, torch.ones_like(x), torch.zeros_like(x)), "lower must be <= upper"),
+    (lambda x: ol.projection.prox_lasso(x, torch.tensor(-1.0, dtype=x.dtype)), "l1reg must be >= 0"),
+    (lambda x: ol.projection.projection_hyperplane(x, torch.zeros_like(x), 1.0), "a must be nonzero"),
+    (lambda x: ol.projection.projection_halfspace(x, torch.zeros_like(x), 1.0), "a must be nonzero"),
+])
+def test_tensor_valued_arguments_are_checked(call, match):
+    # Found by fuzzing: only Python-number arguments were checked; a tensor radius of −1 returned
+    # a reflected point, lower > upper returned lower, a negative l1reg enlarged |x|, a = 0 gave NaN.
+    x = torch.tensor([[0.3, -2.0, 1.0], [1.0, 0.5, -0.2]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        call(x)
+
+
+def test_tensor_arguments_under_vmap_are_not_checked_and_still_work():
+    # (no data-dependent check under a transform: these run inside vmapped fixed-point maps)
+    x = torch.tensor([0.3, -2.0, 1.0], dtype=torch.float64)
+    radii = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    got = torch.func.vmap(lambda r: ol.projection.projection_l2_ball(x, r))(radii)
+    torch.testing.assert_close(got, torch.stack([ol.projection.projection_l2_ball(x, r) for r in radii]))

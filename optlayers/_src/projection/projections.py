@@ -24,9 +24,26 @@ def _check_x(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must have at least one dimension (..., n); got a scalar")
 
 
+def _checkable(value) -> bool:
+    """Whether a tensor argument's values can be checked here: not under a ``torch.func``
+    transform (a data-dependent ``if`` is an error under ``vmap``, and these functions run inside
+    the transformed fixed-point maps of :mod:`optlayers.optimality`)."""
+    return isinstance(value, torch.Tensor) and torch._C._functorch.maybe_current_level() is None
+
+
 def _check_positive(value: Tensorish, name: str) -> None:
+    """``value > 0`` for a number, or for every entry of a tensor (outside transforms, see
+    :func:`_checkable`; a tensor radius of −1 had returned a reflected point)."""
     if isinstance(value, (int, float)) and not value > 0:
         raise ValueError(f"{name} must be > 0; got {value}")
+    if _checkable(value) and not bool((value > 0).all()):
+        raise ValueError(f"{name} must be > 0; got a tensor with entries {value.detach().min().item():g} <= 0")
+
+
+def _check_nonzero_rows(a: torch.Tensor, name: str) -> None:
+    """Each (..., n) row of ``a`` nonzero (a = 0 had given NaN)."""
+    if _checkable(a) and not bool((a != 0).any(dim=-1).all()):
+        raise ValueError(f"{name} must be nonzero (it defines a hyperplane aᵀy = b); got a zero row")
 
 
 def projection_non_negative(x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +70,8 @@ def projection_box(x: torch.Tensor, lower: Tensorish, upper: Tensorish) -> torch
     hi = torch.as_tensor(upper, dtype=x.dtype, device=x.device)
     if not isinstance(lower, torch.Tensor) and not isinstance(upper, torch.Tensor) and lower > upper:
         raise ValueError(f"projection_box: lower must be <= upper; got lower={lower}, upper={upper}")
+    if (_checkable(lower) or _checkable(upper)) and not bool((lo <= hi).all()):
+        raise ValueError("projection_box: lower must be <= upper entrywise; got an entry with lower > upper")
     # max(min(x, hi), lo) with tensor bounds (torch.clamp accepts tensor bounds too, but its
     # gradient w.r.t. the bounds is what we want only through minimum/maximum).
     return torch.maximum(torch.minimum(x, hi), lo)
@@ -137,6 +156,7 @@ def projection_hyperplane(x: torch.Tensor, a: torch.Tensor, b: Tensorish) -> tor
     """
     _check_x(x)
     _check_x(a, "a")
+    _check_nonzero_rows(a, "a")
     bt = torch.as_tensor(b, dtype=x.dtype, device=x.device)
     a_sq = (a * a).sum(dim=-1)
     scale = ((a * x).sum(dim=-1) - bt) / a_sq
@@ -150,6 +170,7 @@ def projection_halfspace(x: torch.Tensor, a: torch.Tensor, b: Tensorish) -> torc
     """
     _check_x(x)
     _check_x(a, "a")
+    _check_nonzero_rows(a, "a")
     bt = torch.as_tensor(b, dtype=x.dtype, device=x.device)
     scale = torch.relu((a * x).sum(dim=-1) - bt) / (a * a).sum(dim=-1)
     return x - scale[..., None] * a
