@@ -177,7 +177,9 @@ void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_
 // Only a kSolved outcome is taken (rounded to float): a double certificate of infeasibility would
 // judge the rounded data at double's tolerances (vertices pinned by rows equal up to float rounding
 // are infeasible by ~1e-8 there but feasible at float's), so other outcomes keep float's status.
-// An accepted problem has no kept factor (the backward refactors); its iterations add up. Same rule
+// A caller who lowered max_iter below its default keeps MAX_ITER for the problems that used the
+// whole budget (as certificates.py). An accepted problem has no kept factor (the backward
+// refactors); its iterations add up. Same rule
 // as the PyTorch backend (torch_ipm.py::_finish_in_float64); on CUDA, qp_cuda_binding.cpp does step 2.
 
 template <typename T>
@@ -188,7 +190,9 @@ void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, dou
   if constexpr (std::is_same<T, float>::value) {
     std::vector<int64_t> left;
     for (int64_t i = 0; i < batch; ++i)
-      if (ps[i] == optlayers::kMaxIter || ps[i] == optlayers::kNumericalError) left.push_back(i);
+      if ((ps[i] == optlayers::kMaxIter || ps[i] == optlayers::kNumericalError) &&
+          (max_iter >= optlayers::kDefaultMaxIter || pi[i] < max_iter))  // a lowered budget is kept
+        left.push_back(i);
     if (left.empty()) return;
     using F64 = optlayers::Float64Defaults;
     const optlayers::Settings<double> pol{0.0, 0.0, F64::kkt_reg, polish_tol, 0.0, 0, true, 0.0};

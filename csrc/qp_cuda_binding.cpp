@@ -119,8 +119,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 void finish_left_in_double(const at::Tensor& Q, const at::Tensor& q, const at::Tensor& G, const at::Tensor& h,
                            const at::Tensor& A, const at::Tensor& b, int64_t max_iter, at::Tensor& x, at::Tensor& lam,
                            at::Tensor& nu, at::Tensor& status, at::Tensor& iters) {
-  const auto left = at::nonzero((status == int64_t(optlayers::kMaxIter)) |
-                                (status == int64_t(optlayers::kNumericalError))).squeeze(1);
+  auto failed = (status == int64_t(optlayers::kMaxIter)) | (status == int64_t(optlayers::kNumericalError));
+  if (max_iter < optlayers::kDefaultMaxIter) failed = failed & (iters < max_iter);  // a lowered budget is kept
+  const auto left = at::nonzero(failed).squeeze(1);
   if (left.numel() == 0) return;
   using F64 = optlayers::Float64Defaults;
   auto d = [&](const at::Tensor& t, int64_t core) { return rows_of(t, core, left).to(at::kDouble); };

@@ -64,6 +64,10 @@ enum : int8_t {
   kNumericalError = 4,
 };
 
+// QPOptions.max_iter's default (a test compares them): a caller who lowers max_iter below it keeps
+// MAX_ITER for the problems that used the whole budget (no float64 re-solve, no certificate search).
+constexpr int kDefaultMaxIter = 50;
+
 // float64's default tolerances (optlayers/_src/tolerances.py; a test compares them): what a float32
 // problem the float32 solve left unsolved is solved again with, in double (qp_cpu.cpp,
 // qp_cuda_binding.cpp: finish_left_in_double).

@@ -154,3 +154,21 @@ def test_far_family_statuses_match_clarabel(path):
         else:
             assert ref_status == "unbounded", seed
             assert status == S.DUAL_INFEASIBLE, (seed, status)
+
+
+def test_lowered_max_iter_is_not_extended_by_the_float64_finish(path):
+    # A budget lowered on purpose is kept: no float64 re-solve of the problems that used it all
+    # (they reported up to 2·max_iter iterations before; certificates.py skips them the same way).
+    P = ol.testing.random_qp(32, 12, 30, 0, cond=10, active_fraction=0.4, seed=11, dtype=torch.float32)
+    sol = ol.solve_qp(P.Q, P.q, P.G, P.h, backend=path, return_solution=True, on_failure="nan", max_iter=3)
+    assert int(sol.iterations.max()) <= 3
+    assert bool((sol.status == S.MAX_ITER).any())
+
+
+def test_default_max_iter_in_the_kernel_matches_qp_options():
+    import pathlib
+    import re
+
+    header = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "optlayers" / "qp_ipm.h"
+    value = int(re.search(r"constexpr int kDefaultMaxIter = (\d+);", header.read_text()).group(1))
+    assert value == ol.qp.QPOptions.max_iter

@@ -657,8 +657,12 @@ def _finish_in_float64(data: QPData, sol: RawSolution, options: QPOptions) -> Ra
     rounded data at float64's tolerances (vertices pinned by rows equal up to float32 rounding are
     infeasible by ~1e-8 there, feasible at float32's), so other outcomes keep the float32 status.
     Iterations add up; the kept polish factor is dropped when a problem is replaced (the backward
-    refactors). Same rule in csrc/qp_cpu.cpp (``finish_left_in_double``)."""
+    refactors). A caller who lowered ``max_iter`` below its default gets MAX_ITER for the problems
+    that used it all, as in ``certificates.py``. Same rule in csrc/qp_cpu.cpp
+    (``finish_left_in_double``)."""
     left = (sol.status == int(Status.MAX_ITER)) | (sol.status == int(Status.NUMERICAL_ERROR))
+    if options.max_iter < QPOptions.max_iter:  # a budget lowered on purpose is kept (as certificates.py)
+        left &= sol.iterations < options.max_iter
     idx = torch.nonzero(left).squeeze(-1)
     if idx.numel() == 0:
         return sol
