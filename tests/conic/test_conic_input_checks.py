@@ -120,3 +120,21 @@ def test_nan_in_the_unread_triangle_raises():
         layer(Cv)
     Cv[0, 2] = Cv[2, 0] = 0.0
     assert bool(torch.isfinite(layer(Cv)[0]).all())
+
+
+@pytest.mark.parametrize("solver", ["auto", "scs", "clarabel"])
+def test_layers_can_be_copied_and_pickled(solver):
+    # (found by fuzzing: a lock in the solver pool made deepcopy/pickle/torch.save of any model
+    # with a CvxpyLayer fail) Copies start with an empty pool and solve like the original — also
+    # through the qp route of a layer pickled before it was ever planned.
+    import copy
+    import pickle
+
+    x, q, A = cp.Variable(3), cp.Parameter(3), cp.Parameter((2, 3))
+    layer = CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(x - q)), [A @ x <= 1]), [q, A], [x], solver=solver)
+    qv, Av = T([0.3, -1.0, 2.0]), T([[1.0, 0.5, 0.0], [0.0, 1.0, -1.0]])
+    fresh = pickle.loads(pickle.dumps(layer))
+    (want,) = layer(qv, Av)
+    for other in (fresh, copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        torch.testing.assert_close(other(qv, Av)[0], want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fresh(qv, Av, solver_args={"solver": "qp"})[0], want, rtol=0, atol=1e-6)

@@ -108,3 +108,23 @@ def test_default_cache_is_used_by_solve_qp_and_can_be_cleared():
     assert ol.sparse.default_cache().stats.setups == 1
     ol.sparse.clear_cache()
     assert ol.sparse.default_cache().stats.setups == 0
+
+
+def test_a_layer_that_has_solved_can_be_copied_and_pickled():
+    # (found by fuzzing: OSQP's solver objects in the cache made deepcopy/pickle/torch.save of a
+    # model with a SparseQPLayer fail after its first call) The copy gets an empty cache.
+    import copy
+    import io
+    import pickle
+
+    P = torch.eye(3, dtype=torch.float64).to_sparse()
+    A = torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.float64).to_sparse()
+    q, l, u = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), -torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    layer = ol.SparseQPLayer()
+    x = layer(P, q, A, l, u)
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer)), torch.load(buf, weights_only=False)):
+        assert len(other.cache) == 0 and other.cache.stats.setups == layer.cache.stats.setups
+        torch.testing.assert_close(other(P, q, A, l, u), x)

@@ -164,3 +164,59 @@ def test_check_grad_on_the_qp_layer_catches_a_corrupted_gradient():
     for mode in ("full", "directional"):
         assert ol.testing.check_grad(good, (q,), mode=mode).ok
         assert not ol.testing.check_grad(corrupted, (q,), mode=mode, raise_on_failure=False).ok
+
+
+# Found by fuzzing the toolkit: a NaN gradient passed the directional check with error 0 (Python's
+# max skips a NaN that comes second), a wrong gradient on a nested output passed (nested tuples were
+# dropped), num_directions=0 passed anything, and atol did not make an exactly-zero gradient pass
+# against finite-difference noise as documented.
+
+
+class _NaNGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x.square()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        out = 2 * x * g
+        out.view(-1)[0] = float("nan")
+        return out
+
+
+@pytest.mark.parametrize("mode", ["full", "directional"])
+def test_a_nan_gradient_fails(mode):
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    report = ol.testing.check_grad(_NaNGrad.apply, (x,), mode=mode, raise_on_failure=False)
+    assert not report.ok and report.worst == float("inf")
+
+
+def test_a_wrong_gradient_on_a_nested_output_fails():
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(AssertionError, match="FAIL"):
+        ol.testing.check_grad(lambda a: (torch.sin(a), (_Cube.apply(a, "scale"),)), (x,))
+
+
+def test_degenerate_arguments_are_refused():
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="num_directions"):
+        ol.testing.check_grad(torch.sin, (x,), mode="directional", num_directions=0)
+    with pytest.raises(ValueError, match="eps"):
+        ol.testing.check_grad(torch.sin, (x,), eps=0.0)
+    empty = torch.zeros(0, dtype=torch.float64, requires_grad=True)
+    report = ol.testing.check_grad(lambda a, e: torch.sin(a).sum() + e.sum(), (x, empty))
+    assert report.errors[1] == 0.0
+
+
+def test_atol_is_an_absolute_tolerance_for_zero_gradients():
+    # An LP at a vertex: x does not move with q (gradient exactly 0), finite differences ~1e-10.
+    P = ol.testing.random_qp((), 4, 8, 0, lp=True, seed=2)
+    q = P.q.clone().requires_grad_()
+    f = lambda q: ol.solve_qp(None, q, P.G, P.h)  # noqa: E731
+    report = ol.testing.check_grad(f, (q,), atol=1e-8)
+    assert report.ok and float(report.analytic[0].abs().max()) < 1e-12

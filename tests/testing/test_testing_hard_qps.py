@@ -87,3 +87,10 @@ def test_float32_is_the_rounding_and_bad_arguments_raise():
         ol.testing.hard_qps("unbounded", 0)
     with pytest.raises(ValueError, match="pinning_rows"):
         ol.testing.hard_qps("pinned_vertex", 2, size=(3, 5, 0), pinning_rows=4)
+
+
+@pytest.mark.parametrize("k", [0, -1, -2])
+def test_pinning_rows_must_be_positive(k):
+    # (-2 had pinned 23 rows through Python's negative slicing, 0 and -1 none)
+    with pytest.raises(ValueError, match="pinning_rows"):
+        ol.testing.hard_qps("pinned_vertex", 4, pinning_rows=k)

@@ -148,3 +148,14 @@ def test_problem_is_what_the_solver_sees():
     sol = ol.solve_qp(*P.data(), return_solution=True)
     assert float((sol.x - P.x).abs().max()) <= 1e-10
     assert math.isclose(float(sol.lam.sum()), float(P.lam.sum()), rel_tol=1e-10)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(cond=float("inf")), "cond"), (dict(cond=float("nan")), "cond"), (dict(cond=0.0), "cond"),
+    (dict(cond=0.1), "cond"), (dict(dtype=torch.int64), "dtype"), (dict(dtype=torch.complex128), "dtype"),
+])
+def test_arguments_it_cannot_honour_are_refused(kwargs, match):
+    # (found by fuzzing: cond=inf gave NaN data, cond=0.1 a Q of condition number 10, an integer
+    # dtype a zero Q whose planted x is not the solution)
+    with pytest.raises(ValueError, match=match):
+        ol.testing.random_qp(2, 3, 3, 0, **kwargs)

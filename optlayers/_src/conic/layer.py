@@ -216,7 +216,14 @@ def _unflatten_f(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return r.permute([0] + list(range(len(shape), 0, -1)))
 
 
-_UNSET = object()
+class _Unset:
+    """'not computed yet' — one object, also after pickling or deep-copying a layer."""
+
+    def __reduce__(self):
+        return "_UNSET"
+
+
+_UNSET = _Unset()
 
 
 _SIGN_TESTS = {

@@ -115,6 +115,17 @@ class SolverCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    # A cache is not part of a model's state: copying or pickling a layer (deepcopy for an EMA,
+    # torch.save of a whole model) gives it an empty cache — OSQP's solver objects cannot be
+    # pickled, and a copy sets up its own solvers on its first call. The counters are kept.
+    def __getstate__(self) -> dict:
+        return {"max_patterns": self.max_patterns, "stats": dataclasses.replace(self.stats)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.max_patterns = state["max_patterns"]
+        self._entries = collections.OrderedDict()
+        self.stats = state["stats"]
+
     def clear(self) -> None:
         """Drop every solver and factorization and reset the counters."""
         self._entries.clear()

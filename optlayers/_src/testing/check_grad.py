@@ -10,8 +10,11 @@ to every input that requires grad is compared with central differences
 whose truncation error is O(ε²)·|L'''| and rounding error O(u/ε)·|L|, so ε ≈ u^(1/3) balances
 them (~6e-6 in float64). Errors are reported normwise, per input:
 
-    full:         ‖g_fd − g_ad‖_∞ / max(‖g_fd‖_∞, ‖g_ad‖_∞, atol)
-    directional:  max_v |d_fd(v) − <g_ad, v>| / max(‖g_ad‖_2 ‖v‖_2, atol)
+    full:         ‖g_fd − g_ad‖_∞ / max(‖g_fd‖_∞, ‖g_ad‖_∞, atol/rtol)
+    directional:  max_v |d_fd(v) − <g_ad, v>| / max(‖g_ad‖_2 ‖v‖_2, atol/rtol)
+
+so an input passes when its absolute error is at most max(rtol·scale, atol). A non-finite
+gradient or finite difference is an error of +inf (a failure), never a pass.
 """
 
 from __future__ import annotations
@@ -47,11 +50,20 @@ class GradCheckReport:
 
 
 def _as_tuple(out) -> tuple[torch.Tensor, ...]:
+    """The tensors of ``fn``'s output, through nested tuples/lists (non-tensor leaves, e.g. a
+    status code or None, are skipped; a nested output used to be dropped silently, so a wrong
+    gradient there passed)."""
     if isinstance(out, torch.Tensor):
         return (out,)
     if isinstance(out, (tuple, list)):
-        return tuple(o for o in out if isinstance(o, torch.Tensor))
-    raise TypeError(f"check_grad: fn must return a tensor or a tuple of tensors; got {type(out)}")
+        return tuple(t for o in out if isinstance(o, (torch.Tensor, tuple, list)) for t in _as_tuple(o))
+    raise TypeError(f"check_grad: fn must return a tensor or a (nested) tuple/list of tensors; got {type(out)}")
+
+
+def _error(diff: float, scale: float) -> float:
+    """``diff / scale``, +inf where either is not finite (``max`` would skip a NaN)."""
+    value = diff / scale
+    return value if value == value and value != float("inf") else float("inf")
 
 
 def check_grad(
@@ -74,8 +86,9 @@ def check_grad(
             checked, the others are passed through unchanged.
         eps: finite-difference step; default ``u^(1/3)`` of the dtype (6e-6 in float64).
         rtol: tolerance on the normwise relative error of each checked input.
-        atol: floor of the denominator, so that a gradient that is exactly zero (e.g. at a vertex
-            of an LP) is compared absolutely instead of against finite-difference noise.
+        atol: absolute tolerance: an input passes when its absolute error is at most
+            max(rtol·scale, atol), so a gradient that is exactly zero (e.g. at a vertex of an LP)
+            is compared with ``atol`` instead of against finite-difference noise.
         mode: ``"full"`` perturbs every entry (2·numel evaluations per input);
             ``"directional"`` checks ``num_directions`` random directions per input.
         seed: seeds the output weights and the random directions.
@@ -89,6 +102,12 @@ def check_grad(
     inputs = tuple(inputs)
     if mode not in ("full", "directional"):
         raise ValueError(f"check_grad: mode must be 'full' or 'directional'; got {mode!r}")
+    if eps is not None and not eps > 0:
+        raise ValueError(f"check_grad: eps must be > 0; got {eps}")
+    if not rtol > 0 or not atol >= 0:
+        raise ValueError(f"check_grad: rtol must be > 0 and atol >= 0; got rtol={rtol}, atol={atol}")
+    if mode == "directional" and num_directions < 1:
+        raise ValueError(f"check_grad: num_directions must be >= 1; got {num_directions}")
     checked = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
     if not checked:
         raise ValueError("check_grad: no input has requires_grad=True; nothing to check")
@@ -127,6 +146,10 @@ def check_grad(
         base = inputs[i].detach()
         step = eps if eps is not None else float(torch.finfo(base.dtype).eps) ** (1.0 / 3.0)
         g = analytic[i]
+        floor = atol / rtol
+        if base.numel() == 0:  # nothing to compare
+            errors[i], numeric[i] = 0.0, torch.zeros_like(base)
+            continue
         if mode == "full":
             fd = torch.zeros_like(base, memory_format=torch.contiguous_format)
             flat = fd.view(-1)
@@ -135,8 +158,8 @@ def check_grad(
                 e[k] = step
                 e = e.view(base.shape)
                 flat[k] = (eval_with(i, base + e) - eval_with(i, base - e)) / (2 * step)
-            scale = max(float(fd.abs().max()), float(g.abs().max()), atol)
-            errors[i] = float((fd - g).abs().max()) / scale
+            scale = max(float(fd.abs().max()), float(g.abs().max()), floor)
+            errors[i] = _error(float((fd - g).abs().max()), scale)
             numeric[i] = fd
         else:
             worst = 0.0
@@ -145,8 +168,8 @@ def check_grad(
                 v = torch.randn(base.shape, generator=gen, dtype=torch.float64).to(base.dtype).to(base.device)
                 d_fd = (eval_with(i, base + step * v) - eval_with(i, base - step * v)) / (2 * step)
                 d_ad = float((g * v).sum())
-                scale = max(float(g.norm()) * float(v.norm()), atol)
-                worst = max(worst, abs(d_fd - d_ad) / scale)
+                scale = max(float(g.norm()) * float(v.norm()), floor)
+                worst = max(worst, _error(abs(d_fd - d_ad), scale))
                 dirs.append(d_fd)
             errors[i] = worst
             numeric[i] = torch.tensor(dirs, dtype=torch.float64)

@@ -85,6 +85,10 @@ def hard_qps(family: str, B: int = 32, *, seed: int = 0, size: tuple[int, int, i
         raise ValueError(f"hard_qps: family must be one of {FAMILIES}; got {family!r}")
     if B < 1:
         raise ValueError(f"hard_qps: need B ≥ 1; got {B}")
+    if not (isinstance(pinning_rows, int) and pinning_rows >= 1):
+        raise ValueError(f"hard_qps: pinning_rows must be an int ≥ 1; got {pinning_rows!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"hard_qps: dtype must be torch.float32 or torch.float64; got {dtype}")
     n, m, p = size if size is not None else _SIZES[family]
     g = torch.Generator().manual_seed(seed)
     build = {

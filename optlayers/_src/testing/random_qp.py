@@ -75,6 +75,10 @@ def random_qp(
         raise ValueError(f"random_qp: need 0 ≤ p < n; got n={n}, p={p}")
     if not 0.0 <= active_fraction <= 1.0:
         raise ValueError(f"random_qp: active_fraction must be in [0, 1]; got {active_fraction}")
+    if not (math.isfinite(cond) and cond >= 1.0):  # (inf/NaN had given NaN data, cond < 1 another cond)
+        raise ValueError(f"random_qp: cond must be a finite number ≥ 1; got {cond}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"random_qp: dtype must be torch.float32 or torch.float64; got {dtype}")
     bad = set(shared) - {"Q", "G", "A"}
     if bad:
         raise ValueError(f"random_qp: shared may name 'Q', 'G', 'A'; got {sorted(bad)}")

@@ -125,6 +125,14 @@ class SolverCache:
         with self._lock:
             self._idle.clear()
 
+    # Not part of a layer's state: a copied or unpickled layer (deepcopy, torch.save of a whole
+    # model) starts with an empty pool (a lock and the solvers' workspaces cannot be pickled).
+    def __getstate__(self) -> dict:
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["capacity"])
+
 
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
