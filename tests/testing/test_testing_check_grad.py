@@ -220,3 +220,11 @@ def test_atol_is_an_absolute_tolerance_for_zero_gradients():
     f = lambda q: ol.solve_qp(None, q, P.G, P.h)  # noqa: E731
     report = ol.testing.check_grad(f, (q,), atol=1e-8)
     assert report.ok and float(report.analytic[0].abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["full", "directional"])
+def test_large_inputs_get_a_relative_step(mode):
+    # (an absolute step of 6e-6 on entries ~1e6 is below their rounding: correct gradients failed)
+    x = (1e6 * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).requires_grad_()
+    report = ol.testing.check_grad(lambda a: torch.sin(a / 1e6) * 1e6, (x,), mode=mode)
+    assert report.ok

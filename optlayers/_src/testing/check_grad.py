@@ -84,7 +84,9 @@ def check_grad(
         fn: ``fn(*inputs)`` returning a tensor or a tuple/list of tensors (any shapes).
         inputs: a tensor or a sequence of tensors; only those with ``requires_grad=True`` are
             checked, the others are passed through unchanged.
-        eps: finite-difference step; default ``u^(1/3)`` of the dtype (6e-6 in float64).
+        eps: relative finite-difference step: entry θ_i moves by ``eps·max(1, |θ_i|)`` (``mode="full"``;
+            directional: ``eps·max(1, ‖θ‖_∞)`` along each direction), so large inputs are not
+            perturbed below their rounding; default ``u^(1/3)`` of the dtype (6e-6 in float64).
         rtol: tolerance on the normwise relative error of each checked input.
         atol: absolute tolerance: an input passes when its absolute error is at most
             max(rtol·scale, atol), so a gradient that is exactly zero (e.g. at a vertex of an LP)
@@ -144,7 +146,7 @@ def check_grad(
     numeric: dict[int, torch.Tensor] = {}
     for i in checked:
         base = inputs[i].detach()
-        step = eps if eps is not None else float(torch.finfo(base.dtype).eps) ** (1.0 / 3.0)
+        rel = eps if eps is not None else float(torch.finfo(base.dtype).eps) ** (1.0 / 3.0)
         g = analytic[i]
         floor = atol / rtol
         if base.numel() == 0:  # nothing to compare
@@ -153,7 +155,10 @@ def check_grad(
         if mode == "full":
             fd = torch.zeros_like(base, memory_format=torch.contiguous_format)
             flat = fd.view(-1)
+            values = base.reshape(-1)
             for k in range(base.numel()):
+                v = abs(float(values[k]))
+                step = rel * (max(1.0, v) if v != float("inf") else 1.0)  # (±inf: a missing bound)
                 e = torch.zeros_like(base, memory_format=torch.contiguous_format).view(-1)
                 e[k] = step
                 e = e.view(base.shape)
@@ -164,6 +169,8 @@ def check_grad(
         else:
             worst = 0.0
             dirs = []
+            finite = base[torch.isfinite(base)]
+            step = rel * max(1.0, float(finite.abs().max()) if finite.numel() else 1.0)
             for _ in range(num_directions):
                 v = torch.randn(base.shape, generator=gen, dtype=torch.float64).to(base.dtype).to(base.device)
                 d_fd = (eval_with(i, base + step * v) - eval_with(i, base - step * v)) / (2 * step)
