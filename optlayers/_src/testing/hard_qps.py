@@ -80,6 +80,13 @@ def hard_qps(family: str, B: int = 32, *, seed: int = 0, size: tuple[int, int, i
         pinning_rows: ``pinned_vertex`` only: k, so n + k rows pass through x0.
         dtype, device: of the returned tensors (the construction runs in float64; float32 data
             are its rounding).
+
+    In float32, ``expect``, ``x``, ``λ``, ``ν`` are those of the float64 construction, which the
+    rounded data satisfy only to float32's tolerances: the rows that pin a ``pinned_vertex`` can be
+    inconsistent by ~1e-7 (an exact solver may call the rounded problem infeasible), and an
+    ``unbounded`` problem's rank-deficient Q can round to a slightly definite or indefinite one
+    (its ray is then a direction of ~1e-7 curvature). A float32 solver is expected to give these
+    answers at its own tolerance, which is what the tests and ``benchmarks/hard_qps.py`` check.
     """
     if family not in FAMILIES:
         raise ValueError(f"hard_qps: family must be one of {FAMILIES}; got {family!r}")
