@@ -279,9 +279,12 @@ OL_HD OL_INLINE void q_times(const Data<T>& d, const double (&v)[NT], double (&o
 // Solve the exact active-set KKT system K (u_x, u_λ) = (b₁, b₂) (b₂_r = b2(r) on active rows):
 // a first solve with right-hand side (b₁, b₂ − shift) (shift(r): the polish's δλ̂, else 0), then up
 // to kRefinementSteps corrections against (b₁, b₂) with the exact matrix, stopping at round-off.
-// rows.e2 is scratch.
+// rows.e2 is scratch. Returns whether the refinement converged (its last correction at the
+// rounding floor of the solve, ≤ 1e4 ε‖u‖): it does not when δ‖K⁻¹‖ ≳ 1 — K ill conditioned on
+// the null space of the active rows, where Q + δI + G_𝒜ᵀG_𝒜/δ is too ill conditioned itself (a
+// scaled Q of cond 1e7: the JVP came out 2.2× off, found by fuzzing the conic layer's qp route).
 template <typename T, int NT, typename B2, typename Shift>
-OL_HD OL_INLINE void kkt_refined(const Data<T>& d, const KKT<T, NT>& f, const double (&b1)[NT], const B2& b2,
+OL_HD OL_INLINE bool kkt_refined(const Data<T>& d, const KKT<T, NT>& f, const double (&b1)[NT], const B2& b2,
                                  const Shift& shift, Rows<T>& rows, double (&ux)[NT]) {
   const uint8_t* act = rows.act;
   for (int r = 0; r < d.m; ++r) rows.e2[r] = act[r] ? b2(r) - shift(r) : 0.0;
@@ -317,8 +320,10 @@ OL_HD OL_INLINE void kkt_refined(const Data<T>& d, const KKT<T, NT>& f, const do
       dn = ol_max(dn, ol_abs(rows.e2[r]));
       un = ol_max(un, ol_abs(rows.ul[r]));
     }
-    if (dn <= 2.3e-16 * un) break;
+    if (dn <= 2.3e-16 * un) return true;
+    if (step + 1 == kRefinementSteps) return dn <= 1e4 * 2.3e-16 * un;
   }
+  return true;  // (kRefinementSteps = 0)
 }
 
 // max(1, |Q|, |G|) entrywise: qp_ipm.h::data_scale on this problem (exact in either precision).
@@ -1122,7 +1127,9 @@ OL_HD bool kkt_solve(const Data<T>& d, const T* mask, T kkt_reg, const T* rhs, R
   double b1[NT], ux[NT];
   OL_UNROLL
   for (int j = 0; j < NT; ++j) b1[j] = j < n ? double(rhs[j]) : 0.0;
-  kkt_refined<T, NT>(d, f, b1, [&](int r) { return double(rhs[n + r]); }, [&](int) { return 0.0; }, rows, ux);
+  // Not converged: the caller's serial LU solves it (qp_cpu.cpp, and the CUDA backward's fallback).
+  if (!kkt_refined<T, NT>(d, f, b1, [&](int r) { return double(rhs[n + r]); }, [&](int) { return 0.0; }, rows, ux))
+    return false;
   bool finite = true;
   OL_UNROLL
   for (int j = 0; j < NT; ++j)

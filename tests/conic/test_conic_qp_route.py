@@ -279,3 +279,33 @@ def test_iteration_limit_falls_back_to_scs():
     g2 = torch.autograd.grad(ref.values[0].sum(), ts)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+# Found by fuzzing the qp route: eliminating every variable crashed ("q must have at least one
+# entry"), and a program without constraint rows crashed the Clarabel route's refinement and SCS.
+
+
+@pytest.mark.parametrize("coef", [1.0, 2.0])
+def test_every_variable_fixed_by_an_equality(coef):
+    x, p, c = cp.Variable(3), cp.Parameter(3), cp.Parameter(3)
+    con = coef * x == p
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x) + c @ x), [con, x <= 5])
+    pv, cv = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 0.5])
+    p.value, c.value = pv, cv
+    problem.solve(solver=cp.CLARABEL)
+    for solver in ("auto", "qp"):
+        layer = CvxpyLayer(problem, [p, c], [x, con], solver=solver)
+        xs, ys = layer(torch.tensor(pv), torch.tensor(cv))
+        np.testing.assert_allclose(xs.numpy(), x.value, atol=1e-7)
+        np.testing.assert_allclose(ys.numpy(), con.dual_value, atol=1e-6)
+
+
+def test_program_without_constraint_rows():
+    x, S, c = cp.Variable(3), cp.Parameter((3, 3), PSD=True), cp.Parameter(3)
+    problem = cp.Problem(cp.Minimize(cp.quad_form(x, S) + c @ x))
+    Sv, cv = torch.eye(3, dtype=torch.float64) * 2, torch.ones(3, dtype=torch.float64)
+    for solver in ("auto", "qp", "clarabel"):
+        (xs,) = CvxpyLayer(problem, [S, c], [x], solver=solver)(Sv, cv)
+        torch.testing.assert_close(xs, torch.full((3,), -0.25, dtype=torch.float64), rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="no constraint rows"):
+        CvxpyLayer(problem, [S, c], [x], solver="scs")(Sv, cv)

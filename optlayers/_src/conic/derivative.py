@@ -488,7 +488,9 @@ def refine(idx: ProgramIndex, c, A, b, P, x, y, s, ok, mode: BackwardMode):
     keep = ok.unsqueeze(1)
     x, y, s = (torch.where(keep, t, torch.zeros_like(t)) for t in (x, y, s))
     w = y - s
-    scale = 1.0 + torch.maximum(c.abs().amax(1), b.abs().amax(1)).expand(B)
+    # (b is empty for a program without constraint rows)
+    b_max = b.abs().amax(1) if b.shape[1] else torch.zeros_like(c[:, 0])
+    scale = 1.0 + torch.maximum(c.abs().amax(1), b_max).expand(B)
     R, y_, s_ = residual(idx, c, A, b, P, x, w)
     rel = R.abs().amax(1) / scale
     todo = ok & (rel > _opt.REFINE_TRIGGER)

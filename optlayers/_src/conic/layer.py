@@ -544,6 +544,11 @@ class CvxpyLayer(torch.nn.Module):
             if self.qp_plan() is None:
                 raise ValueError(not_qp_reason(self.program))
             return options
+        if solver is ConicSolver.SCS and self.program.m == 0:
+            raise ValueError(
+                "the problem's cone program has no constraint rows, which SCS cannot take; use "
+                "solver='auto' or 'qp' (the dense QP solver) or 'clarabel'"
+            )
         if solver is not ConicSolver.AUTO:
             return options
         scs_only, qp_keys = options.scs_only_settings(), options.qp_settings()
@@ -557,7 +562,8 @@ class CvxpyLayer(torch.nn.Module):
                 raise ValueError(f"solver_args {qp_keys} are settings of the qp solver, but " + not_qp_reason(self.program))
             return dataclasses.replace(options, backend=ConicSolver.QP)
         plan = self.qp_plan()
-        if not scs_only and plan is not None and plan.fits_auto():
+        if not scs_only and plan is not None and (plan.fits_auto() or self.program.m == 0):
+            # (no constraint rows: SCS cannot take the program; any size goes to the qp route)
             return dataclasses.replace(options, backend=ConicSolver.QP)
         return dataclasses.replace(options, backend=ConicSolver.SCS)
 
@@ -577,7 +583,7 @@ class CvxpyLayer(torch.nn.Module):
         solver_status = [names[v] for v in st.tolist()]
         refine_steps = torch.zeros(B, dtype=torch.int32, device=device)
         retry = np.nonzero((st == Status.MAX_ITER) | (st == Status.NUMERICAL_ERROR))[0]
-        if retry.size:
+        if retry.size and self.program.m > 0:  # (SCS cannot take a program without rows)
             sel = torch.as_tensor(retry, device=device)
             c, A, b, P = (t if t.shape[0] == 1 else t[sel] for t in self._assemble(theta_s, theta_b, batched, qp=False))
             if self.program.P_rows is None:

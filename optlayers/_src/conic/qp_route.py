@@ -99,6 +99,12 @@ class QPPlan:
         n, m, z = prog.n, prog.m, prog.dims.zero
         self.prog, self.n, self.m = prog, n, m
         T, E, d = _eliminable(prog)
+        if len(T) == n and n > 0:
+            # Every variable fixed by an equality (x == p, 2x == p): keep one, so the reduced QP
+            # has a variable (solve_qp needs n ≥ 1) and its equality row stays a row; the others'
+            # eliminations stay valid (their rows hold no other *eliminated* variable). It had
+            # crashed with "q must have at least one entry".
+            T, E, d = T[:-1], E[:-1], d[:-1]
         self.T = np.asarray(T, dtype=np.int64)
         self.E = np.asarray(E, dtype=np.int64)
         self.d = np.asarray(d, dtype=np.float64)
