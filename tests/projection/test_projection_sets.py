@@ -183,3 +183,11 @@ def test_tensor_arguments_under_vmap_are_not_checked_and_still_work():
     radii = torch.tensor([1.0, 2.0], dtype=torch.float64)
     got = torch.func.vmap(lambda r: ol.projection.projection_l2_ball(x, r))(radii)
     torch.testing.assert_close(got, torch.stack([ol.projection.projection_l2_ball(x, r) for r in radii]))
+
+
+@pytest.mark.parametrize("s", [1e19, 1e-25])
+def test_l2_ball_in_float32_far_from_one(s):
+    # (the float32 sum of squares overflowed beyond ‖x‖ ≈ 1.8e19 — the projection returned 0 — and
+    # underflowed below ≈ 1e-23 — x came back unprojected; found by fuzzing)
+    x = torch.tensor([3.0, -4.0]) * s
+    torch.testing.assert_close(P.projection_l2_ball(x, 2.0 * s), x * 0.4, rtol=1e-6, atol=0)

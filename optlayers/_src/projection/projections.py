@@ -130,6 +130,18 @@ def projection_l1_ball(x: torch.Tensor, radius: Tensorish = 1.0) -> torch.Tensor
     return torch.where(inside[..., None], x, proj)
 
 
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    """‖x‖₂ over the last dimension; in float32 and narrower scaled by max|x_i| first, where the sum
+    of squares overflows from ‖x‖ ≈ 1.8e19 (projection_l2_ball had returned 0) and underflows
+    below ≈ 1e-23 (it had left x unprojected). Differentiable (the scale is a constant)."""
+    if x.dtype == torch.float64:
+        return torch.linalg.vector_norm(x, dim=-1)
+    with torch.no_grad():
+        s = x.abs().amax(dim=-1, keepdim=True)
+        s = torch.where(s > 0, s, torch.ones_like(s))
+    return s[..., 0] * torch.linalg.vector_norm(x / s, dim=-1)
+
+
 def projection_l2_ball(x: torch.Tensor, radius: Tensorish = 1.0) -> torch.Tensor:
     """Projection onto the ℓ2 ball ``{‖y‖₂ ≤ radius}``: ``x · min(1, radius/‖x‖)``.
 
@@ -139,7 +151,7 @@ def projection_l2_ball(x: torch.Tensor, radius: Tensorish = 1.0) -> torch.Tensor
     _check_x(x)
     _check_positive(radius, "radius")
     r = torch.as_tensor(radius, dtype=x.dtype, device=x.device)
-    norm = torch.linalg.vector_norm(x, dim=-1)
+    norm = _norm(x)
     # Guard the division at x = 0 (inside the ball, factor 1) so the gradient stays finite.
     safe = torch.where(norm > r, norm, torch.ones_like(norm))
     factor = torch.where(norm > r, r / safe, torch.ones_like(norm))
