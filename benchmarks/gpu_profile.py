@@ -26,6 +26,10 @@ def run(label, fn, rows=18):
 
 def main():
     which = sys.argv[1:] or ["large", "grasp"]
+    unknown = [w for w in which if w not in ("large", "grasp")]
+    if unknown:  # (--help included: the cases are the only arguments)
+        print(__doc__ + "\nusage: python benchmarks/gpu_profile.py [large] [grasp]   (default: both)")
+        sys.exit(0 if unknown in (["-h"], ["--help"]) else 2)
     if "grasp" in which:
         P = ol.testing.random_qp(48_000, 12, 41, 0, seed=0, shared=("G",), device="cuda")
         q = P.q.clone().requires_grad_()

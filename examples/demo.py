@@ -95,8 +95,8 @@ def main(argv=None) -> dict:
         if step % max(1, steps // 6) == 0 or step == steps:
             with torch.no_grad():
                 mse = {k: float(((m(z_test) - y_test) ** 2).mean()) for k, m in models.items()}
-            rate = qps / qp_time if qp_time else float("nan")
-            print(f"{step:5d} | {mse['qp']:20.3e} | {mse['softmax']:19.3e} | {rate:8.0f}")
+            rate = f"{qps / qp_time:8.0f}" if qp_time else f"{'—':>8}"  # (no QP solved yet at step 0)
+            print(f"{step:5d} | {mse['qp']:20.3e} | {mse['softmax']:19.3e} | {rate}")
             results = mse
         if step == steps:
             break

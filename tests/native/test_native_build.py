@@ -242,3 +242,16 @@ def test_float64_defaults_in_the_header_match_tolerances_py():
     assert got == {"tol": t.ipm_tol, "inf_tol": t.infeasibility_tol, "kkt_reg": t.kkt_reg,
                    "polish_tol": t.polish_tol, "step_to_boundary": t.step_to_boundary,
                    "polish_start": t.polish_start}
+
+
+def test_command_line_entry_point():
+    # `python -m optlayers.native …` is a package's __main__: run as a module script it had printed
+    # runpy's "found in sys.modules" RuntimeWarning on every call (found by checking the docs' commands).
+    env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
+    out = subprocess.run([sys.executable, "-m", "optlayers.native", "--help"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0 and "usage: python -m optlayers.native" in out.stderr
+    assert "RuntimeWarning" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "optlayers.native", "bogus"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 2

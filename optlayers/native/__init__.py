@@ -9,8 +9,6 @@ Set ``OPTLAYERS_NATIVE=0`` to disable it (``backend="auto"`` then uses the PyTor
 
 from __future__ import annotations
 
-import sys
-
 from optlayers._src.native.backend import native_status as status
 from optlayers._src.native.build import build as _build
 
@@ -25,17 +23,3 @@ def build(verbose: bool = True) -> tuple[bool, str]:
 
         ops.ensure_loaded(warn=False)
     return ok, why
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "cuda-objects":
-        from optlayers._src.native.build import cuda_objects
-
-        print("\n".join(cuda_objects(sys.argv[2])))
-        sys.exit(0)
-    if sys.argv[1:] != ["build"]:
-        print("usage: python -m optlayers.native build | cuda-objects DIR", file=sys.stderr)
-        sys.exit(2)
-    ok, why = build(verbose=True)
-    print("native kernel: " + ("available" if ok else f"unavailable ({why})"))
-    sys.exit(0 if ok else 1)
