@@ -33,8 +33,6 @@
 #include <optional>
 #include <type_traits>
 #include <vector>
-#include <type_traits>
-#include <vector>
 
 #include "optlayers/qp_ipm.h"
 #include "optlayers/qp_lanes.h"
@@ -178,15 +176,15 @@ void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_
 // judge the rounded data at double's tolerances (vertices pinned by rows equal up to float rounding
 // are infeasible by ~1e-8 there but feasible at float's), so other outcomes keep float's status.
 // A caller who lowered max_iter below its default keeps MAX_ITER for the problems that used the
-// whole budget (as certificates.py). An accepted problem has no kept factor (the backward
-// refactors); its iterations add up. Same rule
-// as the PyTorch backend (torch_ipm.py::_finish_in_float64); on CUDA, qp_cuda_binding.cpp does step 2.
+// whole budget (as certificates.py::unfinished). An accepted problem has no kept factor (the
+// backward refactors); its iterations add up. Same rule as the PyTorch backend
+// (torch_ipm.py::_finish_in_float64); on CUDA, qp_cuda_binding.cpp does step 2.
 
 template <typename T>
 void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, double polish_tol, const T* pQ,
-                           const T* pq, const T* pG,
-                           const T* ph, const T* pA, const T* pb, int64_t sQ, int64_t sq, int64_t sG, int64_t sh,
-                           int64_t sA, int64_t sb, T* px, T* pl, T* pn, int8_t* ps, int32_t* pi, T* pf, int64_t fs) {
+                           const T* pq, const T* pG, const T* ph, const T* pA, const T* pb, int64_t sQ, int64_t sq,
+                           int64_t sG, int64_t sh, int64_t sA, int64_t sb, T* px, T* pl, T* pn, int8_t* ps, int32_t* pi,
+                           T* pf, int64_t fs) {
   if constexpr (std::is_same<T, float>::value) {
     std::vector<int64_t> left;
     for (int64_t i = 0; i < batch; ++i)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from optlayers._src.transforms import transformed
+
 Tensorish = torch.Tensor | float
 
 
@@ -25,19 +27,21 @@ def _check_x(x: torch.Tensor, name: str = "x") -> None:
 
 
 def _checkable(value) -> bool:
-    """Whether a tensor argument's values can be checked here: not under a ``torch.func``
+    """Whether a tensor argument's values can be checked here: not wrapped by a ``torch.func``
     transform (a data-dependent ``if`` is an error under ``vmap``, and these functions run inside
     the transformed fixed-point maps of :mod:`optlayers.optimality`)."""
-    return isinstance(value, torch.Tensor) and torch._C._functorch.maybe_current_level() is None
+    return isinstance(value, torch.Tensor) and not transformed(value)
 
 
-def _check_positive(value: Tensorish, name: str) -> None:
-    """``value > 0`` for a number, or for every entry of a tensor (outside transforms, see
-    :func:`_checkable`; a tensor radius of −1 had returned a reflected point)."""
-    if isinstance(value, (int, float)) and not value > 0:
-        raise ValueError(f"{name} must be > 0; got {value}")
-    if _checkable(value) and not bool((value > 0).all()):
-        raise ValueError(f"{name} must be > 0; got a tensor with entries {value.detach().min().item():g} <= 0")
+def _check_sign(value: Tensorish, name: str, strict: bool = True) -> None:
+    """``value > 0`` (``strict``) or ``≥ 0``, for a number or every entry of a tensor (outside
+    transforms, see :func:`_checkable`; a tensor radius of −1 had returned a reflected point, a
+    tensor l1reg of −1 enlarged |x|)."""
+    bound = "> 0" if strict else ">= 0"
+    if isinstance(value, (int, float)) and not (value > 0 if strict else value >= 0):
+        raise ValueError(f"{name} must be {bound}; got {value}")
+    if _checkable(value) and not bool((value > 0 if strict else value >= 0).all()):
+        raise ValueError(f"{name} must be {bound}; got a tensor with entries {value.detach().min().item():g}")
 
 
 def _check_nonzero_rows(a: torch.Tensor, name: str) -> None:
@@ -110,7 +114,7 @@ def projection_simplex(x: torch.Tensor, value: Tensorish = 1.0) -> torch.Tensor:
     ``∂y/∂x = diag(s) − s sᵀ / |s|``.
     """
     _check_x(x)
-    _check_positive(value, "value")
+    _check_sign(value, "value")
     tau = _simplex_threshold(x, value)
     return torch.relu(x - tau[..., None])
 
@@ -123,7 +127,7 @@ def projection_l1_ball(x: torch.Tensor, radius: Tensorish = 1.0) -> torch.Tensor
     ``x.shape[:-1]``.
     """
     _check_x(x)
-    _check_positive(radius, "radius")
+    _check_sign(radius, "radius")
     r = torch.as_tensor(radius, dtype=x.dtype, device=x.device)
     inside = x.abs().sum(dim=-1) <= r
     proj = torch.sign(x) * projection_simplex(x.abs(), r)
@@ -149,7 +153,7 @@ def projection_l2_ball(x: torch.Tensor, radius: Tensorish = 1.0) -> torch.Tensor
     Jacobian outside the ball: ``(radius/‖x‖)(I − x xᵀ/‖x‖²)``.
     """
     _check_x(x)
-    _check_positive(radius, "radius")
+    _check_sign(radius, "radius")
     r = torch.as_tensor(radius, dtype=x.dtype, device=x.device)
     norm = _norm(x)
     # Guard the division at x = 0 (inside the ball, factor 1) so the gradient stays finite.

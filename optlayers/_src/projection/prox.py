@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from optlayers._src.projection.projections import _check_x, _checkable
+from optlayers._src.projection.projections import _check_sign, _check_x
 
 Tensorish = torch.Tensor | float
 
@@ -20,15 +20,6 @@ def prox_none(x: torch.Tensor, hyperparams=None, scaling: Tensorish = 1.0) -> to
     return x
 
 
-def _check_nonnegative(value: Tensorish, name: str) -> None:
-    """``value >= 0``, a number or every entry of a tensor (outside ``torch.func`` transforms; a
-    tensor l1reg of −1 had enlarged |x|)."""
-    if isinstance(value, (int, float)) and value < 0:
-        raise ValueError(f"{name} must be >= 0; got {value}")
-    if _checkable(value) and not bool((value >= 0).all()):
-        raise ValueError(f"{name} must be >= 0; got a tensor with entries < 0")
-
-
 def prox_lasso(x: torch.Tensor, l1reg: Tensorish, scaling: Tensorish = 1.0) -> torch.Tensor:
     """Prox of ``g(y) = Σ_i l1reg_i |y_i|`` (soft thresholding): ``sign(x) max(|x| − s·l1reg, 0)``.
 
@@ -36,14 +27,14 @@ def prox_lasso(x: torch.Tensor, l1reg: Tensorish, scaling: Tensorish = 1.0) -> t
     ``diag(1[|x| > s·l1reg])``; w.r.t. ``l1reg``: ``−s·sign(x)`` on that support.
     """
     _check_x(x)
-    _check_nonnegative(l1reg, "prox_lasso: l1reg")
+    _check_sign(l1reg, "prox_lasso: l1reg", strict=False)
     return torch.sign(x) * torch.relu(x.abs() - scaling * l1reg)
 
 
 def prox_ridge(x: torch.Tensor, l2reg: Tensorish, scaling: Tensorish = 1.0) -> torch.Tensor:
     """Prox of ``g(y) = ½ Σ_i l2reg_i y_i²``: ``x / (1 + s·l2reg)``."""
     _check_x(x)
-    _check_nonnegative(l2reg, "prox_ridge: l2reg")
+    _check_sign(l2reg, "prox_ridge: l2reg", strict=False)
     return x / (1 + scaling * l2reg)
 
 

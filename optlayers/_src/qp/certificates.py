@@ -58,9 +58,7 @@ def certify_failures(data: QPData, status: torch.Tensor, iterations: torch.Tenso
     # (MAX_ITER and NUMERICAL_ERROR are the two largest codes: one reduction decides the common case)
     if status.numel() == 0 or int(status.max()) < Status.MAX_ITER:
         return status
-    left = (status == Status.MAX_ITER) | (status == Status.NUMERICAL_ERROR)
-    if max_iter < QPOptions.max_iter:
-        left &= iterations < max_iter
+    left = unfinished(status, iterations, max_iter)
     if not bool(left.any()):
         return status
     idx = torch.nonzero(left).squeeze(-1)
@@ -76,6 +74,16 @@ def certify_failures(data: QPData, status: torch.Tensor, iterations: torch.Tenso
     status[idx[primal]] = int(Status.PRIMAL_INFEASIBLE)
     status[idx[dual]] = int(Status.DUAL_INFEASIBLE)
     return status
+
+
+def unfinished(status: torch.Tensor, iterations: torch.Tensor, max_iter: int) -> torch.Tensor:
+    """(B,) bool: the problems that ended MAX_ITER or NUMERICAL_ERROR and deserve more work (this
+    search, a float32 problem's float64 re-solve): all of them, except — when the caller lowered
+    ``max_iter`` below its default on purpose — those that used the whole budget."""
+    left = (status == Status.MAX_ITER) | (status == Status.NUMERICAL_ERROR)
+    if max_iter < QPOptions.max_iter:
+        left &= iterations < max_iter
+    return left
 
 
 def farkas_certificates(data: QPData) -> torch.Tensor:

@@ -20,6 +20,7 @@ gradient or finite difference is an error of +inf (a failure), never a pass.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -63,7 +64,7 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
 def _error(diff: float, scale: float) -> float:
     """``diff / scale``, +inf where either is not finite (``max`` would skip a NaN)."""
     value = diff / scale
-    return value if value == value and value != float("inf") else float("inf")
+    return value if math.isfinite(value) else float("inf")
 
 
 def check_grad(

@@ -35,7 +35,7 @@ import dataclasses
 
 import torch
 
-from optlayers._src.qp import active_set, kkt
+from optlayers._src.qp import active_set, certificates, kkt
 from optlayers._src.qp.backends import RawSolution
 from optlayers._src.qp.linalg import OUTER_PRODUCTS_MAX, expand_vec, inf_norm, mtv, mv, row_norms
 from optlayers._src.qp.options import Backend, QPOptions
@@ -633,8 +633,7 @@ def _float64_polish(data: QPData, mask, left, sol: RawSolution, x, lam, nu, stat
     idx = torch.nonzero(left).squeeze(-1)
     if idx.numel() == 0:
         return x, lam, nu, status
-    sub = data.take(idx)
-    d64 = dataclasses.replace(sub, **{f: getattr(sub, f).double() for f in ("Q", "q", "G", "h", "A", "b")})
+    d64 = _in_float64(data, idx)
     k = idx.numel()
     xd, ld, yd, sd, _ = active_set.solve_active_sets(
         d64, mask[idx], torch.arange(k, device=idx.device), sol.x[idx].double(), sol.lam[idx].double(),
@@ -646,6 +645,12 @@ def _float64_polish(data: QPData, mask, left, sol: RawSolution, x, lam, nu, stat
         x[done], lam[done], nu[done] = xd[ok].float(), ld[ok].float(), yd[ok].float()
         status[done] = int(Status.SOLVED)
     return x, lam, nu, status
+
+
+def _in_float64(data: QPData, idx: torch.Tensor) -> QPData:
+    """Problems ``idx`` of ``data`` with every tensor in float64 (exact for float32 data)."""
+    sub = data.take(idx)
+    return dataclasses.replace(sub, **{f: getattr(sub, f).double() for f in ("Q", "q", "G", "h", "A", "b")})
 
 
 def _finish_in_float64(data: QPData, sol: RawSolution, options: QPOptions) -> RawSolution:
@@ -660,15 +665,10 @@ def _finish_in_float64(data: QPData, sol: RawSolution, options: QPOptions) -> Ra
     refactors). A caller who lowered ``max_iter`` below its default gets MAX_ITER for the problems
     that used it all, as in ``certificates.py``. Same rule in csrc/qp_cpu.cpp
     (``finish_left_in_double``)."""
-    left = (sol.status == int(Status.MAX_ITER)) | (sol.status == int(Status.NUMERICAL_ERROR))
-    if options.max_iter < QPOptions.max_iter:  # a budget lowered on purpose is kept (as certificates.py)
-        left &= sol.iterations < options.max_iter
-    idx = torch.nonzero(left).squeeze(-1)
+    idx = torch.nonzero(certificates.unfinished(sol.status, sol.iterations, options.max_iter)).squeeze(-1)
     if idx.numel() == 0:
         return sol
-    sub = data.take(idx)
-    d64 = dataclasses.replace(sub, **{f: getattr(sub, f).double() for f in ("Q", "q", "G", "h", "A", "b")})
-    s64 = interior_point(d64, options)
+    s64 = interior_point(_in_float64(data, idx), options)
     ok = s64.status == int(Status.SOLVED)
     if not bool(ok.any()):
         return sol
