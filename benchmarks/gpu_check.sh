@@ -11,6 +11,10 @@
 # bench's n = 100 rows check them, the variants the small kernel's schedules):
 #   OUT=$OUT GPU_CHECK_VARIANTS_S=100 GPU_CHECK_TORCH_KKT=0 GPU_CHECK_PROFILE=0 GPU_CHECK_WARM=0 \
 #     GPU_CHECK_TESTS_S=150 GPU_BENCH_BUDGET_S=110 GPU_BENCH_S=160 GPU_CHECK_GRASP_S=80 bash benchmarks/gpu_check.sh
+# Any further command on the same warm machine must export OPTLAYERS_CUDA_OBJECTS=$PWD/.cuda_objects
+# (and OPTLAYERS_CACHE=/tmp/optlayers_cache) as below, or the JIT recompiles the CUDA sources with
+# nvcc for minutes (2026-11-28: two follow-ups lost that way). The build itself, linking the objects,
+# took 110 s on the lent H100 (16 cores).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)

@@ -31,11 +31,14 @@ def test_cuda_kernels_were_built():
     assert cuda_available(), "torch sees a GPU but the native library has no CUDA kernels"
 
 
-@pytest.mark.parametrize("B,n,m,p,shared", [(64, 12, 41, 0, ("G",)), (32, 20, 20, 5, ()), (8, 60, 80, 10, ()),
-                                             (4, 100, 200, 10, ())])
+# (seed 1 for n = 100: seed 100's batch holds an ill-conditioned problem — gradients up to 6e3,
+# float32's off by 100% from float64's on every backend, and CPU and CUDA float32 differ by 0.8;
+# H100 run of 2026-11-28.)
+@pytest.mark.parametrize("B,n,m,p,shared,seed", [(64, 12, 41, 0, ("G",), 12), (32, 20, 20, 5, (), 20),
+                                                  (8, 60, 80, 10, (), 60), (4, 100, 200, 10, (), 1)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cuda_equals_cpu_with_gradients(B, n, m, p, shared, dtype, kernel):
-    P = ol.testing.random_qp(B, n, m, p, seed=n, shared=shared, dtype=dtype)
+def test_cuda_equals_cpu_with_gradients(B, n, m, p, shared, seed, dtype, kernel):
+    P = ol.testing.random_qp(B, n, m, p, seed=seed, shared=shared, dtype=dtype)
     tol = 1e-9 if dtype == torch.float64 else 1e-3
     outs = {}
     for dev in ("cpu", "cuda"):
@@ -46,7 +49,9 @@ def test_cuda_equals_cpu_with_gradients(B, n, m, p, shared, dtype, kernel):
         outs[dev] = [sol.x.detach().cpu(), sol.lam.detach().cpu()] + [t.grad.cpu() for t in data]
         assert sol.backend == "native" and bool((sol.status == 0).all())
     for a, b in zip(outs["cpu"], outs["cuda"]):
-        assert torch.allclose(a, b, rtol=tol, atol=tol), float((a - b).abs().max())
+        # Relative to the output's scale (gradients of n = 100 problems reach ~20).
+        scale = max(1.0, float(a.abs().max()))
+        assert torch.allclose(a, b, rtol=tol, atol=tol * scale), float((a - b).abs().max())
 
 
 def test_cuda_statuses(kernel):

@@ -11,11 +11,11 @@ from optlayers._src.qp.problem import QPData
 # up to n = CUDA_AUTO_MAX_N and the PyTorch backend (batched cuBLAS/cuSOLVER) above. Measured on an
 # H100 (benchmarks/results/gpu_h100.txt, fwd+bwd, float64): B=1,024, n=50 (block kernel, K in
 # shared memory) native 22.8 ms vs torch 47.7 ms; B=10,000, n=100, m=200 (K in global memory)
-# native 3,240 ms vs torch 400 ms. The crossover between n = 50 and 100 was not measured. The block
-# kernel has since been rewritten for such sizes (K in opt-in shared memory up to n = 170 in float64,
-# coalesced K assembly, factorizations and products: csrc/optlayers/qp_ipm.h) but not yet run on a
-# GPU; benchmarks/gpu_bench.py times both backends at n = 100 (B = 1,024 and 10,000) in one run, and
-# this limit moves only on those numbers.
+# native 3,240 ms vs torch 400 ms. The block kernel has since been rewritten (K in opt-in shared
+# memory up to n = 170 in float64, coalesced loops: csrc/optlayers/qp_ipm.h); on an H100
+# (2026-11-28, results/gpu_h100_2026-11-28.txt, each pair in one run): n = 50, B = 1,024 native 18.5 vs torch
+# 116.6 ms; n = 100, m = 200: B = 1,024 197 vs 188, B = 10,000 1,866 vs 404 (the native backward
+# refactors K; the torch one reuses its forward factor). So the limit stays between the two.
 CUDA_MAX_KKT_SIZE = 512
 CUDA_AUTO_MAX_N = 64
 # On CPU the native kernel solves one problem per thread with SIMD loops over padded rows. Measured
