@@ -11,17 +11,16 @@
 # bench's n = 100 rows check them, the variants the small kernel's schedules):
 #   OUT=$OUT GPU_CHECK_VARIANTS_S=100 GPU_CHECK_TORCH_KKT=0 GPU_CHECK_PROFILE=0 GPU_CHECK_WARM=0 \
 #     GPU_CHECK_TESTS_S=150 GPU_BENCH_BUDGET_S=110 GPU_BENCH_S=160 GPU_CHECK_GRASP_S=80 bash benchmarks/gpu_check.sh
-# Any further command on the same warm machine must export OPTLAYERS_CUDA_OBJECTS=$PWD/.cuda_objects
-# (and OPTLAYERS_CACHE=/tmp/optlayers_cache) as below, or the JIT recompiles the CUDA sources with
-# nvcc for minutes (2026-11-28: two follow-ups lost that way). The build itself, linking the objects,
-# took 110 s on the lent H100 (16 cores).
+# Extra commands: GPU_CHECK_EXTRA="cmd" runs last (before the bundle) in this environment, its
+# output in $OUT/extra.txt. A follow-up on the warm machine must `source benchmarks/gpu_env.sh`
+# first, or the JIT recompiles the CUDA sources with nvcc for minutes (2026-11-28: two follow-ups
+# lost that way). The build itself, linking the objects, took 110 s on the lent H100 (16 cores).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 OUT=${OUT:-$ROOT/out}
 mkdir -p "$OUT"
-export OPTLAYERS_CACHE=/tmp/optlayers_cache PYTHONPATH=$ROOT PYTHONUNBUFFERED=1
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
+source "$ROOT/benchmarks/gpu_env.sh"
 PY=${PYTHON:-python3}
 t0=$(date +%s)
 stamp() { echo "[gpu_check +$(( $(date +%s) - t0 ))s] $*"; }
@@ -30,9 +29,8 @@ stamp() { echo "[gpu_check +$(( $(date +%s) - t0 ))s] $*"; }
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
   nproc; nvcc --version | tail -2
 } > "$OUT/gpu_info.txt" 2>&1
-# CUDA kernels compiled ahead of time (python -m optlayers.native cuda-objects .cuda_objects, nvcc
-# only): the build then links them instead of compiling them here (minutes of a lent GPU's time).
-if [ -f "$ROOT/.cuda_objects/sources.sha1" ]; then export OPTLAYERS_CUDA_OBJECTS=$ROOT/.cuda_objects; fi
+# (CUDA kernels compiled ahead of time, python -m optlayers.native cuda-objects .cuda_objects, nvcc
+# only: gpu_env.sh points the build at them, which then links instead of compiling them here.)
 stamp "build" | tee "$OUT/build.log"
 timeout 240 $PY -c "
 import time, optlayers as ol
@@ -106,6 +104,11 @@ if [ "${GPU_CHECK_NCU:-0}" != 0 ]; then
   else
     echo "ncu not found" > "$OUT/ncu_small.txt"
   fi
+fi
+if [ -n "${GPU_CHECK_EXTRA:-}" ]; then
+  stamp "extra: $GPU_CHECK_EXTRA" | tee -a "$OUT/build.log"
+  timeout ${GPU_CHECK_EXTRA_S:-120} bash -c "$GPU_CHECK_EXTRA" > "$OUT/extra.txt" 2>&1
+  echo "extra rc=$?" >> "$OUT/extra.txt"
 fi
 stamp "done" | tee -a "$OUT/build.log"
 tail -n 4 "$OUT/tests_cuda.txt" 2>/dev/null; cat "$OUT/gpu_small_variants.txt" 2>/dev/null
