@@ -5,7 +5,7 @@ it, ``=0`` forces the serial path (``qp_ipm.h``), unset lets the op choose (n �
 B ≥ two blocks). This script times forward+backward (gradients w.r.t. all inputs) of
 ``ol.solve_qp(..., backend="native")`` under both settings for each size, float64, and prints the
 ratio serial / lanes (> 1: lanes faster) plus the max |x_lanes − x_serial|. The sizes cover the
-auto-routing limits (``kLanesMaxN`` in csrc/qp_cpu.cpp was set from these numbers) and the grasp
+auto-routing limits (``kLanesMaxN`` in csrc/qp_cpu_common.h was set from these numbers) and the grasp
 QPs of ``grasp_qp.py`` (n = 12, m = 41, shared G).
 
 Usage:

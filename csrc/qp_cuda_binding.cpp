@@ -68,7 +68,7 @@ int64_t stride_of(const at::Tensor& t, int64_t core_dims) {
   return s;
 }
 
-// Same contract as the CPU op (csrc/qp_cpu.cpp::check_data), plus: every tensor on q's device.
+// Same contract as the CPU op (csrc/qp_cpu_common.h::check_data), plus: every tensor on q's device.
 void check_data(const at::Tensor& t, const char* name, int64_t core_dims, int64_t batch, const at::Tensor& ref) {
   TORCH_CHECK(t.dim() == core_dims || t.dim() == core_dims + 1, "optlayers native: ", name,
               " must have ", core_dims, " (shared) or ", core_dims + 1, " (batched) dims; got ", t.dim());
@@ -113,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 // float32 problems left unsolved (kMaxIter, kNumericalError) solved again from scratch in double
 // (the float32 data are exact there) with float64's tolerances; only kSolved outcomes are taken,
-// rounded to float (see qp_cpu.cpp::finish_left_in_double, whose step 2 this is; the CPU's step 1,
+// rounded to float (see qp_cpu_solve_impl.h::finish_left_in_double, whose step 2 this is; the CPU's step 1,
 // a double polish of the float iterate, is not done here). Costs one device-to-host copy of the
 // failure count when none failed. Not yet run on a GPU.
 void finish_left_in_double(const at::Tensor& Q, const at::Tensor& q, const at::Tensor& G, const at::Tensor& h,
@@ -295,7 +295,7 @@ at::Tensor qp_kkt_solve_cuda(const at::Tensor& Q_, const at::Tensor& G_, const a
   return qp_kkt_solve_cuda_impl(Q_, G_, A_, mask_, rhs_, kkt_reg, true);
 }
 
-// The warm start's guessed active sets (csrc/qp_cpu.cpp::qp_active_set_solve_cpu) for the problems
+// The warm start's guessed active sets (csrc/qp_cpu_derivatives.cpp::qp_active_set_solve_cpu) for the problems
 // the small kernel takes (n ≤ 16, m ≤ 128, p = 0; optlayers/_src/native/ops.py routes only those
 // here): one thread per problem through small::polish_guess. No factor is kept on CUDA.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_active_set_solve_cuda(

@@ -69,7 +69,7 @@ enum : int8_t {
 constexpr int kDefaultMaxIter = 50;
 
 // float64's default tolerances (optlayers/_src/tolerances.py; a test compares them): what a float32
-// problem the float32 solve left unsolved is solved again with, in double (qp_cpu.cpp,
+// problem the float32 solve left unsolved is solved again with, in double (qp_cpu_solve_impl.h,
 // qp_cuda_binding.cpp: finish_left_in_double).
 struct Float64Defaults {
   static constexpr double tol = 1e-9;
@@ -1516,7 +1516,7 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     // every round.)
     T res = 0, rhs_n = 0, viol = 0, neg = 0, ln = 0;
     bool finite = false, primal_ok = false, accept = false;
-    // No finite λ̂ on the active rows (the warm start's guess, csrc/qp_cpu.cpp::qp_active_set_solve,
+    // No finite λ̂ on the active rows (the warm start's guess, csrc/qp_cpu_derivatives.cpp::qp_active_set_solve,
     // host only): attempts 1 and 2 would repeat attempt 0 exactly, and are skipped. (On the GPU λ̂ is
     // always the interior point's: no group reduction spent on it there.)
 #if defined(__CUDA_ARCH__)

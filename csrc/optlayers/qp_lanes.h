@@ -758,7 +758,7 @@ void polish_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<
   }
 }
 
-// The warm start's guessed active sets for the block [i0, i0 + count) (csrc/qp_cpu.cpp::
+// The warm start's guessed active sets for the block [i0, i0 + count) (csrc/qp_cpu_derivatives.cpp::
 // qp_active_set_solve; guess: count × m, nonzero = active): polish_block from x = 0 and λ̂ = ±∞, so
 // that its guess λ̂_r > h_r − g_rᵀx is exactly the given one, every lane entering as an
 // iteration-limited one; rejected lanes go through the serial polish (`rounds` rounds from the same

@@ -622,7 +622,7 @@ OL_HD OL_INLINE bool polish(const Data<T>& d, const Settings<T>& set, double del
   }
 }
 
-// The warm start's guess (csrc/qp_cpu.cpp::qp_active_set_solve and its CUDA kernel): the polish of
+// The warm start's guess (csrc/qp_cpu_derivatives.cpp::qp_active_set_solve and its CUDA kernel): the polish of
 // the guessed active set {r : guess_r ≠ 0} (m values), started from x = 0 with λ̂_r = ±∞ so that its
 // guess λ̂_r > h_r − g_rᵀx is exactly the given one; `rounds` rounds (the given set and rounds − 1
 // corrections). True with x (n) and λ (m) written where a round is accepted.
@@ -1127,7 +1127,7 @@ OL_HD bool kkt_solve(const Data<T>& d, const T* mask, T kkt_reg, const T* rhs, R
   double b1[NT], ux[NT];
   OL_UNROLL
   for (int j = 0; j < NT; ++j) b1[j] = j < n ? double(rhs[j]) : 0.0;
-  // Not converged: the caller's serial LU solves it (qp_cpu.cpp, and the CUDA backward's fallback).
+  // Not converged: the caller's serial LU solves it (qp_cpu_derivatives.cpp, and the CUDA backward's fallback).
   if (!kkt_refined<T, NT>(d, f, b1, [&](int r) { return double(rhs[n + r]); }, [&](int) { return 0.0; }, rows, ux))
     return false;
   bool finite = true;

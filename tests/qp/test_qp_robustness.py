@@ -81,7 +81,7 @@ def test_float32_degenerate_vertex_solved(path):
     # retried in float64. Over these 256 problems: 7 (torch) and 10 (native) left unsolved before,
     # 3 and 3 after those two; the last 3 were wrong active-set guesses from the float32 iterate,
     # and are now solved from scratch in float64, where the float32 data are exact (torch_ipm.py::
-    # _finish_in_float64, qp_cpu.cpp::finish_left_in_double).
+    # _finish_in_float64, qp_cpu_solve_impl.h::finish_left_in_double).
     unsolved = 0
     for seed in range(4):
         H = ol.testing.hard_qps("degenerate_vertex", 64, seed=seed, dtype=torch.float32)

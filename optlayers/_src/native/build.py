@@ -29,6 +29,7 @@ _ENV_CACHE = "OPTLAYERS_CACHE"
 # two -O3 device compilations would take most of the time; nvcc compiles them anywhere.
 _ENV_CUDA_OBJECTS = "OPTLAYERS_CUDA_OBJECTS"
 _CUDA_UNITS = ("qp_cuda_float", "qp_cuda_double")
+_CPU_UNITS = ("qp_cpu", "qp_cpu_solve_float", "qp_cpu_solve_double", "qp_cpu_derivatives")
 
 
 def source_dir() -> pathlib.Path | None:
@@ -132,7 +133,9 @@ def _load(verbose: bool = False) -> tuple[bool, str]:
             with_cuda=cuda,
         )
 
-    host = [str(src / "qp_cpu.cpp")] + ([str(src / "qp_cuda_binding.cpp")] if cuda else [])
+    # The CPU ops in four units (csrc/qp_cpu_common.h): ninja compiles them in parallel (MAX_JOBS).
+    cpu_units = [str(src / f"{u}.cpp") for u in _CPU_UNITS]
+    host = cpu_units + ([str(src / "qp_cuda_binding.cpp")] if cuda else [])
     try:
         if objects is not None:
             try:
@@ -143,7 +146,7 @@ def _load(verbose: bool = False) -> tuple[bool, str]:
                               RuntimeWarning, stacklevel=2)
         # One translation unit per scalar type: the two -O3 device compilations run in parallel.
         device = [str(src / f"{u}.cu") for u in _CUDA_UNITS] if cuda else []
-        build(tag, host[:1] + device + host[1:], [])
+        build(tag, cpu_units + device + host[len(cpu_units):], [])
     except Exception as exc:
         first = str(exc).strip().splitlines()
         return False, f"building the native kernel failed: {first[-1] if first else type(exc).__name__}"

@@ -2,7 +2,7 @@
 
 ``torch.ops.optlayers.qp_solve``, ``qp_kkt_solve``, ``qp_backward`` and ``qp_active_set_solve`` are
 defined in C++
-(``csrc/qp_cpu.cpp``: ``TORCH_LIBRARY`` schemas + CPU kernels; ``csrc/qp_cuda_binding.cpp``: CUDA
+(``csrc/qp_cpu*.cpp``: ``TORCH_LIBRARY`` schemas + CPU kernels; ``csrc/qp_cuda_binding.cpp``: CUDA
 kernels). Here we add, once the library is loaded:
 
 - ``register_fake`` for every op (shapes/dtypes only), so they trace under ``torch.compile``;
@@ -110,7 +110,7 @@ def _factor_size(n: int, m: int, p: int) -> int:
 
 
 def _lanes_likely(data: QPData) -> bool:
-    """Whether the CPU op will take its batch-interleaved float64 path (csrc/qp_cpu.cpp::use_lanes),
+    """Whether the CPU op will take its batch-interleaved float64 path (csrc/qp_cpu_common.h::use_lanes),
     which polishes and differentiates whole blocks by its own KKT solve: there is no LU to
     keep, and asking for one would send the block to the serial polish. A mirror of the C++ rule
     (float64, m > 0, n ≤ 80, m + p ≤ 128, at least two blocks: B ≥ 16 with 8 lanes; with 4-wide
@@ -146,7 +146,7 @@ def has_active_set_solve(data: QPData) -> bool:
 def active_set_solve(data: QPData, guess: torch.Tensor, rounds: int, keep_factor: bool = False):
     """Per problem, the KKT system of the guessed active set (``guess`` (B, m), nonzero = active)
     through the interior point's polish: solve, acceptance test, multiplier repair and
-    ``rounds − 1`` corrected guesses (csrc/qp_cpu.cpp::qp_active_set_solve_cpu). Returns
+    ``rounds − 1`` corrected guesses (csrc/qp_cpu_derivatives.cpp::qp_active_set_solve_cpu). Returns
     (x, lam, nu, status, factor): SOLVED where accepted, MAX_ITER (zeros) elsewhere; ``factor``
     the accepted polish LUs for ``qp_backward`` with ``keep_factor`` where :func:`_keep_factor`
     says keeping pays, else empty."""

@@ -627,7 +627,7 @@ def _float64_polish(data: QPData, mask, left, sol: RawSolution, x, lam, nu, stat
     data are exact in float64, where the same guess passes the test. The test keeps float32's
     tolerance: the answer is rounded to float32 anyway, and rows that pin a vertex from both sides,
     equal only up to float32 rounding, are inconsistent by ~1e-8 in float64. Such
-    problems have no kept factor (the backward refactors). Same rule in csrc/qp_cpu.cpp
+    problems have no kept factor (the backward refactors). Same rule in csrc/qp_cpu_solve_impl.h
     (``finish_left_in_double``, step 1); what it leaves goes to :func:`_finish_in_float64`.
     """
     idx = torch.nonzero(left).squeeze(-1)
@@ -663,7 +663,7 @@ def _finish_in_float64(data: QPData, sol: RawSolution, options: QPOptions) -> Ra
     infeasible by ~1e-8 there, feasible at float32's), so other outcomes keep the float32 status.
     Iterations add up; the kept polish factor is dropped when a problem is replaced (the backward
     refactors). A caller who lowered ``max_iter`` below its default gets MAX_ITER for the problems
-    that used it all, as in ``certificates.py``. Same rule in csrc/qp_cpu.cpp
+    that used it all, as in ``certificates.py``. Same rule in csrc/qp_cpu_solve_impl.h
     (``finish_left_in_double``)."""
     idx = torch.nonzero(certificates.unfinished(sol.status, sol.iterations, options.max_iter)).squeeze(-1)
     if idx.numel() == 0:

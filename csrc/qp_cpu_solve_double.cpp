@@ -1,0 +1,4 @@
+// qp_solve's CPU kernel for double (qp_cpu_solve.h).
+#include "qp_cpu_solve_impl.h"
+
+template void optlayers_cpu::solve_typed<double>(const optlayers_cpu::SolveCall&);
