@@ -6,11 +6,14 @@
 # Works without installing the package (PYTHONPATH=repo root; no network, no pip). qpth, if
 # carried (a copy of the package under .whl/qpth), is benchmarked on the same GPU; its import of
 # cvxpy (unused by its PDIPM solver) is satisfied by an empty stub in the benchmark processes only.
-# A first run that fits the lent machine's 600 s per command (the ninth session's suggestion: the
-# block kernel's rewrite and the small kernel's repair were never run on a GPU; the tests and the
-# bench's n = 100 rows check them, the variants the small kernel's schedules):
-#   OUT=$OUT GPU_CHECK_VARIANTS_S=100 GPU_CHECK_TORCH_KKT=0 GPU_CHECK_PROFILE=0 GPU_CHECK_WARM=0 \
-#     GPU_CHECK_TESTS_S=150 GPU_BENCH_BUDGET_S=110 GPU_BENCH_S=160 GPU_CHECK_GRASP_S=80 bash benchmarks/gpu_check.sh
+# A first run that fits the lent machine's 600 s per command and leaves room for a second in the
+# 900 s of device time (carry [".cuda_objects"], built here first: python -m optlayers.native
+# cuda-objects .cuda_objects). On the H100 on 2026-11-28 (results/gpu_h100_2026-11-28.txt) the steps
+# took: machine start ~35 s, build 110 s (before the CPU ops were split into four units), preflight
+# 17 s, CUDA tests 46 s, bench 105 s (budget 90), grasp 21 s, profile 35 s:
+#   OUT=$OUT GPU_CHECK_VARIANTS=0 GPU_CHECK_TORCH_KKT=0 GPU_CHECK_WARM=0 GPU_CHECK_TESTS_S=120 \
+#     GPU_BENCH_BUDGET_S=90 GPU_BENCH_S=140 GPU_CHECK_GRASP_ONLY=optlayers-native,optlayers-value \
+#     GPU_CHECK_GRASP_S=90 GPU_PROFILE_ARGS=realgrasp bash benchmarks/gpu_check.sh
 # Extra commands: GPU_CHECK_EXTRA="cmd" runs last (before the bundle) in this environment, its
 # output in $OUT/extra.txt. A follow-up on the warm machine must `source benchmarks/gpu_env.sh`
 # first, or the JIT recompiles the CUDA sources with nvcc for minutes (2026-11-28: two follow-ups
@@ -105,6 +108,14 @@ if [ "${GPU_CHECK_NCU:-0}" != 0 ]; then
     echo "ncu not found" > "$OUT/ncu_small.txt"
   fi
 fi
+# The sharded grasp dataset on NCCL (examples/grasp_dataset.py --device cuda; never run on a GPU
+# before): one rank on the one lent GPU, 800 grasps, 10 steps.
+if [ "${GPU_CHECK_DATASET:-1}" != 0 ]; then
+  stamp "grasp_dataset (NCCL, 1 rank)" | tee -a "$OUT/build.log"
+  timeout ${GPU_CHECK_DATASET_S:-90} $PY -m torch.distributed.run --nproc_per_node 1 examples/grasp_dataset.py \
+    --device cuda --grasps 800 --steps 10 --out /tmp/grasps_gpu.pt > "$OUT/grasp_dataset_gpu.txt" 2>&1
+  echo "grasp_dataset rc=$?" >> "$OUT/grasp_dataset_gpu.txt"
+fi
 if [ -n "${GPU_CHECK_EXTRA:-}" ]; then
   stamp "extra: $GPU_CHECK_EXTRA" | tee -a "$OUT/build.log"
   timeout ${GPU_CHECK_EXTRA_S:-120} bash -c "$GPU_CHECK_EXTRA" > "$OUT/extra.txt" 2>&1
@@ -115,6 +126,7 @@ tail -n 4 "$OUT/tests_cuda.txt" 2>/dev/null; cat "$OUT/gpu_small_variants.txt" 2
 tail -n 12 "$OUT/gpu_bench.txt" 2>/dev/null; tail -n 8 "$OUT"/grasp_gpu_*.txt 2>/dev/null
 tail -n 10 "$OUT/torch_kkt_gpu.txt" 2>/dev/null
 tail -n 14 "$OUT/warm_start_gpu.txt" 2>/dev/null
+tail -n 3 "$OUT/grasp_dataset_gpu.txt" 2>/dev/null
 # The lent machine hands back at most 8 files (this script writes ~14): one archive holds them all
 # (tar xzf gpu_check_outputs.tgz); GPU_CHECK_BUNDLE=0 leaves them loose.
 if [ "${GPU_CHECK_BUNDLE:-1}" != 0 ]; then
