@@ -159,7 +159,8 @@ def main():
         ("B=4800 grasp n=12 m=41 f64 shared G", 4_800, 12, 41, 0, torch.float64, ("G",), small),
         ("B=48k grasp n=15 m=51 f64 shared G", 48_000, 15, 51, 0, torch.float64, ("G",), ["native-small"]),
         # The block kernel rewritten in the ninth session (K in opt-in shared memory, coalesced loops,
-        # warp-blocked triangular solves), never run on a GPU before: early, so a budget cut keeps it.
+        # warp-blocked triangular solves); first run on an H100 on 2026-11-28: B=10k 1,866 ms against
+        # the torch backend's 404 (results/gpu_h100_2026-11-28.txt). Early, so a budget cut keeps it.
         ("B=1024 n=100 m=200 f64", 1024, 100, 200, 0, torch.float64, (), ["native-block", "torch"]),
         ("B=10k n=100 m=200 f64", 10_000, 100, 200, 0, torch.float64, (), ["native-block", "torch"]),
         ("B=1024 n=16 m=32 f64", 1024, 16, 32, 0, torch.float64, (), ["native-small", "native-warp", "qpth"]),
