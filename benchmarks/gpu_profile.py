@@ -13,7 +13,6 @@ targets are missed: run by benchmarks/gpu_check.sh, output under $OUT/gpu_profil
 
 import os
 import sys
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -31,22 +30,9 @@ def run(label, fn, rows=18):
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows), flush=True)
 
 
-def _ms(fn, reps=3):
-    """Median wall time of fn in ms (CUDA synchronized), after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return sorted(times)[len(times) // 2]
-
-
 def real_grasp():
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import grasp_qp
+    import grasp_qp  # (benchmarks/, the script's directory, is on sys.path)
+    from _ab import median_ms, restored_env
     from optlayers._src.native import ops
     from optlayers._src.qp import kkt
     from optlayers._src.qp.problem import canonicalize
@@ -67,14 +53,15 @@ def real_grasp():
     rhs = torch.cat([c, torch.zeros_like(mask)], -1)
     print(f"== B=4800 real grasp QPs (box, K=4), f64: solved {int((sol.status == 0).sum())}; active rows a "
           f"problem mean {float(mask.sum(-1).mean()):.1f} max {int(mask.sum(-1).max())}", flush=True)
-    print(f"  native fwd {_ms(fwd):.2f} ms, fwd+bwd {_ms(fwd_bwd):.2f} ms", flush=True)
+    print(f"  native fwd {median_ms(fwd, 3, 'cuda')[0]:.2f} ms, fwd+bwd {median_ms(fwd_bwd, 3, 'cuda')[0]:.2f} ms",
+          flush=True)
     ref = ops.kkt_solve(data, mask, rhs)
-    for k in ("", "small", "warp", "thread", "block"):
-        os.environ["OPTLAYERS_CUDA_KERNEL"] = k
-        u = ops.kkt_solve(data, mask, rhs)
-        print(f"  qp_kkt_solve alone, kernel {k or 'default'}: {_ms(lambda: ops.kkt_solve(data, mask, rhs)):.2f} ms, "
-              f"max|u - default| {float((u - ref).abs().max()):.2e}, max|u| {float(u.abs().max()):.2e}", flush=True)
-    os.environ["OPTLAYERS_CUDA_KERNEL"] = ""
+    with restored_env("OPTLAYERS_CUDA_KERNEL"):
+        for k in ("", "small", "warp", "thread", "block"):
+            os.environ["OPTLAYERS_CUDA_KERNEL"] = k
+            ms, u = median_ms(lambda: ops.kkt_solve(data, mask, rhs), 3, "cuda")
+            print(f"  qp_kkt_solve alone, kernel {k or 'default'}: {ms:.2f} ms, max|u - default| "
+                  f"{float((u - ref).abs().max()):.2e}, max|u| {float(u.abs().max()):.2e}", flush=True)
     run("B=4800 real grasp QPs, native fwd+bwd (by CUDA time)", fwd_bwd)
     fwd_bwd()
     torch.cuda.synchronize()
