@@ -919,7 +919,7 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   const V delta = set.kkt_reg * scale;
 
   // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃ − Ãᵀy) with Ãx = b̃, s = h̃ − G̃x and z = −(h̃ − G̃x),
-  // both shifted to ≥ 1.
+  // shifted and balanced (qp_ipm.h: start_balance).
   for (int r = 0; r < m; ++r) st.w[r] = one;
   auto ok = factor(st, n, m, p, delta);
   for (int j = 0; j < n; ++j) st.x[j] = -st.q[j];
@@ -927,17 +927,27 @@ void solve_block(const BatchData<T>& bd, int64_t i0, int count, const Settings<T
   gt_times(st, n, m, st.hs, st.x, true);
   reduced_solve(st, n, p, st.x, st.re, st.y);
   g_times(st, n, m, st.x, st.tm);
-  V smin = inf, zmin = inf;
+  V smin = inf, smax = -inf;
   for (int r = 0; r < m; ++r) {
     st.s[r] = st.hs[r] - st.tm[r];
     smin = vmin(smin, st.s[r]);
-    zmin = vmin(zmin, -st.s[r]);
+    smax = vmax(smax, st.s[r]);
   }
-  const V shift_s = vmax(one - smin, zero), shift_z = vmax(one - zmin, zero);
+  V a_s, a_z;
+  start_offsets<T>(smin, smax, a_s, a_z);
+  V sum_sz = zero, sum_s = zero, sum_z = zero;
+  for (int r = 0; r < m; ++r) {
+    const V s0 = st.s[r], st_r = s0 + a_s, zt_r = -s0 + a_z;
+    sum_sz += st_r * zt_r;
+    sum_s += st_r;
+    sum_z += zt_r;
+  }
+  V ds, dz, lo;
+  start_balance<T>(smin, smax, sum_sz, sum_s, sum_z, ds, dz, lo);
   for (int r = 0; r < m; ++r) {
     const V s0 = st.s[r];
-    st.s[r] = s0 + shift_s;
-    st.z[r] = -s0 + shift_z;
+    st.s[r] = vmax(s0 + a_s + ds, lo);
+    st.z[r] = vmax(-s0 + a_z + dz, lo);
   }
   V qn{}, hn{}, bn{};
   for (int j = 0; j < n; ++j) qn = vmax(qn, vabs(st.q[j]));

@@ -857,7 +857,8 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
   T loose = set.polish_start;
   if (!resume) {
     prof.count(kProfProblems);
-    // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃), s = h̃ − G̃x, then both shifted to ≥ 1.
+    // Initial point: W = I, x = K⁻¹(−q + G̃ᵀh̃), s = h̃ − G̃x, z = −s, shifted and balanced
+    // (qp_ipm.h: start_balance).
     ok = factor<T, NT>(d, [&](int r) { return gs[r] * gs[r]; }, delta, K);
     OL_UNROLL
     for (int j = 0; j < NT; ++j) x[j] = -d.qv(j);
@@ -877,11 +878,21 @@ OL_HD void ipm_stage(const Data<T>& d, const Settings<T>& set, Rows<T>& rows, co
       smin = ol_min(smin, s[r]);
       smax = ol_max(smax, s[r]);
     }
-    const T shift_s = ol_max(T(1) - smin, T(0)), shift_z = ol_max(T(1) + smax, T(0));
+    T a_s, a_z;
+    start_offsets<T>(smin, smax, a_s, a_z);
+    T sum_sz = 0, sum_s = 0, sum_z = 0;
+    for (int r = 0; r < m; ++r) {
+      const T s0 = s[r], st_r = s0 + a_s, zt_r = -s0 + a_z;
+      sum_sz += st_r * zt_r;
+      sum_s += st_r;
+      sum_z += zt_r;
+    }
+    T ds, dz, lo;
+    start_balance<T>(smin, smax, sum_sz, sum_s, sum_z, ds, dz, lo);
     for (int r = 0; r < m; ++r) {
       const T s0 = s[r];
-      s[r] = s0 + shift_s;
-      z[r] = -s0 + shift_z;
+      s[r] = ol_max(s0 + a_s + ds, lo);
+      z[r] = ol_max(-s0 + a_z + dz, lo);
     }
   } else {
     for (int r = 0; r < m; ++r) {
