@@ -92,6 +92,11 @@ constexpr int kStallIters = 5;
 constexpr int kPolishRounds = 3;
 // Rounds of an early polish attempt (a failure there only costs time: the iteration goes on).
 constexpr int kEarlyPolishRounds = 2;
+// A polish round's correction adds only the violated rows whose ρ = λ̂⁺ / max(ŝ, tol(1 + ‖h‖))
+// at the interior point's iterate is at least kJoinRatio × the largest ρ among them (all of them
+// where that largest is 0 or not finite); optlayers/_src/qp/active_set.py::JOIN_RATIO, which
+// says why.
+constexpr double kJoinRatio = 1e-2;
 constexpr double kStallDecrease = 0.9;
 
 // Second-try Cholesky shift relative to the largest diagonal entry: √ε of the precision. Near the
@@ -1638,9 +1643,25 @@ OL_HD bool polish(const Grp& g, const Problem<T>& d, const Settings<T>& set, T* 
     }
     // Correct the guess: violated inactive rows join, active rows with negative multipliers leave.
     // Violated as the acceptance test counts it (not any gx > h: rows at rounding level joined a
-    // degenerate grasp QP's set and made the next guess wrong).
+    // degenerate grasp QP's set and made the next guess wrong). Of the violated rows only those the
+    // interior point's iterate (x, λ̂ = lam: not written before acceptance) ranks within kJoinRatio
+    // of the likeliest join: first pass marks them (inset = −1) with their ρ in gx (free until the
+    // next round's solve), second pass decides.
+    const T floor_s = set.polish_tol * (1 + hn);
+    T part_best = 0, part_unranked = 0;
+    for (int i = g.rank(); i < m; i += g.size()) {
+      if (inset[i] < T(0.5) && gx[i] - d.h[i] > floor_s) {
+        const T rho = ol_max(lam[i], T(0)) / ol_max(d.h[i] - dot_serial(d.G + int64_t(i) * n, x, n), floor_s);
+        if (rho < ol_inf<T>()) part_best = ol_max(part_best, rho);
+        else part_unranked = T(1);  // +∞ or NaN
+        gx[i] = rho;
+        inset[i] = T(-1);
+      }
+    }
+    const T best = g.max(part_best);
+    const bool ranked = g.max(part_unranked) == T(0) && best > T(0);
     for (int i = g.rank(); i < m; i += g.size())
-      if (inset[i] < T(0.5) && gx[i] - d.h[i] > set.polish_tol * (1 + hn)) inset[i] = 1;
+      if (inset[i] < T(-0.5)) inset[i] = (!ranked || gx[i] >= T(kJoinRatio) * best) ? T(1) : T(0);
     g.sync();
     for (int a = g.rank(); a < k; a += g.size())
       if (u[n + a] < T(0)) inset[act[a]] = 0;

@@ -493,16 +493,38 @@ OL_HD OL_NOINLINE int polish_rounds(const Data<T>& d, const Settings<T>& set, do
   double hn = 0;
   for (int r = 0; r < m; ++r) hn = ol_max(hn, double(ol_abs(d.h[r])));
   // Correct the guess with an unshifted solution (x, and the multipliers' signs: attempt 0's in
-  // rows.neg0 when `shifted`, else rows.ul): violated inactive rows join, active rows with negative
-  // multipliers leave.
+  // rows.neg0 when `shifted`, else rows.ul): violated inactive rows join if the interior point's
+  // iterate ranks them within kJoinRatio of the likeliest (ρ = λ̂⁺ / max(ŝ, tol(1 + ‖h‖)), as
+  // qp_ipm.h::polish; two passes that recompute the rows' products rather than keep ρ per row —
+  // a rare path), active rows with negative multipliers leave.
+  const double floor_s = ptol * (1 + hn);
+  auto rho_if_violated = [&](int r, const double (&ux)[NT], const double (&xd)[NT]) {
+    T g[NT];
+    load_row<T, NT>(d, r, g);
+    if (!(dot_row<double, T, NT>(g, ux) - double(d.h[r]) > floor_s)) return -1.0;  // not violated
+    const double l = double(lam_hat(r));
+    const double rho = (l > 0 ? l : 0.0) / ol_max(double(d.h[r]) - dot_row<double, T, NT>(g, xd), floor_s);
+    return rho == rho ? rho : ol_inf<double>();  // NaN λ̂: unranked, like +∞
+  };
   auto correct = [&](const double (&ux)[NT], bool shifted) {
+    double xd[NT];
+    OL_UNROLL
+    for (int j = 0; j < NT; ++j) xd[j] = double(x[j]);
+    double best = 0;
+    bool unranked = false;
+    for (int r = 0; r < m; ++r) {
+      if (rows.act[r]) continue;
+      const double rho = rho_if_violated(r, ux, xd);
+      if (rho < ol_inf<double>()) best = ol_max(best, rho);
+      else unranked = true;  // +∞ (or a NaN λ̂)
+    }
+    const bool ranked = !unranked && best > 0;
     for (int r = 0; r < m; ++r) {
       if (rows.act[r]) {
         if (shifted ? rows.neg0[r] != 0 : rows.ul[r] < 0) rows.act[r] = 0;
       } else {
-        T g[NT];
-        load_row<T, NT>(d, r, g);
-        if (dot_row<double, T, NT>(g, ux) - double(d.h[r]) > ptol * (1 + hn)) rows.act[r] = 1;  // as qp_ipm.h
+        const double rho = rho_if_violated(r, ux, xd);
+        if (rho >= 0 && (!ranked || rho >= kJoinRatio * best)) rows.act[r] = 1;
       }
     }
   };

@@ -13,6 +13,13 @@ time but never accuracy.
 
 A rejected guess is corrected like a primal-dual active-set step (rows whose multiplier came out
 negative leave, rows the point violates join) and solved again, up to ``rounds`` guesses in all.
+Of the violated rows only those join that the interior point's iterate (x̂, λ̂) ranks within a
+factor ``JOIN_RATIO`` of the likeliest, by ρᵢ = λ̂ᵢ⁺ / max(ŝᵢ, tol·(1 + ‖h‖)), ŝ = h − Gx̂: a row
+that is active at the solution but whose λ̂ᵢ < ŝᵢ (a multiplier below √μ) is violated by the
+first guess's point together with rows it holds inactive, and adding them all overshoots
+(a grasp QP: two violated rows, ρ = 0.62 and 3.6e-5; with both the next guess failed the sign
+test and no later round recovered). Without a ranking (λ̂ = 0, the warm start) every violated
+row joins.
 With ``repair``, a point that is primal feasible with a small residual but has wrong-signed
 multipliers (linearly dependent active rows, e.g. a grasp contact with zero force) gets
 nonnegative multipliers by NNLS (``multiplier_repair.py``).
@@ -35,6 +42,26 @@ from optlayers._src.tolerances import tolerances_for
 
 FactorParts = list[tuple[torch.Tensor, kkt.ActiveKKTFactor]]
 
+# Violated rows join a corrected guess only if their ρ (module docstring) is at least JOIN_RATIO
+# times the largest ρ among them; csrc/optlayers/qp_ipm.h::kJoinRatio is the same.
+JOIN_RATIO = 1e-2
+
+
+def _join_rank(data: QPData, x: torch.Tensor, lam: torch.Tensor, tol: float) -> torch.Tensor:
+    """ρ (B, m) = λ̂⁺ / max(h − Gx̂, tol·(1 + ‖h‖∞)) at the iterate (x̂, λ̂) that made the guess."""
+    h = expand_vec(data.h, data.B)
+    floor = tol * (1 + h.abs().amax(-1, keepdim=True))
+    return lam.clamp_min(0) / torch.maximum(h - mv(data.G, x), floor)
+
+
+def _joining(violated: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """The violated rows (k, m) that join: ρ ≥ JOIN_RATIO · max ρ over the problem's violated rows,
+    or all of them where that maximum is 0, infinite or NaN (no ranking)."""
+    r = rank.masked_fill(~violated, 0.0)
+    best = r.amax(-1, keepdim=True)
+    ranked = (best > 0) & torch.isfinite(best)
+    return violated & (~ranked | (r >= JOIN_RATIO * best))
+
 
 def solve_active_sets(data: QPData, mask: torch.Tensor, pending: torch.Tensor, x, lam, nu, status,
                       rounds: int, repair: bool = True, solver: str = "torch", polish_tol: float | None = None):
@@ -55,6 +82,8 @@ def solve_active_sets(data: QPData, mask: torch.Tensor, pending: torch.Tensor, x
     if mask_all is mask:
         mask_all = mask_all.clone()  # corrected in place below
     factors: FactorParts = []
+    rank = None  # ρ of every problem, computed at the first correction (the pending rows of x,
+    # lam keep the caller's iterate: only accepted problems are overwritten)
     for round_ in range(rounds):
         k = pending.numel()
         if k == 0:
@@ -111,7 +140,10 @@ def solve_active_sets(data: QPData, mask: torch.Tensor, pending: torch.Tensor, x
         # rounding level (excess 1e-22 on a degenerate grasp QP) joined, the next guess was wrong
         # and the problem kept its interior-point x, 3e-5 off. Same rule in csrc/.
         violated = excess > tol * (1 + na[:, 1:2])
-        corrected = ((guess > 0) & (lp >= 0)) | ((guess == 0) & violated)  # (ok rows: not used)
+        if rank is None:
+            rank = _join_rank(data, x, lam, tol)
+        joining = _joining((guess == 0) & violated, rank if whole else rank[pending])
+        corrected = ((guess > 0) & (lp >= 0)) | joining  # (ok rows: not used)
         mask_all[pending[bad]] = corrected[bad].to(mask_all.dtype)
         pending = pending[bad]
     return x, lam, nu, status, factors

@@ -1,0 +1,87 @@
+"""The polish's correction rounds (optlayers/_src/qp/active_set.py, csrc/optlayers/qp_ipm.h::polish,
+qp_small.h::polish_rounds): which violated rows join a corrected guess.
+
+The case that asked for the rule: a grasp QP (box, K = 4, seed 0 with 64 grasps or more, problem 8;
+`python benchmarks/grasp_qp.py` solves it in its K = 4 batch) whose optimal active
+set is {4, 5, 22}. Row 4's multiplier, 7.8e-6, is below its slack 1.3e-5 where the interior point
+stops, so the guess λ_i > s_i is {5, 22}; its KKT point violates rows 3 and 4 (by 1.8e-3 and
+1.9e-3). Adding both made the next guess fail the sign test and the rounds never recovered (the
+problem kept the interior point's x, 1.6e-5 off); the iterate ranks row 4 (ρ = λ̂/ŝ = 0.62) far
+above row 3 (3.6e-5), and adding row 4 alone is the solution.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import optlayers as ol
+from optlayers._src.qp.active_set import JOIN_RATIO, _joining
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+import grasp_model as gm  # noqa: E402
+
+
+def _problem_8():
+    # (the grasps are drawn as one batch: problem 8 is the same for any count ≥ 64, not for 2)
+    Q, q, G, h = gm.qp_batch(gm.OBJECTS["box"], gm.GraspConfig(contacts=4, wrenches=6), 64, 0)
+    return Q[8:9], q[8:9], G, h
+
+
+def _active_set_point(Q, q, G, h, rows):
+    """x, λ_𝒜 of min ½xᵀQx + qᵀx s.t. G_𝒜 x = h_𝒜 (numpy, an independent reference)."""
+    Q, q, G, h = (t.numpy() for t in (Q, q, G, h))
+    n, k = Q.shape[0], len(rows)
+    K = np.zeros((n + k, n + k))
+    K[:n, :n], K[:n, n:], K[n:, :n] = Q, G[rows].T, G[rows]
+    u = np.linalg.solve(K, np.concatenate([-q, h[rows]]))
+    return u[:n], u[n:]
+
+
+def test_joining_keeps_rows_ranked_within_the_ratio():
+    violated = torch.tensor([[True, True, False, True]])
+    rank = torch.tensor([[0.62, 3.6e-5, 5.0, 0.62 * JOIN_RATIO]])
+    # Row 2 is not violated (its large ρ does not count); row 3 sits exactly at the ratio.
+    assert _joining(violated, rank).tolist() == [[True, False, False, True]]
+
+
+@pytest.mark.parametrize("rank", [[0.0, 0.0], [float("inf"), 1.0], [float("nan"), 1.0]], ids=["zero", "inf", "nan"])
+def test_joining_without_a_ranking_adds_every_violated_row(rank):
+    # λ̂ = 0 (the torch warm start's guesses), an infinite λ̂ (the native warm start's ±∞ guess)
+    # or a NaN: no ranking, the plain primal-dual active-set step.
+    violated = torch.tensor([[True, True, False]])
+    r = torch.tensor([rank + [7.0]])
+    assert _joining(violated, r).tolist() == [[True, True, False]]
+
+
+def test_joining_ranks_each_problem_separately():
+    violated = torch.tensor([[True, True], [True, True]])
+    rank = torch.tensor([[1.0, 1e-3], [0.0, 0.0]])
+    assert _joining(violated, rank).tolist() == [[True, False], [True, True]]
+
+
+@pytest.mark.parametrize("path", ["torch", "native-lanes", "native-serial", "native-small"])
+def test_polish_adds_the_likeliest_violated_row(path, monkeypatch):
+    backend = "torch" if path == "torch" else "native"
+    if backend == "native":
+        ok, why = ol.native.status()
+        if not ok:
+            pytest.skip(f"native kernel unavailable: {why}")
+        monkeypatch.setenv("OPTLAYERS_CPU_LANES", "1" if path == "native-lanes" else "0")
+        monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "2" if path == "native-small" else "0")
+    Q, q, G, h = _problem_8()
+    # The premise: the interior point's guess misses row 4 (its λ below its slack).
+    raw = ol.solve_qp(Q, q, G, h, backend="torch", return_solution=True, polish=False)
+    slack = h - G @ raw.x[0]
+    assert float(raw.lam[0, 4]) < float(slack[4])
+    assert sorted(torch.nonzero(raw.lam[0] > slack).flatten().tolist()) == [5, 22]
+
+    sol = ol.solve_qp(Q, q, G, h, backend=backend, return_solution=True)
+    assert sol.status.tolist() == [ol.Status.SOLVED]
+    x_ref, lam_ref = _active_set_point(Q[0], q[0], G, h, [4, 5, 22])
+    assert float((G.numpy() @ x_ref - h.numpy()).max()) < 1e-14 and lam_ref.min() > 0  # it is optimal
+    assert float((sol.x[0] - torch.from_numpy(x_ref)).abs().max()) < 1e-12
+    assert float((sol.lam[0, [4, 5, 22]] - torch.from_numpy(lam_ref)).abs().max()) < 1e-12
+    assert torch.nonzero(sol.lam[0]).flatten().tolist() == [4, 5, 22]
