@@ -3,7 +3,8 @@ solution (~1e-9) instead of a polished one (round-off).
 
 The polish solves the KKT system of a guessed active set and is accepted only where that point is
 optimal; where every guess of its rounds fails, a converged problem keeps the interior point's
-iterate (status SOLVED, at the solver tolerance). Grasp contact-force QPs are degenerate (zero-force
+iterate (status SOLVED, at the solver tolerance) — on the CPU in float64 only after a second solve
+at a 100× tighter tolerance failed to polish too (docs/solver.md). Grasp contact-force QPs are degenerate (zero-force
 contacts: dependent active rows; multipliers from 1e-8 to 1e-2), which is where guesses fail. This
 script solves batches of 800 grasps × 6 wrenches on each object of ``examples/grasp_model.py``, for
 K = 4 and 5 contacts and several seeds, and counts per path the problems whose complementarity holds
@@ -21,6 +22,7 @@ with the serial fallback).
 Usage:
     python benchmarks/polish_rate.py               # 2 seeds: 4 × 9,600 = 38,400 QPs per path
     python benchmarks/polish_rate.py --seeds 1     # quicker
+    python benchmarks/polish_rate.py --seeds 1 --grasps 8000   # 48,000 QPs a batch: 192,000 per path
 """
 
 from __future__ import annotations

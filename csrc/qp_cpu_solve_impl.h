@@ -84,6 +84,75 @@ void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, dou
   }
 }
 
+// A converged double problem whose final polish rejected every guess keeps the interior point's
+// iterate (SOLVED at the tolerance, not at round-off): some row has λ > 0 and a slack above
+// √polish_tol (1 + ‖h‖∞), which a polished point never has (λ = 0 exactly off its active set).
+// Such problems are solved once more from scratch at kRetryTolFactor × the tolerance and polished
+// (rows whose λ and s were both 1e-6 … 1e-4 at the end separate in a few more iterations); the
+// result is taken only where it is SOLVED and polished. Iterations add up; the kept factor is the
+// new solve's. Same rule as torch_ipm.py::_finish_unpolished (active_set.py::unpolished,
+// RETRY_TOL_FACTOR). About 1 in 30,000 grasp QPs (benchmarks/polish_rate.py). Not on CUDA.
+constexpr double kRetryTolFactor = 1e-2;
+
+template <typename T>
+bool left_unpolished(const optlayers::Problem<T>& d, const T* x, const T* lam, double polish_tol) {
+  double hn = 0;
+  for (int r = 0; r < d.m; ++r) hn = std::max(hn, std::abs(double(d.h[r])));
+  const double gap = std::sqrt(polish_tol) * (1 + hn);
+  for (int r = 0; r < d.m; ++r) {
+    if (!(lam[r] > T(0))) continue;
+    double gx = 0;
+    for (int j = 0; j < d.n; ++j) gx += double(d.G[int64_t(r) * d.n + j]) * double(x[j]);
+    if (double(d.h[r]) - gx > gap) return true;
+  }
+  return false;
+}
+
+template <typename T>
+void finish_unpolished(int64_t batch, int n, int m, int p, const optlayers::Settings<T>& set, const T* pQ,
+                       const T* pq, const T* pG, const T* ph, const T* pA, const T* pb, int64_t sQ, int64_t sq,
+                       int64_t sG, int64_t sh, int64_t sA, int64_t sb, T* px, T* pl, T* pn, int8_t* ps, int32_t* pi,
+                       T* pf, int64_t fs) {
+  if constexpr (std::is_same<T, double>::value) {
+    if (m == 0) return;
+    auto problem = [&](int64_t i) {
+      return optlayers::Problem<T>{pQ + i * sQ, pq + i * sq, pG + i * sG, ph + i * sh, pA + i * sA, pb + i * sb, n, m, p};
+    };
+    // The test costs a dot product per row with λ > 0 (the active rows of a polished point): ~1 ms
+    // serially for 4,800 grasp QPs, 3% of their solve, hence over the threads.
+    std::vector<uint8_t> flag(batch, 0);
+    at::parallel_for(0, batch, 256, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        flag[i] = ps[i] == optlayers::kSolved && left_unpolished(problem(i), px + i * n, pl + i * m, double(set.polish_tol));
+    });
+    std::vector<int64_t> left;
+    for (int64_t i = 0; i < batch; ++i)
+      if (flag[i]) left.push_back(i);
+    if (left.empty()) return;
+    optlayers::Settings<T> tighter = set;
+    tighter.tol = set.tol * T(kRetryTolFactor);
+    const int64_t ws = optlayers::workspace_size(n, m, p);
+    for_each_dynamic<T>(int64_t(left.size()), ws + n + m + p + (pf ? fs : 0), [&](int64_t k, T* work) {
+      const int64_t i = left[k];
+      T* x = work + ws;
+      T* lam = x + n;
+      T* nu = lam + m;
+      T* keep = pf ? nu + p : nullptr;
+      int8_t status = optlayers::kMaxIter;
+      int32_t iters = 0;
+      const optlayers::Problem<T> d = problem(i);
+      optlayers::solve_qp(optlayers::SerialGroup{}, d, tighter, work, x, lam, nu, &status, &iters,
+                          static_cast<T*>(nullptr), keep);
+      if (status != optlayers::kSolved || left_unpolished(d, x, lam, double(set.polish_tol))) return;
+      std::copy(x, x + n, px + i * n);
+      std::copy(lam, lam + m, pl + i * m);
+      std::copy(nu, nu + p, pn + i * p);
+      if (pf != nullptr) std::copy(keep, keep + fs, pf + i * fs);
+      pi[i] += iters;
+    });
+  }
+}
+
 template <typename T>
 void solve_typed(const SolveCall& c) {
   const at::Tensor &Q = c.Q, &q = c.q, &G = c.G, &h = c.h, &A = c.A, &b = c.b;
@@ -198,9 +267,12 @@ void solve_typed(const SolveCall& c) {
                         pf ? pf + i * fs : nullptr);
   });
   }();
-  if (polish && small_emulation(n, m, p) < 2)  // (=2 and =3: the small kernel's own outcome, for tests)
+  if (polish && small_emulation(n, m, p) < 2) {  // (=2 and =3: the small kernel's own outcome, for tests)
     finish_left_in_double<T>(batch, n, m, p, int(max_iter), polish_tol, pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA,
                              sb, px, pl, pn, ps, pi, pf, fs);
+    finish_unpolished<T>(batch, n, m, p, set, pQ, pq, pG, ph, pA, pb, sQ, sq, sG, sh, sA, sb, px, pl, pn, ps, pi,
+                         pf, fs);
+  }
 }
 
 }  // namespace optlayers_cpu

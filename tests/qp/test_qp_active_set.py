@@ -85,3 +85,59 @@ def test_polish_adds_the_likeliest_violated_row(path, monkeypatch):
     assert float((sol.x[0] - torch.from_numpy(x_ref)).abs().max()) < 1e-12
     assert float((sol.lam[0, [4, 5, 22]] - torch.from_numpy(lam_ref)).abs().max()) < 1e-12
     assert torch.nonzero(sol.lam[0]).flatten().tolist() == [4, 5, 22]
+
+
+# The three of 96,000 grasp QPs (box, seed 0, 8,000 grasps × 6 wrenches; K contacts, index) that the
+# join rule leaves at the interior point's solution — rows with λ and s both 1e-6 … 1e-4 when it
+# stops — and that the retry at a tighter tolerance polishes (torch_ipm.py::_finish_unpolished,
+# csrc/qp_cpu_solve_impl.h::finish_unpolished).
+RETRIED = [(4, 7138), (5, 10673), (5, 33626)]
+
+
+@pytest.fixture(scope="module")
+def retried_problems():
+    out = []
+    for contacts in (4, 5):
+        Q, q, G, h = gm.qp_batch(gm.OBJECTS["box"], gm.GraspConfig(contacts=contacts, wrenches=6), 8000, 0)
+        idx = [i for k, i in RETRIED if k == contacts]
+        out.append((Q[idx].clone(), q[idx].clone(), G, h))
+    return out
+
+
+def test_unpolished_tells_interior_point_iterates_from_polished_points(retried_problems):
+    from optlayers._src.qp.active_set import unpolished
+    from optlayers._src.qp.problem import canonicalize
+
+    Q, q, G, h = retried_problems[0]
+    data = canonicalize(Q, q, G, h)
+    raw = ol.solve_qp(Q, q, G, h, backend="torch", return_solution=True, polish=False)
+    assert unpolished(data, raw.x, raw.lam, raw.status).tolist() == [True]
+    sol = ol.solve_qp(Q, q, G, h, backend="torch", return_solution=True)
+    assert unpolished(data, sol.x, sol.lam, sol.status).tolist() == [False]
+    # Only SOLVED problems count (a MAX_ITER iterate is the certificates' business).
+    assert unpolished(data, raw.x, raw.lam, torch.full_like(raw.status, ol.Status.MAX_ITER)).tolist() == [False]
+
+
+@pytest.mark.parametrize("path", ["torch", "native-lanes", "native-serial", "native-small"])
+def test_problems_the_polish_rejects_are_retried_at_a_tighter_tolerance(path, retried_problems, monkeypatch):
+    backend = "torch" if path == "torch" else "native"
+    if backend == "native":
+        ok, why = ol.native.status()
+        if not ok:
+            pytest.skip(f"native kernel unavailable: {why}")
+        monkeypatch.setenv("OPTLAYERS_CPU_LANES", "1" if path == "native-lanes" else "0")
+        monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "1" if path == "native-small" else "0")
+    for Q, q, G, h in retried_problems:
+        # The premise: at the default tolerance the interior point stops where no polish round
+        # guesses the active set (its iterate solved alone, without polish, is what the retry replaces).
+        first = ol.solve_qp(Q, q, G, h, backend="torch", return_solution=True, polish=False)
+        sol = ol.solve_qp(Q, q, G, h, backend=backend, return_solution=True)
+        assert sol.status.tolist() == [ol.Status.SOLVED] * Q.shape[0]
+        assert bool((sol.iterations > first.iterations).all())  # the retry's iterations add up
+        # The KKT conditions at round-off: an optimality certificate independent of any solver.
+        x, lam = sol.x, sol.lam
+        slack = h - x @ G.T
+        stationarity = (torch.einsum("bij,bj->bi", Q, x) + q + lam @ G).abs().amax(-1)
+        assert float(stationarity.max()) < 1e-12 * (1 + float(q.abs().max()))
+        assert float(slack.min()) > -1e-12 and float(lam.min()) >= 0
+        assert float((lam * slack).abs().max()) < 1e-15

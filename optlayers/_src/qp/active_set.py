@@ -47,6 +47,27 @@ FactorParts = list[tuple[torch.Tensor, kkt.ActiveKKTFactor]]
 JOIN_RATIO = 1e-2
 
 
+# A converged problem whose final polish rejected every guess keeps the interior point's iterate
+# (SOLVED at the solver's tolerance, not at round-off). Such a problem is solved once more at
+# RETRY_TOL_FACTOR × the tolerance and polished again (float64; torch_ipm.py::_finish_unpolished,
+# csrc/qp_cpu_solve_impl.h::finish_unpolished): its rows whose λ and s were both 1e-6 … 1e-4 at
+# the end separate in a few more iterations.
+RETRY_TOL_FACTOR = 1e-2
+
+
+def unpolished(data: QPData, x: torch.Tensor, lam: torch.Tensor, status: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: SOLVED problems whose (x (B, n), λ (B, m)) is an interior-point iterate, not a
+    polished point — some row has λᵢ > 0 and a slack hᵢ − gᵢᵀx above √polish_tol · (1 + ‖h‖∞).
+    A polished point has λᵢ = 0 exactly off its active set, and slacks at round-off on it; an
+    interior-point iterate has every λᵢ > 0 (λᵢsᵢ ≈ μ), so any clearly inactive row shows it."""
+    if data.m == 0:
+        return torch.zeros_like(status, dtype=torch.bool)
+    h = expand_vec(data.h, data.B)
+    gap = tolerances_for(data.dtype).polish_tol ** 0.5 * (1 + h.abs().amax(-1, keepdim=True))
+    loose = ((lam > 0) & (h - mv(data.G, x) > gap)).any(-1)
+    return loose & (status == Status.SOLVED)
+
+
 def _join_rank(data: QPData, x: torch.Tensor, lam: torch.Tensor, tol: float) -> torch.Tensor:
     """ρ (B, m) = λ̂⁺ / max(h − Gx̂, tol·(1 + ‖h‖∞)) at the iterate (x̂, λ̂) that made the guess."""
     h = expand_vec(data.h, data.B)

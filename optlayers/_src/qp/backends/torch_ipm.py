@@ -94,6 +94,8 @@ class TorchIPMBackend:
             sol = interior_point(data, options)
             if data.dtype == torch.float32 and options.polish:
                 sol = _finish_in_float64(data, sol, options)
+            elif data.dtype == torch.float64 and options.polish:
+                sol = _finish_unpolished(data, sol, options)
             return sol
 
 
@@ -709,6 +711,31 @@ def _finish_in_float64(data: QPData, sol: RawSolution, options: QPOptions) -> Ra
     iterations = sol.iterations.clone()
     iterations[done] += s64.iterations[ok].to(iterations.dtype)
     return dataclasses.replace(sol, x=x, lam=lam, nu=nu, status=status, iterations=iterations, factor=None)
+
+
+def _finish_unpolished(data: QPData, sol: RawSolution, options: QPOptions) -> RawSolution:
+    """Converged float64 problems the final polish left at the interior point's iterate
+    (:func:`optlayers._src.qp.active_set.unpolished`), solved again from scratch at
+    ``RETRY_TOL_FACTOR`` × the tolerance and polished. Taken only where that ends SOLVED and
+    polished; otherwise the first solution stays. Iterations add up; the kept polish factor is
+    dropped when a problem is replaced (the backward refactors). About 1 in 30,000 grasp QPs
+    (``python benchmarks/polish_rate.py``); same rule in csrc/qp_cpu_solve_impl.h
+    (``finish_unpolished``)."""
+    idx = torch.nonzero(active_set.unpolished(data, sol.x, sol.lam, sol.status)).squeeze(-1)
+    if idx.numel() == 0:
+        return sol
+    sub_data = data.take(idx)
+    tighter = dataclasses.replace(options, tol=options.tol_for(data.dtype) * active_set.RETRY_TOL_FACTOR)
+    sub = interior_point(sub_data, tighter)
+    ok = (sub.status == int(Status.SOLVED)) & ~active_set.unpolished(sub_data, sub.x, sub.lam, sub.status)
+    if not bool(ok.any()):
+        return sol
+    done = idx[ok]
+    x, lam, nu = sol.x.clone(), sol.lam.clone(), sol.nu.clone()
+    x[done], lam[done], nu[done] = sub.x[ok], sub.lam[ok], sub.nu[ok]
+    iterations = sol.iterations.clone()
+    iterations[done] += sub.iterations[ok].to(iterations.dtype)
+    return dataclasses.replace(sol, x=x, lam=lam, nu=nu, iterations=iterations, factor=None)
 
 
 def _equality_only(data: QPData) -> RawSolution:
