@@ -91,8 +91,8 @@ void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, dou
 // (rows whose λ and s were both 1e-6 … 1e-4 at the end separate in a few more iterations); the
 // result is taken only where it is SOLVED and polished. Iterations add up; the kept factor is the
 // new solve's. Same rule as torch_ipm.py::_finish_unpolished (active_set.py::unpolished,
-// RETRY_TOL_FACTOR). About 1 in 30,000 grasp QPs (benchmarks/polish_rate.py). Not on CUDA.
-constexpr double kRetryTolFactor = 1e-2;
+// RETRY_TOL_FACTOR; optlayers::kRetryTolFactor), and as qp_cuda_binding.cpp::finish_unpolished on
+// the GPU. About 1 in 27,000 grasp QPs (benchmarks/polish_rate.py).
 
 template <typename T>
 bool left_unpolished(const optlayers::Problem<T>& d, const T* x, const T* lam, double polish_tol) {
@@ -130,7 +130,7 @@ void finish_unpolished(int64_t batch, int n, int m, int p, const optlayers::Sett
       if (flag[i]) left.push_back(i);
     if (left.empty()) return;
     optlayers::Settings<T> tighter = set;
-    tighter.tol = set.tol * T(kRetryTolFactor);
+    tighter.tol = set.tol * T(optlayers::kRetryTolFactor);
     const int64_t ws = optlayers::workspace_size(n, m, p);
     for_each_dynamic<T>(int64_t(left.size()), ws + n + m + p + (pf ? fs : 0), [&](int64_t k, T* work) {
       const int64_t i = left[k];

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -139,6 +140,45 @@ void finish_left_in_double(const at::Tensor& Q, const at::Tensor& q, const at::T
   iters.index_add_(0, idx, std::get<4>(r).index_select(0, ok));
 }
 
+// Converged double problems the final polish left at the interior point's iterate: some row with
+// λ > 0 and a slack above √polish_tol (1 + ‖h‖∞), which a polished point never has (λ = 0 exactly off
+// its active set). The same test as qp_cpu_solve_impl.h::left_unpolished and
+// optlayers/_src/qp/active_set.py::unpolished, in ATen ops on the batch. (B,) bool; G (m, n) or
+// (B, m, n), h (m) or (B, m), x (B, n), λ (B, m), status (B,).
+at::Tensor unpolished_mask(const at::Tensor& G, const at::Tensor& h, const at::Tensor& x, const at::Tensor& lam,
+                           const at::Tensor& status, double polish_tol) {
+  const auto solved = status == int64_t(optlayers::kSolved);
+  if (h.size(-1) == 0) return at::zeros_like(solved);
+  const auto Gx = G.dim() == 2 ? at::matmul(x, G.t()) : at::bmm(G, x.unsqueeze(-1)).squeeze(-1);
+  const auto gap = (h.abs().amax({-1}, true) + 1.0) * std::sqrt(polish_tol);
+  return ((lam > 0) & ((h - Gx) > gap)).any(-1) & solved;
+}
+
+// Those problems solved once more from scratch at kRetryTolFactor × the tolerance and polished; the
+// result is taken only where it is SOLVED and polished (as qp_cpu_solve_impl.h::finish_unpolished;
+// rows whose λ and s were both 1e-6 … 1e-4 at the end separate in a few more iterations). Costs a
+// few small kernels and one device-to-host copy of the count a float64 call. NOT YET RUN ON A GPU
+// (2026-11-28: written and syntax-checked without one; the CPU twin is tested).
+void finish_unpolished(const at::Tensor& Q, const at::Tensor& q, const at::Tensor& G, const at::Tensor& h,
+                       const at::Tensor& A, const at::Tensor& b, double tol, double inf_tol, double kkt_reg,
+                       double polish_tol, double polish_start, double step_to_boundary, int64_t max_iter, at::Tensor& x,
+                       at::Tensor& lam, at::Tensor& nu, at::Tensor& status, at::Tensor& iters) {
+  const auto left = at::nonzero(unpolished_mask(G, h, x, lam, status, polish_tol)).squeeze(1);
+  if (left.numel() == 0) return;
+  const auto Gl = rows_of(G, 2, left), hl = rows_of(h, 1, left);
+  auto r = qp_solve_cuda_impl(rows_of(Q, 2, left), rows_of(q, 1, left), Gl, hl, rows_of(A, 2, left),
+                              rows_of(b, 1, left), left.numel(), tol * optlayers::kRetryTolFactor, inf_tol, kkt_reg,
+                              polish_tol, polish_start, step_to_boundary, max_iter, true, true);
+  const auto still = unpolished_mask(Gl, hl, std::get<0>(r), std::get<1>(r), std::get<3>(r), polish_tol);
+  const auto ok = at::nonzero((std::get<3>(r) == int64_t(optlayers::kSolved)) & still.logical_not()).squeeze(1);
+  if (ok.numel() == 0) return;
+  const auto idx = left.index_select(0, ok);
+  x.index_copy_(0, idx, std::get<0>(r).index_select(0, ok));
+  lam.index_copy_(0, idx, std::get<1>(r).index_select(0, ok));
+  nu.index_copy_(0, idx, std::get<2>(r).index_select(0, ok));
+  iters.index_add_(0, idx, std::get<4>(r).index_select(0, ok));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> qp_solve_cuda(
     const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
     const at::Tensor& A_, const at::Tensor& b_, int64_t batch, double tol, double inf_tol,
@@ -152,6 +192,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (polish && q_.scalar_type() == at::kFloat)
     finish_left_in_double(Q_, q_, G_, h_, A_, b_, max_iter, std::get<0>(r), std::get<1>(r), std::get<2>(r),
                           std::get<3>(r), std::get<4>(r));
+  else if (polish && q_.scalar_type() == at::kDouble)
+    finish_unpolished(Q_, q_, G_, h_, A_, b_, tol, inf_tol, kkt_reg, polish_tol, polish_start, step_to_boundary,
+                      max_iter, std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r));
   return r;
 }
 

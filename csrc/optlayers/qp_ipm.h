@@ -71,6 +71,11 @@ constexpr int kDefaultMaxIter = 50;
 // float64's default tolerances (optlayers/_src/tolerances.py; a test compares them): what a float32
 // problem the float32 solve left unsolved is solved again with, in double (qp_cpu_solve_impl.h,
 // qp_cuda_binding.cpp: finish_left_in_double).
+// A converged float64 problem the final polish left at the interior point's iterate is solved once
+// more at kRetryTolFactor × the tolerance and polished (qp_cpu_solve_impl.h and qp_cuda_binding.cpp:
+// finish_unpolished; the PyTorch backend's active_set.py::RETRY_TOL_FACTOR, a test compares them).
+constexpr double kRetryTolFactor = 1e-2;
+
 struct Float64Defaults {
   static constexpr double tol = 1e-9;
   static constexpr double inf_tol = 1e-8;

@@ -141,3 +141,15 @@ def test_problems_the_polish_rejects_are_retried_at_a_tighter_tolerance(path, re
         assert float(stationarity.max()) < 1e-12 * (1 + float(q.abs().max()))
         assert float(slack.min()) > -1e-12 and float(lam.min()) >= 0
         assert float((lam * slack).abs().max()) < 1e-15
+
+
+@pytest.mark.parametrize("name,constant", [("kJoinRatio", "JOIN_RATIO"), ("kRetryTolFactor", "RETRY_TOL_FACTOR")])
+def test_kernel_constants_match_the_pytorch_backend(name, constant):
+    import pathlib
+    import re
+
+    from optlayers._src.qp import active_set
+
+    header = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "optlayers" / "qp_ipm.h"
+    value = float(re.search(rf"constexpr double {name} = ([0-9.e+-]+);", header.read_text()).group(1))
+    assert value == getattr(active_set, constant)

@@ -50,8 +50,8 @@ JOIN_RATIO = 1e-2
 # A converged problem whose final polish rejected every guess keeps the interior point's iterate
 # (SOLVED at the solver's tolerance, not at round-off). Such a problem is solved once more at
 # RETRY_TOL_FACTOR × the tolerance and polished again (float64; torch_ipm.py::_finish_unpolished,
-# csrc/qp_cpu_solve_impl.h::finish_unpolished): its rows whose λ and s were both 1e-6 … 1e-4 at
-# the end separate in a few more iterations.
+# csrc/qp_cpu_solve_impl.h and csrc/qp_cuda_binding.cpp: finish_unpolished; qp_ipm.h::kRetryTolFactor):
+# its rows whose λ and s were both 1e-6 … 1e-4 at the end separate in a few more iterations.
 RETRY_TOL_FACTOR = 1e-2
 
 

@@ -719,8 +719,8 @@ def _finish_unpolished(data: QPData, sol: RawSolution, options: QPOptions) -> Ra
     ``RETRY_TOL_FACTOR`` × the tolerance and polished. Taken only where that ends SOLVED and
     polished; otherwise the first solution stays. Iterations add up; the kept polish factor is
     dropped when a problem is replaced (the backward refactors). About 1 in 30,000 grasp QPs
-    (``python benchmarks/polish_rate.py``); same rule in csrc/qp_cpu_solve_impl.h
-    (``finish_unpolished``)."""
+    (``python benchmarks/polish_rate.py``); same rule in csrc/qp_cpu_solve_impl.h and
+    csrc/qp_cuda_binding.cpp (``finish_unpolished``)."""
     idx = torch.nonzero(active_set.unpolished(data, sol.x, sol.lam, sol.status)).squeeze(-1)
     if idx.numel() == 0:
         return sol
