@@ -40,6 +40,19 @@ def _active_set_point(Q, q, G, h, rows):
     return u[:n], u[n:]
 
 
+def _select_path(path: str, monkeypatch, small: str) -> str:
+    """The backend for ``path`` (torch, native-lanes, native-serial, native-small), with the native
+    CPU op's path set through its environment variables (``small``: OPTLAYERS_CPU_SMALL's value)."""
+    if path == "torch":
+        return "torch"
+    ok, why = ol.native.status()
+    if not ok:
+        pytest.skip(f"native kernel unavailable: {why}")
+    monkeypatch.setenv("OPTLAYERS_CPU_LANES", "1" if path == "native-lanes" else "0")
+    monkeypatch.setenv("OPTLAYERS_CPU_SMALL", small if path == "native-small" else "0")
+    return "native"
+
+
 def test_joining_keeps_rows_ranked_within_the_ratio():
     violated = torch.tensor([[True, True, False, True]])
     rank = torch.tensor([[0.62, 3.6e-5, 5.0, 0.62 * JOIN_RATIO]])
@@ -64,13 +77,7 @@ def test_joining_ranks_each_problem_separately():
 
 @pytest.mark.parametrize("path", ["torch", "native-lanes", "native-serial", "native-small"])
 def test_polish_adds_the_likeliest_violated_row(path, monkeypatch):
-    backend = "torch" if path == "torch" else "native"
-    if backend == "native":
-        ok, why = ol.native.status()
-        if not ok:
-            pytest.skip(f"native kernel unavailable: {why}")
-        monkeypatch.setenv("OPTLAYERS_CPU_LANES", "1" if path == "native-lanes" else "0")
-        monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "2" if path == "native-small" else "0")
+    backend = _select_path(path, monkeypatch, small="2")  # the small kernel's own polish, no fallback
     Q, q, G, h = _problem_8()
     # The premise: the interior point's guess misses row 4 (its λ below its slack).
     raw = ol.solve_qp(Q, q, G, h, backend="torch", return_solution=True, polish=False)
@@ -120,13 +127,7 @@ def test_unpolished_tells_interior_point_iterates_from_polished_points(retried_p
 
 @pytest.mark.parametrize("path", ["torch", "native-lanes", "native-serial", "native-small"])
 def test_problems_the_polish_rejects_are_retried_at_a_tighter_tolerance(path, retried_problems, monkeypatch):
-    backend = "torch" if path == "torch" else "native"
-    if backend == "native":
-        ok, why = ol.native.status()
-        if not ok:
-            pytest.skip(f"native kernel unavailable: {why}")
-        monkeypatch.setenv("OPTLAYERS_CPU_LANES", "1" if path == "native-lanes" else "0")
-        monkeypatch.setenv("OPTLAYERS_CPU_SMALL", "1" if path == "native-small" else "0")
+    backend = _select_path(path, monkeypatch, small="1")  # with the fallback and the CPU op's finish
     for Q, q, G, h in retried_problems:
         # The premise: at the default tolerance the interior point stops where no polish round
         # guesses the active set (its iterate solved alone, without polish, is what the retry replaces).

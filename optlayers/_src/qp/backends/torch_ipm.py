@@ -700,16 +700,22 @@ def _finish_in_float64(data: QPData, sol: RawSolution, options: QPOptions) -> Ra
     if idx.numel() == 0:
         return sol
     s64 = interior_point(_in_float64(data, idx), options)
-    ok = s64.status == int(Status.SOLVED)
+    return _take_solved(sol, idx, s64.status == int(Status.SOLVED), s64)
+
+
+def _take_solved(sol: RawSolution, idx: torch.Tensor, ok: torch.Tensor, sub: RawSolution) -> RawSolution:
+    """``sol`` with problems ``idx[ok]`` replaced by the second solve ``sub`` (over ``idx``; rows
+    ``ok``), cast to ``sol``'s dtype: status SOLVED, iterations added up, no kept factor (the
+    backward refactors)."""
     if not bool(ok.any()):
         return sol
     done = idx[ok]
     x, lam, nu = sol.x.clone(), sol.lam.clone(), sol.nu.clone()
-    x[done], lam[done], nu[done] = s64.x[ok].float(), s64.lam[ok].float(), s64.nu[ok].float()
+    x[done], lam[done], nu[done] = (t[ok].to(sol.x.dtype) for t in (sub.x, sub.lam, sub.nu))
     status = sol.status.clone()
     status[done] = int(Status.SOLVED)
     iterations = sol.iterations.clone()
-    iterations[done] += s64.iterations[ok].to(iterations.dtype)
+    iterations[done] += sub.iterations[ok].to(iterations.dtype)
     return dataclasses.replace(sol, x=x, lam=lam, nu=nu, status=status, iterations=iterations, factor=None)
 
 
@@ -728,14 +734,7 @@ def _finish_unpolished(data: QPData, sol: RawSolution, options: QPOptions) -> Ra
     tighter = dataclasses.replace(options, tol=options.tol_for(data.dtype) * active_set.RETRY_TOL_FACTOR)
     sub = interior_point(sub_data, tighter)
     ok = (sub.status == int(Status.SOLVED)) & ~active_set.unpolished(sub_data, sub.x, sub.lam, sub.status)
-    if not bool(ok.any()):
-        return sol
-    done = idx[ok]
-    x, lam, nu = sol.x.clone(), sol.lam.clone(), sol.nu.clone()
-    x[done], lam[done], nu[done] = sub.x[ok], sub.lam[ok], sub.nu[ok]
-    iterations = sol.iterations.clone()
-    iterations[done] += sub.iterations[ok].to(iterations.dtype)
-    return dataclasses.replace(sol, x=x, lam=lam, nu=nu, iterations=iterations, factor=None)
+    return _take_solved(sol, idx, ok, sub)
 
 
 def _equality_only(data: QPData) -> RawSolution:
