@@ -1,11 +1,15 @@
 """Badly scaled QPs: which layer still returns the right solution? (Not a timing benchmark.)
 
-The same planted problems (``ol.testing.random_qp``, float64, all data batched) in two disguises
-that change nothing about the solution:
+The same planted problems (``ol.testing.random_qp``, float64, all data batched) in disguises that
+change nothing about the solution:
 
 - the objective times s (min s·(½xᵀQx + qᵀx)): the solution x is unchanged;
 - the variables in other units, x = D x̃ with D = logspace(−r, r) (Q → DQD, q → Dq, G → GD,
-  A → AD): the solution is x̃ = x / D.
+  A → AD): the solution is x̃ = x / D;
+- the constraints times s (G, h, A, b → sG, sh, sA, sb), or each row in its own unit (row i times
+  10^(−6 … 6)): the solution x is unchanged;
+- every variable in one other unit, x = τ x̃ (Q → τ²Q, q → τq, G → τG, A → τA): x̃ = x / τ. This
+  one optlayers does not rescale (the solution's own scale; see ``optlayers/_src/qp/scaling.py``).
 
 Every installed contestant of ``compare_qp.py`` (``benchmarks/_peers.py``) solves each case; a
 problem counts as right when max |x − x*| ≤ 1e-6 (1 + max |x*|) after mapping back. Printed per cell:
@@ -13,7 +17,8 @@ right/B, and the largest error over the batch ("nan" where the layer returned Na
 it raised). optlayers rescales such problems before solving (``optlayers/_src/qp/scaling.py``, and
 ``optlayers/_src/sparse/scaling.py`` on the OSQP route);
 before that, objective × 1e4 and beyond stalled (MAX_ITER) and units 1e-3 … 1e3 apart left 3 of 16
-problems unsolved, in both dense backends.
+problems unsolved, in both dense backends; before the rows were scaled (2026-11-28), constraints
+× 1e-4 came back SOLVED with x off by ~5e-4.
 
     python benchmarks/scaling_robustness.py [--only optlayers,moreau] [--B 16]
 """
@@ -35,6 +40,8 @@ import optlayers as ol  # noqa: E402
 
 OBJECTIVE_SCALES = (1e-8, 1e-4, 1e4, 1e8)
 UNIT_SPREADS = (2, 3, 4)
+CONSTRAINT_SCALES = (1e-8, 1e-4, 1e4, 1e8)
+ONE_UNIT = (1e-6, 1e-4, 1e4, 1e6)
 SLOW = ("cvxpylayers", "osqp")  # minutes per cell at tight settings; --only to include them
 
 
@@ -49,6 +56,12 @@ def cases(B: int, n: int, m: int, p: int):
         D = torch.logspace(-r, r, n, dtype=torch.float64)
         data = (D[:, None] * Q * D, q * D, G * D, h, A * D, b)
         yield f"units 1e-{r}…1e{r}", data, (lambda x, D=D: x * D), P.x
+    for s in CONSTRAINT_SCALES:
+        yield f"constraints ×{s:g}", (Q, q, G * s, h * s, A * s, b * s), (lambda x: x), P.x
+    r, a = torch.logspace(-6, 6, m, dtype=torch.float64), torch.logspace(-6, 6, p, dtype=torch.float64)
+    yield "rows 1e-6…1e6", (Q, q, r[:, None] * G, r * h, a[:, None] * A, a * b), (lambda x: x), P.x
+    for t in ONE_UNIT:
+        yield f"x in units ×{t:g}", (Q * t * t, q * t, G * t, h, A * t, b), (lambda x, t=t: x * t), P.x
 
 
 def main() -> None:
@@ -67,15 +80,15 @@ def main() -> None:
     spec = _peers.Spec(args.B, n, m, p)
     labels = [c[0] for c in cases(args.B, n, m, p)]
     print(f"B={args.B}, n={n}, m={m}, p={p}, float64; cell: right/B (largest |x − x*| / (1 + |x*|))")
-    print(f"{'contestant':<18}" + "".join(f"{lab:>22}" for lab in labels))
+    columns: dict[str, list[str]] = {}
     for c in contestants:
         diag: list[str] = []
         try:
             solve = c.prepare(spec, diag)
         except _peers.Skip as why:
-            print(f"{c.name:<18}  skipped: {why}")
+            print(f"{c.name}: skipped: {why}")
             continue
-        cells = []
+        cells = columns[c.name] = []
         for _, data, back, x_star in cases(args.B, n, m, p):
             try:
                 with warnings.catch_warnings():
@@ -88,8 +101,11 @@ def main() -> None:
             right = int((err <= 1e-6).sum())
             worst = float(err.max())
             cells.append(f"{right}/{args.B} ({'nan' if math.isnan(worst) else f'{worst:.0e}'})")
-        print(f"{c.name:<18}" + "".join(f"{cell:>22}" for cell in cells), flush=True)
-
+    # one row per disguise, one column per contestant
+    width = max([18] + [len(name) + 2 for name in columns])
+    print(f"{'case':<22}" + "".join(f"{name:>{width}}" for name in columns))
+    for k, label in enumerate(labels):
+        print(f"{label:<22}" + "".join(f"{cells[k]:>{width}}" for cells in columns.values()))
 
 if __name__ == "__main__":
     main()

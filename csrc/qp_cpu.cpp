@@ -6,8 +6,8 @@
 //       -> (x (B,n), lam (B,m), nu (B,p), status (B,) int8, iterations (B,) int32,
 //           factor (B, factor_size) with keep_factor (the polish LU, reused by qp_backward), else (0,))
 //   optlayers::qp_kkt_solve(Q, G, A, mask, rhs, kkt_reg) -> u (B, n+m+p)
-//   optlayers::qp_check(Q, q, G, h, A, b, psd_tol) -> float64 [11] (see qp_check_cpu)
-//   optlayers::qp_scale_stats(Q, q, G, A) -> float64 [3] (see qp_scale_stats_cpu)
+//   optlayers::qp_check(Q, q, G, h, A, b, psd_tol) -> float64 [13] (see qp_check_cpu)
+//   optlayers::qp_scale_stats(Q, q, G, A) -> float64 [5] (see qp_scale_stats_cpu)
 //   optlayers::qp_backward(Q, q, G, h, A, b, x, lam, nu, status, factor, gx?, glam?, gnu?, kkt_reg,
 //                          needs=63)
 //       -> (dQ, dq, dG, dh, dA, db), each shaped like its input (shared inputs get the batch sum);
@@ -51,17 +51,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 
-// The scale statistics of canonical data (each of Q, q, G, A batched (B, …) or shared) into po[0..3):
+// The scale statistics of canonical data (each of Q, q, G, A batched (B, …) or shared) into po[0..5):
 // [min, max over the problems of σ_i = max(max|Q_i|, max|q_i|), max over the problems of the spread
 // of the column scales max_j c_j / min_{c_j > 0} c_j, c_j = max(max_k |Q_kj|, max_r |G_rj| / max|G_r|,
-// max_e |A_ej| / max|A_e|)] — what optlayers/_src/qp/scaling.py decides from (zeros for B = 0).
+// max_e |A_ej| / max|A_e|), min and max over every nonzero row of G and A of max_j |row_j| (0, 0 when
+// there is none)] — what optlayers/_src/qp/scaling.py decides from (zeros for B = 0).
 template <typename T>
 void scale_stats_into(const at::Tensor& Q, const at::Tensor& q, const at::Tensor& G, const at::Tensor& A, double* po) {
   const int64_t n = q.size(-1), m = G.size(-2), p = A.size(-2);
   int64_t B = 1;
   for (const auto& [t, core] : {std::pair{&Q, 2}, {&q, 1}, {&G, 2}, {&A, 2}})
     if (t->dim() > core) B = t->size(0);
-  po[0] = po[1] = po[2] = 0;
+  po[0] = po[1] = po[2] = po[3] = po[4] = 0;
   if (B == 0 || n == 0) return;
   const bool bQ = Q.dim() > 2, bq = q.dim() > 1, bG = G.dim() > 2, bA = A.dim() > 2;
   // (Branch-free max loops with OpenMP SIMD max reductions: this pass runs on every call.)
@@ -74,12 +75,15 @@ void scale_stats_into(const at::Tensor& Q, const at::Tensor& q, const at::Tensor
     }
     return top;
   };
-  // c_j of the rows of M (rows × n), each row divided by its largest entry, max-ed into c.
-  auto rows_into = [n, &row_max](const T* M, int64_t rows, T* __restrict c) {
+  // c_j of the rows of M (rows × n), each row divided by its largest entry, max-ed into c; the
+  // smallest nonzero and the largest row maximum into (lo, hi).
+  auto rows_into = [n, &row_max](const T* M, int64_t rows, T* __restrict c, T& lo, T& hi) {
     for (int64_t r = 0; r < rows; ++r) {
       const T* Mr = M + r * n;
       const T top = row_max(Mr);
+      hi = std::max(hi, top);
       if (top > T(0)) {
+        lo = std::min(lo, top);
         const T inv = T(1) / top;
         OL_PRAGMA(omp simd)
         for (int64_t j = 0; j < n; ++j) {
@@ -91,17 +95,22 @@ void scale_stats_into(const at::Tensor& Q, const at::Tensor& q, const at::Tensor
   };
   // Shared G and A: their column scales once.
   std::vector<T> c_shared(n, T(0));
-  if (!bG) rows_into(G.data_ptr<T>(), m, c_shared.data());
-  if (!bA) rows_into(A.data_ptr<T>(), p, c_shared.data());
-  std::vector<double> sig(B), spread(B);
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  T row_lo_shared = kInf, row_hi_shared = 0;
+  if (!bG) rows_into(G.data_ptr<T>(), m, c_shared.data(), row_lo_shared, row_hi_shared);
+  if (!bA) rows_into(A.data_ptr<T>(), p, c_shared.data(), row_lo_shared, row_hi_shared);
+  std::vector<double> sig(B), spread(B), row_lo(B), row_hi(B);
   // Chunks of ~16k entries: at B = 32, n = 20 (900 entries a problem) both cores take part.
   const int64_t per_problem = n * ((bQ ? n : 0) + (bG ? m : 0) + (bA ? p : 0)) + 1;
   at::parallel_for(0, B, std::max<int64_t>(1, 16384 / per_problem), [&](int64_t i0, int64_t i1) {
     std::vector<T> c(n);
     for (int64_t i = i0; i < i1; ++i) {
       c = c_shared;
-      if (bG) rows_into(G.data_ptr<T>() + i * m * n, m, c.data());
-      if (bA) rows_into(A.data_ptr<T>() + i * p * n, p, c.data());
+      T rlo = row_lo_shared, rhi = row_hi_shared;
+      if (bG) rows_into(G.data_ptr<T>() + i * m * n, m, c.data(), rlo, rhi);
+      if (bA) rows_into(A.data_ptr<T>() + i * p * n, p, c.data(), rlo, rhi);
+      row_lo[i] = double(rlo);
+      row_hi[i] = double(rhi);
       const T* Qi = Q.data_ptr<T>() + (bQ ? i * n * n : 0);
       const T* qi = q.data_ptr<T>() + (bq ? i * n : 0);
       // Q is symmetric (checked unless check_inputs=False; else only this statistic is off), so
@@ -123,22 +132,27 @@ void scale_stats_into(const at::Tensor& Q, const at::Tensor& q, const at::Tensor
   });
   po[0] = po[1] = sig[0];
   po[2] = spread[0];
+  po[3] = row_lo[0];
+  po[4] = row_hi[0];
   for (int64_t i = 1; i < B; ++i) {
     po[0] = std::min(po[0], sig[i]);
     po[1] = std::max(po[1], sig[i]);
     po[2] = std::max(po[2], spread[i]);
+    po[3] = std::min(po[3], row_lo[i]);
+    po[4] = std::max(po[4], row_hi[i]);
   }
+  if (!(po[3] < std::numeric_limits<double>::infinity())) po[3] = 0;  // no nonzero row
 }
 
 // Value checks of solve_qp's inputs in one pass (the C++ form of problem._check_values):
 // returns float64 [nonfinite Q, q, G, h, A, b (0/1 each), max relative asymmetry of Q,
 // index of the first Q (in its own batch) whose Cholesky of Q + psd_tol·max(1, max|Q|)·I fails, or −1,
-// then the three scale statistics of scale_stats_into] — of canonical data (each field batched or shared).
+// then the five scale statistics of scale_stats_into] — of canonical data (each field batched or shared).
 at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& h_,
                         const at::Tensor& A_, const at::Tensor& b_, double psd_tol) {
   std::array<at::Tensor, 6> ins{Q_.contiguous(), q_.contiguous(), G_.contiguous(), h_.contiguous(),
                                 A_.contiguous(), b_.contiguous()};
-  auto out = at::zeros({11}, at::kDouble);
+  auto out = at::zeros({13}, at::kDouble);
   double* po = out.data_ptr<double>();
   po[7] = -1;
   AT_DISPATCH_FLOATING_TYPES(q_.scalar_type(), "optlayers_qp_check_cpu", [&] {
@@ -213,11 +227,11 @@ at::Tensor qp_check_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Te
   return out;
 }
 
-// qp_scale_stats(Q, q, G, A) -> float64 [3]: scale_stats_into of canonical CPU data (what qp_check
+// qp_scale_stats(Q, q, G, A) -> float64 [5]: scale_stats_into of canonical CPU data (what qp_check
 // also returns; for solve_qp(check_inputs=False)).
 at::Tensor qp_scale_stats_cpu(const at::Tensor& Q_, const at::Tensor& q_, const at::Tensor& G_, const at::Tensor& A_) {
   auto Q = Q_.contiguous(), q = q_.contiguous(), G = G_.contiguous(), A = A_.contiguous();
-  auto out = at::zeros({3}, at::kDouble);
+  auto out = at::zeros({5}, at::kDouble);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "optlayers_qp_scale_stats_cpu",
                              [&] { scale_stats_into<scalar_t>(Q, q, G, A, out.data_ptr<double>()); });
   return out;

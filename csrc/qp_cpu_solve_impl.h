@@ -10,9 +10,10 @@ namespace optlayers_cpu {
 //    kMaxIter problem are the lowest-merit iterate: a rejected polish writes nothing). At a
 //    degenerate vertex (more active rows than variables, a float32 grasp QP with a zero-force
 //    contact) the active-set KKT system is singular up to its regularization and float's LU missed
-//    the acceptance test on the right active set. The test keeps float's tolerance (polish_tol, as
-//    given): the answer is rounded to float anyway, and rows pinning a vertex from both sides, equal
-//    only up to float rounding, are inconsistent by ~1e-8 in double;
+//    the acceptance test on the right active set. The test is kFloat32InFloat64PolishTol (1e-6),
+//    looser than double's: rows pinning a vertex from both sides, equal only up to float rounding,
+//    are inconsistent by ~1e-8 in double; and tighter than float's 5e-5, which accepted a wrong
+//    guess's regularized compromise (see qp_ipm.h);
 // 2. where that fails (or the problem broke down), the whole interior point in double from scratch:
 //    on degenerate float32 vertices the float iterate's active-set guess itself was wrong (3 of 256
 //    hard_qps("degenerate_vertex") problems; double solves each).
@@ -37,7 +38,8 @@ void finish_left_in_double(int64_t batch, int n, int m, int p, int max_iter, dou
         left.push_back(i);
     if (left.empty()) return;
     using F64 = optlayers::Float64Defaults;
-    const optlayers::Settings<double> pol{0.0, 0.0, F64::kkt_reg, polish_tol, 0.0, 0, true, 0.0};
+    const optlayers::Settings<double> pol{0.0, 0.0, F64::kkt_reg, std::min(polish_tol, optlayers::kFloat32InFloat64PolishTol),
+                                          0.0, 0, true, 0.0};
     const optlayers::Settings<double> full{F64::tol, F64::inf_tol, F64::kkt_reg, F64::polish_tol, F64::step_to_boundary,
                                            max_iter, true, F64::polish_start};
     const int64_t sizes[] = {int64_t(n) * n, n, int64_t(m) * n, m, int64_t(p) * n, p, n, m, p,

@@ -75,6 +75,14 @@ constexpr int kDefaultMaxIter = 50;
 // more at kRetryTolFactor × the tolerance and polished (qp_cpu_solve_impl.h and qp_cuda_binding.cpp:
 // finish_unpolished; the PyTorch backend's active_set.py::RETRY_TOL_FACTOR, a test compares them).
 constexpr double kRetryTolFactor = 1e-2;
+// The acceptance tolerance of the float64 polish of float32 problems (qp_cpu_solve_impl.h::
+// finish_left_in_double, step 1; the PyTorch backend's active_set.py::FLOAT32_IN_FLOAT64_POLISH_TOL):
+// ~10 float32 roundings, so rows that pin a vertex from both sides, equal only up to float32
+// rounding (inconsistent by ~1e-8 relative in float64), still pass. float32's own polish_tol (5e-5)
+// accepted, on a degenerate vertex whose active rows are dependent, the regularized compromise of
+// an inconsistent guess: KKT residual 4e-4, x off by 9e-3 (hard_qps("degenerate_vertex", 64,
+// seed=2) #37, serial path, AVX-512 build); rejected, the problem goes to the float64 re-solve.
+constexpr double kFloat32InFloat64PolishTol = 1e-6;
 
 struct Float64Defaults {
   static constexpr double tol = 1e-9;

@@ -144,7 +144,8 @@ def test_problems_the_polish_rejects_are_retried_at_a_tighter_tolerance(path, re
         assert float((lam * slack).abs().max()) < 1e-15
 
 
-@pytest.mark.parametrize("name,constant", [("kJoinRatio", "JOIN_RATIO"), ("kRetryTolFactor", "RETRY_TOL_FACTOR")])
+@pytest.mark.parametrize("name,constant", [("kJoinRatio", "JOIN_RATIO"), ("kRetryTolFactor", "RETRY_TOL_FACTOR"),
+                                           ("kFloat32InFloat64PolishTol", "FLOAT32_IN_FLOAT64_POLISH_TOL")])
 def test_kernel_constants_match_the_pytorch_backend(name, constant):
     import pathlib
     import re

@@ -1,8 +1,11 @@
-"""Badly scaled dense QPs (optlayers/_src/qp/scaling.py): objectives and variables far from unit scale.
+"""Badly scaled dense QPs (optlayers/_src/qp/scaling.py): objectives, variables and constraint rows
+far from unit scale.
 
 min s·(½xᵀQx + qᵀx) has the solution x of s = 1 and multipliers s·λ. Before the scaling, both
 dense backends stalled for s ≥ 1e4 (MAX_ITER) and returned SOLVED with x off by 4e-2 at s = 1e-8;
-with the variables in units 1e-3 … 1e3 apart (x = D x̃), 3 of 16 problems stalled.
+with the variables in units 1e-3 … 1e3 apart (x = D x̃), 3 of 16 problems stalled. Constraints
+s·(Gx) ≤ s·h, s·(Ax) = s·b have the solution x of s = 1 and multipliers λ/s, ν/s: before the row
+scaling, SOLVED with x off by 5e-4 (float64) and 46 (float32, s = 1e-8) relative.
 """
 
 import pytest
@@ -166,3 +169,81 @@ def test_statistics_of_the_cpp_pass_and_of_torch_agree(shared, monkeypatch):
     monkeypatch.setattr(ops, "loaded", lambda: False)
     torch_stats = scaling._stats(dataclasses.replace(data, scale_stats=None))
     assert torch_stats == pytest.approx(cpp, rel=1e-12)
+
+
+@pytest.mark.parametrize("s", SCALES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_scaled_constraints_have_the_same_solution_and_scaled_multipliers(backend, s, dtype):
+    """G, h, A, b multiplied by s: the same x, multipliers λ/s and ν/s (x was off by 5e-4 relative at
+    s = 1e-4 in float64, and by 0.3 / 46 in float32 at s = 1e-4 / 1e-8, all SOLVED, before the rows
+    were scaled)."""
+    P = ol.testing.random_qp(64, 20, 30, 5, dtype=torch.float64, seed=3)
+    Q, q, G, h, A, b = (t.to(dtype) for t in P.data())
+    sol = ol.solve_qp(Q, q, G * s, h * s, A * s, b * s, backend=backend, return_solution=True)
+    assert bool((sol.status == 0).all()), sol.status
+    # float32 at s = 1: x off by 2e-5, the multipliers by 3e-3 (their accuracy is float32's at any s)
+    tol, lam_tol = (1e-9, 1e-9) if dtype == torch.float64 else (2e-4, 2e-3)
+    scale = 1 + P.x.abs().amax(-1, keepdim=True)
+    assert float(((sol.x.double() - P.x).abs() / scale).max()) < tol
+    lam_scale = 1 + float(P.lam.abs().max()) + float(P.nu.abs().max())
+    assert float((sol.lam.double() * s - P.lam).abs().max()) < lam_tol * lam_scale
+    assert float((sol.nu.double() * s - P.nu).abs().max()) < lam_tol * lam_scale
+
+
+def test_rows_of_different_scales(backend):
+    """Each inequality and equality row in its own unit (1e-6 … 1e6): rows scaled one by one."""
+    P = ol.testing.random_qp(16, 10, 15, 3, dtype=torch.float64, seed=0)
+    Q, q, G, h, A, b = P.data()
+    r = torch.logspace(-6, 6, 15, dtype=torch.float64)
+    a = torch.tensor([1e-5, 1.0, 1e5], dtype=torch.float64)
+    sol = ol.solve_qp(Q, q, r[:, None] * G, r * h, a[:, None] * A, a * b, backend=backend, return_solution=True)
+    assert bool((sol.status == 0).all()), sol.status
+    assert float((sol.x - P.x).abs().max()) < 1e-9
+    assert torch.allclose(sol.lam * r, P.lam, atol=1e-9) and torch.allclose(sol.nu * a, P.nu, atol=1e-9)
+
+
+def test_row_scaling_is_exact_and_keeps_a_shared_G_shared():
+    """Powers of two: the scaled rows hold the same digits; a shared G gets one row scale per row."""
+    P = ol.testing.random_qp(8, 6, 9, 2, dtype=torch.float64, seed=3, shared=("G",))
+    r = torch.logspace(-4, 4, 9, dtype=torch.float64)
+    data = canonicalize(P.Q, P.q, r[:, None] * P.G, r * P.h, P.A * 1e-3, P.b * 1e-3)
+    plan = scaling.plan(data)
+    assert plan is not None and plan.d is None and plan.sigma is None
+    assert plan.r.shape == (9,) and plan.a.shape == (8, 2)
+    k = torch.log2(plan.r)
+    assert bool((k == k.round()).all())  # powers of two
+    scaled = plan.apply(data)
+    assert scaled.G.dim() == 2
+    assert torch.equal(torch.frexp(scaled.G)[0], torch.frexp(data.G)[0])  # same mantissas
+    top = scaled.G.abs().amax(-1)
+    assert bool(((top >= 2**-0.5) & (top <= 2**0.5)).all())
+
+
+@pytest.mark.parametrize("s", [1e-6, 1e6])
+def test_gradients_of_scaled_constraints_are_the_chain_rule(backend, s):
+    """x(Q, q, sG, sh) = x(Q, q, G, h): ∂x/∂(sh) = ∂x/∂h / s, ∂x/∂(sG) = ∂x/∂G / s, ∂x/∂q unchanged."""
+    P = ol.testing.random_qp(4, 6, 9, 2, dtype=torch.float64, seed=2)
+    w = torch.linspace(-1, 1, 4 * 6, dtype=torch.float64).view(4, 6)
+    grads = []
+    for scale in (1.0, s):
+        Q, q, G, h, A, b = (t.clone() for t in P.data())
+        G, h, A, b = ((t * scale).requires_grad_() for t in (G, h, A, b))
+        q.requires_grad_()
+        x = ol.solve_qp(Q, q, G, h, A, b, backend=backend)
+        (w * x).sum().backward()
+        grads.append((q.grad, G.grad * scale, h.grad * scale, A.grad * scale, b.grad * scale))
+    for g1, gs in zip(*grads):
+        assert torch.allclose(g1, gs, rtol=1e-7, atol=1e-9), float((g1 - gs).abs().max())
+
+
+def test_scaled_constraints_gradient_matches_finite_differences(backend):
+    P = ol.testing.random_qp(2, 8, 6, 1, dtype=torch.float64, seed=5)
+    Q, q, G, h, A, b = P.data()
+    s = 1e-5
+
+    def f(h_):
+        return ol.solve_qp(Q, q, G * s, h_, A * s, b * s, backend=backend)
+
+    # ∂x/∂h ~ 1/s: steps of 1e-5 relative (h entries ~ s: check_grad's step is absolute below 1).
+    report = ol.testing.check_grad(f, ((h * s).requires_grad_(),), eps=1e-5 * s, atol=1e-8 / s, rtol=1e-5)
+    assert report.ok

@@ -6,7 +6,8 @@ Before: objective × 1e4 came back SOLVED with x off by 4e-2 (the polish's regul
 had stalled, and only signs and feasibility were tested), objective × 1e-8 raised the factorization
 error of qdldl, and with the OSQP tolerance being absolute, a rescue would have returned x off by 0.5.
 With cost scaling of OSQP's input only: × 1e-8 left 3 of 16 unpolished (x off by 5e-6), variables
-in units 1e-4 … 1e4 apart ran to MAX_ITER.
+in units 1e-4 … 1e4 apart ran to MAX_ITER. Before the rows were scaled: constraints × 1e-4 left 2 of
+16 off by 3e-6, × 1e-8 raised, rows each in its own unit 1e-6 … 1e6 left all 16 off by up to 3.
 """
 
 import pytest
@@ -94,3 +95,29 @@ def test_polish_rejects_a_point_with_a_large_kkt_residual():
     A = sp.csr_matrix(np.array([[1.0, 0.0]]))
     x, y, ok = kkt_mod.polish(Stalled(), np.array([-1.5, 0.0]), A, np.array([-np.inf]), np.array([1.0]))
     assert not ok
+
+
+@pytest.mark.parametrize("s", [1e-8, 1e-4, 1e8])
+def test_scaled_constraints_are_solved(s):
+    """G, h, A, b times s: the same x, multipliers λ/s (OSQP's tolerances are absolute in the rows'
+    units: before the row scaling, × 1e-4 left 2 of 16 off by 3e-6 and × 1e-8 raised)."""
+    P = ol.testing.random_qp(16, 10, 15, 3, dtype=torch.float64, seed=0)
+    Q, q, G, h, A, b = P.data()
+    sol = ol.solve_qp(Q, q, G * s, h * s, A * s, b * s, backend="osqp", return_solution=True, on_failure="nan")
+    assert bool((sol.status == 0).all()), sol.status
+    err = (sol.x - P.x).abs().amax(-1) / (1 + P.x.abs().amax(-1))
+    assert float(err.max()) < 1e-10, err
+    assert float((sol.lam * s - P.lam).abs().max()) < 1e-8 * (1 + float(P.lam.abs().max()))
+
+
+def test_rows_each_in_its_own_unit():
+    """Row i of G times 10^(−6 … 6) (and of A times 1e-5, 1, 1e5): all 16 were off by up to 3 before."""
+    P = ol.testing.random_qp(16, 10, 15, 3, dtype=torch.float64, seed=0)
+    Q, q, G, h, A, b = P.data()
+    r = torch.logspace(-6, 6, 15, dtype=torch.float64)
+    a = torch.tensor([1e-5, 1.0, 1e5], dtype=torch.float64)
+    sol = ol.solve_qp(Q, q, r[:, None] * G, r * h, a[:, None] * A, a * b, backend="osqp", return_solution=True,
+                      on_failure="nan")
+    assert bool((sol.status == 0).all()), sol.status
+    assert float((sol.x - P.x).abs().max()) < 1e-9 * (1 + float(P.x.abs().max()))
+    assert torch.allclose(sol.lam * r, P.lam, atol=1e-8) and torch.allclose(sol.nu * a, P.nu, atol=1e-8)

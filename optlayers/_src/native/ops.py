@@ -53,11 +53,12 @@ def check_values(Q, q, G, h, A, b, psd_tol: float):
     """
     out = torch.ops.optlayers.qp_check(Q.detach(), q.detach(), G.detach(), h.detach(), A.detach(), b.detach(),
                                        psd_tol).tolist()
-    return [v != 0 for v in out[:6]], out[6], int(out[7]), tuple(out[8:11])
+    return [v != 0 for v in out[:6]], out[6], int(out[7]), tuple(out[8:13])
 
 
-def scale_stats(Q, q, G, A) -> tuple[float, float, float]:
-    """(min, max of the problems' objective scales, max column-scale spread) of canonical CPU data;
+def scale_stats(Q, q, G, A) -> tuple[float, float, float, float, float]:
+    """(min, max of the problems' objective scales, max column-scale spread, min, max of the
+    nonzero rows' largest entries in G and A) of canonical CPU data;
     see ``csrc/qp_cpu.cpp::qp_scale_stats_cpu`` and ``optlayers/_src/qp/scaling.py``."""
     return tuple(torch.ops.optlayers.qp_scale_stats(Q.detach(), q.detach(), G.detach(), A.detach()).tolist())
 

@@ -54,6 +54,14 @@ JOIN_RATIO = 1e-2
 # its rows whose λ and s were both 1e-6 … 1e-4 at the end separate in a few more iterations.
 RETRY_TOL_FACTOR = 1e-2
 
+# The acceptance tolerance of the float64 polish of float32 problems (torch_ipm.py::_float64_polish;
+# csrc/optlayers/qp_ipm.h::kFloat32InFloat64PolishTol): ~10 float32 roundings, so rows that pin a
+# vertex from both sides, equal only up to float32 rounding (inconsistent by ~1e-8 relative in
+# float64), still pass; float32's own polish_tol (5e-5) accepted, on a degenerate vertex with
+# dependent active rows, the regularized compromise of an inconsistent guess (KKT residual 4e-4, x
+# off by 9e-3: hard_qps("degenerate_vertex", 64, seed=2) #37, native serial path, AVX-512 build).
+FLOAT32_IN_FLOAT64_POLISH_TOL = 1e-6
+
 
 def unpolished(data: QPData, x: torch.Tensor, lam: torch.Tensor, status: torch.Tensor) -> torch.Tensor:
     """(B,) bool: SOLVED problems whose (x (B, n), λ (B, m)) is an interior-point iterate, not a

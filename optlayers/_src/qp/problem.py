@@ -45,9 +45,9 @@ class QPData:
     b: torch.Tensor
     batch_shape: torch.Size
     present: tuple[bool, bool]  # (inequalities given, equalities given)
-    # (min, max of the objective scales, max column-scale spread) where the C++ input checks
-    # computed them, else None (optlayers/_src/qp/scaling.py).
-    scale_stats: tuple[float, float, float] | None = None
+    # (min, max of the objective scales, max column-scale spread, min, max of the constraint rows'
+    # scales) where the C++ input checks computed them, else None (optlayers/_src/qp/scaling.py).
+    scale_stats: tuple[float, float, float, float, float] | None = None
 
     @property
     def B(self) -> int:
@@ -224,7 +224,7 @@ def _vacuous_infinite_rows(G: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tens
     return torch.where(inf.unsqueeze(-1), torch.zeros((), dtype=G.dtype, device=G.device), G), h_new
 
 
-def _check_values(raw: dict[str, torch.Tensor]) -> tuple[tuple[float, float, float] | None, bool]:
+def _check_values(raw: dict[str, torch.Tensor]) -> tuple[tuple[float, ...] | None, bool]:
     """Finite entries everywhere except ±inf in h; Q symmetric positive semidefinite (within
     tolerance). Returns (scale statistics or None, whether h has infinite entries).
 

@@ -1,33 +1,49 @@
-"""Scaling of badly scaled dense QPs before the backends see them: variables, then the objective.
+"""Scaling of badly scaled dense QPs before the backends see them: variables, constraint rows, then
+the objective.
 
-The problem  min ½xᵀQx + qᵀx  s.t.  Ax = b, Gx ≤ h  is, for any positive diagonal D and σ > 0,
+The problem  min ½xᵀQx + qᵀx  s.t.  Ax = b, Gx ≤ h  is, for positive diagonals D, R, S and σ > 0,
 the problem in x = D x̃
 
-    min (½x̃ᵀ(DQD)x̃ + (Dq)ᵀx̃)/σ   s.t.   (AD)x̃ = b,  (GD)x̃ ≤ h,
+    min (½x̃ᵀ(DQD)x̃ + (Dq)ᵀx̃)/σ   s.t.   (SAD)x̃ = Sb,  (RGD)x̃ ≤ Rh,
 
-with the same inequality rows, whose multipliers are λ̃ = λ/σ, ν̃ = ν/σ. The interior point is not
-invariant to D and σ: its stopping tests are relative to 1 + (the size of the terms), its initial
-point mixes the objective with the constraints' least squares, and its regularization is relative to
-max(1, |data|). Measured on `random_qp(16, 10, 15, 3)` before this module (both dense backends
-alike): with Q, q multiplied by s, s ≥ 1e4 stalled (MAX_ITER after ~8 iterations) and s = 1e-8
-returned SOLVED with x off by 4e-2; with the variables rescaled by D = logspace(−3, 3), 3 of 16
-problems stalled. (The rows of G and A are already scaled to unit norm by the backends.)
+with the same inequality rows, whose multipliers are λ̃ = R⁻¹λ/σ, ν̃ = S⁻¹ν/σ. The interior point is
+not invariant to D, R, S and σ: its stopping tests and its polish's acceptance test are relative to
+1 + (the size of the terms), its initial point mixes the objective with the constraints' least
+squares, and its regularization is relative to max(1, |data|). Measured on `random_qp(16, 10, 15, 3)`
+before this module (both dense backends alike): with Q, q multiplied by s, s ≥ 1e4 stalled
+(MAX_ITER after ~8 iterations) and s = 1e-8 returned SOLVED with x off by 4e-2; with the variables
+rescaled by D = logspace(−3, 3), 3 of 16 problems stalled. With G, h, A, b multiplied by s (the
+constraints in other units; `random_qp(256, 20, 30, 5)`, before the row scaling): SOLVED with x off
+by 5e-4 relative at s = 1e-4 in float64 (the polish's KKT solve, regularized at 1e-11 against a
+Schur complement of s² = 1e-8, stopped refining at its acceptance tolerance), and by 0.3 (s = 1e-4)
+and 46 (s = 1e-8) in float32. (The backends' interior point scales G's and A's rows to unit norm
+itself; the polish and the tests see the data as given to them.)
 
 What is done, per problem, on the data's statistics (on CPU computed by the C++ input checks, or by
 ``qp_scale_stats`` when they are off):
 - **Columns**, where the spread max_j c_j / min_j c_j of the column scales c_j = max(max_k |Q_kj|,
   max_r |G_rj| / max|G_r|, max_e |A_ej| / max|A_e|) exceeds ``COLUMN_SPREAD_MAX``: D from
   ``RUIZ_ITERS`` passes of Ruiz equilibration (D ← D/√c for the scaled data's c).
+- **Rows** of G and A (of the column-scaled data), where some nonzero row's largest entry lies
+  outside [``LOW``, ``HIGH``]: every row divided by the power of two nearest its largest entry
+  (R, S: exact in floating point, so the rows keep their digits and h, b are scaled with them).
 - **Objective**, where σ = max(max|Q|, max|q|) (of the column-scaled data) lies outside
   [``LOW``, ``HIGH``]: Q/σ, q/σ (σ = 1 where it lies inside, or where Q = 0 and q = 0).
-Well-scaled data (every problem inside both limits: the planted problems of ``ol.testing`` and the
+Well-scaled data (every problem inside every limit: the planted problems of ``ol.testing`` and the
 grasp QPs of the examples) is passed on untouched, bit for bit.
 
-Under autograd D and σ are constants: the solution map is invariant to them (x(D, σ-scaled data)
-mapped back does not depend on D or σ), so the derivative through them is exactly zero, and the
-KKT derivative of the scaled problem chained through the scaling is the original one's. Shared
-matrices stay shared when D and σ are one for the whole batch; otherwise the scaled ones are per
-problem (only badly scaled data pays that memory).
+Not done: the scale of the solution itself. Variables all in one unit far from the solution's
+(x = τx̃ with τ ≪ 1 or ≫ 1: Q ~ τ⁻², q ~ τ⁻¹, G ~ τ⁻¹) leave, after the rows and the objective are
+scaled, unit matrices with q, h, b of size ~τ, and the tests' "1 +" floors then judge x in absolute
+terms (``random_qp(256, 20, 30, 5)``, float64: x = 1e-4·x̃ comes back SOLVED with x off by 7e-3
+relative). Scaling q, h, b by their own size would fix that and break problems with a large bound
+("x ≤ 1e6" for no bound): tests/qp/test_qp_scaling.py records the case.
+
+Under autograd D, R, S and σ are constants: the solution map is invariant to them (x(scaled data)
+mapped back does not depend on D, R, S or σ), so the derivative through them is exactly zero, and
+the KKT derivative of the scaled problem chained through the scaling is the original one's. Shared
+matrices stay shared when D and σ are one for the whole batch (R and S are shared with a shared G,
+A); otherwise the scaled ones are per problem (only badly scaled data pays that memory).
 """
 
 from __future__ import annotations
@@ -46,15 +62,22 @@ RUIZ_ITERS = 10
 
 @dataclasses.dataclass(frozen=True)
 class Scaling:
-    """x = d ∘ x̃ (d: (B, n), (n,) shared, or None) and λ = σ λ̃, ν = σ ν̃ (sigma: (B,) or None)."""
+    """x = d ∘ x̃ (d: (B, n), (n,) shared, or None), λ = σ r ∘ λ̃ and ν = σ a ∘ ν̃ (r: G's row scales
+    (B, m) or (m,), a: A's (B, p) or (p,), each None for none; sigma: (B,) or None)."""
 
     d: torch.Tensor | None
     sigma: torch.Tensor | None
+    r: torch.Tensor | None = None
+    a: torch.Tensor | None = None
 
     def apply(self, data: QPData) -> QPData:
-        """The scaled data (differentiable in the original tensors; d and σ constant)."""
+        """The scaled data (differentiable in the original tensors; d, r, a and σ constant)."""
         if self.d is not None:
             data = _scale_columns(data, self.d)
+        if self.r is not None:
+            data = dataclasses.replace(data, G=self.r.unsqueeze(-1) * data.G, h=self.r * data.h)
+        if self.a is not None:
+            data = dataclasses.replace(data, A=self.a.unsqueeze(-1) * data.A, b=self.a * data.b)
         if self.sigma is not None:
             s = self.sigma
             if bool((s == s[0]).all()):  # one σ for the batch: shared fields stay shared
@@ -67,6 +90,10 @@ class Scaling:
         """The original problem's (x, λ, ν), (B, ·) each, from the scaled one's."""
         if self.d is not None:
             x = x * self.d.to(x.dtype)
+        if self.r is not None:
+            lam = lam * self.r.to(lam.dtype)
+        if self.a is not None:
+            nu = nu * self.a.to(nu.dtype)
         if self.sigma is not None:
             s = self.sigma.to(lam.dtype).view(-1, 1)
             lam, nu = lam * s, nu * s
@@ -77,23 +104,50 @@ def plan(data: QPData) -> Scaling | None:
     """The scaling of ``data`` (see the module docstring), or None if it is well scaled."""
     if data.B == 0:
         return None
-    sig_lo, sig_hi, spread = _stats(data)
+    sig_lo, sig_hi, spread, row_lo, row_hi = _stats(data)
     objective_ok = (LOW <= sig_lo or sig_hi == 0) and sig_hi <= HIGH
-    if spread <= COLUMN_SPREAD_MAX and objective_ok:
+    rows_ok = _inside(row_lo, row_hi)
+    if spread <= COLUMN_SPREAD_MAX and objective_ok and rows_ok:
         return None
     d = None
     if spread > COLUMN_SPREAD_MAX:
         d = _ruiz(data)
     work = data if d is None else _scale_columns(data, d)
+    r = a = None
+    if d is not None or not rows_ok:  # (column scaling moves the rows' scales)
+        with torch.no_grad():
+            tops = [torch.linalg.vector_norm(M.detach(), float("inf"), dim=-1) for M in (work.G, work.A)]
+            if not _inside(*_range(torch.cat([t.reshape(-1) for t in tops]))):
+                r, a = (power_of_two_scales(t) if t.numel() else None for t in tops)
     sigma = _objective_scales(work) if (d is not None or not objective_ok) else None
-    if d is None and sigma is None:
+    if d is None and sigma is None and r is None and a is None:
         return None
-    return Scaling(d=d, sigma=sigma)
+    return Scaling(d=d, sigma=sigma, r=r, a=a)
 
 
-def _stats(data: QPData) -> tuple[float, float, float]:
-    """(min σ_i, max σ_i, max column spread) over the batch: from the input checks' C++ pass, else
-    C++ on CPU, else torch ops."""
+def _inside(lo: float, hi: float) -> bool:
+    """Whether the nonzero rows' largest entries, in [lo, hi] (0, 0 for none), lie in [LOW, HIGH]."""
+    return hi == 0 or (LOW <= lo and hi <= HIGH)
+
+
+def _range(tops: torch.Tensor) -> tuple[float, float]:
+    """(min of the nonzero, max) of the rows' largest entries ``tops``; (0, 0) for no nonzero row."""
+    nonzero = tops[tops > 0]
+    if nonzero.numel() == 0:
+        return 0.0, 0.0
+    return float(nonzero.amin()), float(nonzero.amax())
+
+
+def power_of_two_scales(tops: torch.Tensor) -> torch.Tensor:
+    """Row scales 2^−k, 2^k the power of two nearest each row's largest entry (``tops``), 1 for a
+    zero row: the scaled rows' largest entries lie in [1/√2, √2], and the scaling is exact."""
+    k = torch.round(torch.log2(torch.where(tops > 0, tops, torch.ones_like(tops))))
+    return torch.exp2(-k)
+
+
+def _stats(data: QPData) -> tuple[float, float, float, float, float]:
+    """(min σ_i, max σ_i, max column spread, min, max of the nonzero rows' largest entries in G and
+    A) over the batch: from the input checks' C++ pass, else C++ on CPU, else torch ops."""
     if data.scale_stats is not None:
         return data.scale_stats
     if data.device.type == "cpu":
@@ -105,7 +159,8 @@ def _stats(data: QPData) -> tuple[float, float, float]:
         c = _column_scales(data.Q.detach(), data.G.detach(), data.A.detach()).expand(data.B, data.n)
         spread = column_spread(c)
         sigma = _sigma(data)
-        return tuple(torch.stack([sigma.amin(), sigma.amax(), spread.amax()]).tolist())
+        tops = torch.cat([torch.linalg.vector_norm(M.detach(), float("inf"), dim=-1).reshape(-1) for M in (data.G, data.A)])
+        return tuple(torch.stack([sigma.amin(), sigma.amax(), spread.amax()]).tolist()) + _range(tops)
 
 
 def column_spread(c: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,11 @@
 """Scaling of badly scaled sparse QPs before OSQP sees them — the sparse twin of ``qp/scaling.py``.
 
-For a positive diagonal D and σ > 0 the problem  min ½xᵀPx + qᵀx  s.t.  l ≤ Ax ≤ u  is, in
+For positive diagonals D, R and σ > 0 the problem  min ½xᵀPx + qᵀx  s.t.  l ≤ Ax ≤ u  is, in
 x = D x̃, the problem
 
-    min (½x̃ᵀ(DPD)x̃ + (Dq)ᵀx̃)/σ   s.t.   l ≤ (AD)x̃ ≤ u,
+    min (½x̃ᵀ(DPD)x̃ + (Dq)ᵀx̃)/σ   s.t.   Rl ≤ (RAD)x̃ ≤ Ru,
 
-with the same rows, whose multipliers are ỹ = y/σ. OSQP equilibrates the data itself (Ruiz, its
+with the same rows, whose multipliers are ỹ = R⁻¹y/σ. OSQP equilibrates the data itself (Ruiz, its
 ``scaling`` setting), but its stopping test is absolute in the units it is handed, and the polish
 and the backward factor the KKT matrix in those units. Measured before this module
 (``benchmarks/scaling_robustness.py``, 16 problems n=10, m=15, p=3): variables in units 1e-4 … 1e4
@@ -14,9 +14,12 @@ polish failed), ×1e4 … ×1e8 were 5 orders less accurate than as planted.
 
 The rules are the dense route's (same thresholds): where the spread of the column scales
 c_j = max(max_k |P_kj|, max_r |A_rj| / max|A_r|) exceeds ``COLUMN_SPREAD_MAX``, D from ``RUIZ_ITERS``
-Ruiz passes; then σ = max(max|P|, max|q|) of the column-scaled data where it lies outside
-[``LOW``, ``HIGH``]. Everything — OSQP, the polish, the backward's KKT factor — then works on the
-scaled problem, and (x, y) = (D x̃, σ ỹ) are mapped back. D and σ are constants under autograd
+Ruiz passes; where some nonzero row of the (column-scaled) A has its largest entry outside
+[``LOW``, ``HIGH``], every row divided by the power of two nearest its largest entry (l, u with it;
+measured before: constraints × 1e-4 left 2 of 16 off by 3e-6, × 1e-8 raised, rows each in its own
+unit 1e-6 … 1e6 left all 16 off by up to 3 — OSQP's absolute tolerances in the rows' units); then
+σ = max(max|P|, max|q|) of the column-scaled data where it lies outside [``LOW``, ``HIGH``]. Everything — OSQP, the polish, the backward's KKT factor — then works on the
+scaled problem, and (x, y) = (D x̃, σ R ỹ) are mapped back. D, R and σ are constants under autograd
 (the solution map is invariant to them), so gradients are the original problem's. The values are
 scaled on their sparsity patterns (no densification); a shared P or A stays shared when D and σ
 are one for the whole batch. Well-scaled data passes untouched.
@@ -29,34 +32,41 @@ import dataclasses
 import numpy as np
 import torch
 
-from optlayers._src.qp.scaling import COLUMN_SPREAD_MAX, HIGH, LOW, RUIZ_ITERS, column_spread
+from optlayers._src.qp.scaling import COLUMN_SPREAD_MAX, HIGH, LOW, RUIZ_ITERS, column_spread, power_of_two_scales
 from optlayers._src.sparse.problem import SparseQPData
 
 
 @dataclasses.dataclass(frozen=True)
 class SparseScaling:
-    """x = d ∘ x̃ (d: (B, n), (n,) or None) and y = σ ỹ (sigma: (B,) or None)."""
+    """x = d ∘ x̃ (d: (B, n), (n,) or None) and y = σ r ∘ ỹ (sigma: (B,) or None; r: the rows'
+    scales, (B, m), (m,) or None)."""
 
     d: torch.Tensor | None
     sigma: torch.Tensor | None
+    r: torch.Tensor | None = None
 
     def apply(self, data: SparseQPData) -> SparseQPData:
-        """The scaled data (differentiable in the original values; d and σ constant)."""
-        P, q, A = data.P, data.q, data.A
+        """The scaled data (differentiable in the original values; d, r and σ constant)."""
+        P, q, A, lo, up = data.P, data.q, data.A, data.l, data.u
         if self.d is not None:
             P, q, A = _scale_columns(data, self.d)
+        if self.r is not None:
+            ar = _index(data.A_pattern.rows, A.device)
+            A, lo, up = A * self.r[..., ar], lo * self.r, up * self.r
         if self.sigma is not None:
             s = self.sigma
             if bool((s == s[0]).all()):  # one σ for the batch: shared values stay shared
                 P, q = P / s[0], q / s[0]
             else:
                 P, q = P / s.view(-1, 1), q / s.view(-1, 1)
-        return dataclasses.replace(data, P=P, q=q, A=A)
+        return dataclasses.replace(data, P=P, q=q, A=A, l=lo, u=up)
 
     def unscale(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The original problem's (x, y), (B, ·) each, from the scaled one's."""
         if self.d is not None:
             x = x * self.d.to(x.dtype)
+        if self.r is not None:
+            y = y * self.r.to(y.dtype)
         if self.sigma is not None:
             y = y * self.sigma.to(y.dtype).view(-1, 1)
         return x, y
@@ -72,13 +82,26 @@ def plan(data: SparseQPData) -> SparseScaling | None:
         d = None
         if float(column_spread(c).amax()) > COLUMN_SPREAD_MAX:
             d = _ruiz(data, P, A)
-            P, q, _ = _scale_columns(dataclasses.replace(data, P=P, q=q, A=A), d)
+            P, q, A = _scale_columns(dataclasses.replace(data, P=P, q=q, A=A), d)
+        r = _row_scales(data, A)
         sigma = torch.maximum(_amax(P), _amax(q)).expand(data.B)
         far = (sigma > HIGH) | ((sigma < LOW) & (sigma > 0))
         sigma = torch.where(far, sigma, torch.ones_like(sigma)) if bool(far.any()) else None
-    if d is None and sigma is None:
+    if d is None and sigma is None and r is None:
         return None
-    return SparseScaling(d=d, sigma=sigma)
+    return SparseScaling(d=d, sigma=sigma, r=r)
+
+
+def _row_scales(data: SparseQPData, A: torch.Tensor) -> torch.Tensor | None:
+    """Power-of-two row scales of the pattern values A ((B, nnz) or (nnz,)), as the dense route's
+    (``qp/scaling.py``), or None where every nonzero row's largest entry lies in [LOW, HIGH]."""
+    if A.shape[-1] == 0:
+        return None
+    top = _scatter_amax(A.abs(), _index(data.A_pattern.rows, A.device), data.m)
+    nonzero = top[top > 0]
+    if nonzero.numel() == 0 or (float(nonzero.amin()) >= LOW and float(nonzero.amax()) <= HIGH):
+        return None
+    return power_of_two_scales(top)
 
 
 def _amax(v: torch.Tensor) -> torch.Tensor:

@@ -655,9 +655,10 @@ def _float64_polish(data: QPData, mask, left, sol: RawSolution, x, lam, nu, stat
     At a degenerate vertex (more active rows than variables, a float32 grasp QP with a zero-force
     contact) the active-set KKT system is singular up to its regularization, and float32's LU
     missed the polish tolerance on the right active set (residual 5e-3 against 6e-4); the float32
-    data are exact in float64, where the same guess passes the test. The test keeps float32's
-    tolerance: the answer is rounded to float32 anyway, and rows that pin a vertex from both sides,
-    equal only up to float32 rounding, are inconsistent by ~1e-8 in float64. Such
+    data are exact in float64, where the same guess passes the test. The test's tolerance is
+    ``active_set.FLOAT32_IN_FLOAT64_POLISH_TOL`` (1e-6): rows that pin a vertex from both sides,
+    equal only up to float32 rounding, are inconsistent by ~1e-8 in float64, and float32's own 5e-5
+    accepted a wrong guess's regularized compromise (x off by 9e-3; see there). Such
     problems have no kept factor (the backward refactors). Same rule in csrc/qp_cpu_solve_impl.h
     (``finish_left_in_double``, step 1); what it leaves goes to :func:`_finish_in_float64`.
     """
@@ -668,7 +669,7 @@ def _float64_polish(data: QPData, mask, left, sol: RawSolution, x, lam, nu, stat
     k = idx.numel()
     xd, ld, yd, sd, _ = active_set.solve_active_sets(
         d64, mask[idx], torch.arange(k, device=idx.device), sol.x[idx].double(), sol.lam[idx].double(),
-        sol.nu[idx].double(), status[idx], POLISH_ROUNDS, polish_tol=tolerances_for(data.dtype).polish_tol)
+        sol.nu[idx].double(), status[idx], POLISH_ROUNDS, polish_tol=active_set.FLOAT32_IN_FLOAT64_POLISH_TOL)
     ok = sd == int(Status.SOLVED)
     if bool(ok.any()):
         done = idx[ok]
