@@ -8,11 +8,13 @@ change nothing about the solution:
   A → AD): the solution is x̃ = x / D;
 - the constraints times s (G, h, A, b → sG, sh, sA, sb), or each row in its own unit (row i times
   10^(−6 … 6)): the solution x is unchanged;
-- every variable in one other unit, x = τ x̃ (Q → τ²Q, q → τq, G → τG, A → τA): x̃ = x / τ. This
-  one optlayers does not rescale (the solution's own scale; see ``optlayers/_src/qp/scaling.py``).
+- every variable in one other unit, x = τ x̃ (Q → τ²Q, q → τq, G → τG, A → τA): x̃ = x / τ, far
+  from unit size (optlayers solves such problems a second time at the solution's own scale; see
+  ``optlayers/_src/qp/scaling.py``).
 
 Every installed contestant of ``compare_qp.py`` (``benchmarks/_peers.py``) solves each case; a
-problem counts as right when max |x − x*| ≤ 1e-6 (1 + max |x*|) after mapping back. Printed per cell:
+problem counts as right when max |x − x*| ≤ 1e-6 (1 + max |x*|) after mapping back (1e-4 with
+``--float32``: the disguised data rounded to float32, optlayers' dense backends only). Printed per cell:
 right/B, and the largest error over the batch ("nan" where the layer returned NaN; "raised" where
 it raised). optlayers rescales such problems before solving (``optlayers/_src/qp/scaling.py``, and
 ``optlayers/_src/sparse/scaling.py`` on the OSQP route);
@@ -20,7 +22,7 @@ before that, objective × 1e4 and beyond stalled (MAX_ITER) and units 1e-3 … 1
 problems unsolved, in both dense backends; before the rows were scaled (2026-11-28), constraints
 × 1e-4 came back SOLVED with x off by ~5e-4.
 
-    python benchmarks/scaling_robustness.py [--only optlayers,moreau] [--B 16]
+    python benchmarks/scaling_robustness.py [--only optlayers,moreau] [--B 16] [--float32]
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated substrings of contestant names")
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--size", default="10x15x3", help="n x m x p")
+    ap.add_argument("--float32", action="store_true", help="the disguised data in float32 (optlayers' dense backends)")
     args = ap.parse_args()
+    dtype, right_tol = (torch.float32, 1e-4) if args.float32 else (torch.float64, 1e-6)
     n, m, p = (int(v) for v in args.size.split("x"))
     contestants, _ = _peers.all_contestants()
     if args.only:
@@ -77,9 +81,11 @@ def main() -> None:
         contestants = [c for c in contestants if any(k in c.name for k in keys)]
     else:
         contestants = [c for c in contestants if not any(c.name.startswith(s) for s in SLOW)]
+    if args.float32:
+        contestants = [c for c in contestants if c.name in ("optlayers-torch", "optlayers-native")]
     spec = _peers.Spec(args.B, n, m, p)
     labels = [c[0] for c in cases(args.B, n, m, p)]
-    print(f"B={args.B}, n={n}, m={m}, p={p}, float64; cell: right/B (largest |x − x*| / (1 + |x*|))")
+    print(f"B={args.B}, n={n}, m={m}, p={p}, {str(dtype)[6:]}; cell: right/B (largest |x − x*| / (1 + |x*|))")
     columns: dict[str, list[str]] = {}
     for c in contestants:
         diag: list[str] = []
@@ -93,12 +99,12 @@ def main() -> None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    x = back(solve(*(t.clone() for t in data)).detach().to(torch.float64))
+                    x = back(solve(*(t.to(dtype, copy=True) for t in data)).detach().to(torch.float64))
             except Exception as err:  # noqa: BLE001 - a peer's failure is the result
                 cells.append("raised " + type(err).__name__[:12])
                 continue
             err = (x - x_star).abs().amax(-1) / (1 + x_star.abs().amax(-1))
-            right = int((err <= 1e-6).sum())
+            right = int((err <= right_tol).sum())
             worst = float(err.max())
             cells.append(f"{right}/{args.B} ({'nan' if math.isnan(worst) else f'{worst:.0e}'})")
     # one row per disguise, one column per contestant

@@ -29,21 +29,31 @@ def test_scaled_objective_has_the_same_solution_and_scaled_multipliers(backend, 
     assert float((sol.nu - s * P.nu).abs().max()) < 1e-9 * s * (1 + float(P.nu.abs().max()))
 
 
-@pytest.mark.parametrize("s", [1e-6, 1e6])
-def test_gradients_of_a_scaled_objective_are_the_chain_rule_of_the_unscaled_ones(backend, s):
-    """x(sQ, sq, G, h) = x(Q, q, G, h): ∂x/∂(sq) = ∂x/∂q / s, ∂x/∂G and ∂x/∂h unchanged."""
+def _assert_chain_rule(backend, disguise, names: str, factors, s: float) -> None:
+    """The gradients of w·x(disguise(data, s)) with respect to the disguised fields ``names`` (of
+    "QqGhAb"), each times its factor in ``factors(s)``, equal those at s = 1."""
     P = ol.testing.random_qp(4, 6, 9, 2, dtype=torch.float64, seed=2)
     w = torch.linspace(-1, 1, 4 * 6, dtype=torch.float64).view(4, 6)
     grads = []
     for scale in (1.0, s):
-        Q, q, G, h, A, b = (t.clone() for t in P.data())
-        Q, q = (Q * scale).requires_grad_(), (q * scale).requires_grad_()
-        G.requires_grad_(), h.requires_grad_()
-        x = ol.solve_qp(Q, q, G, h, A, b, backend=backend)
+        data = dict(zip("QqGhAb", (t.clone() for t in disguise(P, scale))))
+        for name in names:
+            data[name].requires_grad_()
+        x = ol.solve_qp(*data.values(), backend=backend)
         (w * x).sum().backward()
-        grads.append((Q.grad * scale, q.grad * scale, G.grad, h.grad))
+        grads.append([data[name].grad * f for name, f in zip(names, factors(scale))])
     for g1, gs in zip(*grads):
         assert torch.allclose(g1, gs, rtol=1e-7, atol=1e-9), float((g1 - gs).abs().max())
+
+
+@pytest.mark.parametrize("s", [1e-6, 1e6])
+def test_gradients_of_a_scaled_objective_are_the_chain_rule_of_the_unscaled_ones(backend, s):
+    """x(sQ, sq, G, h) = x(Q, q, G, h): ∂x/∂(sq) = ∂x/∂q / s, ∂x/∂G and ∂x/∂h unchanged."""
+    def disguise(P, t):
+        Q, q, G, h, A, b = P.data()
+        return Q * t, q * t, G, h, A, b
+
+    _assert_chain_rule(backend, disguise, "QqGh", lambda t: (t, t, 1, 1), s)
 
 
 @pytest.mark.parametrize("s", [1e-5, 1e5])
@@ -222,18 +232,11 @@ def test_row_scaling_is_exact_and_keeps_a_shared_G_shared():
 @pytest.mark.parametrize("s", [1e-6, 1e6])
 def test_gradients_of_scaled_constraints_are_the_chain_rule(backend, s):
     """x(Q, q, sG, sh) = x(Q, q, G, h): ∂x/∂(sh) = ∂x/∂h / s, ∂x/∂(sG) = ∂x/∂G / s, ∂x/∂q unchanged."""
-    P = ol.testing.random_qp(4, 6, 9, 2, dtype=torch.float64, seed=2)
-    w = torch.linspace(-1, 1, 4 * 6, dtype=torch.float64).view(4, 6)
-    grads = []
-    for scale in (1.0, s):
-        Q, q, G, h, A, b = (t.clone() for t in P.data())
-        G, h, A, b = ((t * scale).requires_grad_() for t in (G, h, A, b))
-        q.requires_grad_()
-        x = ol.solve_qp(Q, q, G, h, A, b, backend=backend)
-        (w * x).sum().backward()
-        grads.append((q.grad, G.grad * scale, h.grad * scale, A.grad * scale, b.grad * scale))
-    for g1, gs in zip(*grads):
-        assert torch.allclose(g1, gs, rtol=1e-7, atol=1e-9), float((g1 - gs).abs().max())
+    def disguise(P, t):
+        Q, q, G, h, A, b = P.data()
+        return Q, q, G * t, h * t, A * t, b * t
+
+    _assert_chain_rule(backend, disguise, "qGhAb", lambda t: (1, t, t, t, t), s)
 
 
 def test_scaled_constraints_gradient_matches_finite_differences(backend):
@@ -247,3 +250,60 @@ def test_scaled_constraints_gradient_matches_finite_differences(backend):
     # ∂x/∂h ~ 1/s: steps of 1e-5 relative (h entries ~ s: check_grad's step is absolute below 1).
     report = ol.testing.check_grad(f, ((h * s).requires_grad_(),), eps=1e-5 * s, atol=1e-8 / s, rtol=1e-5)
     assert report.ok
+
+
+def _in_one_unit(P, t, dtype=torch.float64):
+    """Every variable in one unit t times the solution's (x = t x̃): x̃ = x / t."""
+    Q, q, G, h, A, b = (v.to(dtype) for v in P.data())
+    return Q * t * t, q * t, G * t, h, A * t, b
+
+
+@pytest.mark.parametrize("t", [1e-6, 1e-2, 1e2, 1e4, 1e6])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_solution_far_from_unit_scale(backend, t, dtype):
+    """x = t x̃: solved again at the solution's scale (scaling.solution_scales). Before: float64 came
+    back SOLVED with x off by 0.23 relative at t = 1e6, float32 by 0.37 at t = 1e4."""
+    if dtype == torch.float32 and t < 1e-3:
+        pytest.skip("float32, x̂ ≥ 1e4: false DUAL_INFEASIBLE certificates (docs/solver.md; not fixed)")
+    P = ol.testing.random_qp(64, 20, 30, 5, dtype=torch.float64, seed=3)
+    sol = ol.solve_qp(*_in_one_unit(P, t, dtype), backend=backend, return_solution=True)
+    assert bool((sol.status == 0).all()), sol.status
+    tol = 1e-9 if dtype == torch.float64 else 2e-4
+    err = (sol.x.double() * t - P.x).abs().amax(-1) / (1 + P.x.abs().amax(-1))
+    assert float(err.max()) < tol, float(err.max())
+    lam_tol = 1e-9 if dtype == torch.float64 else 1e-2  # float32 multipliers: 3e-3 off at t = 1 already
+    assert float((sol.lam.double() - P.lam).abs().max()) < lam_tol * (1 + float(P.lam.abs().max()))
+
+
+@pytest.mark.parametrize("t", [1e-5, 1e6])
+def test_gradients_at_the_solution_scale_are_the_chain_rule(backend, t):
+    """x̃(t²Q, tq, tG, h, tA, b) = x / t: ∂(w·x̃)/∂h = ∂(w·x)/∂h / t (the second solve's gradients)."""
+    _assert_chain_rule(backend, _in_one_unit, "hb", lambda s: (s, s), t)
+
+
+def test_well_scaled_solutions_are_solved_once(backend, monkeypatch):
+    """The second solve runs only where a solution is far from unit scale: not for planted problems,
+    not for grasp QPs (forces ~0.1 … 1)."""
+    import sys
+    from pathlib import Path
+
+    from optlayers._src.qp import api
+
+    calls = []
+    monkeypatch.setattr(api, "_at_solution_scale", lambda *a, **k: calls.append(1))
+    P = ol.testing.random_qp(64, 20, 30, 5, dtype=torch.float64, seed=3)
+    ol.solve_qp(*P.data(), backend=backend)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    import grasp_model as gm
+
+    cfg = gm.GraspConfig(contacts=4, wrenches=6)
+    for name in sorted(gm.OBJECTS):
+        ol.solve_qp(*gm.qp_batch(gm.OBJECTS[name], cfg, 128, 0), backend=backend)
+    assert calls == []
+
+
+def test_optimal_value_at_the_solution_scale(backend):
+    P = ol.testing.random_qp(16, 20, 30, 5, dtype=torch.float64, seed=3)
+    v1 = ol.qp_value(*P.data(), backend=backend)
+    vt = ol.qp_value(*_in_one_unit(P, 1e6), backend=backend)
+    assert torch.allclose(vt, v1, rtol=1e-10, atol=1e-10)

@@ -183,30 +183,17 @@ def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inpu
             options=options, on_failure=policy, check_inputs=check_inputs, return_solution=return_solution,
         )
     data = canonicalize(Q, q, G, h, A, b, check_values=check_inputs)
-    scaled = scaling.plan(data)  # None unless the variables' or the objective's scale is far off
-    if scaled is not None:
-        data = scaled.apply(data)
-    be = backends.select(backend, data)
-    guess = None if warm_start is None else warm.guess_of(warm_start, data, strict=warm_strict)
-    # (A duck-typed test: isinstance against the runtime-checkable Protocol costs ~50 µs a call.)
-    if guess is not None:
-        with torch.no_grad():
-            raw = warm.solve(data.detach(), guess, be, options, keep_factor=_needs_derivative(data))
-        x, lam, nu = _attach(data, raw) if _needs_derivative(data) else (raw.x, raw.lam, raw.nu)
-    elif callable(getattr(be, "solve_differentiable", None)) and not _has_forward_tangents(data):
-        # The backend's op carries its own (registered) reverse-mode autograd, which uses the
-        # same KKT adjoint; forward-mode tangents take the QPSolutionMap route below instead.
-        raw = be.solve_differentiable(data, options)
-        x, lam, nu = raw.x, raw.lam, raw.nu
-    else:
-        with torch.no_grad():
-            raw = be.solve(data.detach(), options)
-        if _needs_derivative(data):
-            x, lam, nu = _attach(data, raw)
-        else:
-            x, lam, nu = raw.x, raw.lam, raw.nu
+    scaled = scaling.plan(data)  # None unless the variables', the rows' or the objective's scale is far off
+    work = data if scaled is None else scaled.apply(data)
+    be = backends.select(backend, work)
+    guess = None if warm_start is None else warm.guess_of(warm_start, work, strict=warm_strict)
+    x, lam, nu, raw = _solve_work(work, be, options, guess)
+    redo = scaling.solution_scales(raw.x, raw.status, work)  # (in the units the backend saw)
     if scaled is not None:
         x, lam, nu = scaled.unscale(x, lam, nu)
+    if redo is not None:
+        x, lam, nu, raw = _at_solution_scale(data, scaled, redo, be, options, guess, (x, lam, nu), raw)
+    data = work  # (the certificates below judge the problem the backend solved)
     shape = data.batch_shape
     if len(shape) != 1:  # (B, ·) is already the shape of a one-dimensional batch
         x, lam, nu = (t.reshape(tuple(shape) + t.shape[-1:]) for t in (x, lam, nu))
@@ -219,6 +206,55 @@ def _solve_qp(Q, q, G, h, A, b, backend, return_solution, on_failure, check_inpu
     return QPSolution(
         x=x, lam=lam, nu=nu, status=status, iterations=raw.iterations.reshape(shape), backend=be.name.value
     )
+
+
+def _solve_work(work, be, options: QPOptions, guess):
+    """``(x, λ, ν, raw)`` of the (scaled) problems ``work`` by the backend ``be``, differentiable in
+    ``work``'s tensors where they require it (the backend's own op, or the KKT adjoint attached)."""
+    # (A duck-typed test: isinstance against the runtime-checkable Protocol costs ~50 µs a call.)
+    if guess is not None:
+        with torch.no_grad():
+            raw = warm.solve(work.detach(), guess, be, options, keep_factor=_needs_derivative(work))
+        x, lam, nu = _attach(work, raw) if _needs_derivative(work) else (raw.x, raw.lam, raw.nu)
+    elif callable(getattr(be, "solve_differentiable", None)) and not _has_forward_tangents(work):
+        # The backend's op carries its own (registered) reverse-mode autograd, which uses the
+        # same KKT adjoint; forward-mode tangents take the QPSolutionMap route below instead.
+        raw = be.solve_differentiable(work, options)
+        x, lam, nu = raw.x, raw.lam, raw.nu
+    else:
+        with torch.no_grad():
+            raw = be.solve(work.detach(), options)
+        if _needs_derivative(work):
+            x, lam, nu = _attach(work, raw)
+        else:
+            x, lam, nu = raw.x, raw.lam, raw.nu
+    return x, lam, nu, raw
+
+
+def _at_solution_scale(data, scaled, redo, be, options: QPOptions, guess, first, raw):
+    """The problems ``redo = (idx, τ)`` (``scaling.solution_scales``: a first solution far from unit
+    size in the scaled units) solved again with q, h, b divided by τ, so that the solver's tests,
+    whose floors are absolute ("1 + ‖·‖"), judge the solution relative to its size. A second solve
+    is taken where it is SOLVED or the first was not; its iterations add to the first's.
+    ``first`` = (x, λ, ν) of the first solve in the original units; returns them and ``raw``
+    updated (status, iterations), differentiable as the first (``index_copy``). See
+    ``scaling.at_solution_scale``."""
+    idx, tau = redo
+    sub = data.take(idx)
+    plan = scaling.at_solution_scale(None if scaled is None else scaled.take(idx), tau, sub)
+    x2, lam2, nu2, raw2 = _solve_work(plan.apply(sub), be, options, None if guess is None else guess[idx])
+    x2, lam2, nu2 = plan.unscale(x2, lam2, nu2)
+    take = (raw2.status == Status.SOLVED) | (raw.status[idx] != Status.SOLVED)
+    if not bool(take.any()):
+        return (*first, raw)
+    rows = torch.nonzero(take).squeeze(-1)
+    ids = idx[rows]
+    x, lam, nu = (t.index_copy(0, ids, t2[rows]) for t, t2 in zip(first, (x2, lam2, nu2)))
+    status = raw.status.clone()
+    status[ids] = raw2.status[rows]
+    iterations = raw.iterations.clone()
+    iterations[ids] += raw2.iterations[rows].to(iterations.dtype)
+    return x, lam, nu, dataclasses.replace(raw, status=status, iterations=iterations)
 
 
 def _refuse_sparse_warm_start(warm_start) -> None:

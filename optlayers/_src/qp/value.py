@@ -205,15 +205,19 @@ def qp_value(
         _refuse_sparse_warm_start(warm_start)
         raw, name = _solve_via_osqp(data, Q, q, G, h, A, b, tol, max_iter, polish)
     else:
+        from optlayers._src.qp.api import _at_solution_scale
+
         scaled = scaling.plan(data)  # the solve sees the scaled data; the value is of the original
         work = data if scaled is None else scaled.apply(data)
         be = backends.select(backend, work)
         guess = None if warm_start is None else warm.guess_of(warm_start, work)
         with torch.no_grad():
             raw = be.solve(work.detach(), options) if guess is None else warm.solve(work.detach(), guess, be, options)
-            if scaled is not None:
-                x, lam, nu = scaled.unscale(raw.x, raw.lam, raw.nu)
-                raw = dataclasses.replace(raw, x=x, lam=lam, nu=nu)
+            redo = scaling.solution_scales(raw.x, raw.status, work)  # (as solve_qp: see scaling.py)
+            x, lam, nu = (raw.x, raw.lam, raw.nu) if scaled is None else scaled.unscale(raw.x, raw.lam, raw.nu)
+            if redo is not None:
+                x, lam, nu, raw = _at_solution_scale(data.detach(), scaled, redo, be, options, guess, (x, lam, nu), raw)
+            raw = dataclasses.replace(raw, x=x, lam=lam, nu=nu)
         name = be.name.value
     ok = (raw.status == Status.SOLVED).unsqueeze(-1)
     # Failed problems enter with a zero solution: finite value (NaN-filled by the policy below)
