@@ -253,7 +253,13 @@ def _stats(data: QPData) -> tuple[float, float, float, float, float]:
         spread = column_spread(c)
         sigma = _sigma(data)
         tops = torch.cat([torch.linalg.vector_norm(M.detach(), float("inf"), dim=-1).reshape(-1) for M in (data.G, data.A)])
-        return tuple(torch.stack([sigma.amin(), sigma.amax(), spread.amax()]).tolist()) + _range(tops)
+        # one device-to-host copy for the five (CUDA: each .item() is a synchronization)
+        lo = torch.where(tops > 0, tops, torch.full_like(tops, float("inf"))).amin() if tops.numel() else tops.new_zeros(())
+        hi = tops.amax() if tops.numel() else tops.new_zeros(())
+        stats = torch.stack([sigma.amin(), sigma.amax(), spread.amax(), lo, hi]).tolist()
+        if stats[3] == float("inf"):  # no nonzero row
+            stats[3] = 0.0
+        return tuple(stats)
 
 
 def column_spread(c: torch.Tensor) -> torch.Tensor:
