@@ -23,6 +23,13 @@ problems unsolved, in both dense backends; before the rows were scaled (2026-11-
 × 1e-4 came back SOLVED with x off by ~5e-4.
 
     python benchmarks/scaling_robustness.py [--only optlayers,moreau] [--B 16] [--float32]
+    python benchmarks/scaling_robustness.py --fuzz 60 [--float32]
+
+``--fuzz N``: N batches of 16 planted problems (four sizes, cond 10 or 1e3) in random combined
+disguises — objective × 10^U(−6, 6), every variable in a unit 10^U(−5, 5), columns spread up to
+1e6, each row in its own unit 10^U(−4, 4) — through optlayers' two dense backends (drawn per batch),
+counting the problems that come back SOLVED with x off by more than 1e-7 (float64) / 1e-3 (float32)
+relative from the float64 solution of the same (rounded) data. Seeded: the same draws every run.
 """
 
 from __future__ import annotations
@@ -66,14 +73,51 @@ def cases(B: int, n: int, m: int, p: int):
         yield f"x in units ×{t:g}", (Q * t * t, q * t, G * t, h, A * t, b), (lambda x, t=t: x * t), P.x
 
 
+def fuzz(trials: int, dtype: torch.dtype) -> None:
+    """See the module docstring (``--fuzz``)."""
+    import random
+
+    rng = random.Random(0)
+    tol = 1e-7 if dtype == torch.float64 else 1e-3
+    wrong = unsolved = total = 0
+    for trial in range(trials):
+        n, m, p = rng.choice([(10, 15, 3), (20, 30, 5), (6, 9, 0), (30, 20, 0)])
+        P = ol.testing.random_qp(16, n, m, p, dtype=torch.float64, seed=trial, cond=rng.choice([10.0, 1e3]))
+        g = torch.Generator().manual_seed(trial)
+        so, t = 10 ** rng.uniform(-6, 6), 10 ** rng.uniform(-5, 5)
+        d = t * torch.logspace(-rng.uniform(0, 3), rng.uniform(0, 3), n, dtype=torch.float64)[torch.randperm(n, generator=g)]
+        r = 10 ** (8 * torch.rand(m, generator=g, dtype=torch.float64) - 4)
+        a = 10 ** (8 * torch.rand(p, generator=g, dtype=torch.float64) - 4)
+        Q, q, G, h, A, b = P.data()
+        data = [v.to(dtype) for v in (so * d[:, None] * Q * d, so * q * d, r[:, None] * G * d, r * h,
+                                      a[:, None] * A * d, a * b)]
+        backend = rng.choice(["torch", "native"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sol = ol.solve_qp(*data, backend=backend, return_solution=True, on_failure="nan")
+            ref = ol.solve_qp(*(v.double() for v in data), backend="torch", on_failure="nan") * d
+        err = (sol.x.double() * d - ref).abs().amax(-1) / (1 + ref.abs().amax(-1))
+        ok = sol.status == ol.Status.SOLVED
+        bad = ok & ~(err <= tol)
+        total, wrong, unsolved = total + 16, wrong + int(bad.sum()), unsolved + int((~ok).sum())
+        if bool(bad.any()) or not bool(ok.all()):
+            print(f"  batch {trial:3d} {backend:6} n,m,p={n},{m},{p} objective ×{so:.1e}, x unit ×{t:.1e}: "
+                  f"{int(bad.sum())} SOLVED but off (max {float(err[ok].max()):.1e}), {int((~ok).sum())} not SOLVED")
+    print(f"{str(dtype)[6:]}: {total} problems, {wrong} SOLVED but off by > {tol:g}, {unsolved} not SOLVED")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated substrings of contestant names")
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--size", default="10x15x3", help="n x m x p")
     ap.add_argument("--float32", action="store_true", help="the disguised data in float32 (optlayers' dense backends)")
+    ap.add_argument("--fuzz", type=int, metavar="N", help="N batches of random combined disguises (see above)")
     args = ap.parse_args()
     dtype, right_tol = (torch.float32, 1e-4) if args.float32 else (torch.float64, 1e-6)
+    if args.fuzz:
+        fuzz(args.fuzz, dtype)
+        return
     n, m, p = (int(v) for v in args.size.split("x"))
     contestants, _ = _peers.all_contestants()
     if args.only:
