@@ -381,3 +381,32 @@ def test_cuda_unpolished_float64_problems_are_retried(kernel):
         assert float(stationarity.max()) < 1e-10 * (1 + float(q.abs().max()))
         assert float(slack.min()) > -1e-12 and float(lam.min()) >= 0
         assert float((lam * slack).abs().max()) < 1e-15
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("disguise", ["constraints", "rows", "x_unit"])
+def test_cuda_rescaled_problems_equal_cpu(backend, disguise):
+    """The API-level scaling on CUDA (qp/scaling.py: rows of G and A to unit size, the statistics in one
+    device-to-host copy, the second solve at the solution's own scale): the same x, multipliers and
+    gradients as on the CPU, and the planted x. (Written in the session of 2026-11-28, sixteenth,
+    without a GPU: not yet run.)"""
+    P = ol.testing.random_qp(32, 20, 30, 5, seed=3)
+    Q, q, G, h, A, b = P.data()
+    if disguise == "constraints":
+        data, back = (Q, q, G * 1e-4, h * 1e-4, A * 1e-4, b * 1e-4), 1.0
+    elif disguise == "rows":
+        r = torch.logspace(-6, 6, 30, dtype=torch.float64)
+        data, back = (Q, q, r[:, None] * G, r * h, A, b), 1.0
+    else:
+        t = 1e6
+        data, back = (Q * t * t, q * t, G * t, h, A * t, b), t
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        leaves = [v.to(dev).clone().requires_grad_() for v in data]
+        sol = ol.solve_qp(*leaves, backend=backend, return_solution=True)
+        assert bool((sol.status == 0).all()), sol.status
+        (sol.x * back).sum().backward()
+        outs[dev] = [sol.x.detach().cpu() * back, sol.lam.detach().cpu()] + [v.grad.cpu() for v in leaves]
+    assert float((outs["cuda"][0] - P.x).abs().max()) < 1e-8
+    for a, c in zip(outs["cpu"], outs["cuda"]):
+        assert torch.allclose(a, c, rtol=1e-6, atol=1e-9 * float(a.abs().max()) + 1e-12), float((a - c).abs().max())
