@@ -23,13 +23,16 @@ problems unsolved, in both dense backends; before the rows were scaled (2026-11-
 × 1e-4 came back SOLVED with x off by ~5e-4.
 
     python benchmarks/scaling_robustness.py [--only optlayers,moreau] [--B 16] [--float32]
-    python benchmarks/scaling_robustness.py --fuzz 60 [--float32]
+    python benchmarks/scaling_robustness.py --fuzz 60 [--float32] [--hard]
 
 ``--fuzz N``: N batches of 16 planted problems (four sizes, cond 10 or 1e3) in random combined
 disguises — objective × 10^U(−6, 6), every variable in a unit 10^U(−5, 5), columns spread up to
 1e6, each row in its own unit 10^U(−4, 4) — through optlayers' two dense backends (drawn per batch),
 counting the problems that come back SOLVED with x off by more than 1e-7 (float64) / 1e-3 (float32)
 relative from the float64 solution of the same (rounded) data. Seeded: the same draws every run.
+With ``--hard``: batches of ``ol.testing.hard_qps`` families (milder disguises: columns up to 1e4
+apart, units 10^U(−4, 4), rows 10^U(−3, 3)), x against the planted one (1e-6 in float64), and every
+status other than the planted one counted (e.g. an unbounded problem returned SOLVED).
 """
 
 from __future__ import annotations
@@ -73,37 +76,59 @@ def cases(B: int, n: int, m: int, p: int):
         yield f"x in units ×{t:g}", (Q * t * t, q * t, G * t, h, A * t, b), (lambda x, t=t: x * t), P.x
 
 
-def fuzz(trials: int, dtype: torch.dtype) -> None:
-    """See the module docstring (``--fuzz``)."""
+def fuzz(trials: int, dtype: torch.dtype, hard: bool = False) -> None:
+    """See the module docstring (``--fuzz``, ``--hard``)."""
+    import collections
     import random
 
-    rng = random.Random(0)
-    tol = 1e-7 if dtype == torch.float64 else 1e-3
+    rng = random.Random(1 if hard else 0)
+    tol = (1e-6 if hard else 1e-7) if dtype == torch.float64 else 1e-3
     wrong = unsolved = total = 0
+    claims: collections.Counter = collections.Counter()  # (expected, got) statuses that differ
     for trial in range(trials):
-        n, m, p = rng.choice([(10, 15, 3), (20, 30, 5), (6, 9, 0), (30, 20, 0)])
-        P = ol.testing.random_qp(16, n, m, p, dtype=torch.float64, seed=trial, cond=rng.choice([10.0, 1e3]))
-        g = torch.Generator().manual_seed(trial)
-        so, t = 10 ** rng.uniform(-6, 6), 10 ** rng.uniform(-5, 5)
-        d = t * torch.logspace(-rng.uniform(0, 3), rng.uniform(0, 3), n, dtype=torch.float64)[torch.randperm(n, generator=g)]
-        r = 10 ** (8 * torch.rand(m, generator=g, dtype=torch.float64) - 4)
-        a = 10 ** (8 * torch.rand(p, generator=g, dtype=torch.float64) - 4)
+        if hard:
+            family = rng.choice(ol.testing.FAMILIES)
+            P = ol.testing.hard_qps(family, 16, seed=trial, dtype=torch.float64)
+            expect = P.expect
+            spread, unit, rows = 2, 4, 3
+        else:
+            n, m, p = rng.choice([(10, 15, 3), (20, 30, 5), (6, 9, 0), (30, 20, 0)])
+            P = ol.testing.random_qp(16, n, m, p, dtype=torch.float64, seed=trial, cond=rng.choice([10.0, 1e3]))
+            expect = torch.zeros(16, dtype=torch.int8)
+            spread, unit, rows = 3, 5, 4
         Q, q, G, h, A, b = P.data()
-        data = [v.to(dtype) for v in (so * d[:, None] * Q * d, so * q * d, r[:, None] * G * d, r * h,
-                                      a[:, None] * A * d, a * b)]
+        n, m, p = Q.shape[-1], G.shape[-2], A.shape[-2]
+        g = torch.Generator().manual_seed(trial)
+        so, t = 10 ** rng.uniform(-6, 6), 10 ** rng.uniform(-unit, unit)
+        d = t * torch.logspace(-rng.uniform(0, spread), rng.uniform(0, spread), n,
+                               dtype=torch.float64)[torch.randperm(n, generator=g)]
+        r = 10 ** (2 * rows * torch.rand(m, generator=g, dtype=torch.float64) - rows)
+        a = 10 ** (2 * rows * torch.rand(p, generator=g, dtype=torch.float64) - rows)
+        data = [v.to(dtype) if v.numel() else None for v in (so * d[:, None] * Q * d, so * q * d, r[:, None] * G * d,
+                                                             r * h, a[:, None] * A * d, a * b)]
         backend = rng.choice(["torch", "native"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sol = ol.solve_qp(*data, backend=backend, return_solution=True, on_failure="nan")
-            ref = ol.solve_qp(*(v.double() for v in data), backend="torch", on_failure="nan") * d
+            if hard:
+                ref = P.x
+            else:  # the float64 solution of the same (rounded) data
+                ref = ol.solve_qp(*(None if v is None else v.double() for v in data), backend="torch", on_failure="nan") * d
+        solved = (sol.status == ol.Status.SOLVED) & (expect == ol.Status.SOLVED)
         err = (sol.x.double() * d - ref).abs().amax(-1) / (1 + ref.abs().amax(-1))
-        ok = sol.status == ol.Status.SOLVED
-        bad = ok & ~(err <= tol)
-        total, wrong, unsolved = total + 16, wrong + int(bad.sum()), unsolved + int((~ok).sum())
-        if bool(bad.any()) or not bool(ok.all()):
-            print(f"  batch {trial:3d} {backend:6} n,m,p={n},{m},{p} objective ×{so:.1e}, x unit ×{t:.1e}: "
-                  f"{int(bad.sum())} SOLVED but off (max {float(err[ok].max()):.1e}), {int((~ok).sum())} not SOLVED")
-    print(f"{str(dtype)[6:]}: {total} problems, {wrong} SOLVED but off by > {tol:g}, {unsolved} not SOLVED")
+        bad = solved & ~(err <= tol)
+        for e, got in zip(expect.tolist(), sol.status.tolist()):
+            if e != got:
+                claims[(ol.Status(e).name, ol.Status(got).name)] += 1
+        total, wrong = total + 16, wrong + int(bad.sum())
+        unsolved += int(((sol.status != ol.Status.SOLVED) & (expect == ol.Status.SOLVED)).sum())
+        if bool(bad.any()):
+            print(f"  batch {trial:3d} {backend:6} {P.family if hard else f'n,m,p={n},{m},{p}'} objective ×{so:.1e}, "
+                  f"x unit ×{t:.1e}: {int(bad.sum())} SOLVED but off (max {float(err[bad].max()):.1e})")
+    print(f"{str(dtype)[6:]}: {total} problems, {wrong} SOLVED but off by > {tol:g}, {unsolved} with a solution not SOLVED")
+    if claims:
+        print("  statuses other than the planted one (expected → got): "
+              + ", ".join(f"{e} → {g_}: {k}" for (e, g_), k in sorted(claims.items())))
 
 
 def main() -> None:
@@ -113,10 +138,11 @@ def main() -> None:
     ap.add_argument("--size", default="10x15x3", help="n x m x p")
     ap.add_argument("--float32", action="store_true", help="the disguised data in float32 (optlayers' dense backends)")
     ap.add_argument("--fuzz", type=int, metavar="N", help="N batches of random combined disguises (see above)")
+    ap.add_argument("--hard", action="store_true", help="--fuzz on ol.testing.hard_qps families")
     args = ap.parse_args()
     dtype, right_tol = (torch.float32, 1e-4) if args.float32 else (torch.float64, 1e-6)
     if args.fuzz:
-        fuzz(args.fuzz, dtype)
+        fuzz(args.fuzz, dtype, args.hard)
         return
     n, m, p = (int(v) for v in args.size.split("x"))
     contestants, _ = _peers.all_contestants()
