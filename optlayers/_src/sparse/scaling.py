@@ -18,8 +18,9 @@ Ruiz passes; where some nonzero row of the (column-scaled) A has its largest ent
 [``LOW``, ``HIGH``], every row divided by the power of two nearest its largest entry (l, u with it;
 measured before: constraints × 1e-4 left 2 of 16 off by 3e-6, × 1e-8 raised, rows each in its own
 unit 1e-6 … 1e6 left all 16 off by up to 3 — OSQP's absolute tolerances in the rows' units); then
-σ = max(max|P|, max|q|) of the column-scaled data where it lies outside [``LOW``, ``HIGH``]. Everything — OSQP, the polish, the backward's KKT factor — then works on the
-scaled problem, and (x, y) = (D x̃, σ R ỹ) are mapped back. D, R and σ are constants under autograd
+σ = max(max|P|, max|q|) of the column-scaled data where it lies outside [``LOW``, ``HIGH``].
+Everything — OSQP, the polish, the backward's KKT factor — then works on the scaled problem, and
+(x, y) = (D x̃, σ R ỹ) are mapped back. D, R and σ are constants under autograd
 (the solution map is invariant to them), so gradients are the original problem's. The values are
 scaled on their sparsity patterns (no densification); a shared P or A stays shared when D and σ
 are one for the whole batch. Well-scaled data passes untouched.
