@@ -137,7 +137,7 @@ def plan(data: QPData) -> Scaling | None:
         return None
     sig_lo, sig_hi, spread, row_lo, row_hi = _stats(data)
     objective_ok = (LOW <= sig_lo or sig_hi == 0) and sig_hi <= HIGH
-    rows_ok = _inside(row_lo, row_hi)
+    rows_ok = within_limits(row_lo, row_hi)
     spread_max = COLUMN_SPREAD_MAX_FLOAT32 if data.dtype == torch.float32 else COLUMN_SPREAD_MAX
     if spread <= spread_max and objective_ok and rows_ok:
         return None
@@ -147,10 +147,7 @@ def plan(data: QPData) -> Scaling | None:
     work = data if d is None else _scale_columns(data, d)
     r = a = None
     if d is not None or not rows_ok:  # (column scaling moves the rows' scales)
-        with torch.no_grad():
-            tops = [torch.linalg.vector_norm(M.detach(), float("inf"), dim=-1) for M in (work.G, work.A)]
-            if not _inside(*_range(torch.cat([t.reshape(-1) for t in tops]))):
-                r, a = (power_of_two_scales(t) if t.numel() else None for t in tops)
+        r, a = _unit_row_scales(work, only_if_outside=True)
     sigma = _objective_scales(work) if (d is not None or not objective_ok) else None
     if d is None and sigma is None and r is None and a is None:
         return None
@@ -199,25 +196,24 @@ def _all_unit_and_solved(x: torch.Tensor, status: torch.Tensor) -> bool:
         import numpy as np
 
         size = np.abs(x.detach().numpy()).max(-1)
-        lo, hi, failed = size.min(), size.max(), status.numpy().any()
+        lo, hi, failed = size.min(), size.max(), (status.numpy() != int(Status.SOLVED)).any()
     else:
         size = x.detach().abs().amax(-1)
-        lo, hi, failed = torch.stack([size.amin(), size.amax(), (status != 0).any().to(size.dtype)]).tolist()
+        failed_t = (status != int(Status.SOLVED)).any().to(size.dtype)
+        lo, hi, failed = torch.stack([size.amin(), size.amax(), failed_t]).tolist()
     return bool(LOW <= lo and hi <= HIGH and not failed)
 
 
 def at_solution_scale(base: Scaling | None, tau: torch.Tensor, data: QPData) -> Scaling:
     """The scaling of a second solve of the problems ``data`` (a sub-batch, original units) whose
     first solve, scaled by ``base`` (restricted to them, or None), had solutions of size ``τ`` (k,):
-    ``base`` with q, h, b divided by τ, and the objective's scale σ taken again where q/τ moved it
+    ``base`` with q, h, b divided by τ, the rows of G and A at unit size (rows merely inside the
+    limits, ~0.04, cost 8e-8 in the multipliers), and the objective divided by max|Q| where that lies
     outside [``LOW``, ``HIGH``] (x̂ ~ 1e6 with Q̃ ~ 1e-8 after the first σ: Q̃ and q̃/τ ~ 1e-6 would
     leave the objective far below the constraints)."""
     plan = dataclasses.replace(base if base is not None else Scaling(d=None, sigma=None), tau=tau.to(data.dtype))
     if plan.r is None and plan.a is None:  # rows inside the limits but not at unit scale: make them so
-        with torch.no_grad():
-            work = data if plan.d is None else _scale_columns(data, plan.d)
-            r, a = (power_of_two_scales(torch.linalg.vector_norm(M.detach(), float("inf"), dim=-1))
-                    if M.shape[-2] else None for M in (work.G, work.A))
+        r, a = _unit_row_scales(data if plan.d is None else _scale_columns(data, plan.d), only_if_outside=False)
         plan = dataclasses.replace(plan, r=r, a=a)
     sigma = _objective_scales(plan.apply(data), of_Q=True)
     if sigma is None:
@@ -225,17 +221,29 @@ def at_solution_scale(base: Scaling | None, tau: torch.Tensor, data: QPData) -> 
     return dataclasses.replace(plan, sigma=sigma if plan.sigma is None else plan.sigma * sigma)
 
 
-def _inside(lo: float, hi: float) -> bool:
-    """Whether the nonzero rows' largest entries, in [lo, hi] (0, 0 for none), lie in [LOW, HIGH]."""
+def within_limits(lo: float, hi: float) -> bool:
+    """Whether the nonzero rows' largest entries, in [lo, hi] (hi = 0: no nonzero row), lie in
+    [LOW, HIGH]."""
     return hi == 0 or (LOW <= lo and hi <= HIGH)
 
 
-def _range(tops: torch.Tensor) -> tuple[float, float]:
-    """(min of the nonzero, max) of the rows' largest entries ``tops``; (0, 0) for no nonzero row."""
-    nonzero = tops[tops > 0]
-    if nonzero.numel() == 0:
-        return 0.0, 0.0
-    return float(nonzero.amin()), float(nonzero.amax())
+def row_range(tops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(smallest nonzero, largest) of the rows' largest entries ``tops`` (tensors of any shape), as
+    0-dim tensors (no synchronization); (+inf, 0) where no row is nonzero."""
+    flat = torch.cat([t.reshape(-1) for t in tops])
+    if flat.numel() == 0:
+        return flat.new_full((), float("inf")), flat.new_zeros(())
+    return torch.where(flat > 0, flat, torch.full_like(flat, float("inf"))).amin(), flat.amax()
+
+
+def _unit_row_scales(data: QPData, only_if_outside: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Power-of-two scales (r, a) bringing every row of G and of A to unit size (None for no rows);
+    with ``only_if_outside``, (None, None) where every row already lies within the limits."""
+    with torch.no_grad():
+        tops = [torch.linalg.vector_norm(M.detach(), float("inf"), dim=-1) for M in (data.G, data.A)]
+        if only_if_outside and within_limits(*torch.stack(row_range(tops)).tolist()):
+            return None, None
+        return tuple(power_of_two_scales(t) if t.numel() else None for t in tops)
 
 
 def power_of_two_scales(tops: torch.Tensor) -> torch.Tensor:
@@ -259,10 +267,8 @@ def _stats(data: QPData) -> tuple[float, float, float, float, float]:
         c = _column_scales(data.Q.detach(), data.G.detach(), data.A.detach()).expand(data.B, data.n)
         spread = column_spread(c)
         sigma = _sigma(data)
-        tops = torch.cat([torch.linalg.vector_norm(M.detach(), float("inf"), dim=-1).reshape(-1) for M in (data.G, data.A)])
+        lo, hi = row_range([torch.linalg.vector_norm(M.detach(), float("inf"), dim=-1) for M in (data.G, data.A)])
         # one device-to-host copy for the five (CUDA: each .item() is a synchronization)
-        lo = torch.where(tops > 0, tops, torch.full_like(tops, float("inf"))).amin() if tops.numel() else tops.new_zeros(())
-        hi = tops.amax() if tops.numel() else tops.new_zeros(())
         stats = torch.stack([sigma.amin(), sigma.amax(), spread.amax(), lo, hi]).tolist()
         if stats[3] == float("inf"):  # no nonzero row
             stats[3] = 0.0

@@ -33,7 +33,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from optlayers._src.qp.scaling import COLUMN_SPREAD_MAX, HIGH, LOW, RUIZ_ITERS, column_spread, power_of_two_scales
+from optlayers._src.qp.scaling import (COLUMN_SPREAD_MAX, HIGH, LOW, RUIZ_ITERS, column_spread, power_of_two_scales,
+                                       row_range, within_limits)
 from optlayers._src.sparse.problem import SparseQPData
 
 
@@ -99,8 +100,7 @@ def _row_scales(data: SparseQPData, A: torch.Tensor) -> torch.Tensor | None:
     if A.shape[-1] == 0:
         return None
     top = _scatter_amax(A.abs(), _index(data.A_pattern.rows, A.device), data.m)
-    nonzero = top[top > 0]
-    if nonzero.numel() == 0 or (float(nonzero.amin()) >= LOW and float(nonzero.amax()) <= HIGH):
+    if within_limits(*torch.stack(row_range([top])).tolist()):
         return None
     return power_of_two_scales(top)
 
